@@ -1,0 +1,389 @@
+//! Writing packages: atomically, and byte for byte reproducibly.
+//!
+//! A package is assembled in a staging directory beside its destination and
+//! renamed into place only once complete, so a failed or interrupted write
+//! never leaves a half-written package where a good one is expected. The
+//! manifest's identifiers derive from the model's bytes, and blobs are laid
+//! out exactly as Core ML's writer does, so the same model and weights always
+//! give the same bytes.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use super::blob::BlobWriter;
+use super::manifest::{
+    self, derived_identifier, Manifest, ManifestItem, SPEC_ITEM_DESCRIPTION, SPEC_ITEM_NAME,
+    WEIGHTS_ITEM_DESCRIPTION, WEIGHTS_ITEM_NAME,
+};
+use super::{paths, values, Package, DATA_DIR, MANIFEST_FILE, MODEL_PATH_PREFIX};
+use crate::error::{Error, Problem, Result};
+use crate::proto::mil_spec::value;
+use crate::proto::Model;
+
+/// The directory, relative to `Data/`, of Core ML's own items.
+const CORE_ML_DIR: &str = manifest::CORE_ML_AUTHOR;
+
+/// Assembles a new package in a staging directory, then moves it into place.
+///
+/// Dropping a builder without calling [`PackageBuilder::finish`] removes the
+/// staging directory and leaves the destination untouched.
+#[derive(Debug)]
+pub struct PackageBuilder {
+    destination: PathBuf,
+    staging: tempfile::TempDir,
+    blob_writers: BTreeMap<String, BlobWriter<BufWriter<File>>>,
+    extra_items: Vec<ManifestItem>,
+    has_weights: bool,
+}
+
+impl PackageBuilder {
+    /// Starts a package that [`finish`](Self::finish) will move to
+    /// `destination`, which must end in `.mlpackage`.
+    pub fn new(destination: impl AsRef<Path>) -> Result<PackageBuilder> {
+        let destination = destination.as_ref().to_path_buf();
+        let file_name = destination
+            .file_name()
+            .and_then(|name| name.to_str())
+            .filter(|name| name.ends_with(".mlpackage") && name.len() > ".mlpackage".len())
+            .ok_or_else(|| {
+                Error::invalid(
+                    &destination,
+                    Problem::InvalidDestination {
+                        reason: "a package's directory name must end in .mlpackage".to_string(),
+                    },
+                )
+            })?
+            .to_string();
+        let parent = match destination.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent)
+            .map_err(|e| Error::io(&parent, "create the output directory", e))?;
+        let staging = tempfile::Builder::new()
+            .prefix(&format!(".{file_name}.partial-"))
+            .tempdir_in(&parent)
+            .map_err(|e| Error::io(&parent, "create a staging directory", e))?;
+        let core_ml_dir = staging.path().join(DATA_DIR).join(CORE_ML_DIR);
+        fs::create_dir_all(&core_ml_dir)
+            .map_err(|e| Error::io(&core_ml_dir, "create the package layout", e))?;
+        Ok(PackageBuilder {
+            destination,
+            staging,
+            blob_writers: BTreeMap::new(),
+            extra_items: Vec::new(),
+            has_weights: false,
+        })
+    }
+
+    /// The reference a model uses for weight file `file_name`.
+    pub fn blob_file_reference(file_name: &str) -> String {
+        format!("{MODEL_PATH_PREFIX}{WEIGHTS_ITEM_NAME}/{file_name}")
+    }
+
+    /// The writer of weight file `file_name` (a plain name such as
+    /// `weight.bin`) in the package's weights directory, created on first use.
+    pub fn blob_writer(&mut self, file_name: &str) -> Result<&mut BlobWriter<BufWriter<File>>> {
+        let weights_dir = self.weights_dir();
+        check_plain_file_name(&weights_dir, file_name)?;
+        if !self.blob_writers.contains_key(file_name) {
+            fs::create_dir_all(&weights_dir)
+                .map_err(|e| Error::io(&weights_dir, "create the weights directory", e))?;
+            let path = weights_dir.join(file_name);
+            let file = File::create(&path).map_err(|e| Error::io(&path, "create a weight file", e))?;
+            let writer = BlobWriter::new(BufWriter::with_capacity(1 << 20, file))
+                .map_err(|e| Error::io(&path, "write a weight file", e))?;
+            self.blob_writers.insert(file_name.to_string(), writer);
+            self.has_weights = true;
+        }
+        Ok(self.blob_writers.get_mut(file_name).expect("inserted above"))
+    }
+
+    /// Copies `source` verbatim into the weights directory as `file_name`:
+    /// for files there that the model does not refer to.
+    pub fn copy_weights_file(&mut self, file_name: &str, source: &Path) -> Result<()> {
+        let weights_dir = self.weights_dir();
+        check_plain_file_name(&weights_dir, file_name)?;
+        copy_tree(source, &weights_dir.join(file_name))?;
+        self.has_weights = true;
+        Ok(())
+    }
+
+    fn weights_dir(&self) -> PathBuf {
+        self.staging.path().join(DATA_DIR).join(CORE_ML_DIR).join(WEIGHTS_ITEM_NAME)
+    }
+
+    /// Copies an item that is neither the model nor its weights (a file or
+    /// directory at `source`) into the package, listed as `item`.
+    pub fn copy_item(&mut self, item: &ManifestItem, source: &Path) -> Result<()> {
+        let staging_data = self.staging.path().join(DATA_DIR);
+        let target = staging_data.join(&item.path);
+        if paths::has_unsafe_component(&item.path) {
+            return Err(Error::invalid(
+                source,
+                Problem::PathEscapesPackage {
+                    item_path: item.path.clone(),
+                },
+            ));
+        }
+        copy_tree(source, &target)?;
+        self.extra_items.push(item.clone());
+        Ok(())
+    }
+
+    /// Writes the model and the manifest, then moves the package into place,
+    /// replacing whatever was at the destination. Returns the destination.
+    pub fn finish(mut self, model: &Model) -> Result<PathBuf> {
+        let core_ml_dir = self.staging.path().join(DATA_DIR).join(CORE_ML_DIR);
+        let has_weights = self.has_weights;
+        for (name, writer) in std::mem::take(&mut self.blob_writers) {
+            let path = core_ml_dir.join(WEIGHTS_ITEM_NAME).join(&name);
+            let file = writer
+                .finish()
+                .and_then(|out| out.into_inner().map_err(|e| e.into_error()))
+                .map_err(|e| Error::io(&path, "write a weight file", e))?;
+            file.sync_all().map_err(|e| Error::io(&path, "flush a weight file", e))?;
+        }
+
+        let spec_bytes = model.encode_to_vec();
+        let spec_path = core_ml_dir.join(SPEC_ITEM_NAME);
+        write_synced(&spec_path, &spec_bytes, "write the model specification")?;
+
+        let spec_digest = Sha256::digest(&spec_bytes);
+        let mut items = vec![ManifestItem::core_ml(SPEC_ITEM_NAME, SPEC_ITEM_DESCRIPTION)];
+        if has_weights {
+            items.push(ManifestItem::core_ml(WEIGHTS_ITEM_NAME, WEIGHTS_ITEM_DESCRIPTION));
+        }
+        items.append(&mut self.extra_items);
+        let root_model_identifier = derived_identifier(&spec_digest, &items[0].path);
+        let manifest = Manifest {
+            file_format_version: manifest::FILE_FORMAT_VERSION.to_string(),
+            item_info_entries: items
+                .into_iter()
+                .map(|item| (derived_identifier(&spec_digest, &item.path), item))
+                .collect(),
+            root_model_identifier,
+        };
+        let manifest_path = self.staging.path().join(MANIFEST_FILE);
+        write_synced(&manifest_path, manifest.to_json().as_bytes(), "write the manifest")?;
+
+        move_into_place(self.staging, &self.destination)?;
+        Ok(self.destination)
+    }
+}
+
+/// Renames the finished staging directory to `destination`. An existing
+/// package there is first moved aside, and removed only once the new one is
+/// in place.
+fn move_into_place(staging: tempfile::TempDir, destination: &Path) -> Result<()> {
+    let staged = staging.keep();
+    let result = (|| {
+        match fs::symlink_metadata(destination) {
+            Ok(_) => {
+                let mut aside = staged.clone().into_os_string();
+                aside.push(".replaced");
+                let aside = PathBuf::from(aside);
+                fs::rename(destination, &aside)
+                    .map_err(|e| Error::io(destination, "move the previous package aside", e))?;
+                if let Err(e) = fs::rename(&staged, destination) {
+                    // Put the previous package back rather than leave nothing.
+                    let _ = fs::rename(&aside, destination);
+                    return Err(Error::io(destination, "move the new package into place", e));
+                }
+                remove_any(&aside)
+                    .map_err(|e| Error::io(&aside, "remove the previous package", e))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::rename(&staged, destination)
+                    .map_err(|e| Error::io(destination, "move the new package into place", e))?;
+            }
+            Err(e) => return Err(Error::io(destination, "inspect the destination", e)),
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staged);
+    }
+    result
+}
+
+fn check_plain_file_name(weights_dir: &Path, file_name: &str) -> Result<()> {
+    if file_name.is_empty() || file_name.contains(['/', '\\']) || file_name.starts_with('.') {
+        return Err(Error::invalid(
+            weights_dir.join(file_name),
+            Problem::InvalidDestination {
+                reason: "a weight file name must be a plain file name".to_string(),
+            },
+        ));
+    }
+    Ok(())
+}
+
+fn remove_any(path: &Path) -> io::Result<()> {
+    if fs::symlink_metadata(path)?.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8], action: &'static str) -> Result<()> {
+    let mut file = File::create(path).map_err(|e| Error::io(path, action, e))?;
+    file.write_all(bytes).map_err(|e| Error::io(path, action, e))?;
+    file.sync_all().map_err(|e| Error::io(path, action, e))
+}
+
+/// Copies a file, or a directory tree of plain files, refusing symlinks.
+fn copy_tree(source: &Path, target: &Path) -> Result<()> {
+    for entry in walkdir::WalkDir::new(source).sort_by_file_name() {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(source).to_path_buf();
+            Error::io(path, "read an item to copy", e.into())
+        })?;
+        let relative = entry.path().strip_prefix(source).expect("below the source");
+        let destination = if relative.as_os_str().is_empty() {
+            target.to_path_buf()
+        } else {
+            target.join(relative)
+        };
+        let file_type = entry.file_type();
+        if file_type.is_dir() {
+            fs::create_dir_all(&destination)
+                .map_err(|e| Error::io(&destination, "create a directory", e))?;
+        } else if file_type.is_file() {
+            if let Some(parent) = destination.parent() {
+                fs::create_dir_all(parent)
+                    .map_err(|e| Error::io(parent, "create a directory", e))?;
+            }
+            fs::copy(entry.path(), &destination)
+                .map_err(|e| Error::io(entry.path(), "copy an item", e))?;
+        } else {
+            return Err(Error::invalid(
+                entry.path(),
+                Problem::PathEscapesPackage {
+                    item_path: relative.display().to_string(),
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What [`rewrite`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewriteSummary {
+    /// The package written.
+    pub destination: PathBuf,
+    /// Blobs copied, over all weight files.
+    pub blobs: u64,
+    /// Bytes of blob data copied.
+    pub blob_bytes: u64,
+}
+
+/// Writes `source` anew at `destination`: the same model, every blob of
+/// every weight file in its original order (so offsets are kept when the
+/// source was laid out as Core ML lays files out), and every other item.
+/// Only the manifest identifiers change: they become content-derived.
+pub fn rewrite(source: &Package, destination: impl AsRef<Path>) -> Result<RewriteSummary> {
+    let destination = destination.as_ref();
+    if let Ok(existing) = destination.canonicalize() {
+        if existing == source.root() {
+            return Err(Error::invalid(
+                destination,
+                Problem::InvalidDestination {
+                    reason: "it is the source package; input packages are never modified"
+                        .to_string(),
+                },
+            ));
+        }
+    }
+    let mut builder = PackageBuilder::new(destination)?;
+
+    // New offsets, and new file names, for every blob of every weight file.
+    let mut renumbered: BTreeMap<(String, u64), (String, u64)> = BTreeMap::new();
+    let mut targets: BTreeMap<String, String> = BTreeMap::new();
+    let mut summary = RewriteSummary {
+        destination: destination.to_path_buf(),
+        blobs: 0,
+        blob_bytes: 0,
+    };
+    for (name, file) in source.blob_files() {
+        let base = file
+            .path()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("weight.bin")
+            .to_string();
+        if let Some(other) = targets.insert(base.clone(), name.clone()) {
+            return Err(Error::invalid(
+                source.spec_path(),
+                Problem::InconsistentSpec {
+                    detail: format!(
+                        "weight files {other:?} and {name:?} have the same file name; \
+                         they cannot share one weights directory"
+                    ),
+                },
+            ));
+        }
+        let reference = PackageBuilder::blob_file_reference(&base);
+        let writer = builder.blob_writer(&base)?;
+        for record in file.records()? {
+            let new_offset = writer
+                .append(record.data_type, record.size, record.padding_bits, &mut file.reader(&record))
+                .map_err(|e| Error::io(file.path(), "copy blob data", e))?;
+            renumbered.insert((name.clone(), record.record_offset), (reference.clone(), new_offset));
+            summary.blobs += 1;
+            summary.blob_bytes += record.size;
+        }
+    }
+
+    let mut model = source.model().clone();
+    if let Some(crate::proto::model::Type::MlProgram(program)) = &mut model.r#type {
+        values::for_each_value_mut(program, &mut |_, value| {
+            if let Some(value::Value::BlobFileValue(blob)) = &mut value.value {
+                let (file_name, offset) = &renumbered[&(blob.file_name.clone(), blob.offset)];
+                blob.file_name = file_name.clone();
+                blob.offset = *offset;
+            }
+        });
+    }
+
+    // Files of the weights directory that the model does not refer to.
+    if let Some(weights_dir) = source.weights_dir() {
+        let referenced: Vec<&Path> = source.blob_files().values().map(|f| f.path()).collect();
+        let mut extra = Vec::new();
+        for entry in fs::read_dir(weights_dir).map_err(|e| Error::io(weights_dir, "list the weights directory", e))? {
+            let entry = entry.map_err(|e| Error::io(weights_dir, "list the weights directory", e))?;
+            let path = entry.path();
+            let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
+            if !referenced.contains(&canonical.as_path()) {
+                extra.push((entry.file_name().to_string_lossy().into_owned(), path));
+            }
+        }
+        extra.sort();
+        for (name, path) in extra {
+            if targets.contains_key(&name) {
+                continue;
+            }
+            builder.copy_weights_file(&name, &path)?;
+        }
+    }
+
+    let manifest = source.manifest();
+    let weights_id = manifest.weights_item().map(|(id, _)| id.to_string());
+    let data_dir = source.root().join(DATA_DIR);
+    for (id, item) in &manifest.item_info_entries {
+        if *id == manifest.root_model_identifier || Some(id) == weights_id.as_ref() {
+            continue;
+        }
+        let path = data_dir.join(&item.path);
+        builder.copy_item(item, &path)?;
+    }
+    builder.finish(&model)?;
+    Ok(summary)
+}
