@@ -31,8 +31,8 @@ pub enum Error {
     Invalid {
         /// The file at fault.
         path: PathBuf,
-        /// What is wrong with it.
-        problem: Problem,
+        /// What is wrong with it (boxed: errors stay small on the happy path).
+        problem: Box<Problem>,
     },
 }
 
@@ -48,7 +48,7 @@ impl Error {
     pub(crate) fn invalid(path: impl Into<PathBuf>, problem: Problem) -> Self {
         Error::Invalid {
             path: path.into(),
-            problem,
+            problem: Box::new(problem),
         }
     }
 
@@ -239,7 +239,9 @@ pub enum Problem {
         code: u32,
     },
     /// The header's blob count disagrees with the records in the file.
-    #[error("the header declares {declared} blobs but the file holds {found}; the file is damaged")]
+    #[error(
+        "the header declares {declared} blobs but the file holds {found}; the file is damaged"
+    )]
     BlobCountMismatch {
         /// The count in the header.
         declared: u64,

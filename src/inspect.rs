@@ -219,7 +219,10 @@ pub fn report(package: &Package, shown_path: &str) -> Result<Report> {
         let records = file.records()?;
         for record in &records {
             weights.bytes += record.size;
-            *weights.bytes_by_dtype.entry(record.data_type.name()).or_default() += record.size;
+            *weights
+                .bytes_by_dtype
+                .entry(record.data_type.name())
+                .or_default() += record.size;
         }
         weights.blob_count += records.len() as u64;
         weights.files.push(WeightFileReport {
@@ -291,7 +294,11 @@ fn feature(description: &FeatureDescription) -> FeatureReport {
         optional: false,
         summary: String::new(),
     };
-    let Some(FeatureType { r#type, is_optional }) = &description.r#type else {
+    let Some(FeatureType {
+        r#type,
+        is_optional,
+    }) = &description.r#type
+    else {
         report.summary = "untyped".to_string();
         return report;
     };
@@ -371,7 +378,8 @@ fn fill_array(report: &mut FeatureReport, array: &ArrayFeatureType) {
             report.shape_range = Some(ranges.size_ranges.iter().map(range).collect());
         }
         Some(array_feature_type::ShapeFlexibility::EnumeratedShapes(shapes)) => {
-            report.enumerated_shapes = Some(shapes.shapes.iter().map(|s| s.shape.clone()).collect());
+            report.enumerated_shapes =
+                Some(shapes.shapes.iter().map(|s| s.shape.clone()).collect());
         }
         None => {}
     }
@@ -393,11 +401,18 @@ fn range_text(range: &RangeReport) -> String {
 fn summary(report: &FeatureReport) -> String {
     let mut text = match report.kind {
         "multi_array" | "state" => {
-            let kind = if report.kind == "state" { "State" } else { "MultiArray" };
+            let kind = if report.kind == "state" {
+                "State"
+            } else {
+                "MultiArray"
+            };
             let dtype = report.dtype.unwrap_or("invalid");
             let shape = match &report.shape_range {
                 Some(ranges) => {
-                    format!("[{}]", ranges.iter().map(range_text).collect::<Vec<_>>().join(", "))
+                    format!(
+                        "[{}]",
+                        ranges.iter().map(range_text).collect::<Vec<_>>().join(", ")
+                    )
                 }
                 None => match report.shape.as_deref() {
                     Some(shape) if !shape.is_empty() => dims(shape),
@@ -414,7 +429,10 @@ fn summary(report: &FeatureReport) -> String {
         }
         "image" => {
             let image = report.image.as_ref().expect("set for images");
-            let mut text = format!("Image {} {}x{}", image.color_space, image.width, image.height);
+            let mut text = format!(
+                "Image {} {}x{}",
+                image.color_space, image.width, image.height
+            );
             if let (Some(w), Some(h)) = (&image.width_range, &image.height_range) {
                 let _ = write!(text, " (width {}, height {})", range_text(w), range_text(h));
             }
@@ -453,7 +471,11 @@ pub fn to_text(report: &Report) -> String {
     );
     let _ = writeln!(out, "  functions:");
     for function in &report.functions {
-        let default = if function.is_default { " (default)" } else { "" };
+        let default = if function.is_default {
+            " (default)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
             "    {}{default}: opset {}, {} operations",

@@ -145,7 +145,10 @@ fn rewrite_command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
 /// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
 fn write_stdout(text: &str) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure {
             message: format!("could not write the output: {e}"),
             usage: false,

@@ -69,7 +69,12 @@ fn normalise(text: &str) -> String {
 fn display(paths: &[PathBuf]) -> String {
     paths
         .iter()
-        .map(|path| path.strip_prefix(repo_root()).unwrap_or(Path::new(path)).display().to_string())
+        .map(|path| {
+            path.strip_prefix(repo_root())
+                .unwrap_or(Path::new(path))
+                .display()
+                .to_string()
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }

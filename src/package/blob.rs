@@ -163,7 +163,10 @@ impl BlobDataType {
     /// The blob type able to store MIL elements of `data_type`, if any
     /// (there are no blob types for bool, strings or 64-bit types).
     pub fn from_mil_type(data_type: DataType) -> Option<Self> {
-        ALL_TYPES.iter().copied().find(|t| t.mil_type() == data_type)
+        ALL_TYPES
+            .iter()
+            .copied()
+            .find(|t| t.mil_type() == data_type)
     }
 
     /// A short lower-case name, as the CLI prints it.
@@ -269,7 +272,10 @@ impl BlobFile {
         let declared_count = u32_at(&header, 0);
         let version = u32_at(&header, 4);
         if version != STORAGE_VERSION {
-            return Err(Error::invalid(&path, Problem::UnsupportedStorageVersion { version }));
+            return Err(Error::invalid(
+                &path,
+                Problem::UnsupportedStorageVersion { version },
+            ));
         }
         Ok(BlobFile {
             path,
@@ -316,7 +322,10 @@ impl BlobFile {
         if offset % ALIGNMENT != 0 {
             return Err(bad_offset("records are 64-byte aligned"));
         }
-        if offset.checked_add(RECORD_LEN).is_none_or(|end| end > self.len) {
+        if offset
+            .checked_add(RECORD_LEN)
+            .is_none_or(|end| end > self.len)
+        {
             return Err(Error::invalid(
                 &self.path,
                 Problem::BlobOutOfBounds {
@@ -354,7 +363,10 @@ impl BlobFile {
                 "its data offset {data_offset} must be 64-byte aligned and follow the record"
             )));
         }
-        if data_offset.checked_add(size).is_none_or(|end| end > self.len) {
+        if data_offset
+            .checked_add(size)
+            .is_none_or(|end| end > self.len)
+        {
             return Err(Error::invalid(
                 &self.path,
                 Problem::BlobOutOfBounds {
@@ -447,7 +459,9 @@ pub struct BlobReader<'a> {
 
 impl Read for BlobReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let wanted = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let wanted = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         if wanted == 0 {
             return Ok(0);
         }
@@ -500,11 +514,14 @@ impl<W: Write + Seek> BlobWriter<W> {
         data: &mut dyn Read,
     ) -> io::Result<u64> {
         let count = self.count.checked_add(1).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "a weight file holds at most 2^32 - 1 blobs")
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a weight file holds at most 2^32 - 1 blobs",
+            )
         })?;
-        let record_offset = align(self.end).ok_or_else(|| too_large())?;
+        let record_offset = align(self.end).ok_or_else(too_large)?;
         let data_offset = record_offset + RECORD_LEN;
-        let data_end = data_offset.checked_add(size).ok_or_else(|| too_large())?;
+        let data_end = data_offset.checked_add(size).ok_or_else(too_large)?;
         write_zeros(&mut self.out, record_offset - self.end)?;
         let mut record = [0u8; RECORD_LEN as usize];
         record[0..4].copy_from_slice(&SENTINEL.to_le_bytes());
@@ -536,7 +553,10 @@ impl<W: Write + Seek> BlobWriter<W> {
 }
 
 fn too_large() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, "the weight file would exceed 2^64 bytes")
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "the weight file would exceed 2^64 bytes",
+    )
 }
 
 fn header_bytes(count: u32) -> [u8; HEADER_LEN as usize] {
@@ -644,7 +664,10 @@ mod tests {
         for (index, data_type) in BlobDataType::all().iter().enumerate() {
             assert_eq!(data_type.code(), index as u32 + 1);
             assert_eq!(BlobDataType::from_code(data_type.code()), Some(*data_type));
-            assert_eq!(BlobDataType::from_mil_type(data_type.mil_type()), Some(*data_type));
+            assert_eq!(
+                BlobDataType::from_mil_type(data_type.mil_type()),
+                Some(*data_type)
+            );
         }
         assert_eq!(BlobDataType::from_code(0), None);
         assert_eq!(BlobDataType::from_code(18), None);
@@ -696,15 +719,24 @@ mod tests {
     #[test]
     fn sub_byte_packing_round_trips_for_every_width() {
         for bits in 1..=8u32 {
-            let values: Vec<u8> = (0..37u32).map(|i| ((i * 7 + 3) % (1 << bits)) as u8).collect();
+            let values: Vec<u8> = (0..37u32)
+                .map(|i| ((i * 7 + 3) % (1 << bits)) as u8)
+                .collect();
             let packed = pack_sub_byte(&values, bits).unwrap();
             assert_eq!(packed.len(), (37 * bits as usize).div_ceil(8));
-            assert_eq!(unpack_sub_byte(&packed, bits, values.len()).unwrap(), values, "{bits} bits");
+            assert_eq!(
+                unpack_sub_byte(&packed, bits, values.len()).unwrap(),
+                values,
+                "{bits} bits"
+            );
         }
         // LSB first: elements 1 and 2 of uint4 share byte 0, low nibble first.
         assert_eq!(pack_sub_byte(&[0x1, 0x2], 4).unwrap(), vec![0x21]);
         // uint3 straddles bytes: 0b111 at index 2 occupies bits 6..9.
-        assert_eq!(pack_sub_byte(&[0, 0, 7], 3).unwrap(), vec![0b1100_0000, 0b0000_0001]);
+        assert_eq!(
+            pack_sub_byte(&[0, 0, 7], 3).unwrap(),
+            vec![0b1100_0000, 0b0000_0001]
+        );
         assert_eq!(unpack_sub_byte(&[0xff], 4, 3), None);
     }
 }

@@ -66,10 +66,12 @@ pub struct ManifestItem {
 impl Manifest {
     /// Parses manifest JSON. Only version 1.0.0 is accepted, as in Core ML.
     pub fn parse(json: &[u8]) -> Result<Manifest, ManifestError> {
-        let manifest: Manifest = serde_json::from_slice(json)
-            .map_err(|e| ManifestError::Malformed(e.to_string()))?;
+        let manifest: Manifest =
+            serde_json::from_slice(json).map_err(|e| ManifestError::Malformed(e.to_string()))?;
         if manifest.file_format_version != FILE_FORMAT_VERSION {
-            return Err(ManifestError::UnsupportedVersion(manifest.file_format_version));
+            return Err(ManifestError::UnsupportedVersion(
+                manifest.file_format_version,
+            ));
         }
         if !manifest
             .item_info_entries
@@ -184,7 +186,10 @@ mod tests {
     fn parses_and_reprints_core_mls_format_exactly() {
         let manifest = Manifest::parse(COREMLTOOLS_MANIFEST.as_bytes()).unwrap();
         assert_eq!(manifest.root_item().name, "model.mlmodel");
-        assert_eq!(manifest.weights_item().unwrap().1.path, "com.apple.CoreML/weights");
+        assert_eq!(
+            manifest.weights_item().unwrap().1.path,
+            "com.apple.CoreML/weights"
+        );
         assert_eq!(manifest.to_json(), COREMLTOOLS_MANIFEST);
     }
 
@@ -203,7 +208,8 @@ mod tests {
             Manifest::parse(unknown_root.as_bytes()),
             Err(ManifestError::UnknownRoot(_))
         ));
-        let no_path = COREMLTOOLS_MANIFEST.replace("\"path\": \"com.apple.CoreML/weights\"", "\"x\": \"\"");
+        let no_path =
+            COREMLTOOLS_MANIFEST.replace("\"path\": \"com.apple.CoreML/weights\"", "\"x\": \"\"");
         assert!(matches!(
             Manifest::parse(no_path.as_bytes()),
             Err(ManifestError::Malformed(message)) if message.contains("path")
@@ -213,11 +219,19 @@ mod tests {
     #[test]
     fn derived_identifiers_are_stable_distinct_and_uuid_shaped() {
         let a = derived_identifier(b"spec", "com.apple.CoreML/model.mlmodel");
-        assert_eq!(a, derived_identifier(b"spec", "com.apple.CoreML/model.mlmodel"));
+        assert_eq!(
+            a,
+            derived_identifier(b"spec", "com.apple.CoreML/model.mlmodel")
+        );
         assert_ne!(a, derived_identifier(b"spec", "com.apple.CoreML/weights"));
-        assert_ne!(a, derived_identifier(b"other", "com.apple.CoreML/model.mlmodel"));
+        assert_ne!(
+            a,
+            derived_identifier(b"other", "com.apple.CoreML/model.mlmodel")
+        );
         assert_eq!(a.len(), 36);
         assert_eq!(a.as_bytes()[14], b'8');
-        assert!(a.chars().all(|c| c == '-' || c.is_ascii_digit() || c.is_ascii_uppercase()));
+        assert!(a
+            .chars()
+            .all(|c| c == '-' || c.is_ascii_digit() || c.is_ascii_uppercase()));
     }
 }

@@ -173,9 +173,9 @@ impl Package {
             weights_dir,
             blob_files: BTreeMap::new(),
         };
-        package
-            .check_structure()
-            .map_err(|detail| Error::invalid(&package.spec_path, Problem::InconsistentSpec { detail }))?;
+        package.check_structure().map_err(|detail| {
+            Error::invalid(&package.spec_path, Problem::InconsistentSpec { detail })
+        })?;
         package.open_blob_files()?;
         package.blob_references()?;
         Ok(package)
@@ -272,7 +272,9 @@ impl Package {
         if is_multifunction(description) {
             &description.default_function_name
         } else {
-            single_function(self.program()).expect("validated on open").0
+            single_function(self.program())
+                .expect("validated on open")
+                .0
         }
     }
 
@@ -448,7 +450,10 @@ impl Package {
             ("output", !description.output.is_empty()),
             ("state", !description.state.is_empty()),
             ("trainingInput", !description.training_input.is_empty()),
-            ("predictedFeatureName", !description.predicted_feature_name.is_empty()),
+            (
+                "predictedFeatureName",
+                !description.predicted_feature_name.is_empty(),
+            ),
             (
                 "predictedProbabilitiesName",
                 !description.predicted_probabilities_name.is_empty(),
@@ -463,7 +468,10 @@ impl Package {
         let mut seen = BTreeSet::new();
         for function in &description.functions {
             if !seen.insert(function.name.as_str()) {
-                return Err(format!("the description lists function {:?} twice", function.name));
+                return Err(format!(
+                    "the description lists function {:?} twice",
+                    function.name
+                ));
             }
             if !program.functions.contains_key(&function.name) {
                 return Err(format!(
@@ -522,12 +530,18 @@ pub fn element_count(tensor: &mil_spec::TensorType) -> Option<u64> {
 
 /// `"a", "b", "c"`, for messages.
 pub(crate) fn quoted_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
-    names.map(|name| format!("{name:?}")).collect::<Vec<_>>().join(", ")
+    names
+        .map(|name| format!("{name:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn read_limited(path: &Path, limit: u64, action: &'static str) -> Result<Vec<u8>> {
     let file = fs::File::open(path).map_err(|e| Error::io(path, action, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, action, e))?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(path, action, e))?
+        .len();
     if len > limit {
         return Err(Error::invalid(path, Problem::TooLarge { len, limit }));
     }
@@ -536,7 +550,13 @@ fn read_limited(path: &Path, limit: u64, action: &'static str) -> Result<Vec<u8>
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io(path, action, e))?;
     if bytes.len() as u64 > limit {
-        return Err(Error::invalid(path, Problem::TooLarge { len: bytes.len() as u64, limit }));
+        return Err(Error::invalid(
+            path,
+            Problem::TooLarge {
+                len: bytes.len() as u64,
+                limit,
+            },
+        ));
     }
     Ok(bytes)
 }

@@ -79,7 +79,11 @@ mod tests {
     }
 
     fn problem(result: Result<PathBuf>) -> Problem {
-        result.unwrap_err().problem().cloned().expect("a content problem")
+        result
+            .unwrap_err()
+            .problem()
+            .cloned()
+            .expect("a content problem")
     }
 
     #[test]

@@ -199,7 +199,10 @@ mod tests {
     fn garbage_is_malformed() {
         for garbage in [&b"\xff\xff\xff"[..], b"\x0a\x10abc", b"\x0b", b""] {
             assert!(
-                matches!(decode_ml_program(garbage), Err(Problem::MalformedSpec { .. })),
+                matches!(
+                    decode_ml_program(garbage),
+                    Err(Problem::MalformedSpec { .. })
+                ),
                 "{garbage:?}"
             );
         }

@@ -159,4 +159,10 @@ macro_rules! visitors {
 }
 
 visitors!(for_each_value, visit_block, visit_value, values,);
-visitors!(for_each_value_mut, visit_block_mut, visit_value_mut, values_mut, mut);
+visitors!(
+    for_each_value_mut,
+    visit_block_mut,
+    visit_value_mut,
+    values_mut,
+    mut
+);

@@ -95,13 +95,17 @@ impl PackageBuilder {
             fs::create_dir_all(&weights_dir)
                 .map_err(|e| Error::io(&weights_dir, "create the weights directory", e))?;
             let path = weights_dir.join(file_name);
-            let file = File::create(&path).map_err(|e| Error::io(&path, "create a weight file", e))?;
+            let file =
+                File::create(&path).map_err(|e| Error::io(&path, "create a weight file", e))?;
             let writer = BlobWriter::new(BufWriter::with_capacity(1 << 20, file))
                 .map_err(|e| Error::io(&path, "write a weight file", e))?;
             self.blob_writers.insert(file_name.to_string(), writer);
             self.has_weights = true;
         }
-        Ok(self.blob_writers.get_mut(file_name).expect("inserted above"))
+        Ok(self
+            .blob_writers
+            .get_mut(file_name)
+            .expect("inserted above"))
     }
 
     /// Copies `source` verbatim into the weights directory as `file_name`:
@@ -115,7 +119,11 @@ impl PackageBuilder {
     }
 
     fn weights_dir(&self) -> PathBuf {
-        self.staging.path().join(DATA_DIR).join(CORE_ML_DIR).join(WEIGHTS_ITEM_NAME)
+        self.staging
+            .path()
+            .join(DATA_DIR)
+            .join(CORE_ML_DIR)
+            .join(WEIGHTS_ITEM_NAME)
     }
 
     /// Copies an item that is neither the model nor its weights (a file or
@@ -147,7 +155,8 @@ impl PackageBuilder {
                 .finish()
                 .and_then(|out| out.into_inner().map_err(|e| e.into_error()))
                 .map_err(|e| Error::io(&path, "write a weight file", e))?;
-            file.sync_all().map_err(|e| Error::io(&path, "flush a weight file", e))?;
+            file.sync_all()
+                .map_err(|e| Error::io(&path, "flush a weight file", e))?;
         }
 
         let spec_bytes = model.encode_to_vec();
@@ -157,7 +166,10 @@ impl PackageBuilder {
         let spec_digest = Sha256::digest(&spec_bytes);
         let mut items = vec![ManifestItem::core_ml(SPEC_ITEM_NAME, SPEC_ITEM_DESCRIPTION)];
         if has_weights {
-            items.push(ManifestItem::core_ml(WEIGHTS_ITEM_NAME, WEIGHTS_ITEM_DESCRIPTION));
+            items.push(ManifestItem::core_ml(
+                WEIGHTS_ITEM_NAME,
+                WEIGHTS_ITEM_DESCRIPTION,
+            ));
         }
         items.append(&mut self.extra_items);
         let root_model_identifier = derived_identifier(&spec_digest, &items[0].path);
@@ -170,7 +182,11 @@ impl PackageBuilder {
             root_model_identifier,
         };
         let manifest_path = self.staging.path().join(MANIFEST_FILE);
-        write_synced(&manifest_path, manifest.to_json().as_bytes(), "write the manifest")?;
+        write_synced(
+            &manifest_path,
+            manifest.to_json().as_bytes(),
+            "write the manifest",
+        )?;
 
         move_into_place(self.staging, &self.destination)?;
         Ok(self.destination)
@@ -234,7 +250,8 @@ fn remove_any(path: &Path) -> io::Result<()> {
 
 fn write_synced(path: &Path, bytes: &[u8], action: &'static str) -> Result<()> {
     let mut file = File::create(path).map_err(|e| Error::io(path, action, e))?;
-    file.write_all(bytes).map_err(|e| Error::io(path, action, e))?;
+    file.write_all(bytes)
+        .map_err(|e| Error::io(path, action, e))?;
     file.sync_all().map_err(|e| Error::io(path, action, e))
 }
 
@@ -334,9 +351,17 @@ pub fn rewrite(source: &Package, destination: impl AsRef<Path>) -> Result<Rewrit
         let writer = builder.blob_writer(&base)?;
         for record in file.records()? {
             let new_offset = writer
-                .append(record.data_type, record.size, record.padding_bits, &mut file.reader(&record))
+                .append(
+                    record.data_type,
+                    record.size,
+                    record.padding_bits,
+                    &mut file.reader(&record),
+                )
                 .map_err(|e| Error::io(file.path(), "copy blob data", e))?;
-            renumbered.insert((name.clone(), record.record_offset), (reference.clone(), new_offset));
+            renumbered.insert(
+                (name.clone(), record.record_offset),
+                (reference.clone(), new_offset),
+            );
             summary.blobs += 1;
             summary.blob_bytes += record.size;
         }
@@ -357,8 +382,11 @@ pub fn rewrite(source: &Package, destination: impl AsRef<Path>) -> Result<Rewrit
     if let Some(weights_dir) = source.weights_dir() {
         let referenced: Vec<&Path> = source.blob_files().values().map(|f| f.path()).collect();
         let mut extra = Vec::new();
-        for entry in fs::read_dir(weights_dir).map_err(|e| Error::io(weights_dir, "list the weights directory", e))? {
-            let entry = entry.map_err(|e| Error::io(weights_dir, "list the weights directory", e))?;
+        for entry in fs::read_dir(weights_dir)
+            .map_err(|e| Error::io(weights_dir, "list the weights directory", e))?
+        {
+            let entry =
+                entry.map_err(|e| Error::io(weights_dir, "list the weights directory", e))?;
             let path = entry.path();
             let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
             if !referenced.contains(&canonical.as_path()) {

@@ -1,0 +1,106 @@
+//! Helpers shared by the integration tests: where the fixtures are, and
+//! scratch copies of them to damage.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// `tests/fixtures`.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A source package made by coremltools, by name (`lora_adapter_1`).
+pub fn source_package(name: &str) -> PathBuf {
+    fixtures()
+        .join("packages")
+        .join(format!("{name}.mlpackage"))
+}
+
+/// A package merged by coremltools' `save_multifunction`, by scenario.
+pub fn merged_package(scenario: &str) -> PathBuf {
+    fixtures()
+        .join("merged")
+        .join(format!("{scenario}.mlpackage"))
+}
+
+/// Every committed `.mlpackage`, sources then merged ones, sorted.
+pub fn all_packages() -> Vec<PathBuf> {
+    let mut all = Vec::new();
+    for dir in ["packages", "merged"] {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(fixtures().join(dir))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|e| e == "mlpackage"))
+            .collect();
+        found.sort();
+        all.extend(found);
+    }
+    assert!(
+        all.len() >= 20,
+        "fixtures missing: found only {}",
+        all.len()
+    );
+    all
+}
+
+/// Copies a directory tree (following nothing: fixtures hold plain files).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A scratch copy of a fixture package, to damage.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+    pub package: PathBuf,
+}
+
+impl Scratch {
+    pub fn of(source: &Path) -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        let package = dir.path().join(source.file_name().unwrap());
+        copy_dir(source, &package);
+        Scratch { dir, package }
+    }
+
+    pub fn manifest(&self) -> PathBuf {
+        self.package.join("Manifest.json")
+    }
+
+    pub fn spec(&self) -> PathBuf {
+        self.package.join("Data/com.apple.CoreML/model.mlmodel")
+    }
+
+    pub fn weights(&self) -> PathBuf {
+        self.package
+            .join("Data/com.apple.CoreML/weights/weight.bin")
+    }
+}
+
+/// Every file under `root`, relative, with its bytes, sorted by path.
+pub fn tree_bytes(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    fn walk(root: &Path, dir: &Path, files: &mut Vec<(PathBuf, Vec<u8>)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, files);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                files.push((path.strip_prefix(root).unwrap().to_path_buf(), bytes));
+            }
+        }
+    }
+    walk(root, root, &mut files);
+    files.sort();
+    files
+}
