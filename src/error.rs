@@ -26,6 +26,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A merge request cannot be carried out as asked.
+    #[error("{0}")]
+    Merge(Box<MergeProblem>),
     /// A file holds something this crate cannot accept.
     #[error("{}: {problem}", path.display())]
     Invalid {
@@ -52,10 +55,15 @@ impl Error {
         }
     }
 
-    /// The file or directory the error is about.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn merge(problem: MergeProblem) -> Self {
+        Error::Merge(Box::new(problem))
+    }
+
+    /// The file or directory the error is about, if it is about one.
+    pub fn path(&self) -> Option<&Path> {
         match self {
-            Error::Io { path, .. } | Error::Invalid { path, .. } => path,
+            Error::Io { path, .. } | Error::Invalid { path, .. } => Some(path),
+            Error::Merge(_) => None,
         }
     }
 
@@ -63,7 +71,15 @@ impl Error {
     pub fn problem(&self) -> Option<&Problem> {
         match self {
             Error::Invalid { problem, .. } => Some(problem),
-            Error::Io { .. } => None,
+            Error::Io { .. } | Error::Merge(_) => None,
+        }
+    }
+
+    /// What is wrong, when the error is about a merge request.
+    pub fn merge_problem(&self) -> Option<&MergeProblem> {
+        match self {
+            Error::Merge(problem) => Some(problem),
+            Error::Io { .. } | Error::Invalid { .. } => None,
         }
     }
 }
@@ -306,8 +322,102 @@ pub enum Problem {
     },
 }
 
-/// Formats a byte count the way the CLI and error messages show it.
-pub(crate) struct Bytes(pub u64);
+/// Why a merge request cannot be carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MergeProblem {
+    /// The descriptor lists no function.
+    #[error("nothing to merge: add at least one function")]
+    NoFunctions,
+    /// A source function does not exist in its package.
+    #[error(
+        "{}: has no function {function:?}; its functions are {}",
+        package.display(),
+        crate::package::quoted_list(available.iter().map(String::as_str))
+    )]
+    UnknownSourceFunction {
+        /// The source package.
+        package: PathBuf,
+        /// The function asked for.
+        function: String,
+        /// The functions it has.
+        available: Vec<String>,
+    },
+    /// Two functions were given the same target name.
+    #[error(
+        "two functions are named {target:?} in the merged model ({first} and {second}); \
+         give each a distinct target name"
+    )]
+    DuplicateTarget {
+        /// The name.
+        target: String,
+        /// The first source given that name.
+        first: String,
+        /// The second one.
+        second: String,
+    },
+    /// A target name is not a MIL identifier.
+    #[error(
+        "{target:?} cannot name a function: Core ML function names match \
+         [A-Za-z_][A-Za-z0-9_@]* (letters, digits, _ and @, not starting with a digit)"
+    )]
+    InvalidTargetName {
+        /// The name.
+        target: String,
+    },
+    /// No default function was set.
+    #[error(
+        "no default function set; choose one of {} (a multifunction model must name the \
+         function a plain load runs)",
+        crate::package::quoted_list(targets.iter().map(String::as_str))
+    )]
+    MissingDefault {
+        /// The functions to choose from.
+        targets: Vec<String>,
+    },
+    /// The default function is not one of the targets.
+    #[error(
+        "the default function {default:?} is not one of the merged functions ({})",
+        crate::package::quoted_list(targets.iter().map(String::as_str))
+    )]
+    UnknownDefault {
+        /// The name given.
+        default: String,
+        /// The functions to choose from.
+        targets: Vec<String>,
+    },
+    /// A function's body cannot be moved to the merged model's opset.
+    #[error(
+        "{}: function {function:?} cannot be raised from opset {from} to {to}: {reason}; \
+         re-convert it with minimum_deployment_target=iOS18 (coremltools cannot merge it either)",
+        package.display()
+    )]
+    OpsetCannotBeRaised {
+        /// The source package.
+        package: PathBuf,
+        /// The source function.
+        function: String,
+        /// Its opset.
+        from: String,
+        /// The merged model's opset.
+        to: String,
+        /// Why: the op at fault and what changed.
+        reason: String,
+    },
+    /// The destination is one of the sources.
+    #[error(
+        "{}: the destination is also a source; write the merged model elsewhere \
+         (input packages are never modified)",
+        destination.display()
+    )]
+    DestinationIsSource {
+        /// The destination.
+        destination: PathBuf,
+    },
+}
+
+/// A byte count, displayed the way the CLI shows sizes (`1.5 KiB`).
+pub struct Bytes(pub u64);
 
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -346,6 +456,6 @@ mod tests {
         let message = error.to_string();
         assert!(message.starts_with("a/weight.bin: "), "{message}");
         assert!(message.contains("truncated"), "{message}");
-        assert_eq!(error.path(), Path::new("a/weight.bin"));
+        assert_eq!(error.path(), Some(Path::new("a/weight.bin")));
     }
 }

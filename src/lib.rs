@@ -39,9 +39,11 @@
 
 #![warn(missing_docs)]
 
+pub mod compare;
 mod error;
 pub mod inspect;
+pub mod merge;
 pub mod package;
 pub mod proto;
 
-pub use error::{Error, Problem, Result};
+pub use error::{Bytes, Error, MergeProblem, Problem, Result};

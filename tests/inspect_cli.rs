@@ -289,3 +289,95 @@ fn rewrite_writes_a_package_that_inspects_the_same() {
     after["path"] = Value::Null;
     assert_eq!(before, after);
 }
+
+#[test]
+fn merge_prints_a_summary_and_compare_finds_it_equal_to_coremltools() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("pair.mlpackage");
+    let first = format!(
+        "{}=adapter_1",
+        common::source_package("lora_adapter_1").display()
+    );
+    let second = format!(
+        "{}:main=adapter_2",
+        common::source_package("lora_adapter_2").display()
+    );
+    let output = cli(&[
+        "merge",
+        "-o",
+        out.to_str().unwrap(),
+        "--function",
+        &first,
+        "--function",
+        &second,
+        "--default",
+        "adapter_1",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("merged 2 functions"), "{text}");
+    assert!(text.contains("adapter_2  <- "), "{text}");
+    assert!(
+        text.contains("unique blobs") && text.contains("saved"),
+        "{text}"
+    );
+
+    let oracle = common::merged_package("lora_pair");
+    let args = [
+        "compare",
+        out.to_str().unwrap(),
+        oracle.to_str().unwrap(),
+        "--ignore-metadata",
+        "--ignore-program-attributes",
+    ];
+    let output = cli(&args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(String::from_utf8(output.stdout)
+        .unwrap()
+        .contains("semantically equal"));
+
+    // Against a different model, compare reports the differences and fails.
+    let other = common::merged_package("stateful");
+    let output = cli(&["compare", out.to_str().unwrap(), other.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8(output.stdout)
+        .unwrap()
+        .contains("differs: functions"));
+}
+
+#[test]
+fn merge_errors_name_the_function_and_leave_no_output() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("bad.mlpackage");
+    let spec = format!(
+        "{}:decode=x",
+        common::source_package("lora_adapter_1").display()
+    );
+    let output = cli(&[
+        "merge",
+        "-o",
+        out.to_str().unwrap(),
+        "-f",
+        &spec,
+        "--default",
+        "x",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("has no function \"decode\"") && stderr.contains("\"main\""),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+
+    let output = cli(&["merge", "-o", out.to_str().unwrap(), "-f", "no-equals-sign"]);
+    assert_eq!(output.status.code(), Some(2));
+}

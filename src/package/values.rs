@@ -10,8 +10,8 @@
 use std::fmt;
 
 use crate::proto::mil_spec::{
-    argument::binding, tensor_value, value, value::immediate_value, Block, Operation, Program,
-    Value,
+    argument::binding, tensor_value, value, value::immediate_value, Block, Function, Operation,
+    Program, Value,
 };
 
 /// Where a value sits in a program.
@@ -52,7 +52,7 @@ pub fn op_name(op: &Operation) -> Option<&str> {
 // One body, two visitors: the shared and the mutable walk differ only in
 // `&` versus `&mut`, so a macro writes both.
 macro_rules! visitors {
-    ($visit:ident, $visit_block:ident, $visit_value:ident, $values:ident, $($mutability:tt)?) => {
+    ($visit:ident, $visit_function:ident, $visit_block:ident, $visit_value:ident, $values:ident, $($mutability:tt)?) => {
         /// Calls `f` with every value of `program` and where it sits,
         /// nested immediates included.
         pub fn $visit(
@@ -68,17 +68,27 @@ macro_rules! visitors {
                 $visit_value(&site, value, f);
             }
             for (name, function) in & $($mutability)? program.functions {
-                for (key, value) in & $($mutability)? function.attributes {
-                    let site = ValueSite {
-                        function: name.clone(),
-                        op: None,
-                        slot: format!("function attribute {key}"),
-                    };
-                    $visit_value(&site, value, f);
-                }
-                for block in function.block_specializations.$values() {
-                    $visit_block(name, block, f);
-                }
+                $visit_function(name, function, f);
+            }
+        }
+
+        /// Calls `f` with every value of one function (its attributes and
+        /// every block specialization), reported as belonging to `name`.
+        pub fn $visit_function(
+            name: &str,
+            function: & $($mutability)? Function,
+            f: &mut dyn FnMut(&ValueSite, & $($mutability)? Value),
+        ) {
+            for (key, value) in & $($mutability)? function.attributes {
+                let site = ValueSite {
+                    function: name.to_string(),
+                    op: None,
+                    slot: format!("function attribute {key}"),
+                };
+                $visit_value(&site, value, f);
+            }
+            for block in function.block_specializations.$values() {
+                $visit_block(name, block, f);
             }
         }
 
@@ -158,9 +168,16 @@ macro_rules! visitors {
     };
 }
 
-visitors!(for_each_value, visit_block, visit_value, values,);
+visitors!(
+    for_each_value,
+    for_each_function_value,
+    visit_block,
+    visit_value,
+    values,
+);
 visitors!(
     for_each_value_mut,
+    for_each_function_value_mut,
     visit_block_mut,
     visit_value_mut,
     values_mut,

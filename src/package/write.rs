@@ -415,3 +415,35 @@ pub fn rewrite(source: &Package, destination: impl AsRef<Path>) -> Result<Rewrit
     builder.finish(&model)?;
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::package::blob::BlobDataType;
+
+    #[test]
+    fn an_unfinished_package_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let destination = dir.path().join("never.mlpackage");
+        let mut builder = PackageBuilder::new(&destination).unwrap();
+        builder
+            .blob_writer("weight.bin")
+            .unwrap()
+            .append(BlobDataType::UInt8, 3, 0, &mut &[1u8, 2, 3][..])
+            .unwrap();
+        drop(builder);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn destinations_must_be_mlpackage_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["model.mlmodel", ".mlpackage", "plain"] {
+            let error = PackageBuilder::new(dir.path().join(bad)).unwrap_err();
+            assert!(
+                matches!(error.problem(), Some(Problem::InvalidDestination { .. })),
+                "{bad}: {error}"
+            );
+        }
+    }
+}
