@@ -26,6 +26,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The `[package.metadata.multifunction]` configuration is wrong.
+    #[cfg(feature = "build")]
+    #[error("{0}")]
+    Config(Box<crate::config::ConfigError>),
     /// A merge request cannot be carried out as asked.
     #[error("{0}")]
     Merge(Box<MergeProblem>),
@@ -64,6 +68,8 @@ impl Error {
         match self {
             Error::Io { path, .. } | Error::Invalid { path, .. } => Some(path),
             Error::Merge(_) => None,
+            #[cfg(feature = "build")]
+            Error::Config(error) => Some(&error.manifest),
         }
     }
 
@@ -71,7 +77,7 @@ impl Error {
     pub fn problem(&self) -> Option<&Problem> {
         match self {
             Error::Invalid { problem, .. } => Some(problem),
-            Error::Io { .. } | Error::Merge(_) => None,
+            _ => None,
         }
     }
 
@@ -79,7 +85,7 @@ impl Error {
     pub fn merge_problem(&self) -> Option<&MergeProblem> {
         match self {
             Error::Merge(problem) => Some(problem),
-            Error::Io { .. } | Error::Invalid { .. } => None,
+            _ => None,
         }
     }
 }

@@ -39,11 +39,20 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "build")]
+pub mod cargo;
 pub mod compare;
+#[cfg(feature = "build")]
+pub mod config;
 mod error;
 pub mod inspect;
 pub mod merge;
+pub mod naming;
 pub mod package;
+#[cfg(feature = "build")]
+pub mod pipeline;
 pub mod proto;
 
+#[cfg(feature = "build")]
+pub use cargo::{build, Builder, Built, Model};
 pub use error::{Bytes, Error, MergeProblem, Problem, Result};

@@ -319,7 +319,7 @@ impl BlobFile {
         if offset < HEADER_LEN {
             return Err(bad_offset("it lies inside the 64-byte file header"));
         }
-        if offset % ALIGNMENT != 0 {
+        if !offset.is_multiple_of(ALIGNMENT) {
             return Err(bad_offset("records are 64-byte aligned"));
         }
         if offset
@@ -358,7 +358,7 @@ impl BlobFile {
         let padding_bits = u64_at(&raw, 24);
         // Bytes 32..64 are reserved. Writers before iOS 18 left them
         // uninitialised, so they are ignored rather than checked.
-        if data_offset < offset + RECORD_LEN || data_offset % ALIGNMENT != 0 {
+        if data_offset < offset + RECORD_LEN || !data_offset.is_multiple_of(ALIGNMENT) {
             return Err(bad_offset(&format!(
                 "its data offset {data_offset} must be 64-byte aligned and follow the record"
             )));

@@ -27,7 +27,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-pub use write::{rewrite, PackageBuilder, RewriteSummary};
+pub use write::{copy_package, rewrite, PackageBuilder, RewriteSummary};
 
 use crate::error::{Error, Problem, Result};
 use crate::proto::mil_spec::{self, value, value_type, Program};

@@ -193,6 +193,27 @@ impl PackageBuilder {
     }
 }
 
+/// Copies a package directory to `destination` the same atomic way a new
+/// package is written: staged beside it, then renamed into place.
+pub fn copy_package(source: &Path, destination: &Path) -> Result<()> {
+    let parent = match destination.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent)
+        .map_err(|e| Error::io(&parent, "create the directory to copy into", e))?;
+    let name = destination
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("package");
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".{name}.partial-"))
+        .tempdir_in(&parent)
+        .map_err(|e| Error::io(&parent, "create a staging directory", e))?;
+    copy_tree(source, staging.path())?;
+    move_into_place(staging, destination)
+}
+
 /// Renames the finished staging directory to `destination`. An existing
 /// package there is first moved aside, and removed only once the new one is
 /// in place.
