@@ -51,6 +51,8 @@ pub mod naming;
 pub mod package;
 #[cfg(feature = "build")]
 pub mod pipeline;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 pub mod proto;
 
 #[cfg(feature = "build")]

@@ -1,0 +1,292 @@
+//! Running functions of merged models.
+//!
+//! The same API runs on two backends:
+//!
+//! - **Core ML** ([`coreml`], Apple targets only): the model is compiled and
+//!   loaded by Core ML with `MLModelConfiguration.functionName`, on the
+//!   compute units asked for (the Neural Engine where it can).
+//! - **Reference** ([`reference`], every target): a CPU interpreter of the
+//!   ML Program, computing in f32, so the same code runs and is tested on
+//!   Linux and Windows.
+//!
+//! [`Backend::Auto`] picks Core ML on Apple targets and the reference
+//! backend elsewhere. Inputs are checked against the function's description
+//! before any backend sees them ([`check`]).
+
+pub mod check;
+#[cfg(target_vendor = "apple")]
+pub mod coreml;
+mod error;
+pub mod reference;
+mod tensor;
+mod value;
+
+use std::path::{Path, PathBuf};
+
+pub use error::{Error, Result};
+pub use tensor::{element_count, AnyTensor, DataType, Element, Tensor};
+pub use value::{Dictionary, FeatureValue, Features, Image, PixelFormat};
+
+use crate::package::{quoted_list, Package};
+use crate::proto::{FeatureDescription, FunctionDescription};
+
+/// Where Core ML may run a model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ComputeUnits {
+    /// The CPU only.
+    CpuOnly,
+    /// The CPU and the GPU.
+    CpuAndGpu,
+    /// The CPU and the Neural Engine.
+    CpuAndNeuralEngine,
+    /// Whatever Core ML chooses (the default).
+    #[default]
+    All,
+}
+
+/// Which implementation runs the model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Core ML on Apple targets, the reference backend elsewhere.
+    #[default]
+    Auto,
+    /// Core ML (Apple targets only).
+    CoreMl,
+    /// The reference CPU interpreter.
+    Reference,
+}
+
+impl Backend {
+    /// The backend `Auto` stands for on this target.
+    pub fn resolve(self) -> Backend {
+        match self {
+            Backend::Auto if cfg!(target_vendor = "apple") => Backend::CoreMl,
+            Backend::Auto => Backend::Reference,
+            other => other,
+        }
+    }
+
+    /// A short name for messages ("Core ML", "reference CPU backend").
+    pub fn name(self) -> &'static str {
+        match self.resolve() {
+            Backend::CoreMl => "Core ML",
+            _ => "reference CPU backend",
+        }
+    }
+}
+
+/// How to load a model.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Configuration {
+    /// Where Core ML may run it (ignored by the reference backend).
+    pub compute_units: ComputeUnits,
+    /// Which backend runs it.
+    pub backend: Backend,
+}
+
+impl Configuration {
+    /// The default configuration with `backend`.
+    pub fn with_backend(backend: Backend) -> Self {
+        Configuration {
+            backend,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug)]
+enum FunctionImpl {
+    Reference(reference::Function),
+    #[cfg(target_vendor = "apple")]
+    CoreMl(coreml::Function),
+}
+
+#[derive(Debug)]
+enum StateImpl {
+    Reference(reference::State),
+    #[cfg(target_vendor = "apple")]
+    CoreMl(coreml::State),
+}
+
+/// One function of a model package, loaded and ready to predict.
+///
+/// On non-Apple targets it is `Send` and `Sync`. On Apple targets it holds
+/// an `MLModel`, and is `Send`/`Sync` only as far as the Core ML backend
+/// documents (see [`coreml`]).
+#[derive(Debug)]
+pub struct Model {
+    package: PathBuf,
+    description: FunctionDescription,
+    backend: Backend,
+    inner: FunctionImpl,
+}
+
+impl Model {
+    /// Loads `function` of the package at `package` (an `.mlpackage`).
+    pub fn load(package: impl AsRef<Path>, function: &str, configuration: &Configuration) -> Result<Model> {
+        let path = package.as_ref();
+        let opened = Package::open(path)?;
+        let Some(view) = opened.function(function) else {
+            return Err(Error::UnknownFunction {
+                package: path.to_path_buf(),
+                function: function.to_string(),
+                available: quoted_list(opened.functions().iter().map(|f| f.name)),
+            });
+        };
+        let description = view.description.into_owned();
+        let backend = configuration.backend.resolve();
+        let inner = match backend {
+            Backend::Reference | Backend::Auto => FunctionImpl::Reference(reference::Function::load(&opened, function)?),
+            #[cfg(target_vendor = "apple")]
+            Backend::CoreMl => FunctionImpl::CoreMl(coreml::Function::load(&opened, function, configuration)?),
+            #[cfg(not(target_vendor = "apple"))]
+            Backend::CoreMl => {
+                return Err(Error::UnsupportedPlatform(
+                    "Core ML runs only on Apple platforms; use Backend::Reference (or Backend::Auto) here".to_string(),
+                ))
+            }
+        };
+        Ok(Model {
+            package: path.to_path_buf(),
+            description,
+            backend,
+            inner,
+        })
+    }
+
+    /// The function's name.
+    pub fn function_name(&self) -> &str {
+        &self.description.name
+    }
+
+    /// The package it was loaded from.
+    pub fn package(&self) -> &Path {
+        &self.package
+    }
+
+    /// The function's interface.
+    pub fn description(&self) -> &FunctionDescription {
+        &self.description
+    }
+
+    /// The backend running it.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs a stateless prediction.
+    pub fn predict(&self, inputs: &Features) -> Result<Features> {
+        check::inputs(&self.description, inputs)?;
+        if !self.description.state.is_empty() {
+            return Err(Error::WrongState {
+                function: self.description.name.clone(),
+                detail: "the function is stateful: create a state with new_state() and call predict_with_state"
+                    .to_string(),
+            });
+        }
+        let outputs = match &self.inner {
+            FunctionImpl::Reference(function) => function.predict(inputs, None)?,
+            #[cfg(target_vendor = "apple")]
+            FunctionImpl::CoreMl(function) => function.predict(inputs, None)?,
+        };
+        self.check_outputs(outputs)
+    }
+
+    /// A fresh state for this function (every buffer zero), usable with
+    /// every function of the package whose state descriptions are the same.
+    pub fn new_state(&self) -> Result<State> {
+        let inner = match &self.inner {
+            FunctionImpl::Reference(function) => StateImpl::Reference(function.new_state()?),
+            #[cfg(target_vendor = "apple")]
+            FunctionImpl::CoreMl(function) => StateImpl::CoreMl(function.new_state()?),
+        };
+        Ok(State {
+            package: self.package.clone(),
+            descriptions: self.description.state.clone(),
+            inner,
+        })
+    }
+
+    /// Runs a prediction that reads and updates `state`.
+    pub fn predict_with_state(&self, inputs: &Features, state: &mut State) -> Result<Features> {
+        check::inputs(&self.description, inputs)?;
+        let mismatch = |detail: String| Error::WrongState {
+            function: self.description.name.clone(),
+            detail,
+        };
+        if state.descriptions != self.description.state {
+            return Err(mismatch(format!(
+                "it holds {}, the function needs {}",
+                describe_states(&state.descriptions),
+                describe_states(&self.description.state)
+            )));
+        }
+        if state.package != self.package {
+            return Err(mismatch(format!(
+                "it was made for {}, the function is loaded from {}",
+                state.package.display(),
+                self.package.display()
+            )));
+        }
+        let outputs = match (&self.inner, &mut state.inner) {
+            (FunctionImpl::Reference(function), StateImpl::Reference(state)) => function.predict(inputs, Some(state))?,
+            #[cfg(target_vendor = "apple")]
+            (FunctionImpl::CoreMl(function), StateImpl::CoreMl(state)) => function.predict(inputs, Some(state))?,
+            #[cfg(target_vendor = "apple")]
+            _ => return Err(mismatch("it was made by another backend".to_string())),
+        };
+        self.check_outputs(outputs)
+    }
+
+    fn check_outputs(&self, outputs: Features) -> Result<Features> {
+        for declared in &self.description.output {
+            if !outputs.contains_key(&declared.name) {
+                return Err(Error::Output {
+                    function: self.description.name.clone(),
+                    name: declared.name.clone(),
+                    detail: "the backend did not return it".to_string(),
+                });
+            }
+        }
+        Ok(outputs)
+    }
+}
+
+fn describe_states(states: &[FeatureDescription]) -> String {
+    if states.is_empty() {
+        "no state".to_string()
+    } else {
+        format!("states {}", quoted_list(states.iter().map(|s| s.name.as_str())))
+    }
+}
+
+/// The persistent buffers of a stateful function (an LLM's KV cache), shared
+/// by every function of the package with the same state descriptions.
+#[derive(Debug)]
+pub struct State {
+    package: PathBuf,
+    descriptions: Vec<FeatureDescription>,
+    inner: StateImpl,
+}
+
+impl State {
+    /// The names of its buffers.
+    pub fn names(&self) -> Vec<&str> {
+        self.descriptions.iter().map(|d| d.name.as_str()).collect()
+    }
+
+    /// A copy of buffer `name`.
+    pub fn read(&self, name: &str) -> Result<AnyTensor> {
+        if !self.descriptions.iter().any(|d| d.name == name) {
+            return Err(Error::WrongState {
+                function: String::new(),
+                detail: format!("there is no state {name:?}; the states are {}", quoted_list(self.names().into_iter())),
+            });
+        }
+        match &self.inner {
+            StateImpl::Reference(state) => state.read(name),
+            #[cfg(target_vendor = "apple")]
+            StateImpl::CoreMl(state) => state.read(name),
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The values a model takes and returns: tensors, scalars, strings, images
+//! and dictionaries, by name.
+
+use std::collections::BTreeMap;
+
+use super::tensor::{AnyTensor, Element, Tensor};
+
+/// One input, output or state value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeatureValue {
+    /// A multi-array.
+    Tensor(AnyTensor),
+    /// An integer scalar.
+    Int64(i64),
+    /// A floating-point scalar.
+    Double(f64),
+    /// A string.
+    String(String),
+    /// An image.
+    Image(Image),
+    /// A dictionary of scores (classifier probabilities).
+    Dictionary(Dictionary),
+}
+
+impl FeatureValue {
+    /// A one-word description of the kind of value, for messages.
+    pub fn kind(&self) -> String {
+        match self {
+            FeatureValue::Tensor(t) => format!("a {} tensor", t.data_type()),
+            FeatureValue::Int64(_) => "an int64".to_string(),
+            FeatureValue::Double(_) => "a double".to_string(),
+            FeatureValue::String(_) => "a string".to_string(),
+            FeatureValue::Image(_) => "an image".to_string(),
+            FeatureValue::Dictionary(_) => "a dictionary".to_string(),
+        }
+    }
+
+    /// The tensor of element type `T`, if this is one.
+    pub fn tensor<T: Element>(&self) -> Option<&Tensor<T>> {
+        match self {
+            FeatureValue::Tensor(tensor) => T::unwrap_ref(tensor),
+            _ => None,
+        }
+    }
+}
+
+impl<T: Element> From<Tensor<T>> for FeatureValue {
+    fn from(tensor: Tensor<T>) -> Self {
+        FeatureValue::Tensor(tensor.into())
+    }
+}
+
+/// The pixel layouts of image features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PixelFormat {
+    /// 8-bit red, green, blue, interleaved (3 bytes a pixel).
+    Rgb8,
+    /// 8-bit blue, green, red, interleaved (3 bytes a pixel).
+    Bgr8,
+    /// 8-bit gray (1 byte a pixel).
+    Gray8,
+    /// 16-bit float gray (2 bytes a pixel, little-endian).
+    GrayF16,
+}
+
+impl PixelFormat {
+    /// Bytes per pixel.
+    pub fn bytes_per_pixel(self) -> usize {
+        match self {
+            PixelFormat::Rgb8 | PixelFormat::Bgr8 => 3,
+            PixelFormat::Gray8 => 1,
+            PixelFormat::GrayF16 => 2,
+        }
+    }
+}
+
+/// Raw pixels of an image feature, rows top to bottom, no padding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// The pixel layout.
+    pub format: PixelFormat,
+    /// `width * height * format.bytes_per_pixel()` bytes.
+    pub pixels: Vec<u8>,
+}
+
+impl Image {
+    /// An image, checking that the pixel buffer has the right length.
+    pub fn new(width: usize, height: usize, format: PixelFormat, pixels: Vec<u8>) -> Option<Image> {
+        let expected = width.checked_mul(height)?.checked_mul(format.bytes_per_pixel())?;
+        (pixels.len() == expected).then_some(Image {
+            width,
+            height,
+            format,
+            pixels,
+        })
+    }
+}
+
+/// A dictionary feature: scores by integer or string key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Dictionary {
+    /// Keyed by integers.
+    Int64(BTreeMap<i64, f64>),
+    /// Keyed by strings.
+    String(BTreeMap<String, f64>),
+}
+
+/// Named feature values: a function's inputs or outputs.
+pub type Features = BTreeMap<String, FeatureValue>;
