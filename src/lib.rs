@@ -51,9 +51,9 @@ pub mod naming;
 pub mod package;
 #[cfg(feature = "build")]
 pub mod pipeline;
+pub mod proto;
 #[cfg(feature = "runtime")]
 pub mod runtime;
-pub mod proto;
 
 #[cfg(feature = "build")]
 pub use cargo::{build, Builder, Built, Model};

@@ -4,7 +4,8 @@
 
 use crate::package::quoted_list;
 use crate::proto::specification::{
-    array_feature_type, feature_type, image_feature_type, ArrayFeatureType, ImageFeatureType, SizeRange,
+    array_feature_type, feature_type, image_feature_type, ArrayFeatureType, ImageFeatureType,
+    SizeRange,
 };
 use crate::proto::{FeatureDescription, FunctionDescription};
 
@@ -60,7 +61,9 @@ fn input(function: &str, declared: &FeatureDescription, value: &FeatureValue) ->
         (feature_type::Type::MultiArrayType(array), FeatureValue::Tensor(tensor)) => {
             let expected = DataType::from_array_data_type(array.data_type);
             if expected != Some(tensor.data_type()) {
-                let expected = expected.map_or("an array of an unknown type".to_string(), |t| format!("a {t} tensor"));
+                let expected = expected.map_or("an array of an unknown type".to_string(), |t| {
+                    format!("a {t} tensor")
+                });
                 return Err(wrong_type(expected));
             }
             if !shape_allowed(array, tensor.shape()) {
@@ -90,7 +93,9 @@ fn input(function: &str, declared: &FeatureDescription, value: &FeatureValue) ->
             if format != Some(given.format) {
                 return Err(wrong_type(format!(
                     "an image in {}",
-                    format.map_or("an unsupported color space".to_string(), |f| format!("{f:?}"))
+                    format.map_or("an unsupported color space".to_string(), |f| format!(
+                        "{f:?}"
+                    ))
                 )));
             }
             if !image_size_allowed(image, given.width, given.height) {
@@ -110,7 +115,10 @@ fn input(function: &str, declared: &FeatureDescription, value: &FeatureValue) ->
         (feature_type::Type::SequenceType(_), _) | (feature_type::Type::StateType(_), _) => {
             Err(Error::InvalidModel {
                 function: function.to_string(),
-                detail: format!("input {:?} has a type this crate cannot pass", declared.name),
+                detail: format!(
+                    "input {:?} has a type this crate cannot pass",
+                    declared.name
+                ),
             })
         }
     }
@@ -141,7 +149,8 @@ fn in_range(range: Option<&SizeRange>, value: usize) -> bool {
 fn image_size_allowed(image: &ImageFeatureType, width: usize, height: usize) -> bool {
     match &image.size_flexibility {
         Some(image_feature_type::SizeFlexibility::ImageSizeRange(ranges)) => {
-            in_range(ranges.width_range.as_ref(), width) && in_range(ranges.height_range.as_ref(), height)
+            in_range(ranges.width_range.as_ref(), width)
+                && in_range(ranges.height_range.as_ref(), height)
         }
         Some(image_feature_type::SizeFlexibility::EnumeratedSizes(sizes)) => sizes
             .sizes
@@ -173,13 +182,23 @@ pub fn shape_allowed(array: &ArrayFeatureType, shape: &[usize]) -> bool {
     match &array.shape_flexibility {
         Some(array_feature_type::ShapeFlexibility::ShapeRange(ranges)) => {
             ranges.size_ranges.len() == shape.len()
-                && ranges.size_ranges.iter().zip(shape).all(|(range, &dim)| in_range(Some(range), dim))
+                && ranges
+                    .size_ranges
+                    .iter()
+                    .zip(shape)
+                    .all(|(range, &dim)| in_range(Some(range), dim))
         }
-        Some(array_feature_type::ShapeFlexibility::EnumeratedShapes(shapes)) => shapes
-            .shapes
-            .iter()
-            .any(|s| s.shape.len() == shape.len() && s.shape.iter().zip(shape).all(|(&a, &b)| a == b as i64)),
-        None => array.shape.is_empty() || (array.shape.len() == shape.len() && array.shape.iter().zip(shape).all(|(&a, &b)| a == b as i64)),
+        Some(array_feature_type::ShapeFlexibility::EnumeratedShapes(shapes)) => {
+            shapes.shapes.iter().any(|s| {
+                s.shape.len() == shape.len()
+                    && s.shape.iter().zip(shape).all(|(&a, &b)| a == b as i64)
+            })
+        }
+        None => {
+            array.shape.is_empty()
+                || (array.shape.len() == shape.len()
+                    && array.shape.iter().zip(shape).all(|(&a, &b)| a == b as i64))
+        }
     }
 }
 
@@ -189,11 +208,21 @@ pub fn allowed_shapes(array: &ArrayFeatureType) -> String {
     match &array.shape_flexibility {
         Some(array_feature_type::ShapeFlexibility::ShapeRange(ranges)) => format!(
             "[{}]",
-            ranges.size_ranges.iter().map(|r| range_text(Some(r))).collect::<Vec<_>>().join(", ")
+            ranges
+                .size_ranges
+                .iter()
+                .map(|r| range_text(Some(r)))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         Some(array_feature_type::ShapeFlexibility::EnumeratedShapes(shapes)) => format!(
             "one of {}",
-            shapes.shapes.iter().map(|s| dims(&s.shape)).collect::<Vec<_>>().join(" | ")
+            shapes
+                .shapes
+                .iter()
+                .map(|s| dims(&s.shape))
+                .collect::<Vec<_>>()
+                .join(" | ")
         ),
         None => dims(&array.shape),
     }
@@ -211,7 +240,9 @@ fn range_text(range: Option<&SizeRange>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::specification::{array_feature_type::ShapeRange, ArrayFeatureType, FeatureType};
+    use crate::proto::specification::{
+        array_feature_type::ShapeRange, ArrayFeatureType, FeatureType,
+    };
     use crate::runtime::tensor::Tensor;
 
     fn array(data_type: array_feature_type::ArrayDataType, shape: &[i64]) -> FeatureDescription {
@@ -243,29 +274,55 @@ mod tests {
 
     #[test]
     fn fixed_shapes_and_types_are_enforced() {
-        let f = function(vec![array(array_feature_type::ArrayDataType::Float32, &[1, 4])]);
+        let f = function(vec![array(
+            array_feature_type::ArrayDataType::Float32,
+            &[1, 4],
+        )]);
         assert!(inputs(&f, &given(Tensor::<f32>::zeros([1, 4]).unwrap().into())).is_ok());
         let wrong_shape = inputs(&f, &given(Tensor::<f32>::zeros([1, 5]).unwrap().into()));
-        assert!(matches!(wrong_shape, Err(Error::WrongShape { ref allowed, .. }) if allowed == "[1, 4]"));
+        assert!(
+            matches!(wrong_shape, Err(Error::WrongShape { ref allowed, .. }) if allowed == "[1, 4]")
+        );
         let wrong_type = inputs(&f, &given(Tensor::<i32>::zeros([1, 4]).unwrap().into()));
-        assert!(matches!(wrong_type, Err(Error::WrongType { ref expected, .. }) if expected == "a fp32 tensor"));
-        assert!(matches!(inputs(&f, &Features::new()), Err(Error::MissingInput { .. })));
+        assert!(
+            matches!(wrong_type, Err(Error::WrongType { ref expected, .. }) if expected == "a fp32 tensor")
+        );
+        assert!(matches!(
+            inputs(&f, &Features::new()),
+            Err(Error::MissingInput { .. })
+        ));
         let mut extra = given(Tensor::<f32>::zeros([1, 4]).unwrap().into());
         extra.insert("y".into(), FeatureValue::Int64(1));
-        assert!(matches!(inputs(&f, &extra), Err(Error::UnknownInput { .. })));
+        assert!(matches!(
+            inputs(&f, &extra),
+            Err(Error::UnknownInput { .. })
+        ));
     }
 
     #[test]
     fn flexible_shapes_accept_their_range_and_name_it_otherwise() {
         let mut description = array(array_feature_type::ArrayDataType::Float16, &[1, 4, 8]);
-        if let Some(feature_type::Type::MultiArrayType(a)) = description.r#type.as_mut().unwrap().r#type.as_mut() {
-            a.shape_flexibility = Some(array_feature_type::ShapeFlexibility::ShapeRange(ShapeRange {
-                size_ranges: vec![
-                    SizeRange { lower_bound: 1, upper_bound: 1 },
-                    SizeRange { lower_bound: 1, upper_bound: 16 },
-                    SizeRange { lower_bound: 8, upper_bound: 8 },
-                ],
-            }));
+        if let Some(feature_type::Type::MultiArrayType(a)) =
+            description.r#type.as_mut().unwrap().r#type.as_mut()
+        {
+            a.shape_flexibility = Some(array_feature_type::ShapeFlexibility::ShapeRange(
+                ShapeRange {
+                    size_ranges: vec![
+                        SizeRange {
+                            lower_bound: 1,
+                            upper_bound: 1,
+                        },
+                        SizeRange {
+                            lower_bound: 1,
+                            upper_bound: 16,
+                        },
+                        SizeRange {
+                            lower_bound: 8,
+                            upper_bound: 8,
+                        },
+                    ],
+                },
+            ));
         }
         let f = function(vec![description]);
         let tensor = |n| FeatureValue::from(Tensor::<half::f16>::zeros([1, n, 8]).unwrap());

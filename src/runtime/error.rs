@@ -78,7 +78,9 @@ pub enum Error {
         found: String,
     },
     /// An input of a shape the function does not accept.
-    #[error("input {name:?} of function {function:?} has shape {found:?}, but it accepts {allowed}")]
+    #[error(
+        "input {name:?} of function {function:?} has shape {found:?}, but it accepts {allowed}"
+    )]
     WrongShape {
         /// The function.
         function: String,

@@ -123,7 +123,11 @@ pub struct Model {
 
 impl Model {
     /// Loads `function` of the package at `package` (an `.mlpackage`).
-    pub fn load(package: impl AsRef<Path>, function: &str, configuration: &Configuration) -> Result<Model> {
+    pub fn load(
+        package: impl AsRef<Path>,
+        function: &str,
+        configuration: &Configuration,
+    ) -> Result<Model> {
         let path = package.as_ref();
         let opened = Package::open(path)?;
         let Some(view) = opened.function(function) else {
@@ -229,9 +233,13 @@ impl Model {
             )));
         }
         let outputs = match (&self.inner, &mut state.inner) {
-            (FunctionImpl::Reference(function), StateImpl::Reference(state)) => function.predict(inputs, Some(state))?,
+            (FunctionImpl::Reference(function), StateImpl::Reference(state)) => {
+                function.predict(inputs, Some(state))?
+            }
             #[cfg(target_vendor = "apple")]
-            (FunctionImpl::CoreMl(function), StateImpl::CoreMl(state)) => function.predict(inputs, Some(state))?,
+            (FunctionImpl::CoreMl(function), StateImpl::CoreMl(state)) => {
+                function.predict(inputs, Some(state))?
+            }
             #[cfg(target_vendor = "apple")]
             _ => return Err(mismatch("it was made by another backend".to_string())),
         };
@@ -256,7 +264,10 @@ fn describe_states(states: &[FeatureDescription]) -> String {
     if states.is_empty() {
         "no state".to_string()
     } else {
-        format!("states {}", quoted_list(states.iter().map(|s| s.name.as_str())))
+        format!(
+            "states {}",
+            quoted_list(states.iter().map(|s| s.name.as_str()))
+        )
     }
 }
 
@@ -280,7 +291,10 @@ impl State {
         if !self.descriptions.iter().any(|d| d.name == name) {
             return Err(Error::WrongState {
                 function: String::new(),
-                detail: format!("there is no state {name:?}; the states are {}", quoted_list(self.names().into_iter())),
+                detail: format!(
+                    "there is no state {name:?}; the states are {}",
+                    quoted_list(self.names().into_iter())
+                ),
             });
         }
         match &self.inner {

@@ -59,7 +59,9 @@ mod sealed {
 }
 
 /// An element type of [`Tensor`]. Sealed: exactly the Core ML array types.
-pub trait Element: sealed::Sealed + Copy + Default + PartialEq + fmt::Debug + Send + Sync + 'static {
+pub trait Element:
+    sealed::Sealed + Copy + Default + PartialEq + fmt::Debug + Send + Sync + 'static
+{
     /// The Core ML type of this element.
     const DATA_TYPE: DataType;
     /// Wraps a tensor of this element type.
@@ -214,7 +216,8 @@ mod ndarray_conversions {
 
         /// The tensor as an `ndarray` array.
         pub fn into_ndarray(self) -> ndarray::ArrayD<T> {
-            ndarray::ArrayD::from_shape_vec(self.shape, self.data).expect("shape matches by construction")
+            ndarray::ArrayD::from_shape_vec(self.shape, self.data)
+                .expect("shape matches by construction")
         }
     }
 }
@@ -284,7 +287,10 @@ mod tests {
     #[test]
     fn shapes_must_match_the_data() {
         assert!(Tensor::<f32>::new([2, 3], vec![0.0; 6]).is_ok());
-        assert!(matches!(Tensor::<f32>::new([2, 3], vec![0.0; 5]), Err(Error::ElementCount { .. })));
+        assert!(matches!(
+            Tensor::<f32>::new([2, 3], vec![0.0; 5]),
+            Err(Error::ElementCount { .. })
+        ));
         assert!(Tensor::<i32>::zeros([usize::MAX, 2]).is_err());
         assert_eq!(Tensor::scalar(3i32).shape(), &[] as &[usize]);
         assert_eq!(Tensor::<f16>::zeros([4, 2]).unwrap().len(), 8);

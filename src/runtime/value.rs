@@ -90,7 +90,9 @@ pub struct Image {
 impl Image {
     /// An image, checking that the pixel buffer has the right length.
     pub fn new(width: usize, height: usize, format: PixelFormat, pixels: Vec<u8>) -> Option<Image> {
-        let expected = width.checked_mul(height)?.checked_mul(format.bytes_per_pixel())?;
+        let expected = width
+            .checked_mul(height)?
+            .checked_mul(format.bytes_per_pixel())?;
         (pixels.len() == expected).then_some(Image {
             width,
             height,

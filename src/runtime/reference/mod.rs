@@ -17,12 +17,17 @@ pub struct Function {
 impl Function {
     /// Prepares `function` of `package`.
     pub fn load(_package: &Package, function: &str) -> Result<Function> {
-        Ok(Function { name: function.to_string() })
+        Ok(Function {
+            name: function.to_string(),
+        })
     }
 
     /// Runs the function.
     pub fn predict(&self, _inputs: &Features, _state: Option<&mut State>) -> Result<Features> {
-        Err(Error::UnsupportedPlatform(format!("the reference backend cannot run {:?} yet", self.name)))
+        Err(Error::UnsupportedPlatform(format!(
+            "the reference backend cannot run {:?} yet",
+            self.name
+        )))
     }
 
     /// A zeroed state.
