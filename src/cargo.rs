@@ -14,7 +14,9 @@
 //!   build script reruns only when they change;
 //! - `rerun-if-env-changed` for every environment variable it reads;
 //! - `rustc-env=COREML_MULTIFUNCTION_MODEL_<NAME>=<path>` for each model,
-//!   the merged package's absolute path, for `env!` in the crate.
+//!   the merged package's absolute path, for `env!` in the crate;
+//! - `rustc-env=COREML_MULTIFUNCTION_GENERATED=<path>`, the generated typed
+//!   API, which `coreml_multifunction::include_models!()` includes.
 //!
 //! # OUT_DIR
 //!
@@ -22,6 +24,7 @@
 //! $OUT_DIR/<model>.mlpackage                         the merged package
 //! $OUT_DIR/coreml-multifunction/<model>.inputs       fingerprint of its inputs
 //! $OUT_DIR/coreml-multifunction/<model>.lock         held while it is built
+//! $OUT_DIR/coreml_multifunction_models.rs            the generated typed API
 //! ```
 //!
 //! When the build script reruns but nothing the model depends on changed
@@ -31,6 +34,7 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use crate::codegen;
 use crate::config::{
     Config, ConfigError, FunctionConfig, IncludeConfig, Located, Location, MetadataConfig,
     ModelConfig,
@@ -77,6 +81,8 @@ fn fail(error: &Error) -> ! {
 pub struct Built {
     /// Each model, in configuration order.
     pub models: Vec<BuiltModel>,
+    /// The generated typed API (`include_models!()` includes it).
+    pub generated: PathBuf,
 }
 
 /// A build, configured from Cargo.toml, from code, or both.
@@ -226,24 +232,23 @@ impl Builder {
         }
 
         let models = pipeline::build(&config, &self.manifest_dir, &self.out_dir, &self.crate_info)?;
+        let generated = pipeline::generate_api(&models, &self.out_dir)?;
         for model in &models {
             emit(
                 out,
                 format!(
                     "cargo:rustc-env={}={}",
-                    model_env_var(&model.model.name),
+                    codegen::package_env_var(&model.model.name),
                     model.package.display()
                 ),
             )?;
         }
-        Ok(Built { models })
+        emit(
+            out,
+            format!("cargo:rustc-env={}={}", codegen::GENERATED_ENV_VAR, generated.display()),
+        )?;
+        Ok(Built { models, generated })
     }
-}
-
-/// The variable holding the merged package's path for model `name`:
-/// `COREML_MULTIFUNCTION_MODEL_<NAME>`.
-pub fn model_env_var(name: &str) -> String {
-    format!("COREML_MULTIFUNCTION_MODEL_{}", name.to_ascii_uppercase())
 }
 
 /// Every source package of `config` that exists (cargo reruns a build

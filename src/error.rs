@@ -30,6 +30,10 @@ pub enum Error {
     #[cfg(feature = "build")]
     #[error("{0}")]
     Config(Box<crate::config::ConfigError>),
+    /// The typed API cannot be generated for a model.
+    #[cfg(feature = "build")]
+    #[error("{0}")]
+    Codegen(Box<crate::codegen::CodegenError>),
     /// A merge request cannot be carried out as asked.
     #[error("{0}")]
     Merge(Box<MergeProblem>),
@@ -70,6 +74,8 @@ impl Error {
             Error::Merge(_) => None,
             #[cfg(feature = "build")]
             Error::Config(error) => Some(&error.manifest),
+            #[cfg(feature = "build")]
+            Error::Codegen(_) => None,
         }
     }
 

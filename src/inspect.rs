@@ -280,7 +280,7 @@ fn range(range: &SizeRange) -> RangeReport {
     }
 }
 
-fn feature(description: &FeatureDescription) -> FeatureReport {
+pub(crate) fn feature(description: &FeatureDescription) -> FeatureReport {
     let mut report = FeatureReport {
         name: description.name.clone(),
         description: description.short_description.clone(),

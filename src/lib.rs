@@ -41,6 +41,8 @@
 
 #[cfg(feature = "build")]
 pub mod cargo;
+#[cfg(feature = "build")]
+pub mod codegen;
 pub mod compare;
 #[cfg(feature = "build")]
 pub mod config;
@@ -58,3 +60,17 @@ pub mod runtime;
 #[cfg(feature = "build")]
 pub use cargo::{build, Builder, Built, Model};
 pub use error::{Bytes, Error, MergeProblem, Problem, Result};
+/// The `f16` type of tensors, re-exported for generated code and users.
+pub use half;
+
+/// Brings in the typed API generated for every model of
+/// `[package.metadata.multifunction]`: one module per model.
+///
+/// Put it at the root of the crate whose `build.rs` calls
+/// `coreml_multifunction::build()`.
+#[macro_export]
+macro_rules! include_models {
+    () => {
+        include!(env!("COREML_MULTIFUNCTION_GENERATED"));
+    };
+}

@@ -12,6 +12,7 @@
 //! <name>.mlpackage                       the merged package
 //! coreml-multifunction/<name>.inputs     fingerprint of what it was merged from
 //! coreml-multifunction/<name>.lock       held while the model is (re)built
+//! coreml_multifunction_models.rs         the generated typed API of every model
 //! ```
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
+use crate::codegen;
 use crate::config::{Config, ConfigError, Located, Location, ModelConfig};
 use crate::error::{Error, MergeProblem, Result};
 use crate::merge::{is_mil_identifier, MergeReport, MultiFunctionDescriptor};
@@ -442,6 +444,31 @@ fn fingerprint(model: &ResolvedModel) -> Result<String> {
         }
     }
     Ok(text)
+}
+
+/// Generates the typed API of the built models from their merged packages
+/// and writes it to `out_dir`, only when the text changed (so an unchanged
+/// model does not make the crate recompile). Returns the file's path.
+pub fn generate_api(models: &[BuiltModel], out_dir: &Path) -> Result<PathBuf> {
+    let mut interfaces = Vec::new();
+    for model in models {
+        let package = Package::open(&model.package)?;
+        interfaces.push(codegen::ModelInterface {
+            name: model.model.name.clone(),
+            package_env_var: codegen::package_env_var(&model.model.name),
+            functions: package.functions().iter().map(|f| f.description.clone().into_owned()).collect(),
+            default_function: package.default_function().to_string(),
+        });
+    }
+    let code = codegen::generate(&interfaces).map_err(|e| Error::Codegen(Box::new(e)))?;
+    let path = out_dir.join(codegen::GENERATED_FILE);
+    if fs::read_to_string(&path).ok().as_deref() != Some(code.as_str()) {
+        fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, "create OUT_DIR", e))?;
+        let state_dir = out_dir.join(STATE_DIR);
+        fs::create_dir_all(&state_dir).map_err(|e| Error::io(&state_dir, "create the build state directory", e))?;
+        write_atomically(&path, code.as_bytes())?;
+    }
+    Ok(path)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {

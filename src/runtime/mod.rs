@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::{Error, Result};
 pub use tensor::{element_count, AnyTensor, DataType, Element, Tensor};
-pub use value::{Dictionary, FeatureValue, Features, Image, PixelFormat};
+pub use value::{take, Dictionary, FeatureValue, Features, FromFeature, Image, IntoFeature, PixelFormat};
 
 use crate::package::{quoted_list, Package};
 use crate::proto::{FeatureDescription, FunctionDescription};
@@ -284,6 +284,16 @@ impl State {
     /// The names of its buffers.
     pub fn names(&self) -> Vec<&str> {
         self.descriptions.iter().map(|d| d.name.as_str()).collect()
+    }
+
+    /// A copy of buffer `name` as a tensor of element type `T`.
+    pub fn read_tensor<T: Element>(&self, name: &str) -> Result<Tensor<T>> {
+        let tensor = self.read(name)?;
+        let found = tensor.data_type();
+        T::unwrap(tensor).map_err(|_| Error::WrongState {
+            function: String::new(),
+            detail: format!("state {name:?} holds {found} data, not {}", T::DATA_TYPE),
+        })
     }
 
     /// A copy of buffer `name`.

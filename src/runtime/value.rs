@@ -113,3 +113,92 @@ pub enum Dictionary {
 
 /// Named feature values: a function's inputs or outputs.
 pub type Features = BTreeMap<String, FeatureValue>;
+
+/// A Rust value that can be passed as a model input.
+pub trait IntoFeature {
+    /// The feature value (a copy of the data).
+    fn to_feature(&self) -> FeatureValue;
+}
+
+/// A Rust value that a model output can be turned into.
+pub trait FromFeature: Sized {
+    /// What the output must be, for messages ("a fp16 tensor").
+    fn expected() -> String;
+    /// The value, if the feature is of this kind.
+    fn from_feature(value: FeatureValue) -> Option<Self>;
+}
+
+impl<T: Element> IntoFeature for Tensor<T> {
+    fn to_feature(&self) -> FeatureValue {
+        FeatureValue::Tensor(T::wrap(self.clone()))
+    }
+}
+
+impl<T: Element> FromFeature for Tensor<T> {
+    fn expected() -> String {
+        format!("a {} tensor", T::DATA_TYPE)
+    }
+    fn from_feature(value: FeatureValue) -> Option<Self> {
+        match value {
+            FeatureValue::Tensor(tensor) => T::unwrap(tensor).ok(),
+            _ => None,
+        }
+    }
+}
+
+macro_rules! scalar_feature {
+    ($type:ty, $variant:ident, $expected:literal) => {
+        impl IntoFeature for $type {
+            fn to_feature(&self) -> FeatureValue {
+                FeatureValue::$variant(self.clone())
+            }
+        }
+        impl FromFeature for $type {
+            fn expected() -> String {
+                $expected.to_string()
+            }
+            fn from_feature(value: FeatureValue) -> Option<Self> {
+                match value {
+                    FeatureValue::$variant(inner) => Some(inner),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+scalar_feature!(i64, Int64, "an int64");
+scalar_feature!(f64, Double, "a double");
+scalar_feature!(String, String, "a string");
+scalar_feature!(Image, Image, "an image");
+scalar_feature!(Dictionary, Dictionary, "a dictionary");
+
+impl IntoFeature for FeatureValue {
+    fn to_feature(&self) -> FeatureValue {
+        self.clone()
+    }
+}
+
+impl FromFeature for FeatureValue {
+    fn expected() -> String {
+        "a value".to_string()
+    }
+    fn from_feature(value: FeatureValue) -> Option<Self> {
+        Some(value)
+    }
+}
+
+/// Removes output `name` from `outputs` as a `T`: what generated code calls
+/// for each declared output.
+pub fn take<T: FromFeature>(outputs: &mut Features, function: &str, name: &str) -> super::Result<T> {
+    let error = |detail: String| super::Error::Output {
+        function: function.to_string(),
+        name: name.to_string(),
+        detail,
+    };
+    let value = outputs
+        .remove(name)
+        .ok_or_else(|| error("the backend did not return it".to_string()))?;
+    let found = value.kind();
+    T::from_feature(value).ok_or_else(|| error(format!("expected {}, got {found}", T::expected())))
+}
