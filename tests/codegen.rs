@@ -181,3 +181,40 @@ fn compile_check(name: &str, code: &str) {
         .unwrap();
     assert!(output.status.success(), "the generated code does not compile:\n{}", String::from_utf8_lossy(&output.stderr));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Whatever the names and descriptions, generation either reports a
+    /// collision or gives code that parses, with every name kept exactly in
+    /// a string literal.
+    #[test]
+    fn random_names_and_descriptions_give_parsing_code(
+        function in "\\PC{0,12}",
+        input in "[\\PC\"\\\\\n\r*/`{}#!]{0,16}",
+        output in "\\PC{0,16}",
+        description in "(\\PC|\n|\r|\u{202e}|\"|\\*/){0,40}",
+    ) {
+        let model = ModelInterface {
+            name: "random".to_string(),
+            package_env_var: "COREML_MULTIFUNCTION_MODEL_RANDOM".to_string(),
+            functions: vec![function_with(&function, &input, &output, &description)],
+            default_function: function.clone(),
+        };
+        match generate(&[model]) {
+            Ok(code) => {
+                let file = syn::parse_file(&code).unwrap();
+                proptest::prop_assert_eq!(file.items.len(), 1);
+                for name in [&function, &input, &output] {
+                    let literal = coreml_multifunction::codegen::rust_literal(name);
+                    proptest::prop_assert!(code.contains(&literal), "{} missing", literal);
+                }
+            }
+            Err(error) => proptest::prop_assert!(error.message.contains("would both become"), "{}", error),
+        }
+    }
+}
+
+fn function_with(name: &str, input: &str, output: &str, description: &str) -> FunctionDescription {
+    function(name, vec![tensor_feature(input, description)], vec![tensor_feature(output, description)])
+}

@@ -35,7 +35,7 @@ const CORE_ML_DIR: &str = manifest::CORE_ML_AUTHOR;
 #[derive(Debug)]
 pub struct PackageBuilder {
     destination: PathBuf,
-    staging: tempfile::TempDir,
+    staging: Staging,
     blob_writers: BTreeMap<String, BlobWriter<BufWriter<File>>>,
     extra_items: Vec<ManifestItem>,
     has_weights: bool,
@@ -65,10 +65,7 @@ impl PackageBuilder {
         };
         fs::create_dir_all(&parent)
             .map_err(|e| Error::io(&parent, "create the output directory", e))?;
-        let staging = tempfile::Builder::new()
-            .prefix(&format!(".{file_name}.partial-"))
-            .tempdir_in(&parent)
-            .map_err(|e| Error::io(&parent, "create a staging directory", e))?;
+        let staging = Staging::new(&parent, &file_name)?;
         let core_ml_dir = staging.path().join(DATA_DIR).join(CORE_ML_DIR);
         fs::create_dir_all(&core_ml_dir)
             .map_err(|e| Error::io(&core_ml_dir, "create the package layout", e))?;
@@ -188,7 +185,7 @@ impl PackageBuilder {
             "write the manifest",
         )?;
 
-        move_into_place(self.staging, &self.destination)?;
+        self.staging.move_into_place(&self.destination)?;
         Ok(self.destination)
     }
 }
@@ -206,47 +203,226 @@ pub fn copy_package(source: &Path, destination: &Path) -> Result<()> {
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("package");
-    let staging = tempfile::Builder::new()
-        .prefix(&format!(".{name}.partial-"))
-        .tempdir_in(&parent)
-        .map_err(|e| Error::io(&parent, "create a staging directory", e))?;
+    let staging = Staging::new(&parent, name)?;
     copy_tree(source, staging.path())?;
-    move_into_place(staging, destination)
+    staging.move_into_place(destination)
 }
 
-/// Renames the finished staging directory to `destination`. An existing
-/// package there is first moved aside, and removed only once the new one is
-/// in place.
-fn move_into_place(staging: tempfile::TempDir, destination: &Path) -> Result<()> {
-    let staged = staging.keep();
-    let result = (|| {
-        match fs::symlink_metadata(destination) {
-            Ok(_) => {
-                let mut aside = staged.clone().into_os_string();
-                aside.push(".replaced");
-                let aside = PathBuf::from(aside);
-                fs::rename(destination, &aside)
-                    .map_err(|e| Error::io(destination, "move the previous package aside", e))?;
-                if let Err(e) = fs::rename(&staged, destination) {
-                    // Put the previous package back rather than leave nothing.
-                    let _ = fs::rename(&aside, destination);
+/// A staging directory beside a destination, with a lock file held for as
+/// long as it is in use.
+///
+/// The lock file (`.<name>.partial-<random>.lock`) is created and locked
+/// first, the directory (the same name without `.lock`) second, and the
+/// lock is released last. So a staging directory whose lock file is missing
+/// or unlocked was abandoned by a killed process, and the next build removes
+/// it ([`Staging::clean_abandoned`]); one whose lock is held belongs to a
+/// concurrent build and is left alone.
+#[derive(Debug)]
+struct Staging {
+    dir: PathBuf,
+    lock_path: PathBuf,
+    _lock: File,
+    kept: bool,
+}
+
+impl Staging {
+    fn prefix(file_name: &str) -> String {
+        format!(".{file_name}.partial-")
+    }
+
+    fn new(parent: &Path, file_name: &str) -> Result<Staging> {
+        Staging::clean_abandoned(parent, file_name);
+        let lock = tempfile::Builder::new()
+            .prefix(&Staging::prefix(file_name))
+            .suffix(".lock")
+            .tempfile_in(parent)
+            .map_err(|e| Error::io(parent, "create a staging lock", e))?;
+        lock.as_file()
+            .lock()
+            .map_err(|e| Error::io(lock.path(), "lock the staging directory", e))?;
+        let (lock, lock_path) = lock
+            .keep()
+            .map_err(|e| Error::io(parent, "create a staging lock", e.error))?;
+        let name = lock_path.file_name().expect("a file").to_string_lossy();
+        let dir = parent.join(name.trim_end_matches(".lock"));
+        if let Err(e) = fs::create_dir(&dir) {
+            let _ = fs::remove_file(&lock_path);
+            return Err(Error::io(&dir, "create a staging directory", e));
+        }
+        Ok(Staging {
+            dir,
+            lock_path,
+            _lock: lock,
+            kept: false,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Removes staging directories for `file_name` left by killed builds.
+    /// Best effort: whatever cannot be removed now is tried again next time.
+    fn clean_abandoned(parent: &Path, file_name: &str) {
+        let prefix = Staging::prefix(file_name);
+        let Ok(entries) = fs::read_dir(parent) else { return };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(&prefix))
+            .collect();
+        names.sort();
+        for name in &names {
+            let stem = name.trim_end_matches(".lock").trim_end_matches(".replaced");
+            let lock_path = parent.join(format!("{stem}.lock"));
+            let abandoned = match File::open(&lock_path) {
+                Ok(lock) => lock.try_lock().is_ok(),
+                Err(e) => e.kind() == io::ErrorKind::NotFound,
+            };
+            if !abandoned {
+                continue;
+            }
+            // An interrupted fallback replace may have moved the previous
+            // package aside: put it back if nothing took its place.
+            let destination = parent.join(file_name);
+            let aside = parent.join(format!("{stem}.replaced"));
+            if aside.exists() && fs::symlink_metadata(&destination).is_err() {
+                let _ = fs::rename(&aside, &destination);
+            }
+            for leftover in [parent.join(stem), aside] {
+                if fs::symlink_metadata(&leftover).is_ok() {
+                    let _ = remove_any(&leftover);
+                }
+            }
+            let _ = fs::remove_file(&lock_path);
+        }
+    }
+
+    /// Moves the finished directory to `destination`. An existing package
+    /// there is swapped out atomically where the platform can (Linux
+    /// `renameat2(RENAME_EXCHANGE)`, Apple `renamex_np(RENAME_SWAP)`), so
+    /// the destination always holds a complete package, old or new; and is
+    /// removed once the new one is in place. Concurrent writers each end
+    /// with a complete package in place, the last one winning.
+    fn move_into_place(mut self, destination: &Path) -> Result<()> {
+        const ATTEMPTS: usize = 100;
+        let mut last_error = None;
+        for _ in 0..ATTEMPTS {
+            match fs::rename(&self.dir, destination) {
+                Ok(()) => {
+                    self.kept = true;
+                    return Ok(());
+                }
+                Err(e)
+                    if !matches!(e.kind(), io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists)
+                        && fs::symlink_metadata(destination).is_err() =>
+                {
                     return Err(Error::io(destination, "move the new package into place", e));
                 }
-                remove_any(&aside)
-                    .map_err(|e| Error::io(&aside, "remove the previous package", e))?;
+                Err(_) => match exchange(&self.dir, destination) {
+                    // The staging path now holds the previous package.
+                    Ok(()) => {
+                        let _ = remove_any(&self.dir);
+                        return Ok(());
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => last_error = Some(e),
+                    Err(_) => {
+                        // No atomic exchange here: move the old package
+                        // aside, then the new one in. A kill in between is
+                        // repaired by the next build's clean-up.
+                        let mut aside = self.dir.clone().into_os_string();
+                        aside.push(".replaced");
+                        let aside = PathBuf::from(aside);
+                        match fs::rename(destination, &aside) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                                last_error = Some(e);
+                                continue;
+                            }
+                            Err(e) => return Err(Error::io(destination, "move the previous package aside", e)),
+                        }
+                        let placed = fs::rename(&self.dir, destination);
+                        if placed.is_err() && fs::symlink_metadata(destination).is_err() {
+                            let _ = fs::rename(&aside, destination);
+                        }
+                        let _ = remove_any(&aside);
+                        match placed {
+                            Ok(()) => {
+                                self.kept = true;
+                                return Ok(());
+                            }
+                            Err(e) => last_error = Some(e),
+                        }
+                    }
+                },
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::rename(&staged, destination)
-                    .map_err(|e| Error::io(destination, "move the new package into place", e))?;
-            }
-            Err(e) => return Err(Error::io(destination, "inspect the destination", e)),
         }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&staged);
+        Err(Error::io(
+            destination,
+            "move the new package into place",
+            last_error.unwrap_or_else(|| io::Error::other("other writers kept replacing it")),
+        ))
     }
-    result
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+        // The lock is released when the file closes, after this.
+        let _ = fs::remove_file(&self.lock_path);
+    }
+}
+
+/// Atomically exchanges two paths, where the platform has a call for it.
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let a = CString::new(a.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let b = CString::new(b.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the
+    // call; renameat2 reads them and touches no other memory. Called through
+    // syscall() so that it works whatever the C library's version.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Atomically exchanges two paths, where the platform has a call for it.
+#[cfg(target_vendor = "apple")]
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let a = CString::new(a.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let b = CString::new(b.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the
+    // call, which only reads them.
+    let result = unsafe { libc::renamex_np(a.as_ptr(), b.as_ptr(), libc::RENAME_SWAP) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Atomically exchanges two paths, where the platform has a call for it.
+#[cfg(not(any(target_os = "linux", target_vendor = "apple")))]
+fn exchange(_a: &Path, _b: &Path) -> io::Result<()> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "no atomic exchange on this platform"))
 }
 
 fn check_plain_file_name(weights_dir: &Path, file_name: &str) -> Result<()> {
