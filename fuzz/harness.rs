@@ -14,14 +14,17 @@ use coreml_multifunction::merge::MultiFunctionDescriptor;
 use coreml_multifunction::package::blob::BlobFile;
 use coreml_multifunction::package::manifest::Manifest;
 use coreml_multifunction::package::{spec, Package};
-use coreml_multifunction::proto::specification::{array_feature_type, feature_type, ArrayFeatureType, FeatureType};
+use coreml_multifunction::proto::specification::{
+    array_feature_type, feature_type, ArrayFeatureType, FeatureType,
+};
 use coreml_multifunction::proto::{FeatureDescription, FunctionDescription};
 
 /// Manifest.json parsing.
 pub fn manifest(data: &[u8]) {
     if let Ok(manifest) = Manifest::parse(data) {
         // What parses must print and parse back to the same manifest.
-        let again = Manifest::parse(manifest.to_json().as_bytes()).expect("a printed manifest parses");
+        let again =
+            Manifest::parse(manifest.to_json().as_bytes()).expect("a printed manifest parses");
         assert_eq!(again, manifest);
     }
 }
@@ -37,7 +40,9 @@ pub fn weights(data: &[u8]) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("weight.bin");
     std::fs::write(&path, data).expect("write the input");
-    let Ok(file) = BlobFile::open(&path) else { return };
+    let Ok(file) = BlobFile::open(&path) else {
+        return;
+    };
     if let Ok(records) = file.records() {
         for record in records {
             // Sizes were checked against the file, so this reads at most
@@ -58,7 +63,9 @@ fn fixture(name: &str) -> std::path::PathBuf {
     // Compiled both in the fuzz crate (fuzz/) and in the main crate's tests.
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let repository = if manifest_dir.ends_with("fuzz") {
-        manifest_dir.parent().expect("fuzz/ is inside the repository")
+        manifest_dir
+            .parent()
+            .expect("fuzz/ is inside the repository")
     } else {
         manifest_dir
     };
@@ -81,7 +88,9 @@ fn copy_dir(from: &Path, to: &Path) {
 /// A merge of a real adapter with a package one of whose files is the
 /// input: the first byte picks the file (manifest, spec or weights).
 pub fn merge(data: &[u8]) {
-    let Some((&which, content)) = data.split_first() else { return };
+    let Some((&which, content)) = data.split_first() else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("a temporary directory");
     let damaged = dir.path().join("damaged.mlpackage");
     copy_dir(&fixture("lora_adapter_2.mlpackage"), &damaged);

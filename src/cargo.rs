@@ -245,7 +245,11 @@ impl Builder {
         }
         emit(
             out,
-            format!("cargo:rustc-env={}={}", codegen::GENERATED_ENV_VAR, generated.display()),
+            format!(
+                "cargo:rustc-env={}={}",
+                codegen::GENERATED_ENV_VAR,
+                generated.display()
+            ),
         )?;
         Ok(Built { models, generated })
     }

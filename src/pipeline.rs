@@ -456,7 +456,11 @@ pub fn generate_api(models: &[BuiltModel], out_dir: &Path) -> Result<PathBuf> {
         interfaces.push(codegen::ModelInterface {
             name: model.model.name.clone(),
             package_env_var: codegen::package_env_var(&model.model.name),
-            functions: package.functions().iter().map(|f| f.description.clone().into_owned()).collect(),
+            functions: package
+                .functions()
+                .iter()
+                .map(|f| f.description.clone().into_owned())
+                .collect(),
             default_function: package.default_function().to_string(),
         });
     }
@@ -465,7 +469,8 @@ pub fn generate_api(models: &[BuiltModel], out_dir: &Path) -> Result<PathBuf> {
     if fs::read_to_string(&path).ok().as_deref() != Some(code.as_str()) {
         fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, "create OUT_DIR", e))?;
         let state_dir = out_dir.join(STATE_DIR);
-        fs::create_dir_all(&state_dir).map_err(|e| Error::io(&state_dir, "create the build state directory", e))?;
+        fs::create_dir_all(&state_dir)
+            .map_err(|e| Error::io(&state_dir, "create the build state directory", e))?;
         write_atomically(&path, code.as_bytes())?;
     }
     Ok(path)

@@ -12,7 +12,11 @@ fn interface(scenario: &str, model: &str) -> ModelInterface {
     ModelInterface {
         name: model.to_string(),
         package_env_var: format!("COREML_MULTIFUNCTION_MODEL_{}", model.to_ascii_uppercase()),
-        functions: package.functions().iter().map(|f| f.description.clone().into_owned()).collect(),
+        functions: package
+            .functions()
+            .iter()
+            .map(|f| f.description.clone().into_owned())
+            .collect(),
         default_function: package.default_function().to_string(),
     }
 }
@@ -32,7 +36,9 @@ fn snapshots_of_each_kind_of_model() {
     }
 }
 
-use coreml_multifunction::proto::specification::{array_feature_type, feature_type, ArrayFeatureType, FeatureType};
+use coreml_multifunction::proto::specification::{
+    array_feature_type, feature_type, ArrayFeatureType, FeatureType,
+};
 use coreml_multifunction::proto::{FeatureDescription, FunctionDescription};
 
 fn tensor_feature(name: &str, description: &str) -> FeatureDescription {
@@ -50,7 +56,11 @@ fn tensor_feature(name: &str, description: &str) -> FeatureDescription {
     }
 }
 
-fn function(name: &str, inputs: Vec<FeatureDescription>, outputs: Vec<FeatureDescription>) -> FunctionDescription {
+fn function(
+    name: &str,
+    inputs: Vec<FeatureDescription>,
+    outputs: Vec<FeatureDescription>,
+) -> FunctionDescription {
     FunctionDescription {
         name: name.to_string(),
         input: inputs,
@@ -74,9 +84,16 @@ fn hostile() -> ModelInterface {
                     tensor_feature("2nd-input", "/// not a doc"),
                     tensor_feature("Ünïcode naïve", "émoji 🚀"),
                 ],
-                vec![tensor_feature("crate", evil), tensor_feature("r#raw", "`backticks`")],
+                vec![
+                    tensor_feature("crate", evil),
+                    tensor_feature("r#raw", "`backticks`"),
+                ],
             ),
-            function("_2nd", vec![tensor_feature("x", "")], vec![tensor_feature("y", evil)]),
+            function(
+                "_2nd",
+                vec![tensor_feature("x", "")],
+                vec![tensor_feature("y", evil)],
+            ),
         ],
         default_function: "type".to_string(),
     }
@@ -109,26 +126,44 @@ fn names_that_collide_after_sanitising_name_both_originals() {
         package_env_var: "X".to_string(),
         functions: vec![function(
             "f",
-            vec![tensor_feature("input-ids", ""), tensor_feature("input_ids", "")],
+            vec![
+                tensor_feature("input-ids", ""),
+                tensor_feature("input_ids", ""),
+            ],
             vec![tensor_feature("y", "")],
         )],
         default_function: "f".to_string(),
     };
     let error = generate(&[model]).unwrap_err();
     assert_eq!(error.model, "clash");
-    assert!(error.message.contains("\"input-ids\" and \"input_ids\""), "{error}");
+    assert!(
+        error.message.contains("\"input-ids\" and \"input_ids\""),
+        "{error}"
+    );
 
     let model = ModelInterface {
         name: "clash".to_string(),
         package_env_var: "X".to_string(),
         functions: vec![
-            function("adapter_1", vec![tensor_feature("x", "")], vec![tensor_feature("y", "")]),
-            function("adapter1", vec![tensor_feature("x", "")], vec![tensor_feature("y", "")]),
+            function(
+                "adapter_1",
+                vec![tensor_feature("x", "")],
+                vec![tensor_feature("y", "")],
+            ),
+            function(
+                "adapter1",
+                vec![tensor_feature("x", "")],
+                vec![tensor_feature("y", "")],
+            ),
         ],
         default_function: "adapter1".to_string(),
     };
     let error = generate(&[model]).unwrap_err();
-    assert!(error.message.contains("\"adapter_1\" and \"adapter1\"") && error.message.contains("Adapter1"), "{error}");
+    assert!(
+        error.message.contains("\"adapter_1\" and \"adapter1\"")
+            && error.message.contains("Adapter1"),
+        "{error}"
+    );
 }
 
 /// The names of every function and method defined in `file`.
@@ -171,15 +206,31 @@ fn compile_check(name: &str, code: &str) {
         format!("fn main() {{ println!(\"cargo:rustc-env=COREML_MULTIFUNCTION_MODEL_{}=/nowhere\"); }}\n", name.to_ascii_uppercase()),
     )
     .unwrap();
-    std::fs::write(root.join("src/lib.rs"), "#![deny(warnings)]\ninclude!(\"generated.rs\");\n").unwrap();
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock"), root.join("Cargo.lock")).unwrap();
-    let output = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["check", "--offline", "--quiet"])
-        .current_dir(&root)
-        .env("CARGO_TARGET_DIR", Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-target"))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "the generated code does not compile:\n{}", String::from_utf8_lossy(&output.stderr));
+    std::fs::write(
+        root.join("src/lib.rs"),
+        "#![deny(warnings)]\ninclude!(\"generated.rs\");\n",
+    )
+    .unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock"),
+        root.join("Cargo.lock"),
+    )
+    .unwrap();
+    let output =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["check", "--offline", "--quiet"])
+            .current_dir(&root)
+            .env(
+                "CARGO_TARGET_DIR",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-target"),
+            )
+            .output()
+            .unwrap();
+    assert!(
+        output.status.success(),
+        "the generated code does not compile:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 proptest::proptest! {
@@ -216,5 +267,9 @@ proptest::proptest! {
 }
 
 fn function_with(name: &str, input: &str, output: &str, description: &str) -> FunctionDescription {
-    function(name, vec![tensor_feature(input, description)], vec![tensor_feature(output, description)])
+    function(
+        name,
+        vec![tensor_feature(input, description)],
+        vec![tensor_feature(output, description)],
+    )
 }

@@ -16,7 +16,10 @@ use prost::Message;
 fn problem_of(path: &std::path::Path) -> Problem {
     match Package::open(path) {
         Ok(_) => panic!("{} opened, but it is hostile", path.display()),
-        Err(error) => error.problem().cloned().unwrap_or_else(|| panic!("not a content problem: {error}")),
+        Err(error) => error
+            .problem()
+            .cloned()
+            .unwrap_or_else(|| panic!("not a content problem: {error}")),
     }
 }
 
@@ -73,24 +76,39 @@ fn a_length_prefix_of_two_to_the_60_is_refused_without_allocating() {
     bytes.push(length as u8);
     bytes.extend_from_slice(b"tiny");
     std::fs::write(scratch.spec(), bytes).unwrap();
-    assert!(matches!(problem_of(&scratch.package), Problem::MalformedSpec { .. }));
+    assert!(matches!(
+        problem_of(&scratch.package),
+        Problem::MalformedSpec { .. }
+    ));
 }
 
 #[test]
 fn a_huge_spec_file_is_refused_before_it_is_read() {
     let scratch = Scratch::of(&common::source_package("lora_adapter_1"));
     // A sparse file: large on paper, nothing on disk.
-    let file = std::fs::OpenOptions::new().write(true).open(scratch.spec()).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(scratch.spec())
+        .unwrap();
     file.set_len((1 << 30) + 1).unwrap();
-    assert!(matches!(problem_of(&scratch.package), Problem::TooLarge { .. }));
+    assert!(matches!(
+        problem_of(&scratch.package),
+        Problem::TooLarge { .. }
+    ));
 }
 
 #[test]
 fn a_huge_manifest_is_refused_before_it_is_read() {
     let scratch = Scratch::of(&common::source_package("lora_adapter_1"));
-    let file = std::fs::OpenOptions::new().write(true).open(scratch.manifest()).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(scratch.manifest())
+        .unwrap();
     file.set_len(1 << 40).unwrap();
-    assert!(matches!(problem_of(&scratch.package), Problem::TooLarge { .. }));
+    assert!(matches!(
+        problem_of(&scratch.package),
+        Problem::TooLarge { .. }
+    ));
 }
 
 #[test]
@@ -106,7 +124,9 @@ fn a_blob_overlapping_the_next_record_is_refused() {
     assert!(
         matches!(
             problem,
-            Problem::BadSentinel { .. } | Problem::BlobCountMismatch { .. } | Problem::BlobSizeMismatch { .. }
+            Problem::BadSentinel { .. }
+                | Problem::BlobCountMismatch { .. }
+                | Problem::BlobSizeMismatch { .. }
         ),
         "{problem:?}"
     );

@@ -96,7 +96,10 @@ fn cargo_lines_watch_the_manifest_and_every_package_and_expose_the_output() {
         ),
         format!(
             "cargo:rustc-env=COREML_MULTIFUNCTION_GENERATED={}",
-            project.out_dir().join("coreml_multifunction_models.rs").display()
+            project
+                .out_dir()
+                .join("coreml_multifunction_models.rs")
+                .display()
         ),
     ];
     assert_eq!(lines.lines().collect::<Vec<_>>(), expected);
@@ -109,13 +112,24 @@ fn cargo_lines_watch_the_manifest_and_every_package_and_expose_the_output() {
 
     // The typed API was generated for it.
     let generated = std::fs::read_to_string(&built.generated).unwrap();
-    assert!(generated.contains("pub mod combined") && generated.contains("pub struct Adapter2Input"));
+    assert!(
+        generated.contains("pub mod combined") && generated.contains("pub struct Adapter2Input")
+    );
 
     // Run again: up to date, nothing merged, the API file untouched.
-    let before = std::fs::metadata(&built.generated).unwrap().modified().unwrap();
+    let before = std::fs::metadata(&built.generated)
+        .unwrap()
+        .modified()
+        .unwrap();
     let (again, _) = project.run().unwrap();
     assert!(again.models[0].merge.is_none());
-    assert_eq!(std::fs::metadata(&again.generated).unwrap().modified().unwrap(), before);
+    assert_eq!(
+        std::fs::metadata(&again.generated)
+            .unwrap()
+            .modified()
+            .unwrap(),
+        before
+    );
 }
 
 #[test]
@@ -268,5 +282,12 @@ fn concurrent_builds_into_one_out_dir_give_one_valid_result() {
         .collect();
     let mut leftovers = leftovers;
     leftovers.sort();
-    assert_eq!(leftovers, ["combined.mlpackage", "coreml-multifunction", "coreml_multifunction_models.rs"]);
+    assert_eq!(
+        leftovers,
+        [
+            "combined.mlpackage",
+            "coreml-multifunction",
+            "coreml_multifunction_models.rs"
+        ]
+    );
 }

@@ -89,8 +89,14 @@ pub fn generate(models: &[ModelInterface]) -> Result<String, CodegenError> {
         source.push('\n');
     }
     let file = syn::parse_file(&source).map_err(|e| CodegenError {
-        model: models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "),
-        message: format!("the generated code does not parse ({e}); this is a bug in coreml-multifunction"),
+        model: models
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        message: format!(
+            "the generated code does not parse ({e}); this is a bug in coreml-multifunction"
+        ),
     })?;
     Ok(format!("{HEADER}\n{}", prettyplease::unparse(&file)))
 }
@@ -191,7 +197,10 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
         if function.state.is_empty() {
             continue;
         }
-        match groups.iter_mut().find(|(states, _)| *states == function.state) {
+        match groups
+            .iter_mut()
+            .find(|(states, _)| *states == function.state)
+        {
             Some((_, members)) => members.push(index),
             None => groups.push((function.state.clone(), vec![index])),
         }
@@ -201,8 +210,14 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
     for function in &model.functions {
         let type_name = naming::upper_camel(&function.name);
         let base = types.claim(type_name.clone(), &function.name)?;
-        types.claim(format!("{base}Input"), &format!("{} (its inputs)", function.name))?;
-        types.claim(format!("{base}Output"), &format!("{} (its outputs)", function.name))?;
+        types.claim(
+            format!("{base}Input"),
+            &format!("{} (its inputs)", function.name),
+        )?;
+        types.claim(
+            format!("{base}Output"),
+            &format!("{} (its outputs)", function.name),
+        )?;
         function_types.push(base);
     }
     let mut states = Vec::new();
@@ -213,19 +228,33 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
         } else {
             format!("{}State", function_types[members[0]])
         };
-        let type_name = types.claim(type_name, &format!("the state of {}", model.functions[members[0]].name))?;
-        let users: Vec<String> = members.iter().map(|&i| format!("[`{}`]", function_types[i])).collect();
+        let type_name = types.claim(
+            type_name,
+            &format!("the state of {}", model.functions[members[0]].name),
+        )?;
+        let users: Vec<String> = members
+            .iter()
+            .map(|&i| format!("[`{}`]", function_types[i]))
+            .collect();
         let mut docs = vec![format!(
             "The state (persistent buffers, such as a KV cache) of {}{}.",
             users.join(", "),
-            if members.len() > 1 { ": one value is usable with each of them" } else { "" }
+            if members.len() > 1 {
+                ": one value is usable with each of them"
+            } else {
+                ""
+            }
         )];
         let mut methods = Names::new(&model.name, "state buffers");
         let mut buffers = Vec::new();
         for description in descriptions {
             let report = inspect::feature(description);
             docs.push(String::new());
-            docs.push(format!("- {}: {}", code_doc(&description.name), doc_text(&report.summary)));
+            docs.push(format!(
+                "- {}: {}",
+                code_doc(&description.name),
+                doc_text(&report.summary)
+            ));
             buffers.push(BufferContext {
                 method: methods.claim(naming::snake(&description.name), &description.name)?,
                 name_literal: rust_literal(&description.name),
@@ -252,9 +281,17 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
             "Function {} of model {}{}.",
             code_doc(&function.name),
             code_doc(&model.name),
-            if is_default { " (the default function)" } else { "" }
+            if is_default {
+                " (the default function)"
+            } else {
+                ""
+            }
         )];
-        for (title, features) in [("Inputs", &function.input), ("Outputs", &function.output), ("States", &function.state)] {
+        for (title, features) in [
+            ("Inputs", &function.input),
+            ("Outputs", &function.output),
+            ("States", &function.state),
+        ] {
             if features.is_empty() {
                 continue;
             }
@@ -262,7 +299,11 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
             docs.push(format!("{title}:"));
             for feature in features {
                 let report = inspect::feature(feature);
-                let mut line = format!("- {}: {}", code_doc(&feature.name), doc_text(&report.summary));
+                let mut line = format!(
+                    "- {}: {}",
+                    code_doc(&feature.name),
+                    doc_text(&report.summary)
+                );
                 if !feature.short_description.is_empty() {
                     line.push_str(&format!(" — {}", doc_text(&feature.short_description)));
                 }
@@ -288,7 +329,10 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
         .map(|i| function_types[i].clone())
         .ok_or_else(|| CodegenError {
             model: model.name.clone(),
-            message: format!("the default function {:?} is not one of the functions", model.default_function),
+            message: format!(
+                "the default function {:?} is not one of the functions",
+                model.default_function
+            ),
         })?;
     let names: Vec<String> = model.functions.iter().map(|f| code_doc(&f.name)).collect();
     Ok(ModelContext {
@@ -311,7 +355,11 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
     })
 }
 
-fn features(model: &str, descriptions: &[FeatureDescription], inputs: bool) -> Result<Vec<FeatureContext>, CodegenError> {
+fn features(
+    model: &str,
+    descriptions: &[FeatureDescription],
+    inputs: bool,
+) -> Result<Vec<FeatureContext>, CodegenError> {
     let mut fields = Names::new(model, if inputs { "inputs" } else { "outputs" });
     let mut out = Vec::new();
     for description in descriptions {
@@ -319,8 +367,16 @@ fn features(model: &str, descriptions: &[FeatureDescription], inputs: bool) -> R
         let report = inspect::feature(description);
         let optional = inputs && report.optional;
         let base_type = rust_type(description);
-        let rust_type = if optional { format!("Option<{base_type}>") } else { base_type };
-        let mut docs = vec![format!("{}: {}.", code_doc(&description.name), doc_text(&report.summary))];
+        let rust_type = if optional {
+            format!("Option<{base_type}>")
+        } else {
+            base_type
+        };
+        let mut docs = vec![format!(
+            "{}: {}.",
+            code_doc(&description.name),
+            doc_text(&report.summary)
+        )];
         if !description.short_description.is_empty() {
             docs.push(String::new());
             docs.extend(description.short_description.lines().map(doc_text));
@@ -353,10 +409,12 @@ fn features(model: &str, descriptions: &[FeatureDescription], inputs: bool) -> R
 fn rust_type(description: &FeatureDescription) -> String {
     let kind = description.r#type.as_ref().and_then(|t| t.r#type.as_ref());
     match kind {
-        Some(feature_type::Type::MultiArrayType(array)) => match DataType::from_array_data_type(array.data_type) {
-            Some(data_type) => format!("rt::Tensor<{}>", element(data_type)),
-            None => "rt::FeatureValue".to_string(),
-        },
+        Some(feature_type::Type::MultiArrayType(array)) => {
+            match DataType::from_array_data_type(array.data_type) {
+                Some(data_type) => format!("rt::Tensor<{}>", element(data_type)),
+                None => "rt::FeatureValue".to_string(),
+            }
+        }
         Some(feature_type::Type::Int64Type(_)) => "i64".to_string(),
         Some(feature_type::Type::DoubleType(_)) => "f64".to_string(),
         Some(feature_type::Type::StringType(_)) => "String".to_string(),

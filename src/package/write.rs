@@ -265,7 +265,9 @@ impl Staging {
     /// Best effort: whatever cannot be removed now is tried again next time.
     fn clean_abandoned(parent: &Path, file_name: &str) {
         let prefix = Staging::prefix(file_name);
-        let Ok(entries) = fs::read_dir(parent) else { return };
+        let Ok(entries) = fs::read_dir(parent) else {
+            return;
+        };
         let mut names: Vec<String> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -314,8 +316,10 @@ impl Staging {
                     return Ok(());
                 }
                 Err(e)
-                    if !matches!(e.kind(), io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists)
-                        && fs::symlink_metadata(destination).is_err() =>
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists
+                    ) && fs::symlink_metadata(destination).is_err() =>
                 {
                     return Err(Error::io(destination, "move the new package into place", e));
                 }
@@ -339,7 +343,13 @@ impl Staging {
                                 last_error = Some(e);
                                 continue;
                             }
-                            Err(e) => return Err(Error::io(destination, "move the previous package aside", e)),
+                            Err(e) => {
+                                return Err(Error::io(
+                                    destination,
+                                    "move the previous package aside",
+                                    e,
+                                ))
+                            }
                         }
                         let placed = fs::rename(&self.dir, destination);
                         if placed.is_err() && fs::symlink_metadata(destination).is_err() {
@@ -422,7 +432,10 @@ fn exchange(a: &Path, b: &Path) -> io::Result<()> {
 /// Atomically exchanges two paths, where the platform has a call for it.
 #[cfg(not(any(target_os = "linux", target_vendor = "apple")))]
 fn exchange(_a: &Path, _b: &Path) -> io::Result<()> {
-    Err(io::Error::new(io::ErrorKind::Unsupported, "no atomic exchange on this platform"))
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "no atomic exchange on this platform",
+    ))
 }
 
 fn check_plain_file_name(weights_dir: &Path, file_name: &str) -> Result<()> {

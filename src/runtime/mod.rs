@@ -14,10 +14,12 @@
 //! before any backend sees them ([`check`]).
 
 pub mod check;
+pub mod compile_cache;
 #[cfg(target_vendor = "apple")]
 pub mod coreml;
 mod error;
 pub mod reference;
+pub mod strides;
 mod tensor;
 mod value;
 
@@ -25,7 +27,9 @@ use std::path::{Path, PathBuf};
 
 pub use error::{Error, Result};
 pub use tensor::{element_count, AnyTensor, DataType, Element, Tensor};
-pub use value::{take, Dictionary, FeatureValue, Features, FromFeature, Image, IntoFeature, PixelFormat};
+pub use value::{
+    take, Dictionary, FeatureValue, Features, FromFeature, Image, IntoFeature, PixelFormat,
+};
 
 use crate::package::{quoted_list, Package};
 use crate::proto::{FeatureDescription, FunctionDescription};
@@ -246,14 +250,32 @@ impl Model {
         self.check_outputs(outputs)
     }
 
-    fn check_outputs(&self, outputs: Features) -> Result<Features> {
+    /// Every declared output is there (optional ones may be missing), and
+    /// tensors have the declared element type: a backend that returns
+    /// another one (Core ML on some compute units) is converted here, so the
+    /// typed API always sees what the description says.
+    fn check_outputs(&self, mut outputs: Features) -> Result<Features> {
+        use crate::proto::specification::feature_type;
         for declared in &self.description.output {
-            if !outputs.contains_key(&declared.name) {
+            let kind = declared.r#type.as_ref();
+            let Some(value) = outputs.get_mut(&declared.name) else {
+                if kind.is_some_and(|t| t.is_optional) {
+                    continue;
+                }
                 return Err(Error::Output {
                     function: self.description.name.clone(),
                     name: declared.name.clone(),
                     detail: "the backend did not return it".to_string(),
                 });
+            };
+            if let (Some(feature_type::Type::MultiArrayType(array)), FeatureValue::Tensor(tensor)) =
+                (kind.and_then(|t| t.r#type.as_ref()), &*value)
+            {
+                if let Some(wanted) = DataType::from_array_data_type(array.data_type) {
+                    if tensor.data_type() != wanted {
+                        *value = FeatureValue::Tensor(tensor.cast(wanted));
+                    }
+                }
             }
         }
         Ok(outputs)

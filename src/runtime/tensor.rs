@@ -260,6 +260,41 @@ impl AnyTensor {
         }
     }
 
+    /// The tensor converted to element type `to`: floats round to the
+    /// nearest representable value, integers saturate.
+    pub fn cast(&self, to: DataType) -> AnyTensor {
+        let shape = self.shape().to_vec();
+        let as_f64: Vec<f64> = match self {
+            AnyTensor::Float16(t) => t.as_slice().iter().map(|v| v.to_f64()).collect(),
+            AnyTensor::Float32(t) => t.as_slice().iter().map(|&v| f64::from(v)).collect(),
+            AnyTensor::Float64(t) => t.as_slice().to_vec(),
+            AnyTensor::Int32(t) => t.as_slice().iter().map(|&v| f64::from(v)).collect(),
+            AnyTensor::Int8(t) => t.as_slice().iter().map(|&v| f64::from(v)).collect(),
+        };
+        match to {
+            DataType::Float16 => AnyTensor::Float16(Tensor {
+                shape,
+                data: as_f64.iter().map(|&v| f16::from_f64(v)).collect(),
+            }),
+            DataType::Float32 => AnyTensor::Float32(Tensor {
+                shape,
+                data: as_f64.iter().map(|&v| v as f32).collect(),
+            }),
+            DataType::Float64 => AnyTensor::Float64(Tensor {
+                shape,
+                data: as_f64,
+            }),
+            DataType::Int32 => AnyTensor::Int32(Tensor {
+                shape,
+                data: as_f64.iter().map(|&v| v as i32).collect(),
+            }),
+            DataType::Int8 => AnyTensor::Int8(Tensor {
+                shape,
+                data: as_f64.iter().map(|&v| v as i8).collect(),
+            }),
+        }
+    }
+
     /// The elements converted to f32 (exact for fp16, int8 and most int32).
     pub fn to_f32(&self) -> Tensor<f32> {
         let shape = self.shape().to_vec();
@@ -302,6 +337,14 @@ mod tests {
         let any = AnyTensor::from(tensor.clone());
         assert_eq!(any.data_type(), DataType::Float16);
         assert_eq!(any.to_f32().as_slice(), &[1.5, -2.0]);
-        assert_eq!(f16::unwrap(any).unwrap(), tensor);
+        assert_eq!(f16::unwrap(any.clone()).unwrap(), tensor);
+        let widened = any.cast(DataType::Float32);
+        assert_eq!(widened.data_type(), DataType::Float32);
+        assert_eq!(widened.cast(DataType::Float16), any);
+        let ints = AnyTensor::from(Tensor::new([2], vec![300i32, -3]).unwrap());
+        assert_eq!(
+            ints.cast(DataType::Int8).to_f32().as_slice(),
+            &[127.0, -3.0]
+        );
     }
 }

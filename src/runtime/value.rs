@@ -190,7 +190,11 @@ impl FromFeature for FeatureValue {
 
 /// Removes output `name` from `outputs` as a `T`: what generated code calls
 /// for each declared output.
-pub fn take<T: FromFeature>(outputs: &mut Features, function: &str, name: &str) -> super::Result<T> {
+pub fn take<T: FromFeature>(
+    outputs: &mut Features,
+    function: &str,
+    name: &str,
+) -> super::Result<T> {
     let error = |detail: String| super::Error::Output {
         function: function.to_string(),
         name: name.to_string(),

@@ -11,7 +11,12 @@ coreml_multifunction::include_models!();
 
 fn f16_tensor(shape: &[usize], values: impl Fn(usize) -> f32) -> runtime::Result<Tensor<f16>> {
     let count = runtime::element_count(shape)?;
-    Tensor::new(shape, (0..count).map(|i| f16::from_f32(values(i))).collect::<Vec<_>>())
+    Tensor::new(
+        shape,
+        (0..count)
+            .map(|i| f16::from_f32(values(i)))
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,7 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A LoRA adapter: typed inputs, typed outputs.
     let adapter = lora::Adapter2::load()?;
     let input = lora::Adapter2Input {
-        input_adapter_2: f16_tensor(&lora::Adapter2Input::INPUT_ADAPTER_2_SHAPE, |i| i as f32 / 64.0)?,
+        input_adapter_2: f16_tensor(&lora::Adapter2Input::INPUT_ADAPTER_2_SHAPE, |i| {
+            i as f32 / 64.0
+        })?,
     };
     let output = adapter.predict(&input)?;
     assert_eq!(output.out_adapter_2.shape(), &[1, 64]);
@@ -91,6 +98,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_err();
     assert!(error.to_string().contains("1..=16"), "{error}");
 
-    println!("generated API: every function loaded and predicted ({})", adapter.model().backend().name());
+    println!(
+        "generated API: every function loaded and predicted ({})",
+        adapter.model().backend().name()
+    );
     Ok(())
 }

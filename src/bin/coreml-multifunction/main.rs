@@ -33,6 +33,17 @@ Usage:
   coreml-multifunction rewrite SOURCE DESTINATION
       Read a package and write it back through this crate: the same model and
       blobs, with content-derived manifest identifiers (byte-reproducible).
+  coreml-multifunction predict PACKAGE [--function NAME] --input NAME=FILE.npy ...
+                       [--state NAME=FILE.npy ...] --output-dir DIR [--repeat N]
+      Run a function on the reference CPU backend (feature `cli`, on by
+      default). NAME defaults to the package's default function. Each
+      --input is a .npy array, converted to the input's declared type (fp16
+      inputs accept fp32 files); an image input is a uint8 [H, W, C] array
+      in the declared channel order. --state sets a state's starting value
+      (zeros otherwise). Writes DIR/<output>.npy for every output and
+      DIR/<state>.npy with every state's final value. --repeat N runs the
+      prediction N times from the same inputs and state, and prints the load
+      time and the median prediction time.
   coreml-multifunction --help | --version
 ";
 
@@ -102,6 +113,8 @@ fn run(args: Vec<OsString>) -> Result<(), Failure> {
         "rewrite" => rewrite_command(&mut parser),
         "merge" => merge_command(&mut parser),
         "compare" => compare_command(&mut parser),
+        #[cfg(feature = "cli")]
+        "predict" => predict::command(&mut parser),
         "help" => {
             print!("{USAGE}");
             Ok(())
@@ -317,3 +330,6 @@ fn write_stdout(text: &str) -> Result<(), Failure> {
         _ => Ok(()),
     }
 }
+
+#[cfg(feature = "cli")]
+mod predict;

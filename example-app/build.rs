@@ -1,0 +1,3 @@
+fn main() {
+    coreml_multifunction::build().unwrap();
+}

@@ -1,0 +1,181 @@
+"""Golden values for the reference backend's op tests
+(src/runtime/reference/ops/tests.rs), from coremltools' own op definitions: each op is built with constant
+inputs under the MIL builder, whose value inference computes the result
+(numpy); conv, which has none, is computed by torch.
+
+Prints one `check(...)` line per case; they form the body of
+`ops_match_coremltools` in tests.rs:
+
+    python scripts/golden-ops.py 2>/dev/null | sed 's/check("/check(failures, "/'
+"""
+import numpy as np, torch, warnings
+warnings.filterwarnings("ignore")
+import coremltools as ct
+from coremltools.converters.mil import Builder as mb
+
+rng = np.random.default_rng(42)
+def rnd(*shape, lo=-2.0, hi=2.0):
+    return rng.uniform(lo, hi, size=shape).astype(np.float32)
+def rint(*shape, lo=-5, hi=6):
+    return rng.integers(lo, hi, size=shape).astype(np.int32)
+
+cases = []
+def case(name, op, inputs, outputs=1, compute=None):
+    cases.append((name, op, inputs, outputs, compute))
+
+# arithmetic with broadcasting
+a, b = rnd(2, 3, 4), rnd(3, 1)
+for op in ["add", "sub", "mul", "real_div", "maximum", "minimum", "floor_div", "mod"]:
+    case(f"{op}_float", op, dict(x=a, y=b))
+ia, ib = rint(2, 3), np.array([3, -2, 4], np.int32)
+for op in ["add", "sub", "mul", "floor_div", "mod", "maximum", "minimum"]:
+    case(f"{op}_int", op, dict(x=ia, y=ib))
+case("pow", "pow", dict(x=rnd(2, 3, lo=0.1, hi=3.0), y=rnd(3, lo=-2, hi=2)))
+for op in ["equal", "not_equal", "less", "less_equal", "greater", "greater_equal"]:
+    case(f"{op}", op, dict(x=np.array([[1, 2, 3], [3, 2, 1]], np.float32), y=np.array([2, 2, 2], np.float32)))
+bx, by = np.array([True, False, True, False]), np.array([True, True, False, False])
+for op in ["logical_and", "logical_or", "logical_xor"]:
+    case(op, op, dict(x=bx, y=by))
+case("logical_not", "logical_not", dict(x=bx))
+
+# unary and activations
+u = rnd(3, 4, lo=-3, hi=3)
+pos = rnd(3, 4, lo=0.05, hi=4)
+for op in ["relu", "sigmoid", "tanh", "exp", "abs", "square", "erf", "silu", "softplus", "softsign", "relu6", "sign", "floor", "ceil", "sin", "cos", "atan"]:
+    x = u * (3 if op == "relu6" else 1)
+    # silu has no value inference in coremltools: its definition, x * sigmoid(x).
+    case(op, op, dict(x=x), compute=(lambda x=x: x / (1 + np.exp(-x))) if op == "silu" else None)
+case("round", "round", dict(x=np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.4, -0.6], np.float32)))
+for op in ["sqrt", "exp2"]:
+    case(op, op, dict(x=pos))
+case("rsqrt", "rsqrt", dict(x=pos, epsilon=np.float32(1e-3)))
+case("log", "log", dict(x=pos))
+case("inverse", "inverse", dict(x=pos, epsilon=np.float32(1e-4)))
+for mode in ["EXACT", "TANH_APPROXIMATION", "SIGMOID_APPROXIMATION"]:
+    case(f"gelu_{mode.lower()}", "gelu", dict(x=u, mode=mode))
+case("leaky_relu", "leaky_relu", dict(x=u, alpha=np.float32(0.2)))
+case("elu", "elu", dict(x=u, alpha=np.float32(0.7)))
+case("clamped_relu", "clamped_relu", dict(x=u, alpha=np.float32(0.1), beta=np.float32(1.5)))
+case("clip", "clip", dict(x=u, alpha=np.float32(-1.0), beta=np.float32(0.5)))
+
+# softmax, layer_norm, reductions
+s = rnd(2, 3, 4, lo=-5, hi=5)
+case("softmax_last", "softmax", dict(x=s))
+case("softmax_axis1", "softmax", dict(x=s, axis=np.int32(1)))
+case("layer_norm_last", "layer_norm", dict(x=s, axes=np.array([-1], np.int32), gamma=rnd(4), beta=rnd(4), epsilon=np.float32(1e-5)))
+case("layer_norm_two_axes", "layer_norm", dict(x=s, axes=np.array([1, 2], np.int32), epsilon=np.float32(1e-3)))
+for op in ["reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "reduce_prod", "reduce_l2_norm", "reduce_l1_norm", "reduce_log_sum_exp", "reduce_sum_square"]:
+    case(f"{op}_axes", op, dict(x=s, axes=np.array([0, -1], np.int32), keep_dims=True))
+    case(f"{op}_all", op, dict(x=s * 0.5))
+case("reduce_log_sum", "reduce_log_sum", dict(x=np.abs(s) + 0.1, axes=np.array([1], np.int32)))
+case("reduce_sum_int", "reduce_sum", dict(x=rint(3, 4), axes=np.array([1], np.int32)))
+case("reduce_max_int", "reduce_max", dict(x=rint(3, 4), axes=np.array([0], np.int32), keep_dims=True))
+case("reduce_argmax", "reduce_argmax", dict(x=s, axis=np.int32(1)))
+case("reduce_argmin_keep", "reduce_argmin", dict(x=s, axis=np.int32(-1), keep_dims=True))
+
+# matmul and attention
+case("matmul_2d", "matmul", dict(x=rnd(2, 3), y=rnd(3, 4)))
+case("matmul_transpose", "matmul", dict(x=rnd(3, 2), y=rnd(4, 3), transpose_x=True, transpose_y=True))
+case("matmul_batched", "matmul", dict(x=rnd(2, 1, 2, 3), y=rnd(3, 3, 2)))
+case("matmul_vector", "matmul", dict(x=rnd(3), y=rnd(2, 3, 4)))
+case("linear", "linear", dict(x=rnd(2, 3, 5), weight=rnd(4, 5), bias=rnd(4)))
+case("attention", "scaled_dot_product_attention", dict(query=rnd(1, 2, 3, 4), key=rnd(1, 2, 5, 4), value=rnd(1, 2, 5, 6)))
+case("attention_bool_mask", "scaled_dot_product_attention", dict(query=rnd(2, 3, 4), key=rnd(2, 5, 4), value=rnd(2, 5, 2), attn_mask=rng.integers(0, 2, size=(3, 5)).astype(bool) | np.eye(3, 5, dtype=bool)))
+case("attention_float_mask", "scaled_dot_product_attention", dict(query=rnd(2, 3, 4), key=rnd(2, 5, 4), value=rnd(2, 5, 2), attn_mask=rnd(3, 5)))
+
+# shapes
+t = rnd(2, 3, 4)
+case("reshape", "reshape", dict(x=t, shape=np.array([0, -1, 2], np.int32)))
+case("transpose", "transpose", dict(x=t, perm=np.array([2, 0, 1], np.int32)))
+case("expand_dims", "expand_dims", dict(x=t, axes=np.array([0, -1], np.int32)))
+case("squeeze", "squeeze", dict(x=rnd(1, 3, 1, 2), axes=np.array([0, -2], np.int32)))
+case("squeeze_all", "squeeze", dict(x=rnd(1, 3, 1, 2)))
+case("concat", "concat", dict(values=(t, rnd(2, 3, 1)), axis=np.int32(-1)))
+ia_, ib_ = rnd(2, 2), rnd(2, 2)
+# coremltools' value inference ignores `interleave`; its docstring defines it:
+# output[0::2] = values[0], output[1::2] = values[1].
+case("concat_interleave", "concat", dict(values=(ia_, ib_), axis=np.int32(0), interleave=True),
+     compute=lambda: np.stack([ia_, ib_], axis=1).reshape(4, 2))
+case("split_even", "split", dict(x=t, num_splits=np.int32(2), axis=np.int32(2)), outputs=2)
+case("split_sizes", "split", dict(x=t, split_sizes=np.array([1, 2], np.int32), axis=np.int32(1)), outputs=2)
+case("stack", "stack", dict(values=(rnd(2, 3), rnd(2, 3)), axis=np.int32(1)))
+x6 = np.arange(2 * 6 * 5, dtype=np.float32).reshape(2, 6, 5)
+case("slice_by_index", "slice_by_index", dict(x=x6, begin=np.array([0, 5, 1], np.int32), end=np.array([2, 0, -1], np.int32), stride=np.array([1, -2, 2], np.int32)))
+case("slice_by_index_masks", "slice_by_index", dict(x=x6, begin=np.array([1, 2, 0], np.int32), end=np.array([0, 4, 3], np.int32), begin_mask=np.array([False, False, True]), end_mask=np.array([True, False, False]), squeeze_mask=np.array([True, False, False])))
+case("slice_by_size", "slice_by_size", dict(x=x6, begin=np.array([1, 2, -3], np.int32), size=np.array([-1, 3, 2], np.int32)))
+case("slice_update", "slice_update", dict(x=x6, update=-np.ones((2, 3, 2), np.float32), begin=np.array([0, 5, 1], np.int32), end=np.array([2, 0, -1], np.int32), stride=np.array([1, -2, 2], np.int32)))
+case("slice_update_squeeze", "slice_update", dict(x=x6, update=-np.ones((6,), np.float32), begin=np.array([1, 0, 2], np.int32), end=np.array([2, 6, 3], np.int32), squeeze_mask=np.array([True, False, True])))
+case("tile", "tile", dict(x=rnd(2, 1, 3), reps=np.array([1, 3, 2], np.int32)))
+case("gather_axis1", "gather", dict(x=t, indices=np.array([[2, 0], [-1, 1]], np.int32), axis=np.int32(1)))
+case("gather_batch_dims", "gather", dict(x=t, indices=np.array([[3, 0], [1, 2]], np.int32), axis=np.int32(2), batch_dims=np.int32(1)))
+case("gather_along_axis", "gather_along_axis", dict(x=t, indices=np.array([[[0, 2, 1, 0]], [[2, 2, 0, 1]]], np.int32), axis=np.int32(1)))
+case("select", "select", dict(cond=np.array([[True], [False]]), a=rnd(2, 3), b=rnd(3)))
+case("band_part", "band_part", dict(x=rnd(2, 4, 4), lower=np.int32(1), upper=np.int32(0)))
+case("fill_like", "fill_like", dict(ref_tensor=t, value=np.float32(2.5)))
+case("fill", "fill", dict(shape=np.array([2, 3], np.int32), value=np.float32(-1.0)))
+case("shape", "shape", dict(x=t))
+case("range_1d", "range_1d", dict(end=np.float32(2.0), start=np.float32(-1.0), step=np.float32(0.7)))
+case("range_1d_int", "range_1d", dict(end=np.int32(-7), start=np.int32(3), step=np.int32(-3)))
+case("cast_int32", "cast", dict(x=np.array([-1.7, 2.5, 300.0, -0.2], np.float32), dtype="int32"))
+case("cast_fp16", "cast", dict(x=np.array([0.1, 1 / 3, 65504.0, 1e-5], np.float32), dtype="fp16"))
+
+def torch_conv(x, w, b, stride, padding, dilation, groups):
+    return torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), stride=stride, padding=padding, dilation=dilation, groups=groups).numpy()
+cx, cw, cb = rnd(1, 4, 7, 6), rnd(6, 2, 3, 3), rnd(6)
+case("conv_custom", "conv", dict(x=cx, weight=cw, bias=cb, strides=np.array([2, 1], np.int32), pad_type="custom", pad=np.array([1, 1, 0, 2], np.int32), dilations=np.array([1, 2], np.int32), groups=np.int32(2)),
+     compute=lambda: torch.nn.functional.conv2d(torch.nn.functional.pad(torch.from_numpy(cx), (0, 2, 1, 1)), torch.from_numpy(cw), torch.from_numpy(cb), stride=(2, 1), dilation=(1, 2), groups=2).numpy())
+sx, sw = rnd(1, 2, 5, 5), rnd(3, 2, 2, 3)
+def same(x, w, stride, lower):
+    # total padding s*ceil(i/s) - i + k - s, split evenly (extra after, or before for same_lower)
+    pads = []
+    for i, k, s in zip(x.shape[2:], w.shape[2:], stride):
+        total = max(0, s * -(-i // s) - i + k - s)
+        small = total // 2
+        pads.append((total - small, small) if lower else (small, total - small))
+    xp = torch.nn.functional.pad(torch.from_numpy(x), (pads[1][0], pads[1][1], pads[0][0], pads[0][1]))
+    return torch.nn.functional.conv2d(xp, torch.from_numpy(w), stride=stride).numpy()
+case("conv_same", "conv", dict(x=sx, weight=sw, strides=np.array([2, 2], np.int32), pad_type="same"), compute=lambda: same(sx, sw, (2, 2), False))
+case("conv_same_lower", "conv", dict(x=sx, weight=sw, pad_type="same_lower"), compute=lambda: same(sx, sw, (1, 1), True))
+c1x, c1w = rnd(2, 3, 9), rnd(4, 3, 3)
+case("conv_1d_valid", "conv", dict(x=c1x, weight=c1w, strides=np.array([2], np.int32)), compute=lambda: torch.nn.functional.conv1d(torch.from_numpy(c1x), torch.from_numpy(c1w), stride=2).numpy())
+
+def rust_value(v):
+    v = np.asarray(v)
+    shape = ", ".join(str(d) for d in v.shape)
+    flat = v.ravel()
+    if v.dtype == np.bool_:
+        return f"b(&[{shape}], &[{', '.join('true' if x else 'false' for x in flat)}])"
+    if np.issubdtype(v.dtype, np.integer):
+        return f"i(&[{shape}], &[{', '.join(str(int(x)) for x in flat)}])"
+    if v.dtype.kind in "US":
+        return f's("{v.item()}")'
+    # The shortest text that reads back as the same f32.
+    return f"f(&[{shape}], &[{', '.join(float32_literal(x) for x in flat)}])"
+
+def float32_literal(x):
+    text = np.format_float_positional(np.float32(x), unique=True, trim="0") if abs(x) >= 1e-4 or x == 0 else np.format_float_scientific(np.float32(x), unique=True, trim="0")
+    return text if any(c in text for c in ".e") else text + ".0"
+
+out = []
+for name, op, inputs, outputs, compute in cases:
+    if compute is not None:
+        results = [compute()]
+    else:
+        @mb.program(input_specs=[], opset_version=ct.target.iOS18)
+        def prog():
+            kw = {k: (list(v) if isinstance(v, tuple) else v) for k, v in inputs.items()}
+            r = getattr(mb, op)(**kw)
+            return r
+        ops = list(prog.functions["main"].operations)
+        results = [o.val for o in prog.functions["main"].outputs]
+        assert all(r is not None for r in results), name
+    args = []
+    for k, v in inputs.items():
+        if isinstance(v, tuple):
+            for item in v:
+                args.append(f'("{k}", {rust_value(item)})')
+        else:
+            args.append(f'("{k}", {rust_value(v)})')
+    expected = ", ".join(rust_value(np.asarray(r)) for r in results)
+    out.append(f'    check("{name}", "{op}", vec![{", ".join(args)}], vec![{expected}]);')
+print("\n".join(out))

@@ -1,0 +1,232 @@
+//! Tensors to and from `MLMultiArray`, through Core ML's scoped buffer
+//! access (`getMutableBytesWithHandler:` / `getBytesWithHandler:`), with
+//! the strides Core ML reports. The layout arithmetic itself is
+//! [`crate::runtime::strides`], tested on every host.
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
+
+use block2::StackBlock;
+use half::f16;
+use objc2::rc::Retained;
+use objc2::AnyThread;
+use objc2_core_ml::{MLMultiArray, MLState};
+use objc2_foundation::{NSArray, NSInteger, NSNumber, NSString};
+
+use super::super::error::{Error, Result};
+use super::super::strides::{self, raw, Scalar};
+use super::super::tensor::{AnyTensor, DataType, Element, Tensor};
+use super::{core_ml_error, ml_data_type};
+
+/// Runs `body`, turning a panic into an error: Rust code called from an
+/// Objective-C block must not unwind into Apple's frames.
+pub(super) fn guarded<T>(body: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(body))
+        .unwrap_or_else(|_| Err("a panic inside a Core ML callback was caught".to_string()))
+}
+
+/// Whether `MLMultiArrayDataTypeFloat16` exists on this system.
+fn float16_available() -> bool {
+    objc2::available!(
+        macos = 12.0,
+        ios = 16.0,
+        tvos = 16.0,
+        watchos = 9.0,
+        visionos = 1.0
+    )
+}
+
+/// Whether `MLMultiArrayDataTypeInt8` exists on this system (the 26 SDKs).
+fn int8_available() -> bool {
+    objc2::available!(
+        macos = 26.0,
+        ios = 26.0,
+        tvos = 26.0,
+        watchos = 26.0,
+        visionos = 26.0
+    )
+}
+
+/// The numbers of an `NSArray<NSNumber>` (a shape or strides).
+fn integers(numbers: &NSArray<NSNumber>) -> Vec<isize> {
+    numbers.iter().map(|n| n.as_isize()).collect()
+}
+
+/// The shape of an array as Core ML reports it.
+fn shape_of(array: &MLMultiArray) -> Result<Vec<usize>, String> {
+    // SAFETY: a property read of a valid array.
+    let shape = unsafe { array.shape() };
+    let shape = integers(&shape);
+    shape
+        .iter()
+        .map(|&dim| usize::try_from(dim).map_err(|_| format!("Core ML reports shape {shape:?}")))
+        .collect()
+}
+
+/// An `MLMultiArray` holding `tensor`, input `name` of `function`.
+pub(super) fn from_tensor(
+    function: &str,
+    name: &str,
+    tensor: &AnyTensor,
+) -> Result<Retained<MLMultiArray>> {
+    match tensor {
+        AnyTensor::Float16(t) => filled::<f16>(function, name, t),
+        AnyTensor::Float32(t) => filled::<f32>(function, name, t),
+        AnyTensor::Float64(t) => filled::<f64>(function, name, t),
+        AnyTensor::Int32(t) => filled::<i32>(function, name, t),
+        AnyTensor::Int8(t) => filled::<i8>(function, name, t),
+    }
+}
+
+fn filled<T: Element + Scalar>(
+    function: &str,
+    name: &str,
+    tensor: &Tensor<T>,
+) -> Result<Retained<MLMultiArray>> {
+    let shape = tensor.shape();
+    // Core ML multi-arrays have at least one dimension and no empty one;
+    // refuse here what `initWithShape:` could otherwise reject or raise on.
+    let dims: Option<Vec<isize>> = shape
+        .iter()
+        .map(|&dim| isize::try_from(dim).ok().filter(|&d| d > 0))
+        .collect();
+    let Some(dims) = dims.filter(|dims| !dims.is_empty()) else {
+        return Err(Error::WrongShape {
+            function: function.to_string(),
+            name: name.to_string(),
+            found: shape.to_vec(),
+            allowed: "Core ML multi-arrays of rank 1 or more, every dimension at least 1"
+                .to_string(),
+        });
+    };
+    match T::DATA_TYPE {
+        DataType::Float16 if !float16_available() => {
+            return Err(Error::OsTooOld(format!(
+                "input {name:?}: fp16 multi-arrays need macOS 12, iOS 16 or later"
+            )))
+        }
+        DataType::Int8 if !int8_available() => {
+            return Err(Error::OsTooOld(format!(
+                "input {name:?}: int8 multi-arrays need macOS 26, iOS 26 or later"
+            )))
+        }
+        _ => {}
+    }
+    let numbers: Vec<Retained<NSNumber>> = dims.into_iter().map(NSNumber::new_isize).collect();
+    let ns_shape = NSArray::from_retained_slice(&numbers);
+    // SAFETY: a valid shape (rank >= 1, positive dimensions) and a data type
+    // this system has (checked above); Core ML reports allocation failure
+    // as an error.
+    let array = unsafe {
+        MLMultiArray::initWithShape_dataType_error(
+            MLMultiArray::alloc(),
+            &ns_shape,
+            ml_data_type(T::DATA_TYPE),
+        )
+    }
+    .map_err(|e| core_ml_error(&e))?;
+
+    let data = tensor.as_slice();
+    let outcome: RefCell<Result<(), String>> =
+        RefCell::new(Err("Core ML did not call the buffer block".to_string()));
+    let block = StackBlock::new(
+        |bytes: NonNull<c_void>, size: NSInteger, block_strides: NonNull<NSArray<NSNumber>>| {
+            let result = guarded(|| {
+                // SAFETY: Core ML passes the strides of the buffer it hands
+                // this block, valid while the block runs.
+                let block_strides = integers(unsafe { block_strides.as_ref() });
+                let block_strides = strides::strides_from_isize(shape, &block_strides)
+                    .map_err(|e| e.to_string())?;
+                let size = usize::try_from(size).map_err(|_| format!("buffer size {size}"))?;
+                // SAFETY: Core ML documents `bytes` as the array's backing
+                // buffer, `size` bytes, writable by this block alone until
+                // it returns; `u8` needs no alignment. `scatter` checks
+                // every write against `size` before making it.
+                let buffer =
+                    unsafe { std::slice::from_raw_parts_mut(bytes.as_ptr().cast::<u8>(), size) };
+                strides::scatter(data, shape, &block_strides, buffer).map_err(|e| e.to_string())
+            });
+            *outcome.borrow_mut() = result;
+        },
+    );
+    // SAFETY: the array is ours and new; the block writes only inside the
+    // buffer Core ML passes it, honouring the strides passed with it (the
+    // method may switch to a new backing buffer with other strides).
+    unsafe { array.getMutableBytesWithHandler(&block) };
+    outcome.into_inner().map_err(|detail| {
+        super::backend_error(format!(
+            "filling input {name:?} of function {function:?}: {detail}"
+        ))
+    })?;
+    Ok(array)
+}
+
+/// The contents of an `MLMultiArray`, row-major, read with its own strides.
+pub(super) fn read(array: &MLMultiArray) -> Result<AnyTensor, String> {
+    // SAFETY: a property read of a valid array.
+    let data_type = unsafe { array.dataType() };
+    match raw::data_type_of_multi_array(data_type.0) {
+        Some(DataType::Float16) => gather::<f16>(array).map(AnyTensor::from),
+        Some(DataType::Float32) => gather::<f32>(array).map(AnyTensor::from),
+        Some(DataType::Float64) => gather::<f64>(array).map(AnyTensor::from),
+        Some(DataType::Int32) => gather::<i32>(array).map(AnyTensor::from),
+        Some(DataType::Int8) => gather::<i8>(array).map(AnyTensor::from),
+        None => Err(format!(
+            "an MLMultiArray of data type {:#x}, which this crate does not read",
+            data_type.0
+        )),
+    }
+}
+
+fn gather<T: Element + Scalar>(array: &MLMultiArray) -> Result<Tensor<T>, String> {
+    let shape = shape_of(array)?;
+    let outcome: RefCell<Result<Vec<T>, String>> =
+        RefCell::new(Err("Core ML did not call the buffer block".to_string()));
+    let block = StackBlock::new(|bytes: NonNull<c_void>, size: NSInteger| {
+        let result = guarded(|| {
+            // The strides of the buffer being read, as Apple's example for
+            // this method reads them: inside the block.
+            // SAFETY: a property read of a valid array.
+            let array_strides = unsafe { array.strides() };
+            let array_strides = integers(&array_strides);
+            let array_strides =
+                strides::strides_from_isize(&shape, &array_strides).map_err(|e| e.to_string())?;
+            let size = usize::try_from(size).map_err(|_| format!("buffer size {size}"))?;
+            // SAFETY: Core ML documents `bytes` as the array's buffer,
+            // readable for `size` bytes while the block runs; `u8` needs no
+            // alignment. `gather` checks the layout against `size` first.
+            let buffer = unsafe {
+                std::slice::from_raw_parts(bytes.as_ptr().cast::<u8>().cast_const(), size)
+            };
+            strides::gather::<T>(buffer, &shape, &array_strides).map_err(|e| e.to_string())
+        });
+        *outcome.borrow_mut() = result;
+    });
+    // SAFETY: the block only reads inside the buffer Core ML passes it.
+    unsafe { array.getBytesWithHandler(&block) };
+    let data = outcome.into_inner()?;
+    Tensor::new(shape, data).map_err(|e| e.to_string())
+}
+
+/// A copy of state buffer `name` (one of the state's names: the caller
+/// checks), read with the buffer's own strides.
+pub(super) fn read_state(state: &MLState, name: &str) -> Result<AnyTensor, String> {
+    let outcome: RefCell<Result<AnyTensor, String>> =
+        RefCell::new(Err("Core ML did not call the state block".to_string()));
+    let block = StackBlock::new(|buffer: NonNull<MLMultiArray>| {
+        let result = guarded(|| {
+            // SAFETY: Core ML passes a valid array viewing the state buffer,
+            // usable only while the block runs, which is all `read` does.
+            read(unsafe { buffer.as_ref() })
+        });
+        *outcome.borrow_mut() = result;
+    });
+    // SAFETY: `name` is a state of the function (checked by the caller, so
+    // Core ML knows it); no prediction can run on this state meanwhile
+    // (predictions take `&mut State`, this `&State`), and the block touches
+    // the buffer only inside.
+    unsafe { state.getMultiArrayForStateNamed_handler(&NSString::from_str(name), &block) };
+    outcome.into_inner()
+}

@@ -1,0 +1,522 @@
+//! Elementwise ops: arithmetic and comparisons with numpy broadcasting,
+//! activations, `select`, `cast`.
+
+use std::cell::Cell;
+
+use ndarray::{ArcArray, IxDyn, Zip};
+
+use super::Args;
+use crate::runtime::reference::value::{self, dtype_from_name, FloatArray, OpResult, Value};
+
+/// The shape `a` and `b` broadcast to, numpy's rules.
+pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> OpResult<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let mut shape = vec![0; rank];
+    for i in 0..rank {
+        let da = if i + a.len() >= rank {
+            a[i + a.len() - rank]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= rank {
+            b[i + b.len() - rank]
+        } else {
+            1
+        };
+        shape[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return Err(format!("shapes {a:?} and {b:?} do not broadcast")),
+        };
+    }
+    Ok(shape)
+}
+
+/// `f` applied to the elements of `a` and `b` broadcast together.
+pub(crate) fn zip_with<A: Copy, B: Copy, C: Clone>(
+    a: &ArcArray<A, IxDyn>,
+    b: &ArcArray<B, IxDyn>,
+    f: impl Fn(A, B) -> C,
+) -> OpResult<ArcArray<C, IxDyn>> {
+    if a.shape() == b.shape() {
+        return Ok(Zip::from(a.view())
+            .and(b.view())
+            .map_collect(|&x, &y| f(x, y))
+            .into_shared());
+    }
+    let shape = IxDyn(&broadcast_shape(a.shape(), b.shape())?);
+    let (Some(av), Some(bv)) = (a.broadcast(shape.clone()), b.broadcast(shape)) else {
+        return Err(format!(
+            "shapes {:?} and {:?} do not broadcast",
+            a.shape(),
+            b.shape()
+        ));
+    };
+    Ok(Zip::from(av)
+        .and(bv)
+        .map_collect(|&x, &y| f(x, y))
+        .into_shared())
+}
+
+macro_rules! named_ops {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident = $op:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub(crate) enum $name {
+            $($variant),*
+        }
+
+        impl $name {
+            /// Every op of this family.
+            pub(crate) const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            /// The op of type `op_type`, if it belongs to this family.
+            pub(crate) fn from_op(op_type: &str) -> Option<$name> {
+                match op_type {
+                    $($op => Some($name::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// The op type.
+            pub(crate) fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $op),*
+                }
+            }
+        }
+    };
+}
+
+named_ops!(
+    /// Binary elementwise ops.
+    Binary {
+        Add = "add",
+        Sub = "sub",
+        Mul = "mul",
+        RealDiv = "real_div",
+        Pow = "pow",
+        FloorDiv = "floor_div",
+        Mod = "mod",
+        Maximum = "maximum",
+        Minimum = "minimum",
+        Equal = "equal",
+        NotEqual = "not_equal",
+        Less = "less",
+        LessEqual = "less_equal",
+        Greater = "greater",
+        GreaterEqual = "greater_equal",
+        LogicalAnd = "logical_and",
+        LogicalOr = "logical_or",
+        LogicalXor = "logical_xor",
+    }
+);
+
+named_ops!(
+    /// Unary elementwise ops without parameters.
+    Unary {
+        Relu = "relu",
+        Relu6 = "relu6",
+        Sigmoid = "sigmoid",
+        Silu = "silu",
+        Softplus = "softplus",
+        Softsign = "softsign",
+        Tanh = "tanh",
+        Exp = "exp",
+        Exp2 = "exp2",
+        Sqrt = "sqrt",
+        Abs = "abs",
+        Square = "square",
+        Sign = "sign",
+        Erf = "erf",
+        Sin = "sin",
+        Cos = "cos",
+        Tan = "tan",
+        Asin = "asin",
+        Acos = "acos",
+        Atan = "atan",
+        Sinh = "sinh",
+        Cosh = "cosh",
+        Atanh = "atanh",
+        Floor = "floor",
+        Ceil = "ceil",
+        Round = "round",
+        LogicalNot = "logical_not",
+    }
+);
+
+fn is_integral(v: &Value) -> bool {
+    matches!(v, Value::Int(_) | Value::Bool(_))
+}
+
+pub(super) fn binary(op: Binary, args: &Args<'_>) -> OpResult<Value> {
+    use Binary as B;
+    let x = args.required("x")?;
+    let y = args.required("y")?;
+    match op {
+        B::LogicalAnd | B::LogicalOr | B::LogicalXor => {
+            let (a, b) = (x.to_bool()?, y.to_bool()?);
+            let f = match op {
+                B::LogicalAnd => |p: bool, q: bool| p && q,
+                B::LogicalOr => |p: bool, q: bool| p || q,
+                _ => |p: bool, q: bool| p != q,
+            };
+            return Ok(Value::Bool(zip_with(&a, &b, f)?));
+        }
+        B::Equal | B::NotEqual | B::Less | B::LessEqual | B::Greater | B::GreaterEqual => {
+            return compare(op, x, y);
+        }
+        _ => {}
+    }
+    let integer = is_integral(x) && is_integral(y) && !matches!(op, B::RealDiv | B::Pow);
+    if integer {
+        let (a, b) = (x.to_int()?, y.to_int()?);
+        let by_zero = Cell::new(false);
+        let result = match op {
+            B::Add => zip_with(&a, &b, i32::wrapping_add)?,
+            B::Sub => zip_with(&a, &b, i32::wrapping_sub)?,
+            B::Mul => zip_with(&a, &b, i32::wrapping_mul)?,
+            B::Maximum => zip_with(&a, &b, i32::max)?,
+            B::Minimum => zip_with(&a, &b, i32::min)?,
+            B::FloorDiv => zip_with(&a, &b, |p, q| {
+                if q == 0 {
+                    by_zero.set(true);
+                    0
+                } else {
+                    // Python's //: rounds toward negative infinity.
+                    let d = p.wrapping_div(q);
+                    if p.wrapping_rem(q) != 0 && ((p < 0) != (q < 0)) {
+                        d - 1
+                    } else {
+                        d
+                    }
+                }
+            })?,
+            B::Mod => zip_with(&a, &b, |p, q| {
+                if q == 0 {
+                    by_zero.set(true);
+                    0
+                } else {
+                    // Python's %: the result takes the divisor's sign.
+                    let r = p.wrapping_rem(q);
+                    if r != 0 && ((r < 0) != (q < 0)) {
+                        r + q
+                    } else {
+                        r
+                    }
+                }
+            })?,
+            _ => unreachable!("handled above"),
+        };
+        if by_zero.get() {
+            return Err("integer division by zero".to_string());
+        }
+        return Ok(Value::Int(result));
+    }
+    let (a, b) = (x.to_float()?, y.to_float()?);
+    let result = match op {
+        B::Add => zip_with(&a, &b, |p, q| p + q)?,
+        B::Sub => zip_with(&a, &b, |p, q| p - q)?,
+        B::Mul => zip_with(&a, &b, |p, q| p * q)?,
+        B::RealDiv => zip_with(&a, &b, |p, q| p / q)?,
+        B::Pow => zip_with(&a, &b, f32::powf)?,
+        B::Maximum => zip_with(&a, &b, f32::max)?,
+        B::Minimum => zip_with(&a, &b, f32::min)?,
+        B::FloorDiv => zip_with(&a, &b, |p, q| (p / q).floor())?,
+        B::Mod => zip_with(&a, &b, |p, q| {
+            let r = p % q;
+            if r != 0.0 && ((r < 0.0) != (q < 0.0)) {
+                r + q
+            } else {
+                r
+            }
+        })?,
+        _ => unreachable!("handled above"),
+    };
+    Ok(Value::Float(result))
+}
+
+fn compare(op: Binary, x: &Value, y: &Value) -> OpResult<Value> {
+    use Binary as B;
+    if is_integral(x) && is_integral(y) {
+        let (a, b) = (x.to_int()?, y.to_int()?);
+        let f: fn(i32, i32) -> bool = match op {
+            B::Equal => |p, q| p == q,
+            B::NotEqual => |p, q| p != q,
+            B::Less => |p, q| p < q,
+            B::LessEqual => |p, q| p <= q,
+            B::Greater => |p, q| p > q,
+            _ => |p, q| p >= q,
+        };
+        return Ok(Value::Bool(zip_with(&a, &b, f)?));
+    }
+    let (a, b) = (x.to_float()?, y.to_float()?);
+    let f: fn(f32, f32) -> bool = match op {
+        B::Equal => |p, q| p == q,
+        B::NotEqual => |p, q| p != q,
+        B::Less => |p, q| p < q,
+        B::LessEqual => |p, q| p <= q,
+        B::Greater => |p, q| p > q,
+        _ => |p, q| p >= q,
+    };
+    Ok(Value::Bool(zip_with(&a, &b, f)?))
+}
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+pub(super) fn unary(op: Unary, args: &Args<'_>) -> OpResult<Value> {
+    use Unary as U;
+    let x = args.required("x")?;
+    if op == U::LogicalNot {
+        return Ok(Value::Bool(x.to_bool()?.mapv(|v| !v).into_shared()));
+    }
+    if let Value::Int(a) = x {
+        // Integer-preserving ops stay exact on integers.
+        let f: Option<fn(i32) -> i32> = match op {
+            U::Abs => Some(i32::wrapping_abs),
+            U::Square => Some(|v| v.wrapping_mul(v)),
+            U::Sign => Some(i32::signum),
+            U::Relu => Some(|v| v.max(0)),
+            U::Relu6 => Some(|v| v.clamp(0, 6)),
+            U::Floor | U::Ceil | U::Round => Some(|v| v),
+            _ => None,
+        };
+        if let Some(f) = f {
+            return Ok(Value::Int(a.mapv(f).into_shared()));
+        }
+    }
+    let a = x.to_float()?;
+    let f: fn(f32) -> f32 = match op {
+        U::Relu => |v| v.max(0.0),
+        U::Relu6 => |v| v.clamp(0.0, 6.0),
+        U::Sigmoid => sigmoid,
+        U::Silu => |v| v * sigmoid(v),
+        // log(1 + e^x), stable for large |x|.
+        U::Softplus => |v| v.max(0.0) + (-v.abs()).exp().ln_1p(),
+        U::Softsign => |v| v / (1.0 + v.abs()),
+        U::Tanh => f32::tanh,
+        U::Exp => f32::exp,
+        U::Exp2 => f32::exp2,
+        U::Sqrt => f32::sqrt,
+        U::Abs => f32::abs,
+        U::Square => |v| v * v,
+        U::Sign => |v| {
+            if v > 0.0 {
+                1.0
+            } else if v < 0.0 {
+                -1.0
+            } else {
+                v
+            }
+        },
+        U::Erf => |v| erf(f64::from(v)) as f32,
+        U::Sin => f32::sin,
+        U::Cos => f32::cos,
+        U::Tan => f32::tan,
+        U::Asin => f32::asin,
+        U::Acos => f32::acos,
+        U::Atan => f32::atan,
+        U::Sinh => f32::sinh,
+        U::Cosh => f32::cosh,
+        U::Atanh => f32::atanh,
+        U::Floor => f32::floor,
+        U::Ceil => f32::ceil,
+        // numpy rounds halves to even.
+        U::Round => f32::round_ties_even,
+        U::LogicalNot => unreachable!("handled above"),
+    };
+    Ok(Value::Float(map(&a, f)))
+}
+
+fn map(a: &FloatArray, f: impl Fn(f32) -> f32) -> FloatArray {
+    a.mapv(f).into_shared()
+}
+
+/// The error function, to about 1e-7 absolute (f32 precision): a Taylor
+/// series near zero, Numerical Recipes' Chebyshev fit of erfc elsewhere.
+pub(crate) fn erf(x: f64) -> f64 {
+    if x.abs() < 0.5 {
+        // 2/sqrt(pi) * sum (-1)^n x^(2n+1) / (n! (2n+1))
+        let mut term = x;
+        let mut sum = x;
+        let x2 = x * x;
+        for n in 1..12 {
+            term *= -x2 / n as f64;
+            sum += term / (2 * n + 1) as f64;
+        }
+        return sum * std::f64::consts::FRAC_2_SQRT_PI;
+    }
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let erfc = t * poly.exp();
+    if x >= 0.0 {
+        1.0 - erfc
+    } else {
+        erfc - 1.0
+    }
+}
+
+pub(super) fn gelu(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let mode = args.opt_str("mode")?.unwrap_or("EXACT");
+    let f: fn(f32) -> f32 = match mode {
+        "EXACT" => |v| {
+            let v64 = f64::from(v);
+            (0.5 * v64 * (1.0 + erf(v64 / std::f64::consts::SQRT_2))) as f32
+        },
+        "TANH_APPROXIMATION" => |v| {
+            let inner = (2.0 / std::f32::consts::PI).sqrt() * (v + 0.044_715 * v * v * v);
+            0.5 * v * (1.0 + inner.tanh())
+        },
+        "SIGMOID_APPROXIMATION" => |v| v * sigmoid(1.702 * v),
+        other => {
+            return Err(format!(
+                "mode {other:?} is not one of EXACT, TANH_APPROXIMATION, SIGMOID_APPROXIMATION"
+            ))
+        }
+    };
+    Ok(Value::Float(map(&x, f)))
+}
+
+pub(super) fn rsqrt(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let epsilon = args.opt_f32("epsilon")?.unwrap_or(1e-12);
+    Ok(Value::Float(map(&x, |v| 1.0 / (v + epsilon).sqrt())))
+}
+
+pub(super) fn log(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let epsilon = args.opt_f32("epsilon")?.unwrap_or(1e-45);
+    Ok(Value::Float(map(&x, |v| (v + epsilon).ln())))
+}
+
+pub(super) fn inverse(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let epsilon = args.opt_f32("epsilon")?.unwrap_or(1e-4);
+    Ok(Value::Float(map(&x, |v| 1.0 / (v + epsilon))))
+}
+
+pub(super) fn leaky_relu(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let alpha = args.opt_f32("alpha")?.unwrap_or(0.01);
+    Ok(Value::Float(map(
+        &x,
+        |v| if v >= 0.0 { v } else { alpha * v },
+    )))
+}
+
+pub(super) fn elu(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let alpha = args.opt_f32("alpha")?.unwrap_or(1.0);
+    Ok(Value::Float(map(&x, |v| {
+        if v > 0.0 {
+            v
+        } else {
+            alpha * v.exp_m1()
+        }
+    })))
+}
+
+pub(super) fn clamped_relu(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let alpha = args.f32("alpha")?;
+    let beta = args.f32("beta")?;
+    Ok(Value::Float(map(&x, |v| {
+        if v >= 0.0 {
+            v.min(beta)
+        } else {
+            alpha * v
+        }
+    })))
+}
+
+pub(super) fn clip(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let alpha = args.f32("alpha")?;
+    let beta = args.f32("beta")?;
+    Ok(Value::Float(map(&x, |v| v.max(alpha).min(beta))))
+}
+
+pub(super) fn select(args: &Args<'_>) -> OpResult<Value> {
+    let cond = args.required("cond")?.to_bool()?;
+    let a = args.required("a")?;
+    let b = args.required("b")?;
+    fn pick<T: Copy>(
+        cond: &ArcArray<bool, IxDyn>,
+        a: &ArcArray<T, IxDyn>,
+        b: &ArcArray<T, IxDyn>,
+    ) -> OpResult<ArcArray<T, IxDyn>> {
+        let shape = broadcast_shape(&broadcast_shape(cond.shape(), a.shape())?, b.shape())?;
+        let shape = IxDyn(&shape);
+        let (Some(c), Some(x), Some(y)) = (
+            cond.broadcast(shape.clone()),
+            a.broadcast(shape.clone()),
+            b.broadcast(shape),
+        ) else {
+            return Err("cond, a and b do not broadcast".to_string());
+        };
+        Ok(Zip::from(c)
+            .and(x)
+            .and(y)
+            .map_collect(|&c, &x, &y| if c { x } else { y })
+            .into_shared())
+    }
+    Ok(match (a, b) {
+        (Value::Int(x), Value::Int(y)) => Value::Int(pick(&cond, x, y)?),
+        (Value::Bool(x), Value::Bool(y)) => Value::Bool(pick(&cond, x, y)?),
+        _ => Value::Float(pick(&cond, &a.to_float()?, &b.to_float()?)?),
+    })
+}
+
+pub(super) fn cast(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.required("x")?;
+    let name = args
+        .opt_str("dtype")?
+        .ok_or("lacks its required input \"dtype\"")?;
+    let data_type = dtype_from_name(name).ok_or_else(|| format!("unknown dtype {name:?}"))?;
+    value::cast(x, data_type)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_reference_values() {
+        // Values from scipy.special.erf.
+        for (x, expected) in [
+            (0.0, 0.0),
+            (1e-4, 1.128_379_163_334_248_4e-4),
+            (0.3, 0.328_626_759_459_127_4),
+            (0.5, 0.520_499_877_813_046_5),
+            (1.0, 0.842_700_792_949_714_9),
+            (-2.0, -0.995_322_265_018_952_7),
+            (3.5, 0.999_999_256_901_627_7),
+        ] {
+            let got = erf(x);
+            assert!(
+                (got - expected).abs() <= 2e-7 * expected.abs().max(1e-3),
+                "erf({x}) = {got}, not {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn broadcasting_follows_numpy() {
+        assert_eq!(broadcast_shape(&[1, 8, 1], &[1]).unwrap(), vec![1, 8, 1]);
+        assert_eq!(broadcast_shape(&[8, 1], &[3]).unwrap(), vec![8, 3]);
+        assert_eq!(broadcast_shape(&[], &[2, 2]).unwrap(), vec![2, 2]);
+        assert!(broadcast_shape(&[2, 3], &[4]).is_err());
+    }
+}

@@ -1,0 +1,397 @@
+//! `linear`, `matmul`, `conv` and `scaled_dot_product_attention`, on
+//! ndarray's matrix products (`matrixmultiply` behind them).
+
+use ndarray::linalg::{general_mat_mul, general_mat_vec_mul};
+use ndarray::{s, Array2, ArrayD, ArrayViewD, Axis, Ix2, IxDyn};
+
+use super::elementwise::{broadcast_shape, zip_with};
+use super::reduce::softmax_lanes;
+use super::Args;
+use crate::runtime::reference::value::{OpResult, Value};
+
+/// Below this many rows, `linear` multiplies row by row (matrix-vector
+/// products read the weight in place); from it on, one matrix product
+/// (which packs the weight into panels, paying off over many rows).
+const MATVEC_ROWS: usize = 8;
+
+pub(super) fn linear(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let weight = args.float("weight")?;
+    let w = weight
+        .view()
+        .into_dimensionality::<Ix2>()
+        .map_err(|_| format!("the weight must have rank 2, not {}", weight.ndim()))?;
+    let (outputs, inputs) = w.dim();
+    let shape = x.shape().to_vec();
+    if shape.last() != Some(&inputs) {
+        return Err(format!(
+            "x of shape {shape:?} does not end in the weight's {inputs} inputs"
+        ));
+    }
+    let rows = x.len().checked_div(inputs).unwrap_or(0);
+    let x = x.as_standard_layout();
+    let x2 = x
+        .view()
+        .into_shape_with_order((rows, inputs))
+        .map_err(|e| e.to_string())?;
+    let mut out = Array2::<f32>::zeros((rows, outputs));
+    if rows < MATVEC_ROWS {
+        for (row, mut result) in x2.outer_iter().zip(out.outer_iter_mut()) {
+            general_mat_vec_mul(1.0, &w, &row, 0.0, &mut result);
+        }
+    } else {
+        general_mat_mul(1.0, &x2, &w.t(), 0.0, &mut out);
+    }
+    if let Some(bias) = args.get("bias")? {
+        let bias = bias.to_float()?;
+        if bias.shape() != [outputs] {
+            return Err(format!(
+                "the bias has shape {:?}, the weight {outputs} outputs",
+                bias.shape()
+            ));
+        }
+        let bias = bias
+            .view()
+            .into_dimensionality::<ndarray::Ix1>()
+            .map_err(|e| e.to_string())?;
+        out += &bias;
+    }
+    let mut out_shape = shape;
+    if let Some(last) = out_shape.last_mut() {
+        *last = outputs;
+    }
+    let out = out
+        .into_shape_with_order(IxDyn(&out_shape))
+        .map_err(|e| e.to_string())?;
+    Ok(Value::Float(out.into_shared()))
+}
+
+/// numpy's `matmul` of two tensors of rank at least 2: the last two axes
+/// multiply, the others broadcast.
+pub(crate) fn batched_matmul(
+    a: ArrayViewD<'_, f32>,
+    b: ArrayViewD<'_, f32>,
+) -> OpResult<ArrayD<f32>> {
+    let (ra, rb) = (a.ndim(), b.ndim());
+    if ra < 2 || rb < 2 {
+        return Err("matmul operands must have rank 2 or more here".to_string());
+    }
+    let (m, k) = (a.shape()[ra - 2], a.shape()[ra - 1]);
+    let (k2, n) = (b.shape()[rb - 2], b.shape()[rb - 1]);
+    if k != k2 {
+        return Err(format!(
+            "cannot multiply shapes {:?} and {:?}: inner dimensions {k} and {k2} differ",
+            a.shape(),
+            b.shape()
+        ));
+    }
+    let batch = broadcast_shape(&a.shape()[..ra - 2], &b.shape()[..rb - 2])?;
+    let with = |tail: [usize; 2]| {
+        let mut s = batch.clone();
+        s.extend(tail);
+        IxDyn(&s)
+    };
+    let (Some(ab), Some(bb)) = (a.broadcast(with([m, k])), b.broadcast(with([k, n]))) else {
+        return Err(format!(
+            "the batch dimensions of {:?} and {:?} do not broadcast",
+            a.shape(),
+            b.shape()
+        ));
+    };
+    let count: usize = batch.iter().product();
+    let mut out = ArrayD::<f32>::zeros(with([m, n]));
+    {
+        let mut out3 = out
+            .view_mut()
+            .into_shape_with_order((count, m, n))
+            .map_err(|e| e.to_string())?;
+        for index in 0..count {
+            let position = unravel(index, &batch);
+            let mut left = ab.view();
+            let mut right = bb.view();
+            for &i in &position {
+                left = left.index_axis_move(Axis(0), i);
+                right = right.index_axis_move(Axis(0), i);
+            }
+            let left = left
+                .into_dimensionality::<Ix2>()
+                .map_err(|e| e.to_string())?;
+            let right = right
+                .into_dimensionality::<Ix2>()
+                .map_err(|e| e.to_string())?;
+            let mut target = out3.index_axis_mut(Axis(0), index);
+            general_mat_mul(1.0, &left, &right, 0.0, &mut target);
+        }
+    }
+    Ok(out)
+}
+
+/// The multi-index of flat row-major `index` in `dims`.
+pub(crate) fn unravel(mut index: usize, dims: &[usize]) -> Vec<usize> {
+    let mut position = vec![0; dims.len()];
+    for (p, &d) in position.iter_mut().zip(dims).rev() {
+        if d > 0 {
+            *p = index % d;
+            index /= d;
+        }
+    }
+    position
+}
+
+pub(super) fn matmul(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let y = args.float("y")?;
+    let transpose_x = args.opt_bool("transpose_x")?.unwrap_or(false);
+    let transpose_y = args.opt_bool("transpose_y")?.unwrap_or(false);
+    let mut a = x.view();
+    let mut b = y.view();
+    if a.ndim() == 0 || b.ndim() == 0 {
+        return Err("matmul operands must have rank 1 or more".to_string());
+    }
+    // numpy: a vector operand gains an axis, removed from the result.
+    let (squeeze_m, squeeze_n) = (a.ndim() == 1, b.ndim() == 1);
+    if squeeze_m {
+        a = a.insert_axis(Axis(0));
+    }
+    if squeeze_n {
+        b = b.insert_axis(Axis(1));
+    }
+    if transpose_x && squeeze_m {
+        return Err("x is a vector, so transpose_x cannot be true".to_string());
+    }
+    if transpose_x {
+        let r = a.ndim();
+        a.swap_axes(r - 2, r - 1);
+    }
+    if transpose_y && !squeeze_n {
+        let r = b.ndim();
+        b.swap_axes(r - 2, r - 1);
+    }
+    let mut out = batched_matmul(a, b)?;
+    if squeeze_n {
+        let r = out.ndim();
+        out = out.index_axis_move(Axis(r - 1), 0);
+    }
+    if squeeze_m {
+        // The m axis is second to last, or last once n is gone.
+        let r = out.ndim();
+        let m_axis = if squeeze_n { r - 1 } else { r - 2 };
+        out = out.index_axis_move(Axis(m_axis), 0);
+    }
+    Ok(Value::Float(out.into_shared()))
+}
+
+pub(super) fn conv(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let weight = args.float("weight")?;
+    let (xs, ws) = (x.shape().to_vec(), weight.shape().to_vec());
+    if xs.len() < 3 || ws.len() != xs.len() {
+        return Err(format!(
+            "x of shape {xs:?} and weight of shape {ws:?} are not a convolution's [N, C, *D] and [C_out, C_in/groups, *K]"
+        ));
+    }
+    if ws[2..].contains(&0) {
+        return Err(format!("the weight of shape {ws:?} has an empty kernel"));
+    }
+    let spatial = xs.len() - 2;
+    let (batch, channels) = (xs[0], xs[1]);
+    let (out_channels, group_channels) = (ws[0], ws[1]);
+    let groups = args.opt_i64("groups")?.unwrap_or(1);
+    let groups = usize::try_from(groups)
+        .ok()
+        .filter(|&g| g > 0)
+        .ok_or_else(|| format!("groups must be positive, not {groups}"))?;
+    if group_channels * groups != channels || out_channels % groups != 0 {
+        return Err(format!(
+            "{channels} input channels and a weight of shape {ws:?} do not make {groups} groups"
+        ));
+    }
+    let per_dim = |name: &str, default: i64| -> OpResult<Vec<usize>> {
+        let values = args
+            .opt_i64_vec(name)?
+            .unwrap_or_else(|| vec![default; spatial]);
+        if values.len() != spatial || values.iter().any(|&v| v < 1) {
+            return Err(format!(
+                "{name} {values:?} must be {spatial} positive numbers"
+            ));
+        }
+        Ok(values.into_iter().map(|v| v as usize).collect())
+    };
+    let strides = per_dim("strides", 1)?;
+    let dilations = per_dim("dilations", 1)?;
+    let pad_type = args.opt_str("pad_type")?.unwrap_or("valid");
+    let custom = args
+        .opt_i64_vec("pad")?
+        .unwrap_or_else(|| vec![0; 2 * spatial]);
+    let input = &xs[2..];
+    let kernel = &ws[2..];
+    let mut before = vec![0usize; spatial];
+    let mut out_dims = vec![0usize; spatial];
+    for d in 0..spatial {
+        let effective = (kernel[d] - 1) * dilations[d] + 1;
+        let (b, a) = match pad_type {
+            "valid" => (0, 0),
+            "custom" => {
+                if custom.len() != 2 * spatial || custom.iter().any(|&p| p < 0) {
+                    return Err(format!(
+                        "pad {custom:?} must be {} non-negative numbers",
+                        2 * spatial
+                    ));
+                }
+                (custom[2 * d] as usize, custom[2 * d + 1] as usize)
+            }
+            "same" | "same_lower" => {
+                let total = (input[d].div_ceil(strides[d]).max(1) - 1) * strides[d] + effective;
+                let total = total.saturating_sub(input[d]);
+                let small = total / 2;
+                if pad_type == "same" {
+                    (small, total - small)
+                } else {
+                    (total - small, small)
+                }
+            }
+            other => return Err(format!("unknown pad_type {other:?}")),
+        };
+        let padded = input[d] + b + a;
+        if padded < effective {
+            return Err(format!(
+                "the padded input ({padded}) is smaller than the kernel ({effective}) along spatial axis {d}"
+            ));
+        }
+        before[d] = b;
+        out_dims[d] = (padded - effective) / strides[d] + 1;
+    }
+
+    let plane: usize = input.iter().product();
+    let kernel_size: usize = kernel.iter().product();
+    let out_size: usize = out_dims.iter().product();
+    // Where each (kernel position, output position) reads in an input
+    // plane, or None in the padding.
+    let mut in_strides = vec![1usize; spatial];
+    for d in (0..spatial.saturating_sub(1)).rev() {
+        in_strides[d] = in_strides[d + 1] * input[d + 1];
+    }
+    let kernel_positions: Vec<Vec<usize>> = (0..kernel_size).map(|i| unravel(i, kernel)).collect();
+    let out_positions: Vec<Vec<usize>> = (0..out_size).map(|i| unravel(i, &out_dims)).collect();
+    let mut source: Vec<Option<usize>> = Vec::with_capacity(kernel_size * out_size);
+    for k in &kernel_positions {
+        for o in &out_positions {
+            let mut flat = 0usize;
+            let mut inside = true;
+            for d in 0..spatial {
+                let at = (o[d] * strides[d] + k[d] * dilations[d]) as isize - before[d] as isize;
+                if at < 0 || at as usize >= input[d] {
+                    inside = false;
+                    break;
+                }
+                flat += at as usize * in_strides[d];
+            }
+            source.push(inside.then_some(flat));
+        }
+    }
+
+    let x = x.as_standard_layout();
+    let data = x
+        .as_slice()
+        .ok_or("x is not contiguous (interpreter bug)")?;
+    let weight = weight.as_standard_layout();
+    let w2 = weight
+        .view()
+        .into_shape_with_order((out_channels, group_channels * kernel_size))
+        .map_err(|e| e.to_string())?;
+    let group_out = out_channels / groups;
+    let mut out = ArrayD::<f32>::zeros(IxDyn(&[&[batch, out_channels][..], &out_dims].concat()));
+    let mut out3 = out
+        .view_mut()
+        .into_shape_with_order((batch, out_channels, out_size))
+        .map_err(|e| e.to_string())?;
+    let mut columns = Array2::<f32>::zeros((group_channels * kernel_size, out_size));
+    for n in 0..batch {
+        for g in 0..groups {
+            for c in 0..group_channels {
+                let start = (n * channels + g * group_channels + c) * plane;
+                let input_plane = &data[start..start + plane];
+                for k in 0..kernel_size {
+                    let mut row = columns.row_mut(c * kernel_size + k);
+                    let sources = &source[k * out_size..(k + 1) * out_size];
+                    for (value, from) in row.iter_mut().zip(sources) {
+                        *value = from.map_or(0.0, |i| input_plane[i]);
+                    }
+                }
+            }
+            let wg = w2.slice(s![g * group_out..(g + 1) * group_out, ..]);
+            let mut target = out3.slice_mut(s![n, g * group_out..(g + 1) * group_out, ..]);
+            general_mat_mul(1.0, &wg, &columns, 0.0, &mut target);
+        }
+    }
+    if let Some(bias) = args.get("bias")? {
+        let bias = bias.to_float()?;
+        if bias.shape() != [out_channels] {
+            return Err(format!(
+                "the bias has shape {:?}, the convolution {out_channels} output channels",
+                bias.shape()
+            ));
+        }
+        for n in 0..batch {
+            for (c, &b) in bias.iter().enumerate() {
+                out3.slice_mut(s![n, c, ..]).mapv_inplace(|v| v + b);
+            }
+        }
+    }
+    Ok(Value::Float(out.into_shared()))
+}
+
+pub(super) fn attention(args: &Args<'_>) -> OpResult<Value> {
+    let query = args.float("query")?;
+    let key = args.float("key")?;
+    let value = args.float("value")?;
+    if query.ndim() < 2 || key.ndim() < 2 || value.ndim() < 2 {
+        return Err("query, key and value must have rank 2 or more".to_string());
+    }
+    let embedding = *query.shape().last().unwrap_or(&1);
+    let mut key_t = key.view();
+    let r = key_t.ndim();
+    key_t.swap_axes(r - 2, r - 1);
+    let scale = 1.0 / (embedding as f32).sqrt();
+    let mut scores = batched_matmul(query.view(), key_t)?;
+    scores.mapv_inplace(|v| v * scale);
+    let mut scores = scores.into_shared();
+    if let Some(mask) = args.get("attn_mask")? {
+        // A bool mask keeps where true; a float mask is added.
+        let additive = match mask {
+            Value::Bool(m) => m
+                .mapv(|keep| if keep { 0.0 } else { f32::NEG_INFINITY })
+                .into_shared(),
+            other => other.to_float()?,
+        };
+        scores = zip_with(&scores, &additive, |s, m| s + m)?;
+    }
+    let mut scores = scores.into_owned();
+    let last = scores.ndim() - 1;
+    softmax_lanes(&mut scores, last);
+    let out = batched_matmul(scores.view(), value.view())?;
+    Ok(Value::Float(out.into_shared()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::ArrayD;
+
+    #[test]
+    fn batched_matmul_broadcasts_batches() {
+        let a = ArrayD::from_shape_vec(IxDyn(&[2, 1, 2]), vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+        let b = ArrayD::from_shape_vec(IxDyn(&[2, 1]), vec![10.0, 100.0]).unwrap();
+        let out = batched_matmul(a.view(), b.view()).unwrap();
+        assert_eq!(out.shape(), &[2, 1, 1]);
+        assert_eq!(out.as_slice().unwrap(), &[210.0, 430.0]);
+        let bad = ArrayD::<f32>::zeros(IxDyn(&[3, 1]));
+        assert!(batched_matmul(a.view(), bad.view()).is_err());
+    }
+
+    #[test]
+    fn unravel_is_row_major() {
+        assert_eq!(unravel(5, &[2, 3]), vec![1, 2]);
+        assert_eq!(unravel(0, &[]), Vec::<usize>::new());
+    }
+}

@@ -1,0 +1,456 @@
+//! Compiling a MIL function into a list of steps over numbered slots.
+//!
+//! Everything that can fail without seeing an input fails here, at load
+//! time: an op the backend does not implement ([`Error::UnsupportedOp`]),
+//! an input an op requires but lacks, a parameter it does not know, a
+//! reference to an undefined value, a constant that does not decode
+//! ([`Error::InvalidModel`]). `const` and `constexpr_*` ops are evaluated
+//! here once (and shared through the package's weight store); what remains
+//! are the steps [`super::exec`] runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use prost::Message;
+
+use crate::package::values::op_name;
+use crate::package::{FunctionView, Package};
+use crate::proto::mil_spec::{self, argument::binding, value_type};
+
+use super::super::error::{Error, Result};
+use super::ops::{self, Kind};
+use super::value::{conform, round_float, Declared, Value};
+use super::weights::{self, ConstKey, Constant, WeightStore};
+
+/// A numbered place for one value during a prediction.
+pub(crate) type Slot = usize;
+
+/// One op to run.
+#[derive(Debug)]
+pub(crate) struct Step {
+    /// What it computes.
+    pub kind: Kind,
+    /// The op type as written ("linear").
+    pub op_type: String,
+    /// The op's name (its `name` attribute, else its first output).
+    pub name: String,
+    /// Its parameters: name and the slots bound to it (several for tuple
+    /// parameters such as `concat`'s `values`).
+    pub inputs: Vec<(String, Vec<Slot>)>,
+    /// Where its results go, with the types the program declares for them.
+    pub outputs: Vec<(Slot, Declared)>,
+    /// Slots no later step reads, emptied after this step.
+    pub release: Vec<Slot>,
+}
+
+impl Step {
+    /// The slots bound to parameter `name`, if given.
+    pub(crate) fn input(&self, name: &str) -> Option<&[Slot]> {
+        self.inputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.as_slice())
+    }
+}
+
+/// A state the function reads or writes.
+#[derive(Debug, Clone)]
+pub(crate) struct StateInput {
+    pub name: String,
+    pub slot: Slot,
+    pub declared: Declared,
+}
+
+/// A compiled function.
+#[derive(Debug)]
+pub(crate) struct Program {
+    /// How many slots a prediction needs.
+    pub slot_count: usize,
+    /// Constant slots and their values, filled before the first step.
+    pub constants: Vec<(Slot, Value)>,
+    /// The constants decoded from weights, by value name, as shared with
+    /// the other functions of the package.
+    pub weights: HashMap<String, Arc<Constant>>,
+    /// The function's tensor inputs: name, slot, declared type.
+    pub inputs: Vec<(String, Slot, Declared)>,
+    /// The function's state inputs.
+    pub states: Vec<StateInput>,
+    /// The steps, in program order.
+    pub steps: Vec<Step>,
+    /// The block's outputs: name and slot.
+    pub outputs: Vec<(String, Slot)>,
+}
+
+/// Compiles function `view` of `package`, sharing weights through `store`.
+pub(crate) fn compile(
+    package: &Package,
+    view: &FunctionView<'_>,
+    store: &WeightStore,
+) -> Result<Program> {
+    let function = view.name;
+    let invalid = |detail: String| Error::InvalidModel {
+        function: function.to_string(),
+        detail,
+    };
+    let mut compiler = Compiler {
+        package,
+        store,
+        names: HashMap::new(),
+        keys: HashMap::new(),
+        constant_values: HashMap::new(),
+        program: Program {
+            slot_count: 0,
+            constants: Vec::new(),
+            weights: HashMap::new(),
+            inputs: Vec::new(),
+            states: Vec::new(),
+            steps: Vec::new(),
+            outputs: Vec::new(),
+        },
+    };
+
+    for input in &view.function.inputs {
+        let slot = compiler.define(&input.name).map_err(invalid)?;
+        match input.r#type.as_ref().and_then(|t| t.r#type.as_ref()) {
+            Some(value_type::Type::TensorType(tensor)) => {
+                compiler.program.inputs.push((
+                    input.name.clone(),
+                    slot,
+                    Declared::of_tensor(tensor),
+                ));
+            }
+            Some(value_type::Type::StateType(state)) => {
+                let declared = Declared::of(state.wrapped_type.as_deref()).ok_or_else(|| {
+                    invalid(format!(
+                        "state input {:?} does not wrap a tensor",
+                        input.name
+                    ))
+                })?;
+                let index = compiler.program.states.len();
+                compiler.program.states.push(StateInput {
+                    name: input.name.clone(),
+                    slot,
+                    declared,
+                });
+                compiler.program.constants.push((slot, Value::State(index)));
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "input {:?} is neither a tensor nor a state",
+                    input.name
+                )))
+            }
+        }
+    }
+
+    let block = view.block();
+    for op in &block.operations {
+        compiler.op(function, op)?;
+    }
+
+    for output in &block.outputs {
+        let slot = *compiler
+            .names
+            .get(output)
+            .ok_or_else(|| invalid(format!("the output {output:?} is not defined")))?;
+        compiler.program.outputs.push((output.clone(), slot));
+    }
+    let mut program = compiler.program;
+    plan_releases(&mut program);
+    Ok(program)
+}
+
+struct Compiler<'a> {
+    package: &'a Package,
+    store: &'a WeightStore,
+    /// Value name → slot.
+    names: HashMap<String, Slot>,
+    /// Constant slot → where its value comes from.
+    keys: HashMap<Slot, ConstKey>,
+    /// Constant slot → its value (for evaluating constexpr ops).
+    constant_values: HashMap<Slot, Value>,
+    program: Program,
+}
+
+impl Compiler<'_> {
+    fn new_slot(&mut self) -> Slot {
+        self.program.slot_count += 1;
+        self.program.slot_count - 1
+    }
+
+    fn define(&mut self, name: &str) -> std::result::Result<Slot, String> {
+        if self.names.contains_key(name) {
+            return Err(format!("the value {name:?} is defined twice"));
+        }
+        let slot = self.new_slot();
+        self.names.insert(name.to_string(), slot);
+        Ok(slot)
+    }
+
+    /// Makes `value` (an inline immediate or blob) a constant slot.
+    fn inline(&mut self, value: &mil_spec::Value) -> std::result::Result<Slot, String> {
+        let key = ConstKey::of_value(value);
+        let decoded = if key.is_weight() {
+            self.store
+                .get_or_insert(key.clone(), || weights::decode(self.package, value))?
+                .value
+                .clone()
+        } else {
+            weights::decode(self.package, value)?
+        };
+        let slot = self.new_slot();
+        self.keys.insert(slot, key);
+        self.constant_values.insert(slot, decoded.clone());
+        self.program.constants.push((slot, decoded));
+        Ok(slot)
+    }
+
+    fn op(&mut self, function: &str, op: &mil_spec::Operation) -> Result<()> {
+        let op_type = op.r#type.as_str();
+        let name = op_name(op)
+            .or_else(|| op.outputs.first().map(|o| o.name.as_str()))
+            .unwrap_or("")
+            .to_string();
+        let invalid = |detail: String| Error::InvalidModel {
+            function: function.to_string(),
+            detail: format!("op {name:?} ({op_type}): {detail}"),
+        };
+        let unsupported = || Error::UnsupportedOp {
+            function: function.to_string(),
+            op: op_type.to_string(),
+        };
+        if !op.blocks.is_empty() {
+            // Control flow (cond, while_loop) is not interpreted.
+            return Err(unsupported());
+        }
+        let spec = ops::spec(op_type).ok_or_else(unsupported)?;
+
+        // Parameters come as input bindings and, for `const` and the
+        // constexpr ops of iOS 17 and before, as attributes.
+        let mut bindings: BTreeMap<&str, Vec<Binding<'_>>> = BTreeMap::new();
+        for (param, argument) in &op.inputs {
+            let list = argument
+                .arguments
+                .iter()
+                .map(|b| match &b.binding {
+                    Some(binding::Binding::Name(n)) => Ok(Binding::Name(n)),
+                    Some(binding::Binding::Value(v)) => Ok(Binding::Value(v)),
+                    None => Err(invalid(format!("parameter {param:?} has an empty binding"))),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            bindings.insert(param, list);
+        }
+        for (param, value) in &op.attributes {
+            if param == "name" {
+                continue;
+            }
+            if bindings.contains_key(param.as_str()) {
+                return Err(invalid(format!(
+                    "parameter {param:?} is given both as an input and as an attribute"
+                )));
+            }
+            bindings.insert(param, vec![Binding::Value(value)]);
+        }
+        for param in bindings.keys() {
+            if !spec.required.contains(param) && !spec.optional.contains(param) {
+                return Err(invalid(format!(
+                    "has parameter {param:?}, which {op_type} does not take in the reference \
+                     backend (expected {})",
+                    spec.required
+                        .iter()
+                        .chain(spec.optional)
+                        .map(|p| format!("{p:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        for param in spec.required {
+            if bindings.get(param).is_none_or(Vec::is_empty) {
+                return Err(invalid(format!("lacks its required input {param:?}")));
+            }
+        }
+
+        let mut inputs: Vec<(String, Vec<Slot>)> = Vec::new();
+        for (param, list) in &bindings {
+            let mut slots = Vec::with_capacity(list.len());
+            for binding in list {
+                slots.push(match binding {
+                    Binding::Name(n) => *self.names.get(*n).ok_or_else(|| {
+                        invalid(format!(
+                            "input {param:?} refers to {n:?}, which is not defined before it"
+                        ))
+                    })?,
+                    Binding::Value(v) => self
+                        .inline(v)
+                        .map_err(|e| invalid(format!("input {param:?}: {e}")))?,
+                });
+            }
+            inputs.push((param.to_string(), slots));
+        }
+
+        let mut outputs = Vec::with_capacity(op.outputs.len());
+        for output in &op.outputs {
+            let declared = Declared::of(output.r#type.as_ref()).ok_or_else(|| {
+                invalid(format!(
+                    "output {:?} is not declared as a tensor",
+                    output.name
+                ))
+            })?;
+            outputs.push((output.name.as_str(), declared));
+        }
+        if let Some(count) = spec.outputs {
+            if outputs.len() != count {
+                return Err(invalid(format!(
+                    "has {} outputs, {op_type} gives {count}",
+                    outputs.len()
+                )));
+            }
+        }
+
+        match spec.kind {
+            Kind::Const => {
+                let slot = inputs[0].1[0];
+                let (output, declared) = &outputs[0];
+                let value = self
+                    .constant_values
+                    .get(&slot)
+                    .cloned()
+                    .ok_or_else(|| invalid("its value is not a constant".to_string()))?;
+                let value = conform(value, declared.data_type).map_err(invalid)?;
+                if !declared.admits(&value.shape()) {
+                    return Err(invalid(format!(
+                        "holds a value of shape {:?}, but its output is declared {:?}",
+                        value.shape(),
+                        declared.dims
+                    )));
+                }
+                let key = self.keys[&slot].clone();
+                self.constant(output, key, || Ok(value)).map_err(invalid)?;
+            }
+            Kind::Constexpr(constexpr) => {
+                let mut arguments: HashMap<&str, Value> = HashMap::new();
+                let mut key_inputs = Vec::new();
+                for (param, slots) in &inputs {
+                    let mut keys = Vec::new();
+                    for slot in slots {
+                        let value = self
+                            .constant_values
+                            .get(slot)
+                            .ok_or_else(|| invalid(format!("input {param:?} is not a constant")))?;
+                        arguments.insert(param.as_str(), value.clone());
+                        keys.push(self.keys[slot].clone());
+                    }
+                    key_inputs.push((param.clone(), keys));
+                }
+                let (output, declared) = &outputs[0];
+                let key = ConstKey::Op {
+                    op_type: op_type.to_string(),
+                    inputs: key_inputs,
+                    output_type: op.outputs[0]
+                        .r#type
+                        .as_ref()
+                        .map(Message::encode_to_vec)
+                        .unwrap_or_default(),
+                    index: 0,
+                };
+                let declared = declared.clone();
+                self.constant(output, key, || {
+                    let value = ops::constexpr::evaluate(constexpr, &arguments)?;
+                    materialize(value, &declared)
+                })
+                .map_err(invalid)?;
+            }
+            kind => {
+                let mut slots = Vec::with_capacity(outputs.len());
+                for (output, declared) in outputs {
+                    let slot = self.define(output).map_err(invalid)?;
+                    slots.push((slot, declared));
+                }
+                self.program.steps.push(Step {
+                    kind,
+                    op_type: op_type.to_string(),
+                    name,
+                    inputs,
+                    outputs: slots,
+                    release: Vec::new(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Defines `name` as a constant under `key`, shared through the weight
+    /// store when it derives from weights.
+    fn constant(
+        &mut self,
+        name: &str,
+        key: ConstKey,
+        make: impl FnOnce() -> std::result::Result<Value, String>,
+    ) -> std::result::Result<(), String> {
+        let value = if key.is_weight() {
+            let shared = self.store.get_or_insert(key.clone(), make)?;
+            let value = shared.value.clone();
+            self.program.weights.insert(name.to_string(), shared);
+            value
+        } else {
+            make()?
+        };
+        let slot = self.define(name)?;
+        self.keys.insert(slot, key);
+        self.constant_values.insert(slot, value.clone());
+        self.program.constants.push((slot, value));
+        Ok(())
+    }
+}
+
+enum Binding<'a> {
+    Name(&'a str),
+    Value(&'a mil_spec::Value),
+}
+
+/// A constexpr result as the program declares it: of the declared shape,
+/// and materialized in the declared precision (an fp16 weight holds fp16
+/// values, whatever it was computed in).
+fn materialize(value: Value, declared: &Declared) -> std::result::Result<Value, String> {
+    if !declared.admits(&value.shape()) {
+        return Err(format!(
+            "computes a value of shape {:?}, but its output is declared {:?}",
+            value.shape(),
+            declared.dims
+        ));
+    }
+    Ok(match conform(value, declared.data_type)? {
+        Value::Float(a) => Value::Float(round_float(a, declared.data_type)),
+        other => other,
+    })
+}
+
+/// Decides after which step each slot can be emptied: the last step that
+/// reads it (or the step that writes it, if nothing reads it). Block
+/// outputs are kept to the end.
+fn plan_releases(program: &mut Program) {
+    let mut last: HashMap<Slot, usize> = HashMap::new();
+    for (index, step) in program.steps.iter().enumerate() {
+        for (slot, _) in &step.outputs {
+            last.insert(*slot, index);
+        }
+        for (_, slots) in &step.inputs {
+            for slot in slots {
+                last.insert(*slot, index);
+            }
+        }
+    }
+    for (_, slot) in &program.outputs {
+        last.remove(slot);
+    }
+    for state in &program.states {
+        last.remove(&state.slot);
+    }
+    for (slot, index) in last {
+        program.steps[index].release.push(slot);
+    }
+    for step in &mut program.steps {
+        step.release.sort_unstable();
+    }
+}
