@@ -25,6 +25,7 @@
 //! $OUT_DIR/coreml-multifunction/<model>.inputs       fingerprint of its inputs
 //! $OUT_DIR/coreml-multifunction/<model>.lock         held while it is built
 //! $OUT_DIR/coreml_multifunction_models.rs            the generated typed API
+//! $OUT_DIR/<model>.mlmodelc (+ .key)                 compiled by xcrun, Apple targets built on a Mac
 //! ```
 //!
 //! When the build script reruns but nothing the model depends on changed
@@ -94,6 +95,7 @@ pub struct Builder {
     read_manifest: bool,
     models: Vec<Model>,
     env_read: Vec<&'static str>,
+    compile_with_xcrun: bool,
 }
 
 /// Environment variables cargo sets for build scripts that a build reads.
@@ -139,8 +141,18 @@ impl Builder {
             license: text(CRATE_VARIABLES[3]),
             description: text(CRATE_VARIABLES[4]),
         };
-        let mut env_read = vec!["CARGO_MANIFEST_DIR", "OUT_DIR"];
+        let mut env_read = vec![
+            "CARGO_MANIFEST_DIR",
+            "OUT_DIR",
+            "CARGO_CFG_TARGET_VENDOR",
+            "HOST",
+        ];
         env_read.extend(CRATE_VARIABLES);
+        // The build script runs on the host: whether the *target* is an
+        // Apple platform comes from cargo's CARGO_CFG_TARGET_* variables,
+        // never from cfg!(), and Xcode's compiler exists only on a Mac host.
+        let apple_target = text("CARGO_CFG_TARGET_VENDOR") == "apple";
+        let mac_host = text("HOST").contains("apple-darwin");
         Ok(Builder {
             manifest_dir: required("CARGO_MANIFEST_DIR")?,
             out_dir: required("OUT_DIR")?,
@@ -148,6 +160,7 @@ impl Builder {
             read_manifest: true,
             models: Vec::new(),
             env_read,
+            compile_with_xcrun: apple_target && mac_host,
         })
     }
 
@@ -161,7 +174,17 @@ impl Builder {
             read_manifest: true,
             models: Vec::new(),
             env_read: Vec::new(),
+            compile_with_xcrun: false,
         }
+    }
+
+    /// Whether to compile each merged package to `.mlmodelc` with
+    /// `xcrun coremlcompiler` at build time, so Core ML does not compile it
+    /// on the device's first load. [`Builder::from_env`] turns it on when
+    /// the target is an Apple platform and the build host a Mac.
+    pub fn compile_with_xcrun(mut self, compile: bool) -> Self {
+        self.compile_with_xcrun = compile;
+        self
     }
 
     /// Sets the crate metadata the merged models' metadata defaults to.
@@ -233,6 +256,27 @@ impl Builder {
 
         let models = pipeline::build(&config, &self.manifest_dir, &self.out_dir, &self.crate_info)?;
         let generated = pipeline::generate_api(&models, &self.out_dir)?;
+        if self.compile_with_xcrun {
+            for model in &models {
+                let compiled = self.out_dir.join(format!("{}.mlmodelc", model.model.name));
+                if model.merge.is_none() && compiled.exists() {
+                    continue;
+                }
+                if let Err(e) =
+                    crate::runtime::compile_cache::compile_with_xcrun(&model.package, &self.out_dir)
+                {
+                    // Not fatal: the Core ML backend compiles on first load.
+                    emit(
+                        out,
+                        format!(
+                            "cargo:warning=coreml-multifunction: could not compile model `{}` with xcrun \
+                             coremlcompiler ({e}); it will be compiled on the device at first load",
+                            model.model.name
+                        ),
+                    )?;
+                }
+            }
+        }
         for model in &models {
             emit(
                 out,

@@ -21,7 +21,7 @@
 //!   states move into its function description) and its body copied op for
 //!   op, relabelled to the merged opset ([`opset`]);
 //! - every distinct weight once: equal data type, shape and bytes, bit for
-//!   bit ([`dedup`]);
+//!   bit (see `dedup.rs`);
 //! - what coremltools drops: the model metadata (the default function's
 //!   source's, unless set), and program attributes such as `buildInfo`.
 //!

@@ -2,10 +2,10 @@
 //!
 //! The same API runs on two backends:
 //!
-//! - **Core ML** ([`coreml`], Apple targets only): the model is compiled and
+//! - **Core ML** (`coreml`, compiled for Apple targets only): the model is compiled and
 //!   loaded by Core ML with `MLModelConfiguration.functionName`, on the
 //!   compute units asked for (the Neural Engine where it can).
-//! - **Reference** ([`reference`], every target): a CPU interpreter of the
+//! - **Reference** ([`reference`](mod@reference), every target): a CPU interpreter of the
 //!   ML Program, computing in f32, so the same code runs and is tested on
 //!   Linux and Windows.
 //!
@@ -116,7 +116,7 @@ enum StateImpl {
 ///
 /// On non-Apple targets it is `Send` and `Sync`. On Apple targets it holds
 /// an `MLModel`, and is `Send`/`Sync` only as far as the Core ML backend
-/// documents (see [`coreml`]).
+/// documents (see the `coreml` module).
 #[derive(Debug)]
 pub struct Model {
     package: PathBuf,
