@@ -77,6 +77,24 @@ pub struct ResolvedModel {
     pub sources: Vec<PathBuf>,
 }
 
+impl ResolvedModel {
+    /// The merge this model stands for: its functions in order, its default
+    /// and its metadata.
+    pub fn descriptor(&self) -> MultiFunctionDescriptor {
+        let mut descriptor = MultiFunctionDescriptor::new();
+        for function in &self.functions {
+            descriptor.add_function_from(
+                &function.package,
+                &function.source_function,
+                &function.target,
+            );
+        }
+        descriptor.default_function(&self.default_function);
+        descriptor.metadata(self.metadata.clone());
+        descriptor
+    }
+}
+
 /// What building one model did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuiltModel {
@@ -333,17 +351,8 @@ fn build_model(
     let merge = if up_to_date {
         None
     } else {
-        let mut descriptor = MultiFunctionDescriptor::new();
-        for function in &model.functions {
-            descriptor.add_function_from(
-                &function.package,
-                &function.source_function,
-                &function.target,
-            );
-        }
-        descriptor.default_function(&model.default_function);
-        descriptor.metadata(model.metadata.clone());
-        let report = descriptor
+        let report = model
+            .descriptor()
             .merge(&destination)
             .map_err(|e| locate(config, &model, e))?;
         write_atomically(&fingerprint_path, fingerprint.as_bytes())?;
@@ -453,16 +462,10 @@ pub fn generate_api(models: &[BuiltModel], out_dir: &Path) -> Result<PathBuf> {
     let mut interfaces = Vec::new();
     for model in models {
         let package = Package::open(&model.package)?;
-        interfaces.push(codegen::ModelInterface {
-            name: model.model.name.clone(),
-            package_env_var: codegen::package_env_var(&model.model.name),
-            functions: package
-                .functions()
-                .iter()
-                .map(|f| f.description.clone().into_owned())
-                .collect(),
-            default_function: package.default_function().to_string(),
-        });
+        interfaces.push(codegen::ModelInterface::of_package(
+            &model.model.name,
+            &package,
+        ));
     }
     let code = codegen::generate(&interfaces).map_err(|e| Error::Codegen(Box::new(e)))?;
     let path = out_dir.join(codegen::GENERATED_FILE);

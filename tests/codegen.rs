@@ -8,17 +8,10 @@ use coreml_multifunction::package::Package;
 
 /// The interface of a committed merged package, as the build would see it.
 fn interface(scenario: &str, model: &str) -> ModelInterface {
-    let package = Package::open(common::merged_package(scenario)).unwrap();
-    ModelInterface {
-        name: model.to_string(),
-        package_env_var: format!("COREML_MULTIFUNCTION_MODEL_{}", model.to_ascii_uppercase()),
-        functions: package
-            .functions()
-            .iter()
-            .map(|f| f.description.clone().into_owned())
-            .collect(),
-        default_function: package.default_function().to_string(),
-    }
+    ModelInterface::of_package(
+        model,
+        &Package::open(common::merged_package(scenario)).unwrap(),
+    )
 }
 
 #[test]

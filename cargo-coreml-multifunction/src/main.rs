@@ -169,16 +169,7 @@ fn check(
     let mut lines = Vec::new();
     for model in models {
         // Also what the merge itself checks: functions exist, opsets raise.
-        let mut descriptor = coreml_multifunction::merge::MultiFunctionDescriptor::new();
-        for function in &model.functions {
-            descriptor.add_function_from(
-                &function.package,
-                &function.source_function,
-                &function.target,
-            );
-        }
-        descriptor.default_function(&model.default_function);
-        descriptor.check().map_err(|e| e.to_string())?;
+        model.descriptor().check().map_err(|e| e.to_string())?;
         let targets: Vec<&str> = model.functions.iter().map(|f| f.target.as_str()).collect();
         lines.push(format!(
             "{}: ok, {} functions ({}), default {}; would write {}",

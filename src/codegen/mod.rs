@@ -40,6 +40,22 @@ pub struct ModelInterface {
     pub default_function: String,
 }
 
+impl ModelInterface {
+    /// The interface of a merged package, as model `name`.
+    pub fn of_package(name: &str, package: &crate::package::Package) -> ModelInterface {
+        ModelInterface {
+            name: name.to_string(),
+            package_env_var: package_env_var(name),
+            functions: package
+                .functions()
+                .iter()
+                .map(|f| f.description.clone().into_owned())
+                .collect(),
+            default_function: package.default_function().to_string(),
+        }
+    }
+}
+
 /// Why code could not be generated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("model `{model}`: {message}")]
