@@ -1035,3 +1035,45 @@ fn fp16_state_buffers_round_trip_exactly() {
     };
     assert_eq!(buffer.shape(), &[1, 8, 16]);
 }
+
+#[test]
+fn a_batch_gives_what_single_predictions_give() {
+    use coreml_multifunction::runtime::{Backend, Configuration, Model, Tensor};
+    let model = Model::load(
+        common::source_package("multi_io"),
+        "main",
+        &Configuration::with_backend(Backend::Reference),
+    )
+    .unwrap();
+    let batch: Vec<Features> = (0..3)
+        .map(|i| {
+            Features::from([
+                (
+                    "features".to_string(),
+                    Tensor::new([1, 16], vec![i as f32 / 4.0 - 0.3; 16])
+                        .unwrap()
+                        .into(),
+                ),
+                (
+                    "token_ids".to_string(),
+                    Tensor::new([1, 4], vec![i, 1, 4, 15]).unwrap().into(),
+                ),
+                (
+                    "gain".to_string(),
+                    Tensor::new([1, 1], vec![f16::from_f32(1.5)])
+                        .unwrap()
+                        .into(),
+                ),
+            ])
+        })
+        .collect();
+    let together = model.predict_batch(&batch).unwrap();
+    assert_eq!(together.len(), 3);
+    for (input, output) in batch.iter().zip(&together) {
+        assert_eq!(&model.predict(input).unwrap(), output);
+    }
+    assert_ne!(
+        together[0], together[2],
+        "different inputs, different outputs"
+    );
+}

@@ -200,6 +200,32 @@ impl Model {
         self.check_outputs(outputs)
     }
 
+    /// Runs several stateless predictions. Core ML runs them as one batch;
+    /// the reference backend one after the other.
+    pub fn predict_batch(&self, inputs: &[Features]) -> Result<Vec<Features>> {
+        for input in inputs {
+            check::inputs(&self.description, input)?;
+        }
+        if !self.description.state.is_empty() {
+            return Err(Error::WrongState {
+                function: self.description.name.clone(),
+                detail: "the function is stateful: batches are for stateless functions".to_string(),
+            });
+        }
+        let outputs = match &self.inner {
+            FunctionImpl::Reference(function) => inputs
+                .iter()
+                .map(|input| function.predict(input, None))
+                .collect::<Result<Vec<_>>>()?,
+            #[cfg(target_vendor = "apple")]
+            FunctionImpl::CoreMl(function) => function.predict_batch(inputs)?,
+        };
+        outputs
+            .into_iter()
+            .map(|output| self.check_outputs(output))
+            .collect()
+    }
+
     /// A fresh state for this function (every buffer zero), usable with
     /// every function of the package whose state descriptions are the same.
     pub fn new_state(&self) -> Result<State> {

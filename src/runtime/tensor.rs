@@ -220,6 +220,24 @@ mod ndarray_conversions {
                 .expect("shape matches by construction")
         }
     }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn tensors_convert_to_and_from_ndarray_in_row_major_order() {
+            let tensor = Tensor::new([2, 3], vec![1i32, 2, 3, 4, 5, 6]).unwrap();
+            let array = tensor.clone().into_ndarray();
+            assert_eq!(array[[1, 0]], 4);
+            assert_eq!(Tensor::from_ndarray(&array), tensor);
+            // A transposed view is copied in its logical order.
+            let transposed = array.t();
+            let copied = Tensor::from_ndarray(&transposed);
+            assert_eq!(copied.shape(), &[3, 2]);
+            assert_eq!(copied.as_slice(), &[1, 4, 2, 5, 3, 6]);
+        }
+    }
 }
 
 /// A tensor of any element type.
