@@ -123,9 +123,9 @@ fn a_killed_merge_never_leaves_a_damaged_output_or_leftovers() {
         .success());
     assert_eq!(function_names(&destination), new);
     assert_eq!(entries(dir.path()), ["out.mlpackage"]);
-    // Not a proof that every kill landed mid-merge, but the rounds did reach
-    // the point where the new package was in place.
-    assert!(saw_new || full < Duration::from_millis(1));
+    // The kills did land inside merges: some left a staging directory or
+    // came after the new package was in place (else the test proved nothing).
+    assert!(saw_new || interrupted > 0, "no kill landed inside a merge");
 }
 
 #[test]
