@@ -67,11 +67,14 @@
 //!
 //! # Speed
 //!
-//! One thread. `linear` multiplies a few rows (a token, a decode step) as
-//! matrix-vector products that read the weight in place, and many rows as
-//! one matrix product; either way the work is ndarray's. A prediction of
-//! the multifunction guide's 6000-wide LoRA model (two 144 MB f32 weights)
-//! is bound by memory bandwidth: see `scripts/bench-reference`.
+//! `linear` multiplies a few rows (a token, a decode step) as
+//! matrix-vector products that read the weight in place, split by rows over
+//! the machine's cores when the weight is large (a matrix-vector product is
+//! bound by memory bandwidth, which one core does not saturate), and many
+//! rows as one matrix product; either way the arithmetic is ndarray's. Other
+//! ops run on one thread. A prediction of the multifunction guide's
+//! 6000-wide LoRA model (two 144 MB f32 weights) is bound by memory
+//! bandwidth: see `scripts/bench-reference`.
 //!
 //! # Weights are shared
 //!

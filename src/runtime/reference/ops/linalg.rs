@@ -2,7 +2,9 @@
 //! ndarray's matrix products (`matrixmultiply` behind them).
 
 use ndarray::linalg::{general_mat_mul, general_mat_vec_mul};
-use ndarray::{s, Array2, ArrayD, ArrayViewD, Axis, Ix2, IxDyn};
+use ndarray::{
+    s, Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewD, ArrayViewMut1, Axis, Ix2, IxDyn,
+};
 
 use super::elementwise::{broadcast_shape, zip_with};
 use super::reduce::softmax_lanes;
@@ -37,7 +39,7 @@ pub(super) fn linear(args: &Args<'_>) -> OpResult<Value> {
     let mut out = Array2::<f32>::zeros((rows, outputs));
     if rows < MATVEC_ROWS {
         for (row, mut result) in x2.outer_iter().zip(out.outer_iter_mut()) {
-            general_mat_vec_mul(1.0, &w, &row, 0.0, &mut result);
+            mat_vec(&w, &row, &mut result);
         }
     } else {
         general_mat_mul(1.0, &x2, &w.t(), 0.0, &mut out);
@@ -64,6 +66,29 @@ pub(super) fn linear(args: &Args<'_>) -> OpResult<Value> {
         .into_shape_with_order(IxDyn(&out_shape))
         .map_err(|e| e.to_string())?;
     Ok(Value::Float(out.into_shared()))
+}
+
+/// `y = W x`. A large `W` is split by rows over the machine's cores: a
+/// matrix-vector product reads every weight once, so it is bound by memory
+/// bandwidth, which one core does not saturate.
+fn mat_vec(w: &ArrayView2<'_, f32>, x: &ArrayView1<'_, f32>, y: &mut ArrayViewMut1<'_, f32>) {
+    /// Below this many weights, starting threads costs more than it saves.
+    const PARALLEL_WEIGHTS: usize = 1 << 20;
+    const MOST_THREADS: usize = 8;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(MOST_THREADS));
+    if threads < 2 || w.len() < PARALLEL_WEIGHTS {
+        general_mat_vec_mul(1.0, w, x, 0.0, y);
+        return;
+    }
+    let chunk = w.nrows().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (part, mut result) in w
+            .axis_chunks_iter(Axis(0), chunk)
+            .zip(y.axis_chunks_iter_mut(Axis(0), chunk))
+        {
+            scope.spawn(move || general_mat_vec_mul(1.0, &part, x, 0.0, &mut result));
+        }
+    });
 }
 
 /// numpy's `matmul` of two tensors of rank at least 2: the last two axes
