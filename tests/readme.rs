@@ -112,3 +112,49 @@ fn the_cli_synopsis_lists_the_binarys_commands() {
         );
     }
 }
+
+/// Copies a directory tree.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_cli_examples_run_as_written() {
+    // The README's CLI examples name packages in the current directory:
+    // run them verbatim where those names hold the example app's adapters.
+    let dir = tempfile::tempdir().unwrap();
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("example-app/models");
+    for name in ["adapter_1", "adapter_2"] {
+        copy_dir(&models.join(format!("{name}.mlpackage")), &dir.path().join(format!("{name}.mlpackage")));
+    }
+    let readme = read("README.md");
+    let examples: Vec<String> = blocks(&readme, "sh")
+        .into_iter()
+        .filter(|block| block.starts_with("coreml-multifunction "))
+        .map(|block| block.replace("\\\n", " "))
+        .collect();
+    assert!(!examples.is_empty());
+    for example in examples {
+        let words: Vec<&str> = example.split_whitespace().collect();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_coreml-multifunction"))
+            .args(&words[1..])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "`{}` failed: {}",
+            words.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert!(dir.path().join("combined.mlpackage/Manifest.json").is_file());
+}
