@@ -133,7 +133,10 @@ fn the_cli_examples_run_as_written() {
     let dir = tempfile::tempdir().unwrap();
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("example-app/models");
     for name in ["adapter_1", "adapter_2"] {
-        copy_dir(&models.join(format!("{name}.mlpackage")), &dir.path().join(format!("{name}.mlpackage")));
+        copy_dir(
+            &models.join(format!("{name}.mlpackage")),
+            &dir.path().join(format!("{name}.mlpackage")),
+        );
     }
     let readme = read("README.md");
     let examples: Vec<String> = blocks(&readme, "sh")
@@ -156,5 +159,8 @@ fn the_cli_examples_run_as_written() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    assert!(dir.path().join("combined.mlpackage/Manifest.json").is_file());
+    assert!(dir
+        .path()
+        .join("combined.mlpackage/Manifest.json")
+        .is_file());
 }
