@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use coreml_multifunction::compare::{compare, weight_stats, CompareOptions};
 use coreml_multifunction::merge::{MergeReport, MultiFunctionDescriptor};
@@ -23,49 +23,12 @@ fn against_coremltools() -> CompareOptions {
     }
 }
 
-struct Scenario {
-    name: String,
-    functions: Vec<(PathBuf, String, String)>,
-    default: String,
-}
-
-fn scenarios() -> Vec<Scenario> {
-    let text = std::fs::read_to_string(common::fixtures().join("scenarios.json")).unwrap();
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let mut all: Vec<Scenario> = json["scenarios"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(name, plan)| Scenario {
-            name: name.clone(),
-            functions: plan["functions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|f| {
-                    let source = f[0].as_str().unwrap();
-                    let package = match source.strip_prefix("merged:") {
-                        Some(merged) => common::merged_package(merged),
-                        None => common::source_package(source),
-                    };
-                    (
-                        package,
-                        f[1].as_str().unwrap().to_string(),
-                        f[2].as_str().unwrap().to_string(),
-                    )
-                })
-                .collect(),
-            default: plan["default"].as_str().unwrap().to_string(),
-        })
-        .collect();
-    all.sort_by(|a, b| a.name.cmp(&b.name));
-    all
-}
+use common::{scenarios, source_path, Scenario};
 
 fn descriptor(scenario: &Scenario) -> MultiFunctionDescriptor {
     let mut descriptor = MultiFunctionDescriptor::new();
-    for (package, source, target) in &scenario.functions {
-        descriptor.add_function_from(package, source, target);
+    for (source, function, target) in &scenario.functions {
+        descriptor.add_function_from(source_path(source), function, target);
     }
     descriptor.default_function(&scenario.default);
     descriptor
@@ -482,7 +445,7 @@ fn sources_are_never_modified() {
     let before: Vec<_> = scenario
         .functions
         .iter()
-        .map(|(p, _, _)| common::tree_bytes(p))
+        .map(|(p, _, _)| common::tree_bytes(&source_path(p)))
         .collect();
     let out = tempfile::tempdir().unwrap();
     descriptor(&scenario)
@@ -491,7 +454,7 @@ fn sources_are_never_modified() {
     let after: Vec<_> = scenario
         .functions
         .iter()
-        .map(|(p, _, _)| common::tree_bytes(p))
+        .map(|(p, _, _)| common::tree_bytes(&source_path(p)))
         .collect();
     assert!(before == after);
 }

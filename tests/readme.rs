@@ -3,6 +3,8 @@
 //! its quick start must be what CI runs, and its CLI synopsis must list the
 //! commands the binary has.
 
+mod common;
+
 use std::path::Path;
 
 fn read(relative: &str) -> String {
@@ -113,19 +115,6 @@ fn the_cli_synopsis_lists_the_binarys_commands() {
     }
 }
 
-/// Copies a directory tree.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
-}
-
 #[test]
 fn the_cli_examples_run_as_written() {
     // The README's CLI examples name packages in the current directory:
@@ -133,7 +122,7 @@ fn the_cli_examples_run_as_written() {
     let dir = tempfile::tempdir().unwrap();
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("example-app/models");
     for name in ["adapter_1", "adapter_2"] {
-        copy_dir(
+        common::copy_dir(
             &models.join(format!("{name}.mlpackage")),
             &dir.path().join(format!("{name}.mlpackage")),
         );

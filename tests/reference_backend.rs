@@ -495,43 +495,7 @@ fn a_state_persists_across_calls_and_starts_at_zero() {
 
 // ------------------------------------------------------ 2. merges, numerically
 
-#[derive(Debug, Clone)]
-struct Scenario {
-    name: String,
-    /// (source package, source function, target).
-    functions: Vec<(String, String, String)>,
-    default: String,
-}
-
-fn scenarios() -> Vec<Scenario> {
-    let text = std::fs::read_to_string(common::fixtures().join("scenarios.json")).unwrap();
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    json["scenarios"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(name, plan)| Scenario {
-            name: name.clone(),
-            functions: plan["functions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|f| {
-                    let s = |i: usize| f[i].as_str().unwrap().to_string();
-                    (s(0), s(1), s(2))
-                })
-                .collect(),
-            default: plan["default"].as_str().unwrap().to_string(),
-        })
-        .collect()
-}
-
-fn source_path(source: &str) -> PathBuf {
-    match source.strip_prefix("merged:") {
-        Some(merged) => common::merged_package(merged),
-        None => common::source_package(source),
-    }
-}
+use common::{scenarios, source_path, Scenario};
 
 /// The plain source package and function a merged function comes from,
 /// following merges of merges.

@@ -104,3 +104,47 @@ pub fn tree_bytes(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     files.sort();
     files
 }
+
+/// One merge scenario of `tests/fixtures/scenarios.json`.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    /// (source, source function, target); a source is a package name, or
+    /// `merged:<scenario>` for a package coremltools merged.
+    pub functions: Vec<(String, String, String)>,
+    pub default: String,
+}
+
+/// Every merge scenario, sorted by name.
+pub fn scenarios() -> Vec<Scenario> {
+    let text = std::fs::read_to_string(fixtures().join("scenarios.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut all: Vec<Scenario> = json["scenarios"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, plan)| Scenario {
+            name: name.clone(),
+            functions: plan["functions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| {
+                    let s = |i: usize| f[i].as_str().unwrap().to_string();
+                    (s(0), s(1), s(2))
+                })
+                .collect(),
+            default: plan["default"].as_str().unwrap().to_string(),
+        })
+        .collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    all
+}
+
+/// The package a scenario's source names.
+pub fn source_path(source: &str) -> PathBuf {
+    match source.strip_prefix("merged:") {
+        Some(merged) => merged_package(merged),
+        None => source_package(source),
+    }
+}
