@@ -9,15 +9,15 @@
 
 use std::path::Path;
 
-use coreml_multifunction::codegen::{generate, ModelInterface};
-use coreml_multifunction::merge::MultiFunctionDescriptor;
-use coreml_multifunction::package::blob::BlobFile;
-use coreml_multifunction::package::manifest::Manifest;
-use coreml_multifunction::package::{spec, Package};
-use coreml_multifunction::proto::specification::{
+use coreml_multifunction_build::__private::{generate, ModelInterface};
+use coreml_multifunction_build::merge::MultiFunctionDescriptor;
+use coreml_multifunction_build::package::blob::BlobFile;
+use coreml_multifunction_build::package::manifest::Manifest;
+use coreml_multifunction_build::package::{spec, Package};
+use coreml_multifunction_build::proto::specification::{
     array_feature_type, feature_type, ArrayFeatureType, FeatureType,
 };
-use coreml_multifunction::proto::{FeatureDescription, FunctionDescription};
+use coreml_multifunction_build::proto::{FeatureDescription, FunctionDescription};
 
 /// Manifest.json parsing.
 pub fn manifest(data: &[u8]) {
@@ -60,15 +60,12 @@ pub fn weights(data: &[u8]) {
 
 /// The fixture package a fuzzed file is planted into.
 fn fixture(name: &str) -> std::path::PathBuf {
-    // Compiled both in the fuzz crate (fuzz/) and in the main crate's tests.
+    // Compiled both in the fuzz crate (fuzz/) and in the build crate's
+    // tests (coreml-multifunction-build/): both sit at the repository's root.
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let repository = if manifest_dir.ends_with("fuzz") {
-        manifest_dir
-            .parent()
-            .expect("fuzz/ is inside the repository")
-    } else {
-        manifest_dir
-    };
+    let repository = manifest_dir
+        .parent()
+        .expect("the crate is inside the repository");
     repository.join("tests/fixtures/packages").join(name)
 }
 

@@ -8,9 +8,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use coreml_multifunction::config::Config;
-use coreml_multifunction::pipeline::{self, CrateInfo};
-use coreml_multifunction::Bytes;
+use coreml_multifunction_build::config::Config;
+use coreml_multifunction_build::pipeline::{self, CrateInfo};
+use coreml_multifunction_build::Bytes;
 
 const USAGE: &str = "\
 cargo coreml-multifunction: the multifunction Core ML models of a workspace

@@ -140,7 +140,7 @@ fn build_merges_every_member_then_finds_them_up_to_date() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("combined: merged 2 functions"), "{stdout}");
     let package = out.join("llm/llm.mlpackage");
-    let merged = coreml_multifunction::package::Package::open(&package).unwrap();
+    let merged = coreml_multifunction_build::package::Package::open(&package).unwrap();
     assert_eq!(merged.default_function(), "decode");
     let (ok, stdout, _) = subcommand(dir.path(), &["build", "--out-dir", out_arg]);
     assert!(ok);

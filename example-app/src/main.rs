@@ -10,12 +10,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use coreml_multifunction::compare::weight_stats;
 use coreml_multifunction::half::f16;
-use coreml_multifunction::merge::directory_size;
-use coreml_multifunction::package::Package;
+use coreml_multifunction::package::{directory_size, Package};
 use coreml_multifunction::runtime::{Configuration, Tensor};
-use coreml_multifunction::Bytes;
 
 coreml_multifunction::include_models!();
 
@@ -27,6 +24,11 @@ fn input() -> Result<Tensor<f16>, coreml_multifunction::runtime::Error> {
         .map(|i| f16::from_f32((i as f32 / count as f32) - 0.5))
         .collect::<Vec<_>>();
     Tensor::new(shape, values)
+}
+
+/// A size in KiB, as the report prints it (the adapters are small).
+fn kib(bytes: u64) -> String {
+    format!("{:.1} KiB", bytes as f64 / 1024.0)
 }
 
 /// A one-line summary of an output: its first values and its norm.
@@ -111,32 +113,32 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let source = models.join(format!("adapter_{index}.mlpackage"));
         let size = directory_size(&source)?;
         separately += size;
-        let blobs = weight_stats(&Package::open(&source)?)?.blobs;
+        let blobs = Package::open(&source)?.weight_stats()?.blobs;
         println!(
             "{:<36} {:>12} {:>8}",
             format!("models/adapter_{index}.mlpackage"),
-            Bytes(size).to_string(),
+            kib(size),
             blobs
         );
     }
     let merged_size = directory_size(merged)?;
-    let merged_blobs = weight_stats(&Package::open(merged)?)?.blobs;
+    let merged_blobs = Package::open(merged)?.weight_stats()?.blobs;
     println!(
         "{:<36} {:>12}",
         "the three, shipped separately",
-        Bytes(separately).to_string()
+        kib(separately)
     );
     println!(
         "{:<36} {:>12} {:>8}",
         "combined.mlpackage (merged)",
-        Bytes(merged_size).to_string(),
+        kib(merged_size),
         merged_blobs
     );
     let saved = separately.saturating_sub(merged_size);
     println!(
         "{:<36} {:>12} {:>7.0}%",
         "saved by sharing the base weights",
-        Bytes(saved).to_string(),
+        kib(saved),
         saved as f64 * 100.0 / separately as f64
     );
     Ok(())

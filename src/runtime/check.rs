@@ -2,16 +2,16 @@
 //! sees them: a wrong name, type or shape is a clear error here, never an
 //! Objective-C exception or a wrong answer later.
 
-use crate::package::quoted_list;
-use crate::proto::specification::{
+use coreml_multifunction_format::naming::quoted_list;
+use coreml_multifunction_format::proto::specification::{
     array_feature_type, feature_type, image_feature_type, ArrayFeatureType, ImageFeatureType,
     SizeRange,
 };
-use crate::proto::{FeatureDescription, FunctionDescription};
+use coreml_multifunction_format::proto::{FeatureDescription, FunctionDescription};
 
 use super::error::{Error, Result};
-use super::tensor::DataType;
 use super::value::{FeatureValue, Features, PixelFormat};
+use coreml_multifunction_format::DataType;
 
 /// Checks `inputs` against the inputs `description` declares.
 pub fn inputs(description: &FunctionDescription, inputs: &Features) -> Result<()> {
@@ -89,7 +89,7 @@ fn input(function: &str, declared: &FeatureDescription, value: &FeatureValue) ->
         (feature_type::Type::StringType(_), _) => Err(wrong_type("a string".to_string())),
         (feature_type::Type::DictionaryType(_), _) => Err(wrong_type("a dictionary".to_string())),
         (feature_type::Type::ImageType(image), FeatureValue::Image(given)) => {
-            let format = pixel_format(image);
+            let format = PixelFormat::of_image_type(image);
             if format != Some(given.format) {
                 return Err(wrong_type(format!(
                     "an image in {}",
@@ -121,18 +121,6 @@ fn input(function: &str, declared: &FeatureDescription, value: &FeatureValue) ->
                 ),
             })
         }
-    }
-}
-
-/// The pixel format of an image feature's color space.
-pub fn pixel_format(image: &ImageFeatureType) -> Option<PixelFormat> {
-    use image_feature_type::ColorSpace;
-    match ColorSpace::try_from(image.color_space).ok()? {
-        ColorSpace::Rgb => Some(PixelFormat::Rgb8),
-        ColorSpace::Bgr => Some(PixelFormat::Bgr8),
-        ColorSpace::Grayscale => Some(PixelFormat::Gray8),
-        ColorSpace::GrayscaleFloat16 => Some(PixelFormat::GrayF16),
-        ColorSpace::InvalidColorSpace => None,
     }
 }
 
@@ -240,10 +228,10 @@ fn range_text(range: Option<&SizeRange>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::specification::{
+    use crate::runtime::tensor::Tensor;
+    use coreml_multifunction_format::proto::specification::{
         array_feature_type::ShapeRange, ArrayFeatureType, FeatureType,
     };
-    use crate::runtime::tensor::Tensor;
 
     fn array(data_type: array_feature_type::ArrayDataType, shape: &[i64]) -> FeatureDescription {
         FeatureDescription {

@@ -11,7 +11,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The package could not be read.
     #[error(transparent)]
-    Package(#[from] crate::Error),
+    Package(#[from] coreml_multifunction_format::Error),
     /// The package has no such function.
     #[error("{}: has no function {function:?}; its functions are {available}", package.display())]
     UnknownFunction {

@@ -5,34 +5,44 @@
 //! - **Core ML** (`coreml`, compiled for Apple targets only): the model is compiled and
 //!   loaded by Core ML with `MLModelConfiguration.functionName`, on the
 //!   compute units asked for (the Neural Engine where it can).
-//! - **Reference** ([`reference`](mod@reference), every target): a CPU interpreter of the
-//!   ML Program, computing in f32, so the same code runs and is tested on
-//!   Linux and Windows.
+//! - **Reference** (every other target, and Apple targets with the
+//!   `reference-backend` feature): a CPU interpreter of the ML Program,
+//!   computing in f32, so the same code runs and is tested on Linux and
+//!   Windows. Its numerics and the ops it runs are documented in
+//!   `src/runtime/reference/mod.rs`.
 //!
 //! [`Backend::Auto`] picks Core ML on Apple targets and the reference
 //! backend elsewhere. Inputs are checked against the function's description
-//! before any backend sees them ([`check`]).
+//! before any backend sees them, so a bad input is a Rust error, never an
+//! Objective-C exception.
 
-pub mod check;
-pub mod compile_cache;
+mod check;
+// The Core ML backend's platform-independent parts: compiled on Apple
+// targets, and for the unit tests everywhere.
+#[cfg(any(target_vendor = "apple", test))]
+mod compile_cache;
 #[cfg(target_vendor = "apple")]
-pub mod coreml;
+mod coreml;
 mod error;
-pub mod reference;
-pub mod strides;
+#[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
+mod reference;
+#[cfg(any(target_vendor = "apple", test))]
+mod strides;
 mod tensor;
 mod value;
 
 use std::path::{Path, PathBuf};
 
+pub use coreml_multifunction_format::DataType;
 pub use error::{Error, Result};
-pub use tensor::{element_count, AnyTensor, DataType, Element, Tensor};
+pub use tensor::{AnyTensor, Element, Tensor};
 pub use value::{
     take, Dictionary, FeatureValue, Features, FromFeature, Image, IntoFeature, PixelFormat,
 };
 
-use crate::package::{quoted_list, Package};
-use crate::proto::{FeatureDescription, FunctionDescription};
+use coreml_multifunction_format::naming::quoted_list;
+use coreml_multifunction_format::package::Package;
+use coreml_multifunction_format::proto::{FeatureDescription, FunctionDescription};
 
 /// Where Core ML may run a model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -100,6 +110,7 @@ impl Configuration {
 
 #[derive(Debug)]
 enum FunctionImpl {
+    #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
     Reference(reference::Function),
     #[cfg(target_vendor = "apple")]
     CoreMl(coreml::Function),
@@ -107,31 +118,33 @@ enum FunctionImpl {
 
 #[derive(Debug)]
 enum StateImpl {
+    #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
     Reference(reference::State),
     #[cfg(target_vendor = "apple")]
     CoreMl(coreml::State),
 }
 
-/// One function of a model package, loaded and ready to predict.
+/// One function of a model package, loaded and ready to predict. The
+/// generated API wraps one per function struct.
 ///
 /// On non-Apple targets it is `Send` and `Sync`. On Apple targets it holds
 /// an `MLModel`, and is `Send`/`Sync` only as far as the Core ML backend
-/// documents (see the `coreml` module).
+/// documents (see `src/runtime/coreml/mod.rs`).
 #[derive(Debug)]
-pub struct Model {
+pub struct Function {
     package: PathBuf,
     description: FunctionDescription,
     backend: Backend,
     inner: FunctionImpl,
 }
 
-impl Model {
+impl Function {
     /// Loads `function` of the package at `package` (an `.mlpackage`).
     pub fn load(
         package: impl AsRef<Path>,
         function: &str,
         configuration: &Configuration,
-    ) -> Result<Model> {
+    ) -> Result<Function> {
         let path = package.as_ref();
         let opened = Package::open(path)?;
         let Some(view) = opened.function(function) else {
@@ -144,7 +157,16 @@ impl Model {
         let description = view.description.into_owned();
         let backend = configuration.backend.resolve();
         let inner = match backend {
+            #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
             Backend::Reference | Backend::Auto => FunctionImpl::Reference(reference::Function::load(&opened, function)?),
+            #[cfg(all(target_vendor = "apple", not(feature = "reference-backend")))]
+            Backend::Reference | Backend::Auto => {
+                return Err(Error::UnsupportedPlatform(
+                    "the reference CPU backend is not compiled in on Apple targets; enable the \
+                     `reference-backend` feature of coreml-multifunction, or use Backend::CoreMl"
+                        .to_string(),
+                ))
+            }
             #[cfg(target_vendor = "apple")]
             Backend::CoreMl => FunctionImpl::CoreMl(coreml::Function::load(&opened, function, configuration)?),
             #[cfg(not(target_vendor = "apple"))]
@@ -154,7 +176,7 @@ impl Model {
                 ))
             }
         };
-        Ok(Model {
+        Ok(Function {
             package: path.to_path_buf(),
             description,
             backend,
@@ -193,6 +215,7 @@ impl Model {
             });
         }
         let outputs = match &self.inner {
+            #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
             FunctionImpl::Reference(function) => function.predict(inputs, None)?,
             #[cfg(target_vendor = "apple")]
             FunctionImpl::CoreMl(function) => function.predict(inputs, None)?,
@@ -213,6 +236,7 @@ impl Model {
             });
         }
         let outputs = match &self.inner {
+            #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
             FunctionImpl::Reference(function) => inputs
                 .iter()
                 .map(|input| function.predict(input, None))
@@ -230,6 +254,7 @@ impl Model {
     /// every function of the package whose state descriptions are the same.
     pub fn new_state(&self) -> Result<State> {
         let inner = match &self.inner {
+            #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
             FunctionImpl::Reference(function) => StateImpl::Reference(function.new_state()?),
             #[cfg(target_vendor = "apple")]
             FunctionImpl::CoreMl(function) => StateImpl::CoreMl(function.new_state()?),
@@ -263,6 +288,7 @@ impl Model {
             )));
         }
         let outputs = match (&self.inner, &mut state.inner) {
+            #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
             (FunctionImpl::Reference(function), StateImpl::Reference(state)) => {
                 function.predict(inputs, Some(state))?
             }
@@ -270,7 +296,7 @@ impl Model {
             (FunctionImpl::CoreMl(function), StateImpl::CoreMl(state)) => {
                 function.predict(inputs, Some(state))?
             }
-            #[cfg(target_vendor = "apple")]
+            #[cfg(all(target_vendor = "apple", feature = "reference-backend"))]
             _ => return Err(mismatch("it was made by another backend".to_string())),
         };
         self.check_outputs(outputs)
@@ -281,7 +307,7 @@ impl Model {
     /// another one (Core ML on some compute units) is converted here, so the
     /// typed API always sees what the description says.
     fn check_outputs(&self, mut outputs: Features) -> Result<Features> {
-        use crate::proto::specification::feature_type;
+        use coreml_multifunction_format::proto::specification::feature_type;
         for declared in &self.description.output {
             let kind = declared.r#type.as_ref();
             let Some(value) = outputs.get_mut(&declared.name) else {
@@ -346,19 +372,38 @@ impl State {
 
     /// A copy of buffer `name`.
     pub fn read(&self, name: &str) -> Result<AnyTensor> {
-        if !self.descriptions.iter().any(|d| d.name == name) {
-            return Err(Error::WrongState {
-                function: String::new(),
-                detail: format!(
-                    "there is no state {name:?}; the states are {}",
-                    quoted_list(self.names().into_iter())
-                ),
-            });
-        }
+        self.check_name(name)?;
         match &self.inner {
+            #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
             StateImpl::Reference(state) => state.read(name),
             #[cfg(target_vendor = "apple")]
             StateImpl::CoreMl(state) => state.read(name),
         }
+    }
+
+    /// Replaces buffer `name` with `tensor`, which must have the buffer's
+    /// element type and shape: to resume from a saved KV cache, say, or to
+    /// start from values other than zeros.
+    pub fn write(&mut self, name: &str, tensor: &AnyTensor) -> Result<()> {
+        self.check_name(name)?;
+        match &mut self.inner {
+            #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
+            StateImpl::Reference(state) => state.write(name, tensor),
+            #[cfg(target_vendor = "apple")]
+            StateImpl::CoreMl(state) => state.write(name, tensor),
+        }
+    }
+
+    fn check_name(&self, name: &str) -> Result<()> {
+        if self.descriptions.iter().any(|d| d.name == name) {
+            return Ok(());
+        }
+        Err(Error::WrongState {
+            function: String::new(),
+            detail: format!(
+                "there is no state {name:?}; the states are {}",
+                quoted_list(self.names())
+            ),
+        })
     }
 }

@@ -16,9 +16,10 @@ use std::fmt;
 
 use half::f16;
 
-use super::tensor::DataType;
 use super::value::{Image, PixelFormat};
+#[cfg(test)]
 use super::ComputeUnits;
+use coreml_multifunction_format::DataType;
 
 /// A buffer whose layout does not fit its shape, strides or size.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +39,7 @@ impl fmt::Display for LayoutError {
 
 impl std::error::Error for LayoutError {}
 
+#[cfg(test)]
 /// The row-major ("first-major") strides of `shape`, in elements: what
 /// `MLMultiArray initWithShape:dataType:error:` documents it allocates.
 pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
@@ -316,7 +318,7 @@ pub fn scatter<T: Scalar>(
 /// that the `objc2-core-ml` / `objc2-core-video` named constants equal
 /// these, and always passes the named constants to Apple's APIs.
 pub mod raw {
-    use super::{ComputeUnits, DataType};
+    use super::DataType;
 
     /// `MLMultiArrayDataTypeFloat16` (`0x10000 | 16`).
     pub const MULTI_ARRAY_FLOAT16: isize = 0x10000 | 16;
@@ -347,6 +349,7 @@ pub mod raw {
     /// `kCVPixelFormatType_OneComponent16Half` (`'L00h'`).
     pub const PIXEL_FORMAT_ONE_COMPONENT_16_HALF: u32 = u32::from_be_bytes(*b"L00h");
 
+    #[cfg(test)]
     /// The `MLMultiArrayDataType` raw value of an element type.
     pub fn multi_array_data_type(data_type: DataType) -> isize {
         match data_type {
@@ -370,8 +373,10 @@ pub mod raw {
         }
     }
 
+    #[cfg(test)]
     /// The `MLComputeUnits` raw value of a [`ComputeUnits`].
-    pub fn compute_units(units: ComputeUnits) -> isize {
+    pub fn compute_units(units: super::ComputeUnits) -> isize {
+        use super::ComputeUnits;
         match units {
             ComputeUnits::CpuOnly => COMPUTE_UNITS_CPU_ONLY,
             ComputeUnits::CpuAndGpu => COMPUTE_UNITS_CPU_AND_GPU,

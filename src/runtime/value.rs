@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::tensor::{AnyTensor, Element, Tensor};
+use coreml_multifunction_format::proto::specification::ImageFeatureType;
 
 /// One input, output or state value.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +65,19 @@ pub enum PixelFormat {
 }
 
 impl PixelFormat {
+    /// The pixel format an image feature's color space calls for, if it
+    /// names a known one.
+    pub fn of_image_type(image: &ImageFeatureType) -> Option<PixelFormat> {
+        use coreml_multifunction_format::proto::specification::image_feature_type::ColorSpace;
+        match ColorSpace::try_from(image.color_space).ok()? {
+            ColorSpace::Rgb => Some(PixelFormat::Rgb8),
+            ColorSpace::Bgr => Some(PixelFormat::Bgr8),
+            ColorSpace::Grayscale => Some(PixelFormat::Gray8),
+            ColorSpace::GrayscaleFloat16 => Some(PixelFormat::GrayF16),
+            ColorSpace::InvalidColorSpace => None,
+        }
+    }
+
     /// Bytes per pixel.
     pub fn bytes_per_pixel(self) -> usize {
         match self {

@@ -1,3 +1,3 @@
 fn main() {
-    coreml_multifunction::build().unwrap();
+    coreml_multifunction_build::build().unwrap();
 }

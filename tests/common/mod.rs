@@ -5,9 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-/// `tests/fixtures`.
+/// `tests/fixtures` at the repository's root, whichever crate's tests ask.
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|dir| dir.join("tests/fixtures"))
+        .find(|fixtures| fixtures.join("packages").is_dir())
+        .expect("the tests run inside the repository, which holds tests/fixtures")
 }
 
 /// A source package made by coremltools, by name (`lora_adapter_1`).

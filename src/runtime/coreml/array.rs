@@ -17,8 +17,9 @@ use objc2_foundation::{NSArray, NSInteger, NSNumber, NSString};
 
 use super::super::error::{Error, Result};
 use super::super::strides::{self, raw, Scalar};
-use super::super::tensor::{AnyTensor, DataType, Element, Tensor};
+use super::super::tensor::{AnyTensor, Element, Tensor};
 use super::{core_ml_error, ml_data_type};
+use coreml_multifunction_format::DataType;
 
 /// Runs `body`, turning a panic into an error: Rust code called from an
 /// Objective-C block must not unwind into Apple's frames.
@@ -128,7 +129,21 @@ fn filled<T: Element + Scalar>(
     }
     .map_err(|e| core_ml_error(&e))?;
 
-    let data = tensor.as_slice();
+    scatter_into(&array, tensor.as_slice(), shape).map_err(|detail| {
+        super::backend_error(format!(
+            "filling input {name:?} of function {function:?}: {detail}"
+        ))
+    })?;
+    Ok(array)
+}
+
+/// Writes `data` (row-major, of `shape`) into `array`, whose shape the
+/// caller checked, with the strides of the buffer Core ML hands out.
+fn scatter_into<T: Scalar>(
+    array: &MLMultiArray,
+    data: &[T],
+    shape: &[usize],
+) -> Result<(), String> {
     let outcome: RefCell<Result<(), String>> =
         RefCell::new(Err("Core ML did not call the buffer block".to_string()));
     let block = StackBlock::new(
@@ -151,16 +166,12 @@ fn filled<T: Element + Scalar>(
             *outcome.borrow_mut() = result;
         },
     );
-    // SAFETY: the array is ours and new; the block writes only inside the
+    // SAFETY: the caller holds the array exclusively (a new one, or a state
+    // buffer inside its handler); the block writes only inside the
     // buffer Core ML passes it, honouring the strides passed with it (the
     // method may switch to a new backing buffer with other strides).
     unsafe { array.getMutableBytesWithHandler(&block) };
-    outcome.into_inner().map_err(|detail| {
-        super::backend_error(format!(
-            "filling input {name:?} of function {function:?}: {detail}"
-        ))
-    })?;
-    Ok(array)
+    outcome.into_inner()
 }
 
 /// The contents of an `MLMultiArray`, row-major, read with its own strides.
@@ -227,6 +238,44 @@ pub(super) fn read_state(state: &MLState, name: &str) -> Result<AnyTensor, Strin
     // Core ML knows it); no prediction can run on this state meanwhile
     // (predictions take `&mut State`, this `&State`), and the block touches
     // the buffer only inside.
+    unsafe { state.getMultiArrayForStateNamed_handler(&NSString::from_str(name), &block) };
+    outcome.into_inner()
+}
+
+/// Replaces state buffer `name` (one of the state's names: the caller
+/// checks) with `tensor`, which must have the buffer's element type and
+/// shape; written with the buffer's own strides.
+pub(super) fn write_state(state: &MLState, name: &str, tensor: &AnyTensor) -> Result<(), String> {
+    let outcome: RefCell<Result<(), String>> =
+        RefCell::new(Err("Core ML did not call the state block".to_string()));
+    let block = StackBlock::new(|buffer: NonNull<MLMultiArray>| {
+        let result = guarded(|| {
+            // SAFETY: Core ML passes a valid array viewing the state buffer,
+            // usable only while the block runs, which is all this does.
+            let array = unsafe { buffer.as_ref() };
+            let shape = shape_of(array)?;
+            // SAFETY: a property read of a valid array.
+            let data_type = raw::data_type_of_multi_array(unsafe { array.dataType() }.0);
+            if data_type != Some(tensor.data_type()) || shape != tensor.shape() {
+                return Err(format!(
+                    "state {name:?} holds {} {shape:?}, not {} {:?}",
+                    data_type.map_or("an unknown type", DataType::name),
+                    tensor.data_type(),
+                    tensor.shape()
+                ));
+            }
+            match tensor {
+                AnyTensor::Float16(t) => scatter_into(array, t.as_slice(), &shape),
+                AnyTensor::Float32(t) => scatter_into(array, t.as_slice(), &shape),
+                AnyTensor::Float64(t) => scatter_into(array, t.as_slice(), &shape),
+                AnyTensor::Int32(t) => scatter_into(array, t.as_slice(), &shape),
+                AnyTensor::Int8(t) => scatter_into(array, t.as_slice(), &shape),
+            }
+        });
+        *outcome.borrow_mut() = result;
+    });
+    // SAFETY: as in `read_state`; writing takes `&mut State`, so no
+    // prediction or read runs on this state meanwhile.
     unsafe { state.getMultiArrayForStateNamed_handler(&NSString::from_str(name), &block) };
     outcome.into_inner()
 }

@@ -11,7 +11,9 @@ use block2::RcBlock;
 use objc2_core_ml::MLModel;
 use objc2_foundation::{NSError, NSURL};
 
-use super::super::compile_cache::{self, CacheKey};
+use coreml_multifunction_format::compiled::{self, CacheKey};
+
+use super::super::compile_cache;
 use super::super::error::{Error, Result};
 use super::{backend_error, core_ml_error, directory_url};
 
@@ -38,11 +40,11 @@ fn io_error<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(std::io::Er
 /// The compiled model of the package at `package`: precompiled beside it
 /// with a matching stamp, else cached, else compiled now into the cache.
 pub(super) fn find_or_compile(package: &Path) -> Result<Compiled> {
-    let key = compile_cache::package_key(package).map_err(io_error(
+    let key = compiled::package_key(package).map_err(io_error(
         package,
         "hash the package's files for the compile cache",
     ))?;
-    if let Some(path) = compile_cache::precompiled_for(package, &key) {
+    if let Some(path) = compiled::precompiled_for(package, &key) {
         return Ok(Compiled {
             path,
             key,
@@ -129,7 +131,7 @@ fn compile_with_core_ml(package: &Path) -> Result<PathBuf> {
         return Err(Error::OsTooOld(
             "compiling a model on the device needs macOS 13, iOS 16, tvOS 16 or visionOS 1, and \
              is not possible on watchOS: compile it at build time with \
-             `compile_cache::compile_with_xcrun` and ship the .mlmodelc beside the package"
+             `coreml_multifunction_build::compile_with_xcrun` and ship the .mlmodelc beside the package"
                 .to_string(),
         ));
     }

@@ -10,13 +10,12 @@ use objc2_core_ml::{
 };
 use objc2_foundation::{NSDictionary, NSNumber, NSString};
 
-use crate::package::quoted_list;
-use crate::proto::specification::{dictionary_feature_type, feature_type};
-use crate::proto::{FeatureDescription, FunctionDescription};
+use coreml_multifunction_format::naming::quoted_list;
+use coreml_multifunction_format::proto::specification::{dictionary_feature_type, feature_type};
+use coreml_multifunction_format::proto::{FeatureDescription, FunctionDescription};
 
-use super::super::check;
 use super::super::error::{Error, Result};
-use super::super::value::{Dictionary, FeatureValue, Features, Image};
+use super::super::value::{Dictionary, FeatureValue, Features, Image, PixelFormat};
 use super::{array, core_ml_error, image};
 
 /// The declared kind of a feature.
@@ -240,7 +239,7 @@ fn read_value(
             let buffer = unsafe { value.imageBufferValue() }
                 .ok_or("Core ML returned an image feature without a pixel buffer")?;
             let format = match kind(declared) {
-                Some(feature_type::Type::ImageType(image)) => check::pixel_format(image),
+                Some(feature_type::Type::ImageType(image)) => PixelFormat::of_image_type(image),
                 _ => None,
             };
             image::read_image(&buffer, format).map(FeatureValue::Image)

@@ -16,7 +16,7 @@
 //! Core ML loads compiled models (`.mlmodelc`); [`Function::load`] finds or
 //! makes one as [`super::compile_cache`] describes: a build-time compile
 //! from `xcrun coremlcompiler` beside the package
-//! ([`super::compile_cache::compile_with_xcrun`]) when its stamp matches the
+//! (`coreml_multifunction_build::compile_with_xcrun`) when its stamp matches the
 //! package, else the on-disk cache, else a compile on first load with
 //! `+[MLModel compileModelAtURL:completionHandler:]` (macOS 13 / iOS 16),
 //! moved atomically into the cache. The load waits for that completion
@@ -90,12 +90,14 @@ use objc2_core_ml::{
 };
 use objc2_foundation::{NSArray, NSError, NSString, NSURL};
 
-use crate::package::{quoted_list, Package};
-use crate::proto::FunctionDescription;
+use coreml_multifunction_format::naming::quoted_list;
+use coreml_multifunction_format::package::Package;
+use coreml_multifunction_format::proto::FunctionDescription;
+use coreml_multifunction_format::DataType;
 
 use super::error::{Error, Result};
 use super::strides::raw;
-use super::tensor::{AnyTensor, DataType};
+use super::tensor::AnyTensor;
 use super::value::Features;
 use super::{check, ComputeUnits, Configuration};
 
@@ -297,11 +299,6 @@ impl Function {
         Ok(Function { model, description })
     }
 
-    /// The function's interface, as the package describes it.
-    pub fn description(&self) -> &FunctionDescription {
-        &self.description
-    }
-
     /// Runs the function; with `state`, a stateful prediction that reads and
     /// updates it. The inputs have been checked against the description.
     pub fn predict(&self, inputs: &Features, state: Option<&mut State>) -> Result<Features> {
@@ -474,6 +471,17 @@ impl State {
         autoreleasepool(|_| {
             array::read_state(&self.state, name).map_err(|detail| {
                 backend_error(format!("state {name:?} could not be read: {detail}"))
+            })
+        })
+    }
+
+    /// Replaces buffer `name` with `tensor` (the caller checked that the
+    /// state has such a buffer).
+    pub fn write(&mut self, name: &str, tensor: &AnyTensor) -> Result<()> {
+        autoreleasepool(|_| {
+            array::write_state(&self.state, name, tensor).map_err(|detail| Error::WrongState {
+                function: String::new(),
+                detail,
             })
         })
     }

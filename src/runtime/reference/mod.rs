@@ -1,7 +1,7 @@
 //! The reference CPU backend: an interpreter of ML Program functions.
 //!
 //! It runs the MIL body of a function op by op on the CPU, on every target,
-//! so code using [`crate::runtime::Model`] runs and is tested on Linux and
+//! so code using [`crate::runtime::Function`] runs and is tested on Linux and
 //! Windows, and so a merged package can be checked numerically against its
 //! sources without a Mac.
 //!
@@ -19,7 +19,7 @@
 //!
 //! # What it runs
 //!
-//! The ops of [`supported_ops`]: the arithmetic, activation, reduction,
+//! The ops listed by `ops::supported`: the arithmetic, activation, reduction,
 //! shape, slicing, gather, convolution and matrix ops that PyTorch and
 //! coremltools conversions produce, the `constexpr_*` decompression ops of
 //! iOS 16 to 18 (decompressed once, at load), and the iOS 18 state ops.
@@ -105,21 +105,25 @@ use std::sync::Arc;
 use half::f16;
 use ndarray::{ArcArray, IxDyn};
 
-use crate::package::Package;
-use crate::proto::mil_spec::DataType as MilType;
-use crate::proto::specification::{feature_type, state_feature_type, FeatureType};
+use coreml_multifunction_format::package::Package;
+use coreml_multifunction_format::proto::mil_spec::DataType as MilType;
+use coreml_multifunction_format::proto::specification::{
+    feature_type, state_feature_type, FeatureType,
+};
 
-use super::check::pixel_format;
 use super::error::{Error, Result};
-use super::tensor::{AnyTensor, DataType, Tensor};
+use super::tensor::{AnyTensor, Tensor};
 use super::value::{FeatureValue, Features, Image, PixelFormat};
+use coreml_multifunction_format::DataType;
 use program::Program;
 use value::{round_float, Declared, Value};
-pub use weights::Constant;
+#[cfg(test)]
+use weights::Constant;
 use weights::WeightStore;
 
 /// The op types the reference backend runs, sorted.
-pub fn supported_ops() -> Vec<&'static str> {
+#[cfg(test)]
+fn supported_ops() -> Vec<&'static str> {
     ops::supported()
 }
 
@@ -176,7 +180,9 @@ impl Function {
             return Err(Error::UnknownFunction {
                 package: package.root().to_path_buf(),
                 function: function.to_string(),
-                available: crate::package::quoted_list(package.functions().iter().map(|f| f.name)),
+                available: coreml_multifunction_format::naming::quoted_list(
+                    package.functions().iter().map(|f| f.name),
+                ),
             });
         };
         let invalid = |detail: String| Error::InvalidModel {
@@ -201,7 +207,7 @@ impl Function {
                     )?)
                 }
                 Some(feature_type::Type::ImageType(image)) => {
-                    OutputKind::Image(pixel_format(image).ok_or_else(|| {
+                    OutputKind::Image(PixelFormat::of_image_type(image).ok_or_else(|| {
                         invalid(format!(
                             "output {:?} has an unknown color space",
                             output.name
@@ -253,11 +259,7 @@ impl Function {
         })
     }
 
-    /// The function's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
+    #[cfg(test)]
     /// The decoded weight named `name` (the output of a `const` or
     /// `constexpr_*` op reading weight storage), as shared with every other
     /// loaded function of the package that uses the same weight.
@@ -433,11 +435,6 @@ impl State {
         }
         buffer.value = tensor_to_value(tensor).map_err(wrong)?;
         Ok(())
-    }
-
-    /// The names of its buffers.
-    pub fn names(&self) -> Vec<&str> {
-        self.buffers.keys().map(String::as_str).collect()
     }
 }
 
@@ -652,5 +649,58 @@ mod tests {
         for op in ["cond", "while_loop", "conv_transpose", "lstm"] {
             assert!(ops::spec(op).is_none(), "{op}");
         }
+    }
+
+    fn fixture(dir: &str, name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(dir)
+            .join(format!("{name}.mlpackage"))
+    }
+
+    #[test]
+    fn functions_of_one_package_share_decoded_weights() {
+        let merged = fixture("merged", "lora_pair");
+        let package = Package::open(&merged).unwrap();
+        let one = Function::load(&package, "adapter_1").unwrap();
+        let two = Function::load(&package, "adapter_2").unwrap();
+        let base = "base_model_model_linear1_base_layer_weight_to_fp16";
+        let (a, b) = (one.weight(base).unwrap(), two.weight(base).unwrap());
+        assert!(Arc::ptr_eq(&a, &b), "the base weight is decoded twice");
+        assert_eq!(a.shape(), vec![64, 64]);
+        // Each adapter's own weights are its own.
+        let lora = "base_model_model_linear1_lora_A_default_weight_to_fp16";
+        assert!(!Arc::ptr_eq(
+            &one.weight(lora).unwrap(),
+            &two.weight(lora).unwrap()
+        ));
+        // A second load of the package shares them too, while the first lives.
+        let again = Package::open(&merged).unwrap();
+        let three = Function::load(&again, "adapter_1").unwrap();
+        assert!(Arc::ptr_eq(&a, &three.weight(base).unwrap()));
+        // Another package's copy of the same bytes is another weight.
+        let separate = Package::open(fixture("packages", "lora_adapter_1")).unwrap();
+        let source = Function::load(&separate, "main").unwrap();
+        assert!(!Arc::ptr_eq(&source.weight(base).unwrap(), &a));
+    }
+
+    #[test]
+    fn compressed_weights_share_their_decompression() {
+        let package = Package::open(fixture("merged", "compressed")).unwrap();
+        let int8 = Function::load(&package, "int8").unwrap();
+        let again = Function::load(&package, "int8").unwrap();
+        let name = "linear1_weight_to_fp16_quantized";
+        assert!(Arc::ptr_eq(
+            &int8.weight(name).unwrap(),
+            &again.weight(name).unwrap()
+        ));
+        let palettized = Function::load(&package, "palettized").unwrap();
+        assert_eq!(
+            palettized
+                .weight("linear1_weight_to_fp16_palettized")
+                .unwrap()
+                .shape(),
+            vec![64, 64]
+        );
     }
 }

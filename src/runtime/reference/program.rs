@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use prost::Message;
 
-use crate::package::values::op_name;
-use crate::package::{FunctionView, Package};
-use crate::proto::mil_spec::{self, argument::binding, value_type};
+use coreml_multifunction_format::package::values::op_name;
+use coreml_multifunction_format::package::{FunctionView, Package};
+use coreml_multifunction_format::proto::mil_spec::{self, argument::binding, value_type};
 
 use super::super::error::{Error, Result};
 use super::ops::{self, Kind};

@@ -10,7 +10,7 @@
 use half::f16;
 use ndarray::{ArcArray, ArrayD, IxDyn};
 
-use crate::proto::mil_spec::{self, value_type, DataType};
+use coreml_multifunction_format::proto::mil_spec::{self, value_type, DataType};
 
 /// A float tensor (any declared float type, computed in f32).
 pub(crate) type FloatArray = ArcArray<f32, IxDyn>;
@@ -313,7 +313,7 @@ pub(crate) fn conform(value: Value, data_type: DataType) -> OpResult<Value> {
     let Some(wanted) = category(data_type) else {
         return Err(format!(
             "the program declares the unsupported element type {}",
-            crate::package::blob::mil_type_name(data_type)
+            coreml_multifunction_format::package::blob::mil_type_name(data_type)
         ));
     };
     Ok(match (wanted, value) {
@@ -351,7 +351,7 @@ pub(crate) fn cast(value: &Value, data_type: DataType) -> OpResult<Value> {
         Some(Category::Bool) => Ok(Value::Bool(value.to_bool()?)),
         _ => Err(format!(
             "cannot cast to {}",
-            crate::package::blob::mil_type_name(data_type)
+            coreml_multifunction_format::package::blob::mil_type_name(data_type)
         )),
     }
 }

@@ -19,9 +19,11 @@ use std::time::SystemTime;
 use half::{bf16, f16};
 use prost::Message;
 
-use crate::package::blob::{self, BlobDataType};
-use crate::package::Package;
-use crate::proto::mil_spec::{self, tensor_value, value, value::immediate_value, DataType};
+use coreml_multifunction_format::package::blob::{self, BlobDataType};
+use coreml_multifunction_format::package::Package;
+use coreml_multifunction_format::proto::mil_spec::{
+    self, tensor_value, value, value::immediate_value, DataType,
+};
 
 use super::value::{category, wrap_int, Category, Declared, OpResult, Value};
 
@@ -34,6 +36,7 @@ pub struct Constant {
 
 impl Constant {
     /// The constant's shape.
+    #[cfg(test)]
     pub fn shape(&self) -> Vec<usize> {
         self.value.shape()
     }

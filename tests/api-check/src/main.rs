@@ -10,7 +10,7 @@ use coreml_multifunction::runtime::{self, Image, PixelFormat, Tensor};
 coreml_multifunction::include_models!();
 
 fn f16_tensor(shape: &[usize], values: impl Fn(usize) -> f32) -> runtime::Result<Tensor<f16>> {
-    let count = runtime::element_count(shape)?;
+    let count = shape.iter().product();
     Tensor::new(
         shape,
         (0..count)
@@ -100,7 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!(
         "generated API: every function loaded and predicted ({})",
-        adapter.model().backend().name()
+        adapter.function().backend().name()
     );
     Ok(())
 }

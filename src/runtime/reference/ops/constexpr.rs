@@ -19,8 +19,8 @@ use ndarray::{ArcArray, ArrayD, IxDyn};
 
 use super::axis;
 use super::elementwise::zip_with;
-use crate::package::blob::unpack_sub_byte;
 use crate::runtime::reference::value::{OpResult, Value};
+use coreml_multifunction_format::package::blob::unpack_sub_byte;
 
 /// The constexpr ops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

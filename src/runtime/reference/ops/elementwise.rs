@@ -69,6 +69,7 @@ macro_rules! named_ops {
 
         impl $name {
             /// Every op of this family.
+            #[cfg(test)]
             pub(crate) const ALL: &'static [$name] = &[$($name::$variant),*];
 
             /// The op of type `op_type`, if it belongs to this family.
@@ -80,6 +81,7 @@ macro_rules! named_ops {
             }
 
             /// The op type.
+            #[cfg(test)]
             pub(crate) fn name(self) -> &'static str {
                 match self {
                     $($name::$variant => $op),*

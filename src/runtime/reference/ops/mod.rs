@@ -203,7 +203,8 @@ pub(crate) fn spec(op_type: &str) -> Option<Spec> {
     }
 }
 
-/// The op types the backend implements, for documentation and tests.
+/// The op types the backend implements, for tests.
+#[cfg(test)]
 pub(crate) fn supported() -> Vec<&'static str> {
     let mut all: Vec<&'static str> = [
         "const",

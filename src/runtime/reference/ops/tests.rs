@@ -11,9 +11,9 @@
 //! them is `scripts/golden-ops.py`.
 
 use super::*;
-use crate::proto::mil_spec::DataType;
 use crate::runtime::reference::program::Step;
 use crate::runtime::reference::value::Declared;
+use coreml_multifunction_format::proto::mil_spec::DataType;
 
 fn f(shape: &[usize], data: &[f32]) -> Value {
     Value::float(shape.to_vec(), data.to_vec()).unwrap()

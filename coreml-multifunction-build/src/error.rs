@@ -1,0 +1,227 @@
+//! The build crate's error type: a package error from the format crate, or
+//! what only this crate can get wrong (the configuration, the generated API,
+//! a merge request). It imports nothing of this crate but the configuration
+//! error's location type, so every module can use it.
+//!
+//! Every error names the file, the Cargo.toml key or the function it is
+//! about. Tests match on [`Problem`] and [`MergeProblem`] rather than on
+//! message text, so messages can be improved without breaking them.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use coreml_multifunction_format::naming::quoted_list;
+pub use coreml_multifunction_format::Problem;
+
+use crate::config::ConfigError;
+
+/// Shorthand for results whose error is this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a build, a merge or a comparison failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file could not be read or written, or a package holds something
+    /// this crate cannot accept; the file at fault is named.
+    #[error(transparent)]
+    Package(#[from] coreml_multifunction_format::Error),
+    /// The `[package.metadata.multifunction]` configuration is wrong.
+    #[error("{0}")]
+    Config(Box<ConfigError>),
+    /// The typed API cannot be generated for a model.
+    #[error("{0}")]
+    Codegen(Box<CodegenError>),
+    /// A merge request cannot be carried out as asked.
+    #[error("{0}")]
+    Merge(Box<MergeProblem>),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, source: io::Error) -> Self {
+        Error::Package(coreml_multifunction_format::Error::io(path, action, source))
+    }
+
+    pub(crate) fn merge(problem: MergeProblem) -> Self {
+        Error::Merge(Box::new(problem))
+    }
+
+    /// The file or directory the error is about, if it is about one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Error::Package(error) => error.path(),
+            Error::Config(error) => Some(&error.manifest),
+            Error::Merge(_) | Error::Codegen(_) => None,
+        }
+    }
+
+    /// What is wrong, when the error is about a file's content.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            Error::Package(error) => error.problem(),
+            _ => None,
+        }
+    }
+
+    /// What is wrong, when the error is about a merge request.
+    pub fn merge_problem(&self) -> Option<&MergeProblem> {
+        match self {
+            Error::Merge(problem) => Some(problem),
+            _ => None,
+        }
+    }
+}
+
+/// Why code could not be generated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("model `{model}`: {message}")]
+pub struct CodegenError {
+    /// The model.
+    pub model: String,
+    /// What went wrong, naming the features or functions involved.
+    pub message: String,
+}
+
+/// Why a merge request cannot be carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MergeProblem {
+    /// The descriptor lists no function.
+    #[error("nothing to merge: add at least one function")]
+    NoFunctions,
+    /// A source function does not exist in its package.
+    #[error(
+        "{}: has no function {function:?}; its functions are {}",
+        package.display(),
+        quoted_list(available.iter().map(String::as_str))
+    )]
+    UnknownSourceFunction {
+        /// The source package.
+        package: PathBuf,
+        /// The function asked for.
+        function: String,
+        /// The functions it has.
+        available: Vec<String>,
+    },
+    /// Two functions were given the same target name.
+    #[error(
+        "two functions are named {target:?} in the merged model ({first} and {second}); \
+         give each a distinct target name"
+    )]
+    DuplicateTarget {
+        /// The name.
+        target: String,
+        /// The first source given that name.
+        first: String,
+        /// The second one.
+        second: String,
+    },
+    /// A target name is not a MIL identifier.
+    #[error(
+        "{target:?} cannot name a function: Core ML function names match \
+         [A-Za-z_][A-Za-z0-9_@]* (letters, digits, _ and @, not starting with a digit)"
+    )]
+    InvalidTargetName {
+        /// The name.
+        target: String,
+    },
+    /// No default function was set.
+    #[error(
+        "no default function set; choose one of {} (a multifunction model must name the \
+         function a plain load runs)",
+        quoted_list(targets.iter().map(String::as_str))
+    )]
+    MissingDefault {
+        /// The functions to choose from.
+        targets: Vec<String>,
+    },
+    /// The default function is not one of the targets.
+    #[error(
+        "the default function {default:?} is not one of the merged functions ({})",
+        quoted_list(targets.iter().map(String::as_str))
+    )]
+    UnknownDefault {
+        /// The name given.
+        default: String,
+        /// The functions to choose from.
+        targets: Vec<String>,
+    },
+    /// A function's body cannot be moved to the merged model's opset.
+    #[error(
+        "{}: function {function:?} cannot be raised from opset {from} to {to}: {reason}; \
+         re-convert it with minimum_deployment_target=iOS18 (coremltools cannot merge it either)",
+        package.display()
+    )]
+    OpsetCannotBeRaised {
+        /// The source package.
+        package: PathBuf,
+        /// The source function.
+        function: String,
+        /// Its opset.
+        from: String,
+        /// The merged model's opset.
+        to: String,
+        /// Why: the op at fault and what changed.
+        reason: String,
+    },
+    /// The destination is one of the sources.
+    #[error(
+        "{}: the destination is also a source; write the merged model elsewhere \
+         (input packages are never modified)",
+        destination.display()
+    )]
+    DestinationIsSource {
+        /// The destination.
+        destination: PathBuf,
+    },
+}
+
+/// A byte count, displayed the way the CLI shows sizes (`1.5 KiB`).
+pub struct Bytes(pub u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+        if self.0 < 1024 {
+            return write!(f, "{} B", self.0);
+        }
+        let mut value = self.0 as f64;
+        let mut unit = "B";
+        for candidate in UNITS {
+            if value < 1024.0 {
+                break;
+            }
+            value /= 1024.0;
+            unit = candidate;
+        }
+        write!(f, "{value:.1} {unit}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_read_naturally() {
+        assert_eq!(Bytes(0).to_string(), "0 B");
+        assert_eq!(Bytes(1023).to_string(), "1023 B");
+        assert_eq!(Bytes(1536).to_string(), "1.5 KiB");
+        assert_eq!(Bytes(140 * 1024 * 1024).to_string(), "140.0 MiB");
+    }
+
+    #[test]
+    fn package_errors_keep_their_path_and_problem() {
+        let error = Error::from(coreml_multifunction_format::Error::invalid(
+            "a/weight.bin",
+            Problem::TruncatedBlobFile { len: 3 },
+        ));
+        assert_eq!(error.path(), Some(Path::new("a/weight.bin")));
+        assert_eq!(
+            error.problem(),
+            Some(&Problem::TruncatedBlobFile { len: 3 })
+        );
+        assert!(error.to_string().starts_with("a/weight.bin: "), "{error}");
+    }
+}

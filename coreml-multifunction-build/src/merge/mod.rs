@@ -1,0 +1,633 @@
+//! Merging ML Programs into one multifunction package: the job of
+//! coremltools' `MultiFunctionDescriptor` and `save_multifunction`, done
+//! exactly, in bounded memory, and reproducibly.
+//!
+//! ```no_run
+//! use coreml_multifunction_build::merge::MultiFunctionDescriptor;
+//!
+//! let report = MultiFunctionDescriptor::new()
+//!     .add_function("adapter_1.mlpackage", "adapter_1")
+//!     .add_function("adapter_2.mlpackage", "adapter_2")
+//!     .default_function("adapter_1")
+//!     .merge("combined.mlpackage")?;
+//! println!("{} distinct blobs", report.unique_blobs);
+//! # Ok::<(), coreml_multifunction_build::Error>(())
+//! ```
+//!
+//! What the merged model holds:
+//! - specification version: the largest of the sources', and at least 9;
+//! - one function per target, in the order added, each with its source's
+//!   interface (a single-function source's top-level inputs, outputs and
+//!   states move into its function description) and its body copied op for
+//!   op, relabelled to the merged opset ([`opset`]);
+//! - every distinct weight once: equal data type, shape and bytes, bit for
+//!   bit (see `dedup.rs`);
+//! - what coremltools drops: the model metadata (the default function's
+//!   source's, unless set), and program attributes such as `buildInfo`.
+//!
+//! Nothing here knows about cargo: the build script and the CLI both call
+//! [`MultiFunctionDescriptor::merge`].
+
+mod dedup;
+pub mod opset;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, MergeProblem, Result};
+use coreml_multifunction_format::naming::is_mil_identifier;
+use coreml_multifunction_format::package::blob::BlobRecord;
+use coreml_multifunction_format::package::{
+    directory_size, values, Package, PackageBuilder, MAIN_FUNCTION,
+};
+use coreml_multifunction_format::proto::mil_spec::{self, value, value_type, Program};
+use coreml_multifunction_format::proto::{
+    model, FunctionDescription, Metadata, Model, ModelDescription,
+};
+use dedup::Candidate;
+
+/// The weight file of merged packages.
+pub const WEIGHT_FILE: &str = "weight.bin";
+/// The lowest specification version with multifunction models (iOS 18).
+pub const MULTIFUNCTION_VERSION: i32 = 9;
+
+/// What to merge: functions taken from source packages, each under a target
+/// name, and the default function.
+#[derive(Debug, Clone, Default)]
+pub struct MultiFunctionDescriptor {
+    entries: Vec<Entry>,
+    default_function: Option<String>,
+    metadata: Option<Metadata>,
+}
+
+#[derive(Debug, Clone)]
+enum Entry {
+    One {
+        package: PathBuf,
+        source_function: String,
+        target: String,
+    },
+    All {
+        package: PathBuf,
+    },
+}
+
+impl MultiFunctionDescriptor {
+    /// An empty descriptor.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds function `main` of `package` (a single-function model) as
+    /// `target`.
+    pub fn add_function(
+        &mut self,
+        package: impl Into<PathBuf>,
+        target: impl Into<String>,
+    ) -> &mut Self {
+        self.add_function_from(package, MAIN_FUNCTION, target)
+    }
+
+    /// Adds function `source_function` of `package` as `target`. The source
+    /// may itself be a multifunction model.
+    pub fn add_function_from(
+        &mut self,
+        package: impl Into<PathBuf>,
+        source_function: impl Into<String>,
+        target: impl Into<String>,
+    ) -> &mut Self {
+        self.entries.push(Entry::One {
+            package: package.into(),
+            source_function: source_function.into(),
+            target: target.into(),
+        });
+        self
+    }
+
+    /// Adds every function of `package` under its own name.
+    pub fn add_all_functions(&mut self, package: impl Into<PathBuf>) -> &mut Self {
+        self.entries.push(Entry::All {
+            package: package.into(),
+        });
+        self
+    }
+
+    /// Sets the function a plain load of the merged model runs. Required.
+    pub fn default_function(&mut self, target: impl Into<String>) -> &mut Self {
+        self.default_function = Some(target.into());
+        self
+    }
+
+    /// Sets the merged model's metadata, instead of the default function's
+    /// source's.
+    pub fn metadata(&mut self, metadata: Metadata) -> &mut Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// Merges into `destination` (a path ending in `.mlpackage`), replacing
+    /// what is there only once the new package is complete.
+    pub fn merge(&self, destination: impl AsRef<Path>) -> Result<MergeReport> {
+        Merger::open(self)?.write(destination.as_ref())
+    }
+
+    /// Checks the descriptor against its sources without writing anything:
+    /// the packages open, the functions exist, the names and default are
+    /// valid, and every body can be raised to the merged opset.
+    pub fn check(&self) -> Result<()> {
+        Merger::open(self).map(|_| ())
+    }
+}
+
+/// One merged function and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergedFunction {
+    /// Its name in the merged model.
+    pub target: String,
+    /// The source package.
+    pub package: PathBuf,
+    /// Its name in the source.
+    pub source_function: String,
+}
+
+/// A source package and its size on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSize {
+    /// The package, as given.
+    pub package: PathBuf,
+    /// Bytes of all its files.
+    pub bytes: u64,
+}
+
+/// What a merge wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeReport {
+    /// The merged package.
+    pub destination: PathBuf,
+    /// Its functions, in order.
+    pub functions: Vec<MergedFunction>,
+    /// Its default function.
+    pub default_function: String,
+    /// Its specification version.
+    pub specification_version: i32,
+    /// The opset of every function.
+    pub opset: String,
+    /// The distinct source packages, with their sizes.
+    pub sources: Vec<SourceSize>,
+    /// The merged package's size on disk.
+    pub merged_bytes: u64,
+    /// Weight references in the merged program.
+    pub weight_references: usize,
+    /// Distinct blobs stored.
+    pub unique_blobs: usize,
+    /// Bytes of blob data stored.
+    pub blob_bytes: u64,
+    /// Bytes of blob data sharing saved: what the functions' blobs would
+    /// take stored separately, less what is stored.
+    pub shared_bytes: u64,
+}
+
+impl MergeReport {
+    /// The sources' total size: what shipping them separately costs.
+    pub fn separate_bytes(&self) -> u64 {
+        self.sources.iter().map(|s| s.bytes).sum()
+    }
+}
+
+/// A validated merge, ready to write.
+struct Merger<'d> {
+    descriptor: &'d MultiFunctionDescriptor,
+    packages: Vec<(PathBuf, Package)>,
+    selected: Vec<Selected>,
+    default_function: String,
+    specification_version: i32,
+    opset: String,
+}
+
+struct Selected {
+    package: usize,
+    source_function: String,
+    target: String,
+}
+
+impl<'d> Merger<'d> {
+    fn open(descriptor: &'d MultiFunctionDescriptor) -> Result<Merger<'d>> {
+        let mut packages: Vec<(PathBuf, Package)> = Vec::new();
+        // Each package is opened once, however often it is named.
+        fn index_of(packages: &mut Vec<(PathBuf, Package)>, path: &Path) -> Result<usize> {
+            let canonical = path.canonicalize().ok();
+            if let Some(index) = packages
+                .iter()
+                .position(|(_, p)| Some(p.root()) == canonical.as_deref())
+            {
+                return Ok(index);
+            }
+            packages.push((path.to_path_buf(), Package::open(path)?));
+            Ok(packages.len() - 1)
+        }
+        let mut selected = Vec::new();
+        for entry in &descriptor.entries {
+            match entry {
+                Entry::One {
+                    package,
+                    source_function,
+                    target,
+                } => selected.push(Selected {
+                    package: index_of(&mut packages, package)?,
+                    source_function: source_function.clone(),
+                    target: target.clone(),
+                }),
+                Entry::All { package } => {
+                    let index = index_of(&mut packages, package)?;
+                    for function in packages[index].1.functions() {
+                        selected.push(Selected {
+                            package: index,
+                            source_function: function.name.to_string(),
+                            target: function.name.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        if selected.is_empty() {
+            return Err(Error::merge(MergeProblem::NoFunctions));
+        }
+
+        let describe = |s: &Selected| {
+            format!(
+                "function {:?} of {}",
+                s.source_function,
+                packages[s.package].0.display()
+            )
+        };
+        let mut seen: BTreeMap<&str, &Selected> = BTreeMap::new();
+        for choice in &selected {
+            let (path, package) = &packages[choice.package];
+            if package.function(&choice.source_function).is_none() {
+                return Err(Error::merge(MergeProblem::UnknownSourceFunction {
+                    package: path.clone(),
+                    function: choice.source_function.clone(),
+                    available: package
+                        .functions()
+                        .iter()
+                        .map(|f| f.name.to_string())
+                        .collect(),
+                }));
+            }
+            if !is_mil_identifier(&choice.target) {
+                return Err(Error::merge(MergeProblem::InvalidTargetName {
+                    target: choice.target.clone(),
+                }));
+            }
+            if let Some(first) = seen.insert(&choice.target, choice) {
+                return Err(Error::merge(MergeProblem::DuplicateTarget {
+                    target: choice.target.clone(),
+                    first: describe(first),
+                    second: describe(choice),
+                }));
+            }
+        }
+        let targets: Vec<String> = selected.iter().map(|s| s.target.clone()).collect();
+        let default_function = match &descriptor.default_function {
+            None => return Err(Error::merge(MergeProblem::MissingDefault { targets })),
+            Some(name) if !targets.contains(name) => {
+                return Err(Error::merge(MergeProblem::UnknownDefault {
+                    default: name.clone(),
+                    targets,
+                }))
+            }
+            Some(name) => name.clone(),
+        };
+
+        let specification_version = packages
+            .iter()
+            .map(|(_, p)| p.model().specification_version)
+            .max()
+            .unwrap_or(MULTIFUNCTION_VERSION)
+            .max(MULTIFUNCTION_VERSION);
+        let opset = opset::opset_for_version(specification_version).expect("version 9 or later");
+        let merger = Merger {
+            descriptor,
+            packages,
+            selected,
+            default_function,
+            specification_version,
+            opset,
+        };
+        for choice in &merger.selected {
+            merger.check_raise(choice)?;
+        }
+        Ok(merger)
+    }
+
+    /// Refuses a body that cannot be relabelled to the merged opset.
+    fn check_raise(&self, choice: &Selected) -> Result<()> {
+        let (path, package) = &self.packages[choice.package];
+        let function = package.function(&choice.source_function).expect("checked");
+        let cannot = |reason: String| {
+            Error::merge(MergeProblem::OpsetCannotBeRaised {
+                package: path.clone(),
+                function: choice.source_function.clone(),
+                from: function.opset().to_string(),
+                to: self.opset.clone(),
+                reason,
+            })
+        };
+        let target = opset::opset_number(&self.opset).expect("CoreML<n>");
+        let Some(from) = opset::opset_number(function.opset()) else {
+            return Err(cannot(
+                "its opset label is not of the form CoreML<n>".to_string(),
+            ));
+        };
+        if from > target {
+            return Err(cannot(
+                "it is newer than the merged model's opset".to_string(),
+            ));
+        }
+        if from < target
+            && function
+                .function
+                .block_specializations
+                .contains_key(&self.opset)
+        {
+            return Err(cannot(format!(
+                "it already has a separate body for {}, which the raised body would replace",
+                self.opset
+            )));
+        }
+        let mut failure = None;
+        visit_ops(function.block(), &mut |op| {
+            if failure.is_none() {
+                if let Some(why) = opset::incompatibility(&op.r#type, from, target) {
+                    let name = values::op_name(op).unwrap_or("unnamed");
+                    failure = Some(format!("op {name:?} ({}): {why}", op.r#type));
+                }
+            }
+        });
+        match failure {
+            Some(reason) => Err(cannot(reason)),
+            None => Ok(()),
+        }
+    }
+
+    fn write(self, destination: &Path) -> Result<MergeReport> {
+        if let Ok(existing) = destination.canonicalize() {
+            if self.packages.iter().any(|(_, p)| p.root() == existing) {
+                return Err(Error::merge(MergeProblem::DestinationIsSource {
+                    destination: destination.to_path_buf(),
+                }));
+            }
+        }
+
+        // The functions, copied and relabelled.
+        let mut functions: Vec<(usize, String, mil_spec::Function)> = Vec::new();
+        let mut descriptions = Vec::new();
+        for choice in &self.selected {
+            let package = &self.packages[choice.package].1;
+            let view = package.function(&choice.source_function).expect("checked");
+            let mut function = view.function.clone();
+            if function.opset != self.opset {
+                let body = function
+                    .block_specializations
+                    .remove(&function.opset)
+                    .expect("validated on open");
+                function
+                    .block_specializations
+                    .insert(self.opset.clone(), body);
+                function.opset = self.opset.clone();
+            }
+            descriptions.push(FunctionDescription {
+                name: choice.target.clone(),
+                ..view.description.into_owned()
+            });
+            functions.push((choice.package, choice.target.clone(), function));
+        }
+
+        // Program attributes: the default function's source's first, then
+        // any key another source adds.
+        let default_package = self.selected[self.target_index(&self.default_function)].package;
+        let mut attribute_sources: Vec<(usize, Program)> = Vec::new();
+        let mut taken = std::collections::BTreeSet::new();
+        let order = std::iter::once(default_package).chain(0..self.packages.len());
+        for index in order {
+            let program = self.packages[index].1.program();
+            let fresh: BTreeMap<String, mil_spec::Value> = program
+                .attributes
+                .iter()
+                .filter(|(key, _)| taken.insert((*key).clone()))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect();
+            if !fresh.is_empty() {
+                attribute_sources.push((
+                    index,
+                    Program {
+                        attributes: fresh,
+                        ..Default::default()
+                    },
+                ));
+            }
+        }
+
+        // Every weight reference, in program order, then the plan. Each
+        // function's (or attribute set's) own blobs are noted too, for the
+        // report of what sharing saved.
+        let mut candidates: Vec<Candidate> = Vec::new();
+        let mut slot_of: BTreeMap<Candidate, usize> = BTreeMap::new();
+        let mut used_by: Vec<std::collections::BTreeSet<usize>> = Vec::new();
+        let mut weight_references = 0usize;
+        let mut collect = |package: usize,
+                           value: &mil_spec::Value,
+                           used: &mut std::collections::BTreeSet<usize>| {
+            if let Some(candidate) = candidate(package, value) {
+                weight_references += 1;
+                let next = candidates.len();
+                let slot = *slot_of.entry(candidate.clone()).or_insert(next);
+                if slot == next {
+                    candidates.push(candidate);
+                }
+                used.insert(slot);
+            }
+        };
+        for (package, name, function) in &functions {
+            let mut used = std::collections::BTreeSet::new();
+            values::for_each_function_value(name, function, &mut |_, value| {
+                collect(*package, value, &mut used)
+            });
+            used_by.push(used);
+        }
+        for (package, program) in &attribute_sources {
+            let mut used = std::collections::BTreeSet::new();
+            values::for_each_value(program, &mut |_, value| collect(*package, value, &mut used));
+            used_by.push(used);
+        }
+        let plan = dedup::plan(&candidates, &|c: &Candidate| {
+            let file = self.packages[c.package]
+                .1
+                .blob_file(&c.file_name)
+                .expect("validated on open");
+            Ok((file, file.record(c.offset)?))
+        })?;
+
+        // Write the distinct blobs in order of first use.
+        let mut builder = PackageBuilder::new(destination)?;
+        let reference = PackageBuilder::blob_file_reference(WEIGHT_FILE);
+        let mut new_offsets = Vec::with_capacity(plan.representatives.len());
+        let mut blob_bytes = 0;
+        if !plan.representatives.is_empty() {
+            let writer = builder.blob_writer(WEIGHT_FILE)?;
+            for &representative in &plan.representatives {
+                let candidate = &candidates[representative];
+                let file = self.packages[candidate.package]
+                    .1
+                    .blob_file(&candidate.file_name)
+                    .expect("validated");
+                let record: BlobRecord = file.record(candidate.offset)?;
+                let offset = writer
+                    .append(
+                        record.data_type,
+                        record.size,
+                        record.padding_bits,
+                        &mut file.reader(&record),
+                    )
+                    .map_err(|e| {
+                        Error::io(file.path(), "copy weights into the merged package", e)
+                    })?;
+                new_offsets.push(offset);
+                blob_bytes += record.size;
+            }
+        }
+        // What each function would store on its own, for the report.
+        let mut unshared_bytes = 0u64;
+        for used in &used_by {
+            for &slot in used {
+                let c = &candidates[slot];
+                let file = self.packages[c.package]
+                    .1
+                    .blob_file(&c.file_name)
+                    .expect("validated");
+                unshared_bytes += file.record(c.offset)?.size;
+            }
+        }
+
+        // Point every reference at its blob in the merged file.
+        let relink = |package: usize, value: &mut mil_spec::Value| {
+            if let Some(candidate) = candidate(package, value) {
+                let blob = plan.blob_of[slot_of[&candidate]];
+                if let Some(value::Value::BlobFileValue(file)) = &mut value.value {
+                    file.file_name = reference.clone();
+                    file.offset = new_offsets[blob];
+                }
+            }
+        };
+        for (package, name, function) in &mut functions {
+            values::for_each_function_value_mut(name, function, &mut |_, value| {
+                relink(*package, value)
+            });
+        }
+        for (package, program) in &mut attribute_sources {
+            values::for_each_value_mut(program, &mut |_, value| relink(*package, value));
+        }
+
+        let default_source = &self.packages[default_package].1;
+        let program = Program {
+            version: default_source.program().version,
+            functions: functions
+                .into_iter()
+                .map(|(_, name, function)| (name, function))
+                .collect(),
+            doc_string: default_source.program().doc_string.clone(),
+            attributes: attribute_sources
+                .into_iter()
+                .flat_map(|(_, p)| p.attributes)
+                .collect(),
+        };
+        let metadata = self
+            .descriptor
+            .metadata
+            .clone()
+            .or_else(|| default_source.description().metadata.clone());
+        let model = Model {
+            specification_version: self.specification_version,
+            description: Some(ModelDescription {
+                functions: descriptions,
+                default_function_name: self.default_function.clone(),
+                metadata,
+                ..Default::default()
+            }),
+            is_updatable: false,
+            r#type: Some(model::Type::MlProgram(program)),
+        };
+        let destination = builder.finish(&model)?;
+
+        Ok(MergeReport {
+            merged_bytes: directory_size(&destination)?,
+            destination,
+            functions: self
+                .selected
+                .iter()
+                .map(|s| MergedFunction {
+                    target: s.target.clone(),
+                    package: self.packages[s.package].0.clone(),
+                    source_function: s.source_function.clone(),
+                })
+                .collect(),
+            default_function: self.default_function.clone(),
+            specification_version: self.specification_version,
+            opset: self.opset.clone(),
+            sources: self
+                .packages
+                .iter()
+                .map(|(path, package)| {
+                    Ok(SourceSize {
+                        package: path.clone(),
+                        bytes: directory_size(package.root())?,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            weight_references,
+            unique_blobs: plan.representatives.len(),
+            blob_bytes,
+            shared_bytes: unshared_bytes.saturating_sub(blob_bytes),
+        })
+    }
+
+    fn target_index(&self, target: &str) -> usize {
+        self.selected
+            .iter()
+            .position(|s| s.target == target)
+            .expect("validated default")
+    }
+}
+
+/// The dedup candidate a value stands for, if it is a weight reference.
+fn candidate(package: usize, value: &mil_spec::Value) -> Option<Candidate> {
+    let Some(value::Value::BlobFileValue(blob)) = &value.value else {
+        return None;
+    };
+    let shape = match value.r#type.as_ref().and_then(|t| t.r#type.as_ref()) {
+        Some(value_type::Type::TensorType(tensor)) => tensor
+            .dimensions
+            .iter()
+            .map(|d| match d.dimension.as_ref()? {
+                mil_spec::dimension::Dimension::Constant(c) => Some(c.size),
+                mil_spec::dimension::Dimension::Unknown(_) => None,
+            })
+            .collect::<Option<Vec<u64>>>(),
+        _ => None,
+    };
+    Some(Candidate {
+        package,
+        file_name: blob.file_name.clone(),
+        offset: blob.offset,
+        shape,
+    })
+}
+
+fn visit_ops(block: &mil_spec::Block, f: &mut dyn FnMut(&mil_spec::Operation)) {
+    for op in &block.operations {
+        f(op);
+        for nested in &op.blocks {
+            visit_ops(nested, f);
+        }
+    }
+}

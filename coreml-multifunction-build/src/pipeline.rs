@@ -1,0 +1,492 @@
+//! The build step behind `build.rs`: from a parsed configuration to merged
+//! packages in `OUT_DIR`, merging only when an input changed.
+//!
+//! This module reads and writes files but knows nothing of cargo: the
+//! directories, the crate's own metadata and the configuration are handed
+//! in by [`crate::cargo`], which alone reads environment variables and
+//! prints `cargo:` lines.
+//!
+//! Per model `<name>`, in `OUT_DIR`:
+//!
+//! ```text
+//! <name>.mlpackage                       the merged package
+//! coreml-multifunction/<name>.inputs     fingerprint of what it was merged from
+//! coreml-multifunction/<name>.lock       held while the model is (re)built
+//! coreml_multifunction_models.rs         the generated typed API of every model
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use crate::codegen;
+use crate::config::{Config, ConfigError, Located, Location, ModelConfig};
+use crate::error::{Error, MergeProblem, Result};
+use crate::merge::{MergeReport, MultiFunctionDescriptor};
+use coreml_multifunction_format::naming;
+use coreml_multifunction_format::naming::{is_mil_identifier, quoted_list};
+use coreml_multifunction_format::package::{self, Package};
+use coreml_multifunction_format::proto::Metadata;
+
+/// The directory, inside `OUT_DIR`, of this crate's bookkeeping files.
+pub const STATE_DIR: &str = "coreml-multifunction";
+
+/// The crate's own metadata, which the merged model's metadata defaults to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CrateInfo {
+    /// `package.name`.
+    pub name: String,
+    /// `package.version`.
+    pub version: String,
+    /// `package.authors`, joined with `, `.
+    pub authors: String,
+    /// `package.license`.
+    pub license: String,
+    /// `package.description`.
+    pub description: String,
+}
+
+/// One function of a model, with its package found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedFunction {
+    /// Its name in the merged model.
+    pub target: String,
+    /// The source package (absolute).
+    pub package: PathBuf,
+    /// Its name in the source package.
+    pub source_function: String,
+    /// Where Cargo.toml names it.
+    pub location: Location,
+}
+
+/// A model whose functions are all known and checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedModel {
+    /// The model's name.
+    pub name: String,
+    /// Its functions, in order: those of `functions`, then included ones.
+    pub functions: Vec<ResolvedFunction>,
+    /// The default function.
+    pub default_function: String,
+    /// The merged model's metadata.
+    pub metadata: Metadata,
+    /// Where to copy the merged package, if anywhere (absolute directory).
+    pub copy_to: Option<PathBuf>,
+    /// Every source package (absolute), in order, without repeats.
+    pub sources: Vec<PathBuf>,
+}
+
+impl ResolvedModel {
+    /// The merge this model stands for: its functions in order, its default
+    /// and its metadata.
+    pub fn descriptor(&self) -> MultiFunctionDescriptor {
+        let mut descriptor = MultiFunctionDescriptor::new();
+        for function in &self.functions {
+            descriptor.add_function_from(
+                &function.package,
+                &function.source_function,
+                &function.target,
+            );
+        }
+        descriptor.default_function(&self.default_function);
+        descriptor.metadata(self.metadata.clone());
+        descriptor
+    }
+}
+
+/// What building one model did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuiltModel {
+    /// The resolved model.
+    pub model: ResolvedModel,
+    /// The merged package in `OUT_DIR`.
+    pub package: PathBuf,
+    /// The merge report, or `None` when the output was already up to date.
+    pub merge: Option<MergeReport>,
+    /// Where the package was copied, if `copy-to` is set.
+    pub copied_to: Option<PathBuf>,
+}
+
+/// Resolves every model of `config`: checks that the packages exist, lists
+/// included functions, and checks names and defaults. Reads the source
+/// packages but writes nothing.
+pub fn resolve(
+    config: &Config,
+    manifest_dir: &Path,
+    crate_info: &CrateInfo,
+) -> Result<Vec<ResolvedModel>> {
+    config
+        .models
+        .iter()
+        .map(|model| resolve_model(config, model, manifest_dir, crate_info))
+        .collect()
+}
+
+fn config_error(config: &Config, location: &Location, message: String) -> Error {
+    Error::Config(Box::new(ConfigError {
+        manifest: config.manifest.clone(),
+        location: location.clone(),
+        message,
+    }))
+}
+
+/// The absolute path of a package named in Cargo.toml, which must exist.
+fn existing_package(
+    config: &Config,
+    manifest_dir: &Path,
+    path: &Located<PathBuf>,
+) -> Result<PathBuf> {
+    let absolute = manifest_dir.join(&path.value);
+    if !absolute.exists() {
+        return Err(config_error(
+            config,
+            &path.location,
+            format!(
+                "the package {} does not exist (looked for {}); paths are relative to the \
+                 directory of Cargo.toml",
+                path.value.display(),
+                absolute.display()
+            ),
+        ));
+    }
+    Ok(absolute)
+}
+
+fn resolve_model(
+    config: &Config,
+    model: &ModelConfig,
+    manifest_dir: &Path,
+    crate_info: &CrateInfo,
+) -> Result<ResolvedModel> {
+    let mut functions = Vec::new();
+    for function in &model.functions {
+        functions.push(ResolvedFunction {
+            target: function.target.value.clone(),
+            package: existing_package(config, manifest_dir, &function.package)?,
+            source_function: function.source_function.value.clone(),
+            location: function.target.location.clone(),
+        });
+    }
+    for include in &model.includes {
+        let path = existing_package(config, manifest_dir, &include.package)?;
+        let opened = Package::open(&path)
+            .map_err(|e| config_error(config, &include.package.location, e.to_string()))?;
+        let prefix = include.prefix.as_ref().map_or("", |p| p.value.as_str());
+        for function in opened.functions() {
+            let target = format!("{prefix}{}", function.name);
+            if !is_mil_identifier(&target) {
+                return Err(config_error(
+                    config,
+                    &include.package.location,
+                    format!("the included function {:?} would be named {target:?}, which is not a valid function name", function.name),
+                ));
+            }
+            functions.push(ResolvedFunction {
+                target,
+                package: path.clone(),
+                source_function: function.name.to_string(),
+                location: include.package.location.clone(),
+            });
+        }
+    }
+
+    // Names must stay distinct once renamed: as functions of the merged
+    // model, and as the Rust types generated for them.
+    let mut by_target: BTreeMap<&str, &ResolvedFunction> = BTreeMap::new();
+    let mut by_type: BTreeMap<String, &ResolvedFunction> = BTreeMap::new();
+    for function in &functions {
+        if let Some(first) = by_target.insert(&function.target, function) {
+            return Err(config_error(
+                config,
+                &function.location,
+                format!(
+                    "two functions of model `{}` are named {:?} (from {} and from {}); rename one \
+                     with its key or an include `prefix`",
+                    model.name.value,
+                    function.target,
+                    describe(first),
+                    describe(function)
+                ),
+            ));
+        }
+        if let Some(first) = by_type.insert(naming::upper_camel(&function.target), function) {
+            return Err(config_error(
+                config,
+                &function.location,
+                format!(
+                    "functions {:?} and {:?} of model `{}` would both be the Rust type `{}`; \
+                     rename one of them",
+                    first.target,
+                    function.target,
+                    model.name.value,
+                    naming::upper_camel(&function.target)
+                ),
+            ));
+        }
+    }
+    if !functions
+        .iter()
+        .any(|f| f.target == model.default_function.value)
+    {
+        return Err(config_error(
+            config,
+            &model.default_function.location,
+            format!(
+                "{:?} is not one of the functions of model `{}`; set it to one of {}",
+                model.default_function.value,
+                model.name.value,
+                quoted_list(functions.iter().map(|f| f.target.as_str()))
+            ),
+        ));
+    }
+
+    let mut sources: Vec<PathBuf> = Vec::new();
+    for function in &functions {
+        if !sources.contains(&function.package) {
+            sources.push(function.package.clone());
+        }
+    }
+
+    let default = functions
+        .iter()
+        .find(|f| f.target == model.default_function.value)
+        .expect("checked");
+    let source_metadata = Package::open(&default.package)
+        .map_err(|e| config_error(config, &default.location, e.to_string()))?
+        .description()
+        .metadata
+        .clone()
+        .unwrap_or_default();
+    let metadata = merged_metadata(source_metadata, crate_info, model);
+
+    Ok(ResolvedModel {
+        name: model.name.value.clone(),
+        functions,
+        default_function: model.default_function.value.clone(),
+        metadata,
+        copy_to: model
+            .copy_to
+            .as_ref()
+            .map(|dir| manifest_dir.join(&dir.value)),
+        sources,
+    })
+}
+
+fn describe(function: &ResolvedFunction) -> String {
+    format!(
+        "function {:?} of {}",
+        function.source_function,
+        function.package.display()
+    )
+}
+
+/// The merged model's metadata: the default function's source's, with the
+/// crate's fields over it, and the configuration's overrides over those.
+fn merged_metadata(source: Metadata, crate_info: &CrateInfo, model: &ModelConfig) -> Metadata {
+    let pick = |configured: &Option<String>, from_crate: &str, from_source: String| {
+        configured
+            .clone()
+            .or_else(|| (!from_crate.is_empty()).then(|| from_crate.to_string()))
+            .unwrap_or(from_source)
+    };
+    let overrides = &model.metadata;
+    let mut user_defined = source.user_defined;
+    user_defined.extend(overrides.user_defined.clone());
+    Metadata {
+        short_description: pick(
+            &overrides.short_description,
+            &crate_info.description,
+            source.short_description,
+        ),
+        version_string: pick(
+            &overrides.version,
+            &crate_info.version,
+            source.version_string,
+        ),
+        author: pick(&overrides.author, &crate_info.authors, source.author),
+        license: pick(&overrides.license, &crate_info.license, source.license),
+        user_defined,
+    }
+}
+
+/// Builds every model of `config` into `out_dir`, merging only those whose
+/// inputs changed since the last build.
+pub fn build(
+    config: &Config,
+    manifest_dir: &Path,
+    out_dir: &Path,
+    crate_info: &CrateInfo,
+) -> Result<Vec<BuiltModel>> {
+    let models = resolve(config, manifest_dir, crate_info)?;
+    let state_dir = out_dir.join(STATE_DIR);
+    fs::create_dir_all(&state_dir)
+        .map_err(|e| Error::io(&state_dir, "create the build state directory", e))?;
+    let mut built = Vec::new();
+    for model in models {
+        built.push(build_model(config, model, out_dir, &state_dir)?);
+    }
+    Ok(built)
+}
+
+fn build_model(
+    config: &Config,
+    model: ResolvedModel,
+    out_dir: &Path,
+    state_dir: &Path,
+) -> Result<BuiltModel> {
+    // Concurrent builds of the crate (cargo beside rust-analyzer) take turns.
+    let lock_path = state_dir.join(format!("{}.lock", model.name));
+    let lock =
+        File::create(&lock_path).map_err(|e| Error::io(&lock_path, "create the build lock", e))?;
+    lock.lock()
+        .map_err(|e| Error::io(&lock_path, "take the build lock", e))?;
+
+    let destination = out_dir.join(format!("{}.mlpackage", model.name));
+    let fingerprint_path = state_dir.join(format!("{}.inputs", model.name));
+    let fingerprint = fingerprint(&model)?;
+    let up_to_date = destination.join(package::MANIFEST_FILE).is_file()
+        && fs::read_to_string(&fingerprint_path).is_ok_and(|previous| previous == fingerprint);
+
+    let merge = if up_to_date {
+        None
+    } else {
+        let report = model
+            .descriptor()
+            .merge(&destination)
+            .map_err(|e| locate(config, &model, e))?;
+        write_atomically(&fingerprint_path, fingerprint.as_bytes())?;
+        Some(report)
+    };
+
+    let copied_to = match &model.copy_to {
+        Some(dir) => {
+            let copy = dir.join(format!("{}.mlpackage", model.name));
+            if merge.is_some() || !copy.join(package::MANIFEST_FILE).is_file() {
+                package::copy_package(&destination, &copy)?;
+            }
+            Some(copy)
+        }
+        None => None,
+    };
+    drop(lock);
+    Ok(BuiltModel {
+        model,
+        package: destination,
+        merge,
+        copied_to,
+    })
+}
+
+/// Attaches the Cargo.toml location of the function or package an error is
+/// about, when there is one.
+fn locate(config: &Config, model: &ResolvedModel, error: Error) -> Error {
+    let by_package = |package: &Path| {
+        let package = package.canonicalize().ok();
+        model
+            .functions
+            .iter()
+            .find(|f| f.package.canonicalize().ok() == package)
+    };
+    let function = match error.merge_problem() {
+        Some(MergeProblem::UnknownSourceFunction {
+            package, function, ..
+        })
+        | Some(MergeProblem::OpsetCannotBeRaised {
+            package, function, ..
+        }) => model.functions.iter().find(|f| {
+            f.package.canonicalize().ok() == package.canonicalize().ok()
+                && &f.source_function == function
+        }),
+        _ => error.path().and_then(|path| {
+            model.functions.iter().find(|f| {
+                let root = f.package.canonicalize().ok();
+                path.canonicalize()
+                    .ok()
+                    .zip(root)
+                    .is_some_and(|(path, root)| path.starts_with(root))
+            })
+        }),
+    }
+    .or_else(|| error.path().and_then(by_package));
+    match function {
+        Some(function) => config_error(config, &function.location, error.to_string()),
+        None => error,
+    }
+}
+
+/// What a model was merged from: this crate's version, the resolved
+/// configuration, and the size and modification time of every file of every
+/// source. Cheap to compute whatever the size of the weights, and changed by
+/// any edit or `touch`.
+fn fingerprint(model: &ResolvedModel) -> Result<String> {
+    let mut text = format!("coreml-multifunction {}\n", env!("CARGO_PKG_VERSION"));
+    text += &format!(
+        "model {:?} default {:?}\n",
+        model.name, model.default_function
+    );
+    for function in &model.functions {
+        text += &format!(
+            "function {:?} from {:?} of {}\n",
+            function.target,
+            function.source_function,
+            function.package.display()
+        );
+    }
+    text += &format!("metadata {:?}\n", model.metadata);
+    for source in &model.sources {
+        text += &format!("source {}\n", source.display());
+        for entry in walkdir::WalkDir::new(source).sort_by_file_name() {
+            let entry = entry.map_err(|e| Error::io(source, "list a source package", e.into()))?;
+            let metadata = entry
+                .metadata()
+                .map_err(|e| Error::io(entry.path(), "read file metadata", e.into()))?;
+            if metadata.is_file() {
+                let modified = metadata
+                    .modified()
+                    .ok()
+                    .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                let relative = entry.path().strip_prefix(source).unwrap_or(entry.path());
+                text += &format!("  {} {} {modified}\n", relative.display(), metadata.len());
+            }
+        }
+    }
+    Ok(text)
+}
+
+/// Generates the typed API of the built models from their merged packages
+/// and writes it to `out_dir`, only when the text changed (so an unchanged
+/// model does not make the crate recompile). Returns the file's path.
+pub fn generate_api(models: &[BuiltModel], out_dir: &Path) -> Result<PathBuf> {
+    let mut interfaces = Vec::new();
+    for model in models {
+        let package = Package::open(&model.package)?;
+        interfaces.push(codegen::ModelInterface::of_package(
+            &model.model.name,
+            &package,
+        ));
+    }
+    let code = codegen::generate(&interfaces).map_err(|e| Error::Codegen(Box::new(e)))?;
+    let path = out_dir.join(codegen::GENERATED_FILE);
+    if fs::read_to_string(&path).ok().as_deref() != Some(code.as_str()) {
+        fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, "create OUT_DIR", e))?;
+        let state_dir = out_dir.join(STATE_DIR);
+        fs::create_dir_all(&state_dir)
+            .map_err(|e| Error::io(&state_dir, "create the build state directory", e))?;
+        write_atomically(&path, code.as_bytes())?;
+    }
+    Ok(path)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("a file in the state directory");
+    let mut temp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| Error::io(dir, "create a temporary file", e))?;
+    temp.write_all(bytes)
+        .map_err(|e| Error::io(path, "write the input fingerprint", e))?;
+    temp.persist(path)
+        .map_err(|e| Error::io(path, "write the input fingerprint", e.error))?;
+    Ok(())
+}

@@ -1,0 +1,384 @@
+//! The `inspect` command over every fixture, through the real binary.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coreml-multifunction"))
+        .args(args)
+        .output()
+        .expect("the CLI runs")
+}
+
+fn inspect_json(package: &Path) -> Value {
+    let output = cli(&["inspect", package.to_str().unwrap(), "--json"]);
+    assert!(
+        output.status.success(),
+        "{}: {}",
+        package.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("inspect --json prints JSON")
+}
+
+fn names(features: &Value) -> Vec<&str> {
+    features
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect()
+}
+
+fn function<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("no function {name} in {report}"))
+}
+
+#[test]
+fn every_fixture_reports_its_documented_fields_and_typed_io() {
+    for package in common::all_packages() {
+        let report = inspect_json(&package);
+        for key in [
+            "specification_version",
+            "model_type",
+            "default_function",
+            "functions",
+            "weights",
+            "metadata",
+        ] {
+            assert!(report.get(key).is_some(), "{}: no {key}", package.display());
+        }
+        assert_eq!(report["model_type"], "mlProgram");
+        let functions = report["functions"].as_array().unwrap();
+        assert!(!functions.is_empty());
+        let defaults: Vec<_> = functions
+            .iter()
+            .filter(|f| f["is_default"] == true)
+            .collect();
+        assert_eq!(defaults.len(), 1, "{}", package.display());
+        assert_eq!(defaults[0]["name"], report["default_function"]);
+        for function in functions {
+            for key in ["name", "opset", "inputs", "outputs", "states"] {
+                assert!(
+                    function.get(key).is_some(),
+                    "{}: function without {key}",
+                    package.display()
+                );
+            }
+            assert!(!function["inputs"].as_array().unwrap().is_empty());
+            assert!(!function["outputs"].as_array().unwrap().is_empty());
+            for feature in function["inputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .chain(function["outputs"].as_array().unwrap())
+            {
+                assert_ne!(
+                    feature["kind"],
+                    "unknown",
+                    "{}: {feature}",
+                    package.display()
+                );
+            }
+        }
+        let weights = &report["weights"];
+        assert!(
+            weights["blob_count"].as_u64().unwrap() >= 1,
+            "{}",
+            package.display()
+        );
+        let by_dtype: u64 = weights["bytes_by_dtype"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(by_dtype, weights["bytes"].as_u64().unwrap());
+    }
+}
+
+#[test]
+fn a_merged_lora_pair_lists_both_adapters_with_their_own_io() {
+    let report = inspect_json(&common::merged_package("lora_pair"));
+    assert_eq!(report["specification_version"], 9);
+    assert_eq!(report["multifunction"], true);
+    assert_eq!(report["default_function"], "adapter_1");
+    for (name, input, output) in [
+        ("adapter_1", "input_adapter_1", "out_adapter_1"),
+        ("adapter_2", "input_adapter_2", "out_adapter_2"),
+    ] {
+        let function = function(&report, name);
+        assert_eq!(function["opset"], "CoreML8");
+        assert_eq!(names(&function["inputs"]), [input]);
+        assert_eq!(names(&function["outputs"]), [output]);
+        assert_eq!(function["inputs"][0]["dtype"], "fp16");
+        assert_eq!(function["inputs"][0]["shape"], serde_json::json!([1, 64]));
+    }
+    // coremltools stored the shared base once: fewer blobs than references.
+    let weights = &report["weights"];
+    assert!(weights["references"].as_u64().unwrap() > weights["blob_count"].as_u64().unwrap());
+}
+
+#[test]
+fn dtypes_states_flexible_shapes_and_images_are_reported() {
+    let multi = inspect_json(&common::source_package("multi_io"));
+    let main = function(&multi, "main");
+    let dtypes: Vec<_> = main["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["dtype"].as_str().unwrap())
+        .collect();
+    assert_eq!(dtypes, ["fp32", "int32", "fp16"]);
+    let outputs: Vec<_> = main["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["dtype"].as_str().unwrap())
+        .collect();
+    assert_eq!(outputs, ["fp32", "fp16", "int32"]);
+    assert_eq!(
+        main["inputs"][1]["description"],
+        "Token ids looked up in a 32-entry embedding"
+    );
+    assert_eq!(multi["metadata"]["author"], "coreml-multifunction fixtures");
+    assert_eq!(multi["metadata"]["version"], "1.2.3");
+    assert_eq!(multi["metadata"]["user_defined"]["fixture"], "multi_io");
+
+    let stateful = inspect_json(&common::merged_package("stateful"));
+    for name in ["prefill", "decode"] {
+        let states = &function(&stateful, name)["states"];
+        assert_eq!(names(states), ["kv_cache"]);
+        assert_eq!(states[0]["kind"], "state");
+        assert_eq!(states[0]["dtype"], "fp16");
+        assert_eq!(states[0]["shape"], serde_json::json!([1, 8, 16]));
+    }
+
+    let flexible = inspect_json(&common::merged_package("flexible_shapes"));
+    let range = &function(&flexible, "range")["inputs"][0];
+    assert_eq!(
+        range["shape_range"][1],
+        serde_json::json!({"lower": 1, "upper": 16})
+    );
+    assert_eq!(range["summary"], "MultiArray<fp16> [1, 1..=16, 8]");
+    let enumerated = &function(&flexible, "enumerated")["inputs"][0];
+    assert_eq!(enumerated["enumerated_shapes"].as_array().unwrap().len(), 3);
+    assert!(enumerated["enumerated_shapes"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!([1, 2, 8])));
+
+    let image = inspect_json(&common::merged_package("image"));
+    assert_eq!(
+        function(&image, "rgb")["inputs"][0]["image"]["color_space"],
+        "RGB"
+    );
+    assert_eq!(
+        function(&image, "bgr")["inputs"][0]["image"]["color_space"],
+        "BGR"
+    );
+    assert_eq!(function(&image, "bgr")["inputs"][0]["image"]["width"], 16);
+
+    let legacy = inspect_json(&common::source_package("target_ios15"));
+    assert_eq!(legacy["specification_version"], 6);
+    assert_eq!(function(&legacy, "main")["opset"], "CoreML5");
+    assert_eq!(legacy["multifunction"], false);
+
+    let compressed = inspect_json(&common::merged_package("compressed"));
+    let dtypes = compressed["weights"]["bytes_by_dtype"].as_object().unwrap();
+    for dtype in ["int8", "int4", "uint4"] {
+        assert!(dtypes.contains_key(dtype), "no {dtype} blobs in {dtypes:?}");
+    }
+}
+
+#[test]
+fn the_text_form_lists_functions_and_their_io() {
+    let output = cli(&[
+        "inspect",
+        common::merged_package("stateful").to_str().unwrap(),
+    ]);
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("decode (default): opset CoreML8"), "{text}");
+    assert!(
+        text.contains("input  position: MultiArray<int32> [1]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("state  kv_cache: State<fp16> [1, 8, 16]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("specification version 9 (iOS 18 / macOS 15)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_neural_network_fixture_is_rejected_by_type() {
+    let output = cli(&[
+        "inspect",
+        common::fixtures()
+            .join("negative/neural_network.mlmodel")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("neuralNetwork"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one clear message: {stderr}");
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn damaged_input_gets_one_message_and_a_failure_status_never_a_panic() {
+    let scratch = common::Scratch::of(&common::source_package("lora_adapter_3"));
+    std::fs::write(scratch.weights(), b"short").unwrap();
+    let output = cli(&["inspect", scratch.package.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(
+        stderr.contains("weight.bin") && stderr.contains("truncated"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn usage_errors_exit_with_status_two() {
+    for args in [
+        &["inspect"][..],
+        &["frobnicate"],
+        &["inspect", "a", "b"],
+        &[],
+    ] {
+        let output = cli(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("Usage:"),
+            "{args:?}"
+        );
+    }
+    assert!(cli(&["--help"]).status.success());
+}
+
+#[test]
+fn rewrite_writes_a_package_that_inspects_the_same() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("copy.mlpackage");
+    let source = common::merged_package("remerge");
+    let output = cli(&["rewrite", source.to_str().unwrap(), out.to_str().unwrap()]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut before = inspect_json(&source);
+    let mut after = inspect_json(&out);
+    before["path"] = Value::Null;
+    after["path"] = Value::Null;
+    assert_eq!(before, after);
+}
+
+#[test]
+fn merge_prints_a_summary_and_compare_finds_it_equal_to_coremltools() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("pair.mlpackage");
+    let first = format!(
+        "{}=adapter_1",
+        common::source_package("lora_adapter_1").display()
+    );
+    let second = format!(
+        "{}:main=adapter_2",
+        common::source_package("lora_adapter_2").display()
+    );
+    let output = cli(&[
+        "merge",
+        "-o",
+        out.to_str().unwrap(),
+        "--function",
+        &first,
+        "--function",
+        &second,
+        "--default",
+        "adapter_1",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("merged 2 functions"), "{text}");
+    assert!(text.contains("adapter_2  <- "), "{text}");
+    assert!(
+        text.contains("unique blobs") && text.contains("saved"),
+        "{text}"
+    );
+
+    let oracle = common::merged_package("lora_pair");
+    let args = [
+        "compare",
+        out.to_str().unwrap(),
+        oracle.to_str().unwrap(),
+        "--ignore-metadata",
+        "--ignore-program-attributes",
+    ];
+    let output = cli(&args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(String::from_utf8(output.stdout)
+        .unwrap()
+        .contains("semantically equal"));
+
+    // Against a different model, compare reports the differences and fails.
+    let other = common::merged_package("stateful");
+    let output = cli(&["compare", out.to_str().unwrap(), other.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8(output.stdout)
+        .unwrap()
+        .contains("differs: functions"));
+}
+
+#[test]
+fn merge_errors_name_the_function_and_leave_no_output() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("bad.mlpackage");
+    let spec = format!(
+        "{}:decode=x",
+        common::source_package("lora_adapter_1").display()
+    );
+    let output = cli(&[
+        "merge",
+        "-o",
+        out.to_str().unwrap(),
+        "-f",
+        &spec,
+        "--default",
+        "x",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("has no function \"decode\"") && stderr.contains("\"main\""),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+
+    let output = cli(&["merge", "-o", out.to_str().unwrap(), "-f", "no-equals-sign"]);
+    assert_eq!(output.status.code(), Some(2));
+}

@@ -1,0 +1,979 @@
+//! The reference CPU backend against PyTorch: every fixture model
+//! reproduces torch's outputs (and, for the stateful pair, its KV cache);
+//! every merged package, coremltools' and ours, reproduces its sources;
+//! unsupported programs fail at load time; the CLI's `predict` writes what
+//! torch computed.
+//!
+//! Tolerances (see `coreml_multifunction::runtime::reference`):
+//! `|ours - torch| <= atol + rtol |torch|` with (1e-5, 1e-5) for the fp32
+//! model (summation order only), (3e-3, 3e-3) for fp16 models (fp16
+//! rounding of weights, inputs and outputs), and the quantization error on
+//! top for compressed weights: (1e-2, 1e-2) for int8, (5e-2, 5e-2) for
+//! 4-bit. Merged functions must equal their sources bit for bit.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use coreml_multifunction::half::f16;
+use coreml_multifunction::proto::mil_spec::argument::binding;
+use coreml_multifunction::proto::specification::feature_type;
+use coreml_multifunction::proto::{model, FeatureDescription, FunctionDescription, Model as Spec};
+use coreml_multifunction::runtime::{
+    AnyTensor, Backend, Configuration, DataType, Error, FeatureValue, Features, Function, Image,
+    PixelFormat, State, Tensor,
+};
+use coreml_multifunction_build::merge::MultiFunctionDescriptor;
+use ndarray::ArrayD;
+use prost::Message;
+
+// ---------------------------------------------------------------- fixtures
+
+/// A `.npy` file of any of the element types the fixtures use.
+#[derive(Debug, Clone)]
+enum Npy {
+    F16(ArrayD<f16>),
+    F32(ArrayD<f32>),
+    I32(ArrayD<i32>),
+    I64(ArrayD<i64>),
+    U8(ArrayD<u8>),
+}
+
+impl Npy {
+    fn read(path: &Path) -> Npy {
+        let npy = npyz::NpyFile::new(std::io::BufReader::new(File::open(path).unwrap())).unwrap();
+        assert!(
+            npy.order() == npyz::Order::C || npy.shape().len() < 2,
+            "{}",
+            path.display()
+        );
+        let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+        let npyz::DType::Plain(type_str) = npy.dtype() else {
+            panic!("{}: a structured array", path.display())
+        };
+        let array = |data| ArrayD::from_shape_vec(shape.clone(), data).unwrap();
+        use npyz::TypeChar::{Float, Int, Uint};
+        match (type_str.type_char(), type_str.size_field()) {
+            (Float, 2) => Npy::F16(array_of(&shape, npy.into_vec().unwrap())),
+            (Float, 4) => Npy::F32(array_of(&shape, npy.into_vec().unwrap())),
+            (Int, 4) => Npy::I32(array_of(&shape, npy.into_vec().unwrap())),
+            (Int, 8) => Npy::I64(array_of(&shape, npy.into_vec().unwrap())),
+            (Uint, 1) => Npy::U8(array(npy.into_vec().unwrap())),
+            other => panic!("{}: unexpected dtype {other:?}", path.display()),
+        }
+    }
+
+    fn shape(&self) -> Vec<usize> {
+        match self {
+            Npy::F16(a) => a.shape().to_vec(),
+            Npy::F32(a) => a.shape().to_vec(),
+            Npy::I32(a) => a.shape().to_vec(),
+            Npy::I64(a) => a.shape().to_vec(),
+            Npy::U8(a) => a.shape().to_vec(),
+        }
+    }
+
+    fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Npy::F16(a) => a.iter().map(|v| v.to_f32()).collect(),
+            Npy::F32(a) => a.iter().copied().collect(),
+            Npy::I32(a) => a.iter().map(|&v| v as f32).collect(),
+            Npy::I64(a) => a.iter().map(|&v| v as f32).collect(),
+            Npy::U8(a) => a.iter().map(|&v| f32::from(v)).collect(),
+        }
+    }
+}
+
+fn array_of<T>(shape: &[usize], data: Vec<T>) -> ArrayD<T> {
+    ArrayD::from_shape_vec(shape.to_vec(), data).unwrap()
+}
+
+/// One step of an `io/<name>/steps.json`.
+#[derive(Debug, Clone)]
+struct Step {
+    function: String,
+    inputs: BTreeMap<String, Npy>,
+    outputs: BTreeMap<String, Npy>,
+    states: BTreeMap<String, Npy>,
+}
+
+fn io_dir(name: &str) -> PathBuf {
+    common::fixtures().join("io").join(name)
+}
+
+fn steps(name: &str) -> Vec<Step> {
+    let dir = io_dir(name);
+    let text = std::fs::read_to_string(dir.join("steps.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let files = |step: &serde_json::Value, kind: &str| -> BTreeMap<String, Npy> {
+        step[kind]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), Npy::read(&dir.join(v.as_str().unwrap()))))
+            .collect()
+    };
+    json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| Step {
+            function: step["function"].as_str().unwrap().to_string(),
+            inputs: files(step, "inputs"),
+            outputs: files(step, "outputs"),
+            states: files(step, "states"),
+        })
+        .collect()
+}
+
+/// Every `io/<name>` fixture, sorted.
+fn io_fixtures() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(common::fixtures().join("io"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 18, "io fixtures missing: {names:?}");
+    names
+}
+
+/// The input `npy` as the declared feature wants it: arrays converted to
+/// the declared element type (torch's fp32 inputs rounded to fp16 for fp16
+/// models, as coremltools' predict does), images as interleaved bytes.
+fn feature(npy: &Npy, declared: &FeatureDescription) -> FeatureValue {
+    let kind = declared.r#type.as_ref().unwrap().r#type.as_ref().unwrap();
+    let shape = npy.shape();
+    match kind {
+        feature_type::Type::MultiArrayType(array) => {
+            let values = npy.to_f32();
+            match DataType::from_array_data_type(array.data_type).unwrap() {
+                DataType::Float16 => Tensor::new(
+                    shape,
+                    values.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>(),
+                )
+                .unwrap()
+                .into(),
+                DataType::Float32 => Tensor::new(shape, values).unwrap().into(),
+                DataType::Int32 => {
+                    Tensor::new(shape, values.iter().map(|&v| v as i32).collect::<Vec<_>>())
+                        .unwrap()
+                        .into()
+                }
+                other => panic!("no fixture input is {other}"),
+            }
+        }
+        feature_type::Type::ImageType(image) => {
+            let Npy::U8(pixels) = npy else {
+                panic!("image inputs are uint8")
+            };
+            let format = PixelFormat::of_image_type(image).unwrap();
+            FeatureValue::Image(
+                Image::new(shape[1], shape[0], format, pixels.iter().copied().collect()).unwrap(),
+            )
+        }
+        other => panic!("no fixture input is {other:?}"),
+    }
+}
+
+fn inputs(description: &FunctionDescription, step: &Step) -> Features {
+    step.inputs
+        .iter()
+        .map(|(name, npy)| {
+            let declared = description
+                .input
+                .iter()
+                .find(|d| &d.name == name)
+                .unwrap_or_else(|| panic!("{} has no input {name}", description.name));
+            (name.clone(), feature(npy, declared))
+        })
+        .collect()
+}
+
+fn values(value: &FeatureValue) -> (Vec<usize>, Vec<f32>) {
+    match value {
+        FeatureValue::Tensor(t) => (t.shape().to_vec(), t.to_f32().into_vec()),
+        other => panic!("expected a tensor, got {}", other.kind()),
+    }
+}
+
+/// `(atol, rtol)` against torch for a fixture model: `|ours - torch| <=
+/// atol + rtol * |torch|`. Compressed models are compared with torch's
+/// uncompressed model, so their compression error counts; that the
+/// decompression itself is exact is checked separately, against
+/// coremltools' own decompression.
+fn tolerance(fixture: &str) -> (f32, f32) {
+    match fixture {
+        "precision_fp32" => FP32,
+        "compressed_int8" | "target_ios17_int8" => INT8,
+        "compressed_int4" | "compressed_palettized" | "target_ios17_palettized" => FOUR_BIT,
+        _ => FP16,
+    }
+}
+
+/// fp32 weights: only the order of summation differs from torch.
+const FP32: (f32, f32) = (1e-5, 1e-5);
+/// fp16 weights and inputs: about 5e-4 relative each, so 3e-3 leaves a
+/// margin of five over the largest error seen (6.1e-4).
+const FP16: (f32, f32) = (3e-3, 3e-3);
+/// int8 weights: their quantization error (up to 2.4e-3 here) on top.
+const INT8: (f32, f32) = (1e-2, 1e-2);
+/// 4-bit weights: their quantization error (up to 3.3e-2 here) on top.
+const FOUR_BIT: (f32, f32) = (5e-2, 5e-2);
+
+/// The largest `|got - want|`, asserting every element within tolerance.
+fn assert_close(what: &str, got: (&[usize], &[f32]), want: &Npy, (atol, rtol): (f32, f32)) -> f32 {
+    let expected = want.to_f32();
+    // torch keeps a leading batch axis coremltools may not; compare values
+    // in order, shapes by element count and trailing axes.
+    assert_eq!(
+        got.1.len(),
+        expected.len(),
+        "{what}: shape {:?} vs torch's {:?}",
+        got.0,
+        want.shape()
+    );
+    let mut worst = 0f32;
+    for (i, (&g, &e)) in got.1.iter().zip(&expected).enumerate() {
+        let error = (g - e).abs();
+        assert!(
+            error <= atol + rtol * e.abs(),
+            "{what}[{i}]: {g} vs torch's {e} (error {error}, tolerance {atol} + {rtol}·|torch|)"
+        );
+        worst = worst.max(error);
+    }
+    worst
+}
+
+fn reference() -> Configuration {
+    Configuration::with_backend(Backend::Reference)
+}
+
+fn load(package: &Path, function: &str) -> Function {
+    Function::load(package, function, &reference())
+        .unwrap_or_else(|e| panic!("{} {function}: {e}", package.display()))
+}
+
+// ------------------------------------------------- 1. sources against torch
+
+#[test]
+fn every_source_fixture_reproduces_torch() {
+    let mut checked = 0;
+    for fixture in io_fixtures() {
+        if fixture == "stateful" {
+            continue; // the pair shares one state: see the next test
+        }
+        let package = common::source_package(&fixture);
+        let tolerance = tolerance(&fixture);
+        for step in steps(&fixture) {
+            let model = load(&package, &step.function);
+            let outputs = model.predict(&inputs(model.description(), &step)).unwrap();
+            assert_eq!(outputs.len(), step.outputs.len(), "{fixture}");
+            for (name, want) in &step.outputs {
+                let (shape, got) = values(&outputs[name]);
+                let worst = assert_close(
+                    &format!("{fixture}.{name}"),
+                    (&shape, &got),
+                    want,
+                    tolerance,
+                );
+                eprintln!("{fixture}.{name}: max error {worst:.2e} (tolerance {tolerance:?})");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 19, "only {checked} outputs checked");
+}
+
+#[test]
+fn compressed_weights_decompress_as_coremltools_does() {
+    // The first outputs of each compressed model as coremltools' own numpy
+    // decompression (`constexpr_*.decompress`, `dequantize_by_scale_and_zp`)
+    // followed by the fp32 linear layers computes them, on the fixture input
+    // rounded to fp16. Only the fp16 rounding of the output differs.
+    let expected: [(&str, [f32; 8]); 5] = [
+        (
+            "compressed_int4",
+            [
+                0.13324094,
+                0.50368536,
+                0.16258428,
+                -0.113312,
+                -0.20484167,
+                -0.012804672,
+                0.31680477,
+                0.0976882,
+            ],
+        ),
+        (
+            "compressed_int8",
+            [
+                0.13386935,
+                0.50310177,
+                0.16360751,
+                -0.10715838,
+                -0.18579522,
+                0.0042052567,
+                0.3141245,
+                0.113120794,
+            ],
+        ),
+        (
+            "compressed_palettized",
+            [
+                0.1269465,
+                0.49132603,
+                0.16900936,
+                -0.09978776,
+                -0.17131391,
+                -0.011954516,
+                0.32870662,
+                0.114928275,
+            ],
+        ),
+        (
+            "target_ios17_int8",
+            [
+                0.06321885,
+                0.20790944,
+                0.3705111,
+                0.1474457,
+                -0.046477772,
+                -0.0663094,
+                -0.06634737,
+                0.06091048,
+            ],
+        ),
+        (
+            "target_ios17_palettized",
+            [
+                0.052507773,
+                0.20189962,
+                0.36459404,
+                0.1401888,
+                -0.06971604,
+                -0.056944057,
+                -0.07689589,
+                0.069928534,
+            ],
+        ),
+    ];
+    for (fixture, want) in expected {
+        let model = load(&common::source_package(fixture), "main");
+        let step = &steps(fixture)[0];
+        let outputs = model.predict(&inputs(model.description(), step)).unwrap();
+        let (_, got) = values(&outputs["y"]);
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-3,
+                "{fixture}.y[{i}]: {g}, coremltools {w}"
+            );
+        }
+    }
+}
+
+#[test]
+fn output_types_follow_the_description() {
+    // multi_io returns fp32, fp16 and int32 outputs; count is exact.
+    let fixture = "multi_io";
+    let model = load(&common::source_package(fixture), "main");
+    let step = &steps(fixture)[0];
+    let outputs = model.predict(&inputs(model.description(), step)).unwrap();
+    let types: BTreeMap<&str, DataType> = outputs
+        .iter()
+        .map(|(k, v)| match v {
+            FeatureValue::Tensor(t) => (k.as_str(), t.data_type()),
+            other => panic!("{}", other.kind()),
+        })
+        .collect();
+    assert_eq!(
+        types,
+        BTreeMap::from([
+            ("count", DataType::Int32),
+            ("gated", DataType::Float16),
+            ("mixed", DataType::Float32)
+        ])
+    );
+    let (_, count) = values(&outputs["count"]);
+    assert_eq!(count, step.outputs["count"].to_f32());
+}
+
+/// Runs the stateful conversation of `io/stateful` on `package` (whose
+/// functions are `prefill` and `decode`) on one state, comparing outputs
+/// and the KV cache with torch's after every step.
+fn run_stateful(package: &Path) -> Vec<Features> {
+    let prefill = load(package, "prefill");
+    let decode = load(package, "decode");
+    // A state made by one function serves the other.
+    let mut state: State = decode.new_state().unwrap();
+    let zero = state.read("kv_cache").unwrap();
+    assert_eq!(zero.data_type(), DataType::Float16);
+    assert!(zero.to_f32().as_slice().iter().all(|&v| v == 0.0));
+    let mut all = Vec::new();
+    for (index, step) in steps("stateful").iter().enumerate() {
+        let model = if step.function == "prefill" {
+            &prefill
+        } else {
+            &decode
+        };
+        let outputs = model
+            .predict_with_state(&inputs(model.description(), step), &mut state)
+            .unwrap();
+        for (name, want) in &step.outputs {
+            let (shape, got) = values(&outputs[name]);
+            assert_close(&format!("step {index} {name}"), (&shape, &got), want, FP16);
+        }
+        for (name, want) in &step.states {
+            let buffer = state.read(name).unwrap();
+            assert_eq!(buffer.shape(), want.shape().as_slice());
+            let got = buffer.to_f32().into_vec();
+            assert_close(
+                &format!("step {index} state {name}"),
+                (buffer.shape(), &got),
+                want,
+                FP16,
+            );
+        }
+        all.push(outputs);
+    }
+    // Without the state, the decode function refuses to run.
+    let step = &steps("stateful")[1];
+    let error = decode
+        .predict(&inputs(decode.description(), step))
+        .unwrap_err();
+    assert!(matches!(error, Error::WrongState { .. }), "{error}");
+    all
+}
+
+#[test]
+fn the_stateful_pair_reproduces_torch_on_one_state() {
+    run_stateful(&common::merged_package("stateful"));
+}
+
+#[test]
+fn a_state_persists_across_calls_and_starts_at_zero() {
+    let package = common::merged_package("stateful");
+    let decode = load(&package, "decode");
+    let step = &steps("stateful")[1];
+    let features = inputs(decode.description(), step);
+    let mut first = decode.new_state().unwrap();
+    let once = decode.predict_with_state(&features, &mut first).unwrap();
+    let twice = decode.predict_with_state(&features, &mut first).unwrap();
+    // The second call sees the first call's write, a fresh state does not.
+    let mut fresh = decode.new_state().unwrap();
+    let again = decode.predict_with_state(&features, &mut fresh).unwrap();
+    assert_eq!(values(&once["context"]), values(&again["context"]));
+    assert_eq!(
+        first.read("kv_cache").unwrap(),
+        fresh.read("kv_cache").unwrap()
+    );
+    assert_eq!(
+        values(&once["context"]),
+        values(&twice["context"]),
+        "decode overwrites one row, so equal"
+    );
+    let written = fresh.read("kv_cache").unwrap().to_f32().into_vec();
+    assert!(written.iter().any(|&v| v != 0.0), "decode wrote its key");
+    // The row at `position` (3) holds the key, the others stayed zero.
+    let rows: Vec<bool> = written
+        .chunks(16)
+        .map(|row| row.iter().any(|&v| v != 0.0))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![false, false, false, true, false, false, false, false]
+    );
+}
+
+// ------------------------------------------------------ 2. merges, numerically
+
+use common::{scenarios, source_path, Scenario};
+
+/// The plain source package and function a merged function comes from,
+/// following merges of merges.
+fn origin(all: &[Scenario], source: &str, function: &str) -> (String, String) {
+    match source.strip_prefix("merged:") {
+        None => (source.to_string(), function.to_string()),
+        Some(scenario) => {
+            let plan = all.iter().find(|s| s.name == scenario).unwrap();
+            let (s, f, _) = plan
+                .functions
+                .iter()
+                .find(|(_, _, t)| t == function)
+                .unwrap();
+            origin(all, s, f)
+        }
+    }
+}
+
+fn our_merge(scenario: &Scenario, dir: &Path) -> PathBuf {
+    let mut descriptor = MultiFunctionDescriptor::new();
+    for (source, function, target) in &scenario.functions {
+        descriptor.add_function_from(source_path(source), function.clone(), target.clone());
+    }
+    descriptor.default_function(scenario.default.clone());
+    let destination = dir.join(format!("{}.mlpackage", scenario.name));
+    descriptor.merge(&destination).unwrap();
+    destination
+}
+
+/// Checks every function of `merged` (made from `scenario`) against its
+/// source: the same outputs bit for bit on the source's inputs, and torch's
+/// within tolerance.
+fn check_merged(merged: &Path, scenario: &Scenario, all: &[Scenario]) -> usize {
+    if scenario.name == "stateful" {
+        // The pair shares one state; its sources cannot share theirs.
+        let merged_run = run_stateful(merged);
+        let coremltools_run = run_stateful(&common::merged_package("stateful"));
+        assert_eq!(merged_run, coremltools_run);
+        return merged_run.len();
+    }
+    let mut checked = 0;
+    for (source, function, target) in &scenario.functions {
+        let (package, source_function) = origin(all, source, function);
+        assert_eq!(source_function, "main");
+        let source_model = load(&common::source_package(&package), "main");
+        let merged_model = load(merged, target);
+        let tolerance = tolerance(&package);
+        for step in steps(&package) {
+            let expected = source_model
+                .predict(&inputs(source_model.description(), &step))
+                .unwrap();
+            let got = merged_model
+                .predict(&inputs(merged_model.description(), &step))
+                .unwrap();
+            assert_eq!(
+                got,
+                expected,
+                "{} {target}: differs from its source {package}",
+                merged.display()
+            );
+            for (name, want) in &step.outputs {
+                let (shape, values) = values(&got[name]);
+                assert_close(
+                    &format!("{} {target}.{name}", scenario.name),
+                    (&shape, &values),
+                    want,
+                    tolerance,
+                );
+            }
+            checked += 1;
+        }
+    }
+    checked
+}
+
+#[test]
+fn coremltools_merges_reproduce_their_sources() {
+    let all = scenarios();
+    let mut checked = 0;
+    for scenario in &all {
+        checked += check_merged(&common::merged_package(&scenario.name), scenario, &all);
+    }
+    assert!(checked >= 22, "only {checked} functions checked");
+}
+
+#[test]
+fn our_merges_reproduce_their_sources() {
+    let all = scenarios();
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for scenario in &all {
+        let merged = our_merge(scenario, dir.path());
+        checked += check_merged(&merged, scenario, &all);
+    }
+    assert!(checked >= 22, "only {checked} functions checked");
+}
+
+#[test]
+fn the_merge_check_can_fail_adapters_differ() {
+    // If a merge swapped adapters or their weights, the check above would
+    // see it: adapter_2 on adapter_1's input is far from adapter_1's output.
+    let merged = common::merged_package("lora_pair");
+    let adapter_2 = load(&merged, "adapter_2");
+    let step = &steps("lora_adapter_1")[0];
+    let x = step.inputs["input_adapter_1"].clone();
+    let mut features = Features::new();
+    features.insert(
+        "input_adapter_2".to_string(),
+        feature(&x, &adapter_2.description().input[0]),
+    );
+    let outputs = adapter_2.predict(&features).unwrap();
+    let (_, got) = values(&outputs["out_adapter_2"]);
+    let want = step.outputs["out_adapter_1"].to_f32();
+    let outside = got
+        .iter()
+        .zip(&want)
+        .filter(|(g, w)| (*g - *w).abs() > FP16.0 + FP16.1 * w.abs())
+        .count();
+    assert!(
+        outside > want.len() / 2,
+        "only {outside} of {} values differ",
+        want.len()
+    );
+}
+
+// ---------------------------------------------- 3. what cannot run, at load
+
+fn edit_spec(
+    package: &Path,
+    edit: impl FnOnce(&mut coreml_multifunction::proto::mil_spec::Program),
+) {
+    let spec_path = package.join("Data/com.apple.CoreML/model.mlmodel");
+    let mut model = Spec::decode(&*std::fs::read(&spec_path).unwrap()).unwrap();
+    let Some(model::Type::MlProgram(program)) = &mut model.r#type else {
+        unreachable!("fixtures are ML Programs")
+    };
+    edit(program);
+    std::fs::write(&spec_path, model.encode_to_vec()).unwrap();
+}
+
+fn ops_of(
+    program: &mut coreml_multifunction::proto::mil_spec::Program,
+) -> &mut Vec<coreml_multifunction::proto::mil_spec::Operation> {
+    let function = program.functions.get_mut("main").unwrap();
+    let opset = function.opset.clone();
+    &mut function
+        .block_specializations
+        .get_mut(&opset)
+        .unwrap()
+        .operations
+}
+
+#[test]
+fn an_unsupported_op_fails_at_load_naming_op_and_function() {
+    let scratch = common::Scratch::of(&common::source_package("lora_adapter_1"));
+    edit_spec(&scratch.package, |program| {
+        let relu = ops_of(program)
+            .iter_mut()
+            .find(|op| op.r#type == "relu")
+            .unwrap();
+        relu.r#type = "frobnicate".to_string();
+    });
+    let error = Function::load(&scratch.package, "main", &reference()).unwrap_err();
+    assert!(
+        matches!(&error, Error::UnsupportedOp { function, op } if function == "main" && op == "frobnicate"),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("frobnicate") && message.contains("\"main\""),
+        "{message}"
+    );
+}
+
+#[test]
+fn control_flow_is_unsupported_at_load() {
+    let scratch = common::Scratch::of(&common::source_package("lora_adapter_1"));
+    edit_spec(&scratch.package, |program| {
+        let relu = ops_of(program)
+            .iter_mut()
+            .find(|op| op.r#type == "relu")
+            .unwrap();
+        relu.r#type = "cond".to_string();
+        relu.blocks.push(Default::default());
+    });
+    let error = Function::load(&scratch.package, "main", &reference()).unwrap_err();
+    assert!(
+        matches!(&error, Error::UnsupportedOp { op, .. } if op == "cond"),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn a_missing_required_input_fails_at_load() {
+    let scratch = common::Scratch::of(&common::source_package("lora_adapter_1"));
+    edit_spec(&scratch.package, |program| {
+        let linear = ops_of(program)
+            .iter_mut()
+            .find(|op| op.r#type == "linear")
+            .unwrap();
+        linear.inputs.remove("weight");
+    });
+    let error = Function::load(&scratch.package, "main", &reference()).unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, Error::InvalidModel { .. }), "{message}");
+    assert!(
+        message.contains("linear") && message.contains("\"weight\""),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_unknown_parameter_or_undefined_value_fails_at_load() {
+    let scratch = common::Scratch::of(&common::source_package("lora_adapter_1"));
+    edit_spec(&scratch.package, |program| {
+        let relu = ops_of(program)
+            .iter_mut()
+            .find(|op| op.r#type == "relu")
+            .unwrap();
+        let x = relu.inputs["x"].clone();
+        relu.inputs.insert("alpha".to_string(), x);
+    });
+    let message = Function::load(&scratch.package, "main", &reference())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("\"alpha\"") && message.contains("relu"),
+        "{message}"
+    );
+
+    let scratch = common::Scratch::of(&common::source_package("lora_adapter_1"));
+    edit_spec(&scratch.package, |program| {
+        let relu = ops_of(program)
+            .iter_mut()
+            .find(|op| op.r#type == "relu")
+            .unwrap();
+        let argument = relu.inputs.get_mut("x").unwrap();
+        argument.arguments[0].binding = Some(binding::Binding::Name("nowhere".to_string()));
+    });
+    let message = Function::load(&scratch.package, "main", &reference())
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("\"nowhere\""), "{message}");
+}
+
+#[test]
+fn wrong_states_are_refused_and_leave_the_state_unchanged() {
+    let package = common::merged_package("stateful");
+    let prefill = load(&package, "prefill");
+    let mut state = prefill.new_state().unwrap();
+    let step = &steps("stateful")[0];
+    prefill
+        .predict_with_state(&inputs(prefill.description(), step), &mut state)
+        .unwrap();
+    let before = state.read("kv_cache").unwrap();
+    // A stateless model's state is not this one's.
+    let other = load(&common::merged_package("lora_pair"), "adapter_1");
+    let mut foreign = other.new_state().unwrap();
+    let error = prefill
+        .predict_with_state(&inputs(prefill.description(), step), &mut foreign)
+        .unwrap_err();
+    assert!(matches!(error, Error::WrongState { .. }), "{error}");
+    assert_eq!(state.read("kv_cache").unwrap(), before);
+    assert!(state.read("nope").is_err());
+}
+
+// ------------------------------------------------------------ 4. the CLI
+
+fn cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_coreml-multifunction"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn os<S: AsRef<std::ffi::OsStr> + ?Sized>(s: &S) -> &std::ffi::OsStr {
+    s.as_ref()
+}
+
+#[test]
+fn cli_predict_writes_torchs_outputs() {
+    let out = tempfile::tempdir().unwrap();
+    for fixture in [
+        "lora_adapter_1",
+        "precision_fp32",
+        "multi_io",
+        "image_rgb",
+        "compressed_int4",
+    ] {
+        let package = common::source_package(fixture);
+        let step = &steps(fixture)[0];
+        let dir = io_dir(fixture);
+        let mut args: Vec<std::ffi::OsString> = vec!["predict".into(), package.clone().into()];
+        for name in step.inputs.keys() {
+            args.push("--input".into());
+            args.push(
+                format!(
+                    "{name}={}",
+                    dir.join(format!("step0.input.{name}.npy")).display()
+                )
+                .into(),
+            );
+        }
+        let target = out.path().join(fixture);
+        args.push("--output-dir".into());
+        args.push(target.clone().into());
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let result = cli(&refs);
+        assert!(
+            result.status.success(),
+            "{fixture}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let tolerance = tolerance(fixture);
+        for (name, want) in &step.outputs {
+            let written = Npy::read(&target.join(format!("{name}.npy")));
+            assert_close(
+                &format!("cli {fixture}.{name}"),
+                (&written.shape(), &written.to_f32()),
+                want,
+                tolerance,
+            );
+        }
+        // Output files keep the declared element types.
+        if fixture == "multi_io" {
+            assert!(matches!(Npy::read(&target.join("count.npy")), Npy::I32(_)));
+            assert!(matches!(Npy::read(&target.join("gated.npy")), Npy::F16(_)));
+        }
+    }
+}
+
+#[test]
+fn cli_predict_carries_states_in_and_out() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = io_dir("stateful");
+    let package = common::merged_package("stateful");
+    let result = cli(&[
+        os("predict"),
+        package.as_os_str(),
+        os("--function"),
+        os("decode"),
+        os("--input"),
+        os(&format!(
+            "token={}",
+            dir.join("step1.input.token.npy").display()
+        )),
+        os("--input"),
+        os(&format!(
+            "position={}",
+            dir.join("step1.input.position.npy").display()
+        )),
+        os("--state"),
+        os(&format!(
+            "kv_cache={}",
+            dir.join("step0.state.kv_cache.npy").display()
+        )),
+        os("--output-dir"),
+        out.path().as_os_str(),
+    ]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let step = &steps("stateful")[1];
+    let context = Npy::read(&out.path().join("context.npy"));
+    assert_close(
+        "cli context",
+        (&context.shape(), &context.to_f32()),
+        &step.outputs["context"],
+        FP16,
+    );
+    let cache = Npy::read(&out.path().join("kv_cache.npy"));
+    assert!(matches!(cache, Npy::F16(_)));
+    assert_close(
+        "cli kv_cache",
+        (&cache.shape(), &cache.to_f32()),
+        &step.states["kv_cache"],
+        FP16,
+    );
+}
+
+#[test]
+fn cli_predict_errors_are_one_clear_message() {
+    let out = tempfile::tempdir().unwrap();
+    let package = common::source_package("lora_adapter_1");
+    // No input: a failed command, exit status 1, naming the input.
+    let result = cli(&[
+        os("predict"),
+        package.as_os_str(),
+        os("--output-dir"),
+        out.path().as_os_str(),
+    ]);
+    assert_eq!(result.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        stderr.contains("input_adapter_1") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    // A missing file names the file.
+    let result = cli(&[
+        os("predict"),
+        package.as_os_str(),
+        os("--input"),
+        os("input_adapter_1=/no/such/file.npy"),
+        os("--output-dir"),
+        out.path().as_os_str(),
+    ]);
+    assert_eq!(result.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("/no/such/file.npy"));
+    // A malformed command line: exit status 2 and the usage.
+    let result = cli(&[
+        os("predict"),
+        package.as_os_str(),
+        os("--input"),
+        os("no-equals-sign"),
+    ]);
+    assert_eq!(result.status.code(), Some(2));
+    let result = cli(&[os("predict"), package.as_os_str()]);
+    assert_eq!(result.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("--output-dir"));
+    // An unknown function is the runtime's message.
+    let result = cli(&[
+        os("predict"),
+        package.as_os_str(),
+        os("--function"),
+        os("nope"),
+        os("--output-dir"),
+        out.path().as_os_str(),
+    ]);
+    assert_eq!(result.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("nope"));
+}
+
+#[test]
+fn fp16_state_buffers_round_trip_exactly() {
+    let package = common::merged_package("stateful");
+    let decode = load(&package, "decode");
+    let state = decode.new_state().unwrap();
+    let AnyTensor::Float16(buffer) = state.read("kv_cache").unwrap() else {
+        panic!("the KV cache is fp16")
+    };
+    assert_eq!(buffer.shape(), &[1, 8, 16]);
+}
+
+#[test]
+fn a_batch_gives_what_single_predictions_give() {
+    use coreml_multifunction::runtime::{Backend, Configuration, Function, Tensor};
+    let model = Function::load(
+        common::source_package("multi_io"),
+        "main",
+        &Configuration::with_backend(Backend::Reference),
+    )
+    .unwrap();
+    let batch: Vec<Features> = (0..3)
+        .map(|i| {
+            Features::from([
+                (
+                    "features".to_string(),
+                    Tensor::new([1, 16], vec![i as f32 / 4.0 - 0.3; 16])
+                        .unwrap()
+                        .into(),
+                ),
+                (
+                    "token_ids".to_string(),
+                    Tensor::new([1, 4], vec![i, 1, 4, 15]).unwrap().into(),
+                ),
+                (
+                    "gain".to_string(),
+                    Tensor::new([1, 1], vec![f16::from_f32(1.5)])
+                        .unwrap()
+                        .into(),
+                ),
+            ])
+        })
+        .collect();
+    let together = model.predict_batch(&batch).unwrap();
+    assert_eq!(together.len(), 3);
+    for (input, output) in batch.iter().zip(&together) {
+        assert_eq!(&model.predict(input).unwrap(), output);
+    }
+    assert_ne!(
+        together[0], together[2],
+        "different inputs, different outputs"
+    );
+}
