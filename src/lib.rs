@@ -46,7 +46,7 @@
 
 pub mod runtime;
 
-pub use coreml_multifunction_format::{package, proto, DataType, Error, Problem, Result};
+pub use coreml_multifunction_format::{package, proto, Error, Problem};
 /// The `f16` type of tensors, re-exported for generated code and users.
 pub use half;
 

@@ -246,7 +246,7 @@ pub fn report(package: &Package, shown_path: &str) -> Result<Report> {
 }
 
 /// The OS releases that introduced a specification version.
-pub fn minimum_os(specification_version: i32) -> &'static str {
+pub(crate) fn minimum_os(specification_version: i32) -> &'static str {
     match specification_version {
         i32::MIN..=3 => "iOS 12 / macOS 10.14 or earlier",
         4 => "iOS 13 / macOS 10.15",
@@ -261,7 +261,7 @@ pub fn minimum_os(specification_version: i32) -> &'static str {
 }
 
 /// The short name of a multi-array element type.
-pub fn array_dtype_name(code: i32) -> &'static str {
+pub(crate) fn array_dtype_name(code: i32) -> &'static str {
     use array_feature_type::ArrayDataType as T;
     match T::try_from(code) {
         Ok(T::Float16) => "fp16",

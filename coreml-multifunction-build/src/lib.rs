@@ -70,6 +70,7 @@ pub use cargo::{build, Builder, Built, Model};
 pub use config::ConfigError;
 /// The package format (`coreml-multifunction-format`), re-exported: what
 /// merges read and write.
+#[doc(no_inline)]
 pub use coreml_multifunction_format::{package, proto};
 pub use error::{Bytes, CodegenError, Error, MergeProblem, Problem, Result};
 pub use xcrun::compile_with_xcrun;

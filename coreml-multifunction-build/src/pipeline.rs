@@ -3,7 +3,7 @@
 //!
 //! This module reads and writes files but knows nothing of cargo: the
 //! directories, the crate's own metadata and the configuration are handed
-//! in by [`crate::cargo`], which alone reads environment variables and
+//! in by the cargo layer (`build()` and [`crate::Builder`]), which alone reads environment variables and
 //! prints `cargo:` lines.
 //!
 //! Per model `<name>`, in `OUT_DIR`:
@@ -31,7 +31,7 @@ use coreml_multifunction_format::package::{self, Package};
 use coreml_multifunction_format::proto::Metadata;
 
 /// The directory, inside `OUT_DIR`, of this crate's bookkeeping files.
-pub const STATE_DIR: &str = "coreml-multifunction";
+pub(crate) const STATE_DIR: &str = "coreml-multifunction";
 
 /// The crate's own metadata, which the merged model's metadata defaults to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -459,7 +459,7 @@ fn fingerprint(model: &ResolvedModel) -> Result<String> {
 /// Generates the typed API of the built models from their merged packages
 /// and writes it to `out_dir`, only when the text changed (so an unchanged
 /// model does not make the crate recompile). Returns the file's path.
-pub fn generate_api(models: &[BuiltModel], out_dir: &Path) -> Result<PathBuf> {
+pub(crate) fn generate_api(models: &[BuiltModel], out_dir: &Path) -> Result<PathBuf> {
     let mut interfaces = Vec::new();
     for model in models {
         let package = Package::open(&model.package)?;

@@ -210,21 +210,30 @@ fn compile_check(name: &str, code: &str) {
         root.join("Cargo.lock"),
     )
     .unwrap();
-    let output =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["check", "--offline", "--quiet"])
-            .current_dir(&root)
-            .env(
-                "CARGO_TARGET_DIR",
-                Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-target"),
-            )
-            .output()
-            .unwrap();
-    assert!(
-        output.status.success(),
-        "the generated code does not compile:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    // `cargo doc` too: the docs hold the model's own text, which must read
+    // literally rather than as Markdown, HTML or intra-doc links.
+    for (command, what) in [
+        (&["check"][..], "compile"),
+        (&["doc", "--no-deps"][..], "document cleanly"),
+    ] {
+        let output =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(command)
+                .args(["--offline", "--quiet"])
+                .current_dir(&root)
+                .env(
+                    "CARGO_TARGET_DIR",
+                    Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-target"),
+                )
+                .env("RUSTDOCFLAGS", "-D warnings")
+                .output()
+                .unwrap();
+        assert!(
+            output.status.success(),
+            "the generated code does not {what}:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 proptest::proptest! {

@@ -36,9 +36,10 @@ use std::path::{Path, PathBuf};
 pub use coreml_multifunction_format::DataType;
 pub use error::{Error, Result};
 pub use tensor::{AnyTensor, Element, Tensor};
-pub use value::{
-    take, Dictionary, FeatureValue, Features, FromFeature, Image, IntoFeature, PixelFormat,
-};
+pub use value::{Dictionary, FeatureValue, Features, Image, PixelFormat};
+// What generated code converts fields through; not an API of its own.
+#[doc(hidden)]
+pub use value::{take, FromFeature, IntoFeature};
 
 use coreml_multifunction_format::naming::quoted_list;
 use coreml_multifunction_format::package::Package;

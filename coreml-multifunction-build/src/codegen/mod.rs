@@ -263,14 +263,14 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
             docs.push(format!(
                 "- {}: {}",
                 code_doc(&description.name),
-                doc_text(&report.summary)
+                code_doc(&report.summary)
             ));
             buffers.push(BufferContext {
                 method: methods.claim(naming::snake(&description.name), &description.name)?,
                 name_literal: rust_literal(&description.name),
                 name_doc: code_doc(&description.name),
                 element: state_element(description).to_string(),
-                summary: doc_text(&report.summary),
+                summary: code_doc(&report.summary),
             });
         }
         for &member in members {
@@ -312,7 +312,7 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
                 let mut line = format!(
                     "- {}: {}",
                     code_doc(&feature.name),
-                    doc_text(&report.summary)
+                    code_doc(&report.summary)
                 );
                 if !feature.short_description.is_empty() {
                     line.push_str(&format!(" — {}", doc_text(&feature.short_description)));
@@ -385,7 +385,7 @@ fn features(
         let mut docs = vec![format!(
             "{}: {}.",
             code_doc(&description.name),
-            doc_text(&report.summary)
+            code_doc(&report.summary)
         )];
         if !description.short_description.is_empty() {
             docs.push(String::new());
@@ -476,7 +476,7 @@ pub fn rust_literal(text: &str) -> String {
 
 /// Text safe on one `///` line: control characters (newlines included) and
 /// bidirectional overrides, which rustc rejects in comments, become spaces.
-pub fn doc_text(text: &str) -> String {
+fn one_line(text: &str) -> String {
     text.chars()
         .map(|c| {
             let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}');
@@ -491,9 +491,28 @@ pub fn doc_text(text: &str) -> String {
         .to_string()
 }
 
-/// A model name shown as code in docs.
-fn code_doc(name: &str) -> String {
-    format!("`{}`", doc_text(name).replace('`', "'"))
+/// A model's prose (a description) on one `///` line, read literally:
+/// besides [`one_line`], the characters Markdown, HTML and rustdoc's links
+/// give a meaning are backslash-escaped, so `MultiArray<int32>` is no
+/// unclosed HTML tag and `[1]` no broken intra-doc link in the app's
+/// `cargo doc`.
+pub fn doc_text(text: &str) -> String {
+    let mut escaped = String::new();
+    for c in one_line(text).chars() {
+        if matches!(
+            c,
+            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '&' | '#' | '|' | '~'
+        ) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// Text shown as code in docs: a name, or a feature's type and shape.
+fn code_doc(text: &str) -> String {
+    format!("`{}`", one_line(text).replace('`', "'"))
 }
 
 #[cfg(test)]
@@ -514,6 +533,12 @@ mod tests {
     fn doc_text_stays_on_one_line() {
         assert_eq!(doc_text("a\nfn evil() {}\r\n"), "a fn evil() {}");
         assert_eq!(doc_text("x\u{202e}y"), "x y");
-        assert_eq!(doc_text("*/ ok"), "*/ ok");
+        assert_eq!(doc_text("*/ ok"), "\\*/ ok");
+        assert_eq!(
+            doc_text("MultiArray<int32> [1] a_b"),
+            "MultiArray\\<int32\\> \\[1\\] a\\_b"
+        );
+        assert_eq!(code_doc("MultiArray<int32> [1]"), "`MultiArray<int32> [1]`");
+        assert_eq!(code_doc("a`b"), "`a'b`");
     }
 }

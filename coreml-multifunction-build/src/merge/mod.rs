@@ -19,7 +19,7 @@
 //! - one function per target, in the order added, each with its source's
 //!   interface (a single-function source's top-level inputs, outputs and
 //!   states move into its function description) and its body copied op for
-//!   op, relabelled to the merged opset ([`opset`]);
+//!   op, relabelled to the merged opset (`opset.rs`);
 //! - every distinct weight once: equal data type, shape and bytes, bit for
 //!   bit (see `dedup.rs`);
 //! - what coremltools drops: the model metadata (the default function's
@@ -29,7 +29,7 @@
 //! [`MultiFunctionDescriptor::merge`].
 
 mod dedup;
-pub mod opset;
+mod opset;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,9 +47,9 @@ use coreml_multifunction_format::proto::{
 use dedup::Candidate;
 
 /// The weight file of merged packages.
-pub const WEIGHT_FILE: &str = "weight.bin";
+const WEIGHT_FILE: &str = "weight.bin";
 /// The lowest specification version with multifunction models (iOS 18).
-pub const MULTIFUNCTION_VERSION: i32 = 9;
+const MULTIFUNCTION_VERSION: i32 = 9;
 
 /// What to merge: functions taken from source packages, each under a target
 /// name, and the default function.

@@ -14,10 +14,14 @@
 //! description), and every weight reference (its file, record, data type and
 //! size). What it accepts, [`PackageBuilder`] can write back.
 
+#[doc(hidden)]
 pub mod blob;
+#[doc(hidden)]
 pub mod manifest;
 mod paths;
+#[doc(hidden)]
 pub mod spec;
+#[doc(hidden)]
 pub mod values;
 mod write;
 
@@ -27,7 +31,9 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-pub use write::{copy_package, rewrite, PackageBuilder, RewriteSummary};
+#[doc(hidden)]
+pub use write::{copy_package, PackageBuilder};
+pub use write::{rewrite, RewriteSummary};
 
 use crate::error::{Error, Problem, Result};
 use crate::naming::quoted_list;
@@ -99,6 +105,7 @@ pub struct WeightStats {
     pub bytes: u64,
 }
 
+#[doc(hidden)]
 /// A weight reference of the model, resolved to its record.
 #[derive(Debug, Clone)]
 pub struct BlobReference {
@@ -196,6 +203,7 @@ impl Package {
         &self.root
     }
 
+    #[doc(hidden)]
     /// The parsed manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
@@ -293,11 +301,13 @@ impl Package {
         self.functions().into_iter().find(|f| f.name == name)
     }
 
+    #[doc(hidden)]
     /// The blob files the model refers to, by the name written in the model.
     pub fn blob_files(&self) -> &BTreeMap<String, BlobFile> {
         &self.blob_files
     }
 
+    #[doc(hidden)]
     /// Every weight reference of the model, with its validated record, in
     /// program order.
     pub fn blob_references(&self) -> Result<Vec<BlobReference>> {
@@ -339,6 +349,7 @@ impl Package {
         Ok(stats)
     }
 
+    #[doc(hidden)]
     /// Reads the data of a blob the model refers to.
     pub fn blob_file(&self, file_name: &str) -> Option<&BlobFile> {
         self.blob_files.get(file_name)
@@ -530,6 +541,7 @@ pub fn directory_size(root: &Path) -> Result<u64> {
     Ok(total)
 }
 
+#[doc(hidden)]
 /// Whether a description uses the multifunction form, by Core ML's rule.
 pub fn is_multifunction(description: &ModelDescription) -> bool {
     !description.functions.is_empty() || !description.default_function_name.is_empty()
@@ -554,6 +566,7 @@ fn single_function(program: &Program) -> std::result::Result<(&str, &mil_spec::F
     }
 }
 
+#[doc(hidden)]
 /// The number of elements of a tensor type, when every dimension is known.
 pub fn element_count(tensor: &mil_spec::TensorType) -> Option<u64> {
     if tensor.rank < 0 || tensor.dimensions.len() as i64 != tensor.rank {
