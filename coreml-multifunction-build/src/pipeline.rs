@@ -3,17 +3,9 @@
 //!
 //! This module reads and writes files but knows nothing of cargo: the
 //! directories, the crate's own metadata and the configuration are handed
-//! in by the cargo layer (`build()` and [`crate::Builder`]), which alone reads environment variables and
-//! prints `cargo:` lines.
-//!
-//! Per model `<name>`, in `OUT_DIR`:
-//!
-//! ```text
-//! <name>.mlpackage                       the merged package
-//! coreml-multifunction/<name>.inputs     fingerprint of what it was merged from
-//! coreml-multifunction/<name>.lock       held while the model is (re)built
-//! coreml_multifunction_models.rs         the generated typed API of every model
-//! ```
+//! in by the cargo layer (`build()` and [`crate::Builder`]), which alone
+//! reads environment variables and prints `cargo:` lines. What it leaves in
+//! `OUT_DIR` is listed once, in the README ("What the build script does").
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};

@@ -105,30 +105,19 @@ pub fn compile_with_xcrun(package: &Path, out_dir: &Path) -> io::Result<PathBuf>
 mod tests {
     use super::*;
 
-    fn write(path: &Path, bytes: &[u8]) {
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(path, bytes).unwrap();
-    }
-
-    fn fake_package(dir: &Path) -> PathBuf {
-        let package = dir.join("model.mlpackage");
-        write(&package.join("Manifest.json"), b"{}");
-        write(
-            &package.join("Data/com.apple.CoreML/model.mlmodel"),
-            b"spec",
-        );
-        package
-    }
-
     #[test]
     fn xcrun_failures_are_errors_and_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let package = fake_package(dir.path());
+        // Not a model Core ML's compiler accepts: a manifest and nothing else.
+        let package = dir.path().join("model.mlpackage");
+        fs::create_dir_all(&package).unwrap();
+        fs::write(package.join("Manifest.json"), b"{}").unwrap();
         let out = dir.path().join("out");
         // No xcrun on this host, or (on a Mac) a package the compiler
         // rejects: an error either way.
         assert!(compile_with_xcrun(&package, &out).is_err());
         assert_eq!(fs::read_dir(&out).unwrap().count(), 0);
         assert!(compile_with_xcrun(&dir.path().join("missing.mlpackage"), &out).is_err());
+        assert!(compile_with_xcrun(Path::new(""), &out).is_err());
     }
 }
