@@ -1,7 +1,7 @@
 //! The build crate's error type: a package error from the format crate, or
 //! what only this crate can get wrong (the configuration, the generated API,
-//! a merge request). It imports nothing of this crate but the configuration
-//! error's location type, so every module can use it.
+//! a merge request). Of this crate it imports only `config::ConfigError`,
+//! and `config` imports nothing back, so every module can use it.
 //!
 //! Every error names the file, the Cargo.toml key or the function it is
 //! about. Tests match on [`Problem`] and [`MergeProblem`] rather than on

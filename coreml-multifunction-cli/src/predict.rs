@@ -85,9 +85,9 @@ pub(super) fn command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
     };
     let started = Instant::now();
     let configuration = Configuration::with_backend(Backend::Reference);
-    let model = runtime::Function::load(&package, &function, &configuration)?;
+    let loaded = runtime::Function::load(&package, &function, &configuration)?;
     let load_time = started.elapsed();
-    let description = model.description().clone();
+    let description = loaded.description().clone();
 
     let mut features = Features::new();
     for (name, file) in &inputs {
@@ -136,7 +136,7 @@ pub(super) fn command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
         if !stateful {
             return Ok(None);
         }
-        let mut state = model.new_state()?;
+        let mut state = loaded.new_state()?;
         for (name, tensor) in &initial_states {
             state.write(name, tensor)?;
         }
@@ -152,8 +152,8 @@ pub(super) fn command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
         state = fresh_state()?;
         let started = Instant::now();
         outputs = match state.as_mut() {
-            Some(state) => model.predict_with_state(&features, state)?,
-            None => model.predict(&features)?,
+            Some(state) => loaded.predict_with_state(&features, state)?,
+            None => loaded.predict(&features)?,
         };
         times.push(started.elapsed());
     }

@@ -488,6 +488,44 @@ fn a_state_persists_across_calls_and_starts_at_zero() {
     );
 }
 
+#[test]
+fn a_written_state_is_read_back_and_feeds_the_next_prediction() {
+    let package = common::merged_package("stateful");
+    let decode = load(&package, "decode");
+    let features = inputs(decode.description(), &steps("stateful")[1]);
+    // A state that ran one step, saved, and written into a fresh state (as
+    // an app resumes a KV cache), behaves as the original.
+    let mut original = decode.new_state().unwrap();
+    decode.predict_with_state(&features, &mut original).unwrap();
+    let saved = original.read("kv_cache").unwrap();
+    let mut resumed = decode.new_state().unwrap();
+    resumed.write("kv_cache", &saved).unwrap();
+    assert_eq!(resumed.read("kv_cache").unwrap(), saved);
+    let next = decode.predict_with_state(&features, &mut original).unwrap();
+    let from_resumed = decode.predict_with_state(&features, &mut resumed).unwrap();
+    assert_eq!(values(&next["context"]), values(&from_resumed["context"]));
+    // A write that does not fit is refused and changes nothing.
+    let before = resumed.read("kv_cache").unwrap();
+    let wrong_name = resumed.write("no_such_state", &saved).unwrap_err();
+    assert!(
+        wrong_name.to_string().contains("\"kv_cache\""),
+        "{wrong_name}"
+    );
+    let other_type = match saved.data_type() {
+        DataType::Float16 => DataType::Float32,
+        _ => DataType::Float16,
+    };
+    let wrong_type = resumed
+        .write("kv_cache", &saved.cast(other_type))
+        .unwrap_err();
+    assert!(wrong_type.to_string().contains("kv_cache"), "{wrong_type}");
+    let mut shape = saved.shape().to_vec();
+    shape[1] -= 1;
+    let smaller = AnyTensor::from(Tensor::<f32>::zeros(shape).unwrap()).cast(saved.data_type());
+    assert!(resumed.write("kv_cache", &smaller).is_err());
+    assert_eq!(resumed.read("kv_cache").unwrap(), before);
+}
+
 // ------------------------------------------------------ 2. merges, numerically
 
 use common::{scenarios, source_path, Scenario};

@@ -6,8 +6,9 @@
 //! 1. **Precompiled at build time**, beside the package, with a matching
 //!    stamp ([`coreml_multifunction_format::compiled::precompiled_for`]).
 //! 2. **Cached**: `<cache root>/<key>.mlmodelc`, where the key is the
-//!    package's [`coreml_multifunction_format::compiled::package_key`]. A changed package or a new
-//!    crate version gets a new key, so a stale compile cannot be found.
+//!    package's [`coreml_multifunction_format::compiled::package_key`]. A
+//!    changed package or a new crate version gets a new key, so a stale
+//!    compile cannot be found.
 //! 3. **Compiled on first load** by Core ML, then moved into the cache with
 //!    [`install_dir`]: into a staging directory beside the destination,
 //!    then renamed into place, so a reader sees a complete model or none.
