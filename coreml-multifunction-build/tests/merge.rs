@@ -128,6 +128,74 @@ fn the_same_merge_twice_gives_identical_bytes() {
 }
 
 #[test]
+fn cloned_or_written_the_bytes_are_the_same() {
+    // Where this file system clones (APFS, XFS, btrfs) the first merge
+    // clones part of a source's weight file; the second writes every byte.
+    // Elsewhere both write, through the two code paths.
+    for scenario in scenarios() {
+        let scratch = tempfile::tempdir().unwrap();
+        let cloned = scratch.path().join("cloned.mlpackage");
+        let written = scratch.path().join("written.mlpackage");
+        let report = descriptor(&scenario).merge(&cloned).unwrap();
+        let written_report = descriptor(&scenario)
+            .cloning(false)
+            .merge(&written)
+            .unwrap();
+        assert!(
+            common::tree_bytes(&cloned) == common::tree_bytes(&written),
+            "{}",
+            scenario.name
+        );
+        assert_eq!(written_report.cloned_bytes, 0, "{}", scenario.name);
+        assert!(report.cloned_bytes <= report.merged_bytes);
+        assert_eq!(
+            written_report.written_bytes(),
+            written_report.merged_bytes,
+            "{}",
+            scenario.name
+        );
+    }
+}
+
+#[test]
+fn the_merged_weights_start_with_a_source_weight_file() {
+    // Each LoRA adapter's weight file holds the shared base first and, last,
+    // a second copy of a small constant; the merged file keeps the first
+    // adapter's file up to that copy, byte for byte after the header, so
+    // that part can be a clone of it.
+    let weights = |package: &Path| {
+        std::fs::read(package.join("Data/com.apple.CoreML/weights/weight.bin")).unwrap()
+    };
+    let scenario = scenarios()
+        .into_iter()
+        .find(|s| s.name == "lora_pair")
+        .unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let merged = scratch.path().join("merged.mlpackage");
+    descriptor(&scenario).merge(&merged).unwrap();
+    let merged_weights = weights(&merged);
+    let source = weights(&source_path(&scenario.functions[0].0));
+    let records = Package::open(source_path(&scenario.functions[0].0))
+        .unwrap()
+        .blob_files()
+        .values()
+        .next()
+        .unwrap()
+        .records()
+        .unwrap();
+    let kept_end = records[records.len() - 2].data_end() as usize;
+    assert!(kept_end > source.len() / 2, "most of the file is kept");
+    assert_eq!(merged_weights[64..kept_end], source[64..kept_end]);
+    // The header counts every blob of the merged file.
+    let merged_package = Package::open(&merged).unwrap();
+    let stats = merged_package.weight_stats().unwrap();
+    assert_eq!(
+        u64::from(u32::from_le_bytes(merged_weights[0..4].try_into().unwrap())),
+        stats.blobs
+    );
+}
+
+#[test]
 fn the_merged_model_has_the_shape_coremltools_gives_it() {
     let scenario = scenarios()
         .into_iter()

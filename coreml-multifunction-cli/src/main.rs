@@ -257,6 +257,11 @@ fn merge_command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
         );
     }
     text.push('\n');
+    text += &format!(
+        "  on disk: {} cloned from a source (no new space where the file system clones), {} written\n",
+        Bytes(report.cloned_bytes),
+        Bytes(report.written_bytes())
+    );
     write_stdout(&text)
 }
 

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, MergeProblem, Result};
 use coreml_multifunction_format::naming::is_mil_identifier;
-use coreml_multifunction_format::package::blob::BlobRecord;
+use coreml_multifunction_format::package::blob::{self, BlobRecord};
 use coreml_multifunction_format::package::{
     directory_size, values, Package, PackageBuilder, MAIN_FUNCTION,
 };
@@ -58,6 +58,7 @@ pub struct MultiFunctionDescriptor {
     entries: Vec<Entry>,
     default_function: Option<String>,
     metadata: Option<Metadata>,
+    never_clone: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +126,15 @@ impl MultiFunctionDescriptor {
         self
     }
 
+    /// Whether the merged weight file may start as a clone of a source's,
+    /// sharing its disk blocks, where the file system can clone (APFS, XFS,
+    /// btrfs). On by default; turned off, every byte is written. The merged
+    /// package's bytes are the same either way.
+    pub fn cloning(&mut self, allowed: bool) -> &mut Self {
+        self.never_clone = !allowed;
+        self
+    }
+
     /// Merges into `destination` (a path ending in `.mlpackage`), replacing
     /// what is there only once the new package is complete.
     pub fn merge(&self, destination: impl AsRef<Path>) -> Result<MergeReport> {
@@ -185,12 +195,21 @@ pub struct MergeReport {
     /// Bytes of blob data sharing saved: what the functions' blobs would
     /// take stored separately, less what is stored.
     pub shared_bytes: u64,
+    /// Bytes of the merged weight file that are a clone of a source's,
+    /// sharing its disk blocks: they cost no new disk space. 0 where the
+    /// file system cannot clone, or no source's weight file could serve.
+    pub cloned_bytes: u64,
 }
 
 impl MergeReport {
     /// The sources' total size: what shipping them separately costs.
     pub fn separate_bytes(&self) -> u64 {
         self.sources.iter().map(|s| s.bytes).sum()
+    }
+
+    /// Bytes of the merged package written anew (everything not cloned).
+    pub fn written_bytes(&self) -> u64 {
+        self.merged_bytes.saturating_sub(self.cloned_bytes)
     }
 }
 
@@ -468,15 +487,35 @@ impl<'d> Merger<'d> {
             Ok((file, file.record(c.offset)?))
         })?;
 
-        // Write the distinct blobs in order of first use.
+        // The merged weight file starts with the first blobs of one source's
+        // weight file, at their offsets (a clone, where the file system
+        // can), then the other distinct blobs: see `weight_layout`.
         let mut builder = PackageBuilder::new(destination)?;
         let reference = PackageBuilder::blob_file_reference(WEIGHT_FILE);
-        let mut new_offsets = Vec::with_capacity(plan.representatives.len());
+        let mut new_offsets: Vec<Option<u64>> = vec![None; plan.representatives.len()];
         let mut blob_bytes = 0;
-        if !plan.representatives.is_empty() {
+        let mut cloned_bytes = 0;
+        let layout = self.weight_layout(&candidates, &plan)?;
+        if let Some(base) = &layout.base {
+            let file = self.packages[base.package]
+                .1
+                .blob_file(&base.file_name)
+                .expect("validated");
+            for &(blob, offset) in &base.kept {
+                new_offsets[blob] = Some(offset);
+            }
+            blob_bytes += base.bytes;
+            cloned_bytes = builder.blob_file_from_base(
+                WEIGHT_FILE,
+                file,
+                base.kept.len(),
+                !self.descriptor.never_clone,
+            )?;
+        }
+        if !layout.appended.is_empty() {
             let writer = builder.blob_writer(WEIGHT_FILE)?;
-            for &representative in &plan.representatives {
-                let candidate = &candidates[representative];
+            for &blob in &layout.appended {
+                let candidate = &candidates[plan.representatives[blob]];
                 let file = self.packages[candidate.package]
                     .1
                     .blob_file(&candidate.file_name)
@@ -492,7 +531,7 @@ impl<'d> Merger<'d> {
                     .map_err(|e| {
                         Error::io(file.path(), "copy weights into the merged package", e)
                     })?;
-                new_offsets.push(offset);
+                new_offsets[blob] = Some(offset);
                 blob_bytes += record.size;
             }
         }
@@ -515,7 +554,7 @@ impl<'d> Merger<'d> {
                 let blob = plan.blob_of[slot_of[&candidate]];
                 if let Some(value::Value::BlobFileValue(file)) = &mut value.value {
                     file.file_name = reference.clone();
-                    file.offset = new_offsets[blob];
+                    file.offset = new_offsets[blob].expect("every blob was placed");
                 }
             }
         };
@@ -588,6 +627,120 @@ impl<'d> Merger<'d> {
             unique_blobs: plan.representatives.len(),
             blob_bytes,
             shared_bytes: unshared_bytes.saturating_sub(blob_bytes),
+            cloned_bytes,
+        })
+    }
+
+    /// Where each distinct blob goes in the merged weight file: the longest
+    /// run of a source weight file's first blobs that the merge stores, each
+    /// once and in the writer's own layout, kept where it is (so that part
+    /// can be a clone of the source), then the other blobs appended.
+    ///
+    /// Of the source files, the one whose run holds the most bytes is the
+    /// base (the first such file, by source order then file name, on a
+    /// tie). A run ends before a blob no merged function uses, or a second
+    /// copy of one already in the run: keeping those would store more than
+    /// writing every distinct blob does. The appended blobs go in order of
+    /// first use, except that the one with the most padding after its data
+    /// goes last; and the layout is used only if the file is then no larger
+    /// than writing every distinct blob in order of first use (it differs
+    /// by at most the last blob's padding, under 64 bytes). Otherwise there
+    /// is no base, and every blob is written in order of first use.
+    fn weight_layout(&self, candidates: &[Candidate], plan: &dedup::Plan) -> Result<WeightLayout> {
+        let size_of = |blob: usize| -> Result<u64> {
+            let candidate = &candidates[plan.representatives[blob]];
+            let file = self.packages[candidate.package]
+                .1
+                .blob_file(&candidate.file_name)
+                .expect("validated on open");
+            Ok(file.record(candidate.offset)?.size)
+        };
+        let sizes: Vec<u64> = (0..plan.representatives.len())
+            .map(size_of)
+            .collect::<Result<_>>()?;
+        let first_use: Vec<usize> = (0..sizes.len()).collect();
+        let written = WeightLayout {
+            base: None,
+            appended: first_use.clone(),
+        };
+
+        let mut slots_by_file: BTreeMap<(usize, &str), Vec<usize>> = BTreeMap::new();
+        for (slot, candidate) in candidates.iter().enumerate() {
+            slots_by_file
+                .entry((candidate.package, candidate.file_name.as_str()))
+                .or_default()
+                .push(slot);
+        }
+        let mut best: Option<Base> = None;
+        for (&(package, file_name), slots) in &slots_by_file {
+            let file = self.packages[package]
+                .1
+                .blob_file(file_name)
+                .expect("validated on open");
+            // The stored blob at each record offset; `None` where references
+            // to one record became two blobs (declared with two shapes).
+            let mut blob_at: BTreeMap<u64, Option<usize>> = BTreeMap::new();
+            for &slot in slots {
+                let blob = plan.blob_of[slot];
+                let entry = blob_at.entry(candidates[slot].offset).or_insert(Some(blob));
+                if *entry != Some(blob) {
+                    *entry = None;
+                }
+            }
+            let mut kept = Vec::new();
+            let mut bytes = 0;
+            let mut end = blob::HEADER_LEN;
+            for record in file.records()? {
+                let in_place = record.record_offset == blob::align(end).unwrap_or(u64::MAX)
+                    && record.data_offset == record.record_offset + blob::RECORD_LEN;
+                match blob_at.get(&record.record_offset) {
+                    Some(&Some(blob)) if in_place && !kept.iter().any(|&(b, _)| b == blob) => {
+                        kept.push((blob, record.record_offset));
+                        bytes += record.size;
+                        end = record.data_end();
+                    }
+                    _ => break,
+                }
+            }
+            if !kept.is_empty() && best.as_ref().is_none_or(|b| bytes > b.bytes) {
+                best = Some(Base {
+                    package,
+                    file_name: file_name.to_string(),
+                    kept,
+                    bytes,
+                });
+            }
+        }
+        let Some(base) = best else {
+            return Ok(written);
+        };
+        let mut appended: Vec<usize> = first_use
+            .iter()
+            .copied()
+            .filter(|blob| !base.kept.iter().any(|&(b, _)| b == *blob))
+            .collect();
+        let padding = |blob: usize| blob::align(sizes[blob]).unwrap_or(sizes[blob]) - sizes[blob];
+        if let Some(last) =
+            (0..appended.len()).max_by_key(|&i| (padding(appended[i]), std::cmp::Reverse(i)))
+        {
+            let blob = appended.remove(last);
+            appended.push(blob);
+        }
+        let length = |order: &[usize]| {
+            order.iter().fold(blob::HEADER_LEN, |end, &blob| {
+                blob::align(end)
+                    .unwrap_or(u64::MAX)
+                    .saturating_add(blob::RECORD_LEN + sizes[blob])
+            })
+        };
+        let kept_order: Vec<usize> = base.kept.iter().map(|&(blob, _)| blob).collect();
+        let with_base = [kept_order, appended.clone()].concat();
+        if length(&with_base) > length(&first_use) {
+            return Ok(written);
+        }
+        Ok(WeightLayout {
+            base: Some(base),
+            appended,
         })
     }
 
@@ -597,6 +750,24 @@ impl<'d> Merger<'d> {
             .position(|s| s.target == target)
             .expect("validated default")
     }
+}
+
+/// Where the merged weight file's blobs go ([`Merger::weight_layout`]).
+struct WeightLayout {
+    /// The source weight file whose first blobs the merged file starts with.
+    base: Option<Base>,
+    /// The other distinct blobs, in the order they are appended.
+    appended: Vec<usize>,
+}
+
+/// The first blobs of one source weight file, kept in place.
+struct Base {
+    package: usize,
+    file_name: String,
+    /// Each kept blob and its record offset, in file order.
+    kept: Vec<(usize, u64)>,
+    /// Their data bytes.
+    bytes: u64,
 }
 
 /// The dedup candidate a value stands for, if it is a weight reference.

@@ -545,6 +545,15 @@ impl<W: Write + Seek> BlobWriter<W> {
         })
     }
 
+    /// Continues a file whose first `count` blobs end at `end`, as this
+    /// writer lays them out: the next blob goes at the 64-byte boundary
+    /// after `end`, and [`finish`](Self::finish) writes the new count into
+    /// the header. `out` must hold exactly `end` bytes.
+    pub fn resume(mut out: W, end: u64, count: u32) -> io::Result<Self> {
+        out.seek(SeekFrom::Start(end))?;
+        Ok(BlobWriter { out, end, count })
+    }
+
     /// Number of blobs written so far.
     pub fn count(&self) -> u32 {
         self.count

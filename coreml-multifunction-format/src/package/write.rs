@@ -9,13 +9,13 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use super::blob::BlobWriter;
+use super::blob::{BlobFile, BlobWriter, HEADER_LEN};
 use super::manifest::{
     self, derived_identifier, Manifest, ManifestItem, SPEC_ITEM_DESCRIPTION, SPEC_ITEM_NAME,
     WEIGHTS_ITEM_DESCRIPTION, WEIGHTS_ITEM_NAME,
@@ -105,6 +105,55 @@ impl PackageBuilder {
             .expect("inserted above"))
     }
 
+    /// Starts weight file `file_name` as a copy of the first `keep` blobs of
+    /// the blob file `base`, which keep their record offsets; blobs given to
+    /// [`blob_writer`](Self::blob_writer) afterwards are appended after them,
+    /// and the header counts both. What follows the kept blobs in `base`
+    /// (later blobs, trailing padding) is cut off.
+    ///
+    /// The copy is a clone sharing base's disk blocks where the file system
+    /// can make one and `allow_clone` is set (see [`clone_or_copy`]); the
+    /// bytes are the same either way. Returns the bytes cloned (the kept
+    /// part's length), or 0 when they were copied.
+    pub fn blob_file_from_base(
+        &mut self,
+        file_name: &str,
+        base: &BlobFile,
+        keep: usize,
+        allow_clone: bool,
+    ) -> Result<u64> {
+        let weights_dir = self.weights_dir();
+        check_plain_file_name(&weights_dir, file_name)?;
+        let path = weights_dir.join(file_name);
+        if self.blob_writers.contains_key(file_name) {
+            return Err(Error::invalid(
+                &path,
+                Problem::InvalidDestination {
+                    reason: "the weight file was already started".to_string(),
+                },
+            ));
+        }
+        let records = base.records()?;
+        let kept = &records[..keep.min(records.len())];
+        let end = kept.last().map_or(HEADER_LEN, |record| record.data_end());
+        let count = u32::try_from(kept.len()).expect("a header counts at most 2^32 - 1 blobs");
+        fs::create_dir_all(&weights_dir)
+            .map_err(|e| Error::io(&weights_dir, "create the weights directory", e))?;
+        let cloned = clone_or_copy(base.path(), &path, allow_clone)
+            .map_err(|e| Error::io(base.path(), "copy a weight file into the package", e))?;
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, "open a weight file", e))?;
+        file.set_len(end)
+            .map_err(|e| Error::io(&path, "write a weight file", e))?;
+        let writer = BlobWriter::resume(BufWriter::with_capacity(1 << 20, file), end, count)
+            .map_err(|e| Error::io(&path, "write a weight file", e))?;
+        self.blob_writers.insert(file_name.to_string(), writer);
+        self.has_weights = true;
+        Ok(if cloned { end } else { 0 })
+    }
+
     /// Copies `source` verbatim into the weights directory as `file_name`:
     /// for files there that the model does not refer to.
     pub fn copy_weights_file(&mut self, file_name: &str, source: &Path) -> Result<()> {
@@ -190,8 +239,81 @@ impl PackageBuilder {
     }
 }
 
+/// Copies the file `source` to `destination`, replacing it: as a clone
+/// sharing the source's disk blocks where the file system can make one and
+/// `allow_clone` is set (APFS on Apple platforms, XFS and btrfs with
+/// reflinks on Linux), else by reading and writing every byte. Returns
+/// whether it cloned; the destination's bytes are the same either way.
+///
+/// `std::fs::copy` clones on those file systems too, but does not say
+/// whether it did, and a merge reports what it cloned; hence the direct
+/// calls, with a plain read-write copy (never `copy_file_range`, which may
+/// clone) as the fallback.
+pub fn clone_or_copy(source: &Path, destination: &Path, allow_clone: bool) -> io::Result<bool> {
+    if allow_clone && clone_file(source, destination)? {
+        return Ok(true);
+    }
+    let mut from = File::open(source)?;
+    let mut to = File::create(destination)?;
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read = match from.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buffer[..read])?;
+    }
+    to.flush()?;
+    Ok(false)
+}
+
+/// Clones `source` to `destination` with the `FICLONE` ioctl; `false` where
+/// the file system cannot (ext4, tmpfs, another device).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn clone_file(source: &Path, destination: &Path) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let from = File::open(source)?;
+    let to = File::create(destination)?;
+    // SAFETY: FICLONE takes the source's descriptor as its argument and
+    // reads nothing else; both descriptors are open for the whole call.
+    let result = unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) };
+    Ok(result == 0)
+}
+
+/// Clones `source` to `destination` with `clonefile(2)`; `false` where the
+/// file system cannot (anything but APFS, another volume).
+#[cfg(target_vendor = "apple")]
+fn clone_file(source: &Path, destination: &Path) -> io::Result<bool> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let from = CString::new(source.as_os_str().as_bytes())?;
+    let to = CString::new(destination.as_os_str().as_bytes())?;
+    // clonefile makes the destination and refuses an existing one.
+    match fs::remove_file(destination) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // SAFETY: both are NUL-terminated paths that outlive the call; flags 0
+    // (follow a symbolic link at `source`, as a copy would).
+    let result = unsafe { libc::clonefile(from.as_ptr(), to.as_ptr(), 0) };
+    Ok(result == 0)
+}
+
+/// No clone call on this platform: always copy.
+#[cfg(not(any(target_os = "linux", target_os = "android", target_vendor = "apple")))]
+fn clone_file(_source: &Path, _destination: &Path) -> io::Result<bool> {
+    Ok(false)
+}
+
 /// Copies a package directory to `destination` the same atomic way a new
-/// package is written: staged beside it, then renamed into place.
+/// package is written: staged beside it, then renamed into place. Files are
+/// copied with `std::fs::copy`, which clones them where the file system can
+/// (`fclonefileat` on Apple platforms, `copy_file_range` on Linux, which
+/// reflinks on XFS and btrfs), so a copy of a large model costs no disk
+/// there.
 pub fn copy_package(source: &Path, destination: &Path) -> Result<()> {
     let parent = match destination.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
@@ -630,6 +752,26 @@ pub fn rewrite(source: &Package, destination: impl AsRef<Path>) -> Result<Rewrit
 mod tests {
     use super::*;
     use crate::package::blob::BlobDataType;
+
+    #[test]
+    fn clone_or_copy_gives_the_same_bytes_and_replaces_the_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source.bin");
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(&source, &bytes).unwrap();
+        for allow_clone in [true, false] {
+            let destination = dir.path().join(format!("copy-{allow_clone}.bin"));
+            fs::write(
+                &destination,
+                b"an older, longer file that must go away entirely",
+            )
+            .unwrap();
+            let cloned = clone_or_copy(&source, &destination, allow_clone).unwrap();
+            assert!(allow_clone || !cloned, "a forced copy never clones");
+            assert!(fs::read(&destination).unwrap() == bytes, "{allow_clone}");
+        }
+        assert!(clone_or_copy(&dir.path().join("missing"), &dir.path().join("x"), true).is_err());
+    }
 
     #[test]
     fn an_unfinished_package_leaves_nothing_behind() {
