@@ -354,17 +354,7 @@ impl Staging {
 
     fn new(parent: &Path, file_name: &str) -> Result<Staging> {
         Staging::clean_abandoned(parent, file_name);
-        let lock = tempfile::Builder::new()
-            .prefix(&Staging::prefix(file_name))
-            .suffix(".lock")
-            .tempfile_in(parent)
-            .map_err(|e| Error::io(parent, "create a staging lock", e))?;
-        lock.as_file()
-            .lock()
-            .map_err(|e| Error::io(lock.path(), "lock the staging directory", e))?;
-        let (lock, lock_path) = lock
-            .keep()
-            .map_err(|e| Error::io(parent, "create a staging lock", e.error))?;
+        let (lock, lock_path) = Staging::locked_file(parent, file_name)?;
         let name = lock_path.file_name().expect("a file").to_string_lossy();
         let dir = parent.join(name.trim_end_matches(".lock"));
         if let Err(e) = fs::create_dir(&dir) {
@@ -379,6 +369,59 @@ impl Staging {
         })
     }
 
+    /// A new lock file `.<file_name>.partial-<random>.lock`, locked.
+    ///
+    /// It is created and locked under another name, which
+    /// [`clean_abandoned`](Self::clean_abandoned) ignores, and only then
+    /// linked under its own: so a lock file the clean-up of another writer
+    /// finds is either held by a live writer or free because its writer is
+    /// gone, never one created a moment ago and not yet locked (which it
+    /// would delete, leaving this writer's staging directory without a lock
+    /// for the next clean-up to remove mid-write).
+    fn locked_file(parent: &Path, file_name: &str) -> Result<(File, PathBuf)> {
+        let creating = format!(".{file_name}.locking-");
+        loop {
+            let lock = tempfile::Builder::new()
+                .prefix(&creating)
+                .suffix(".lock")
+                .tempfile_in(parent)
+                .map_err(|e| Error::io(parent, "create a staging lock", e))?;
+            lock.as_file()
+                .lock()
+                .map_err(|e| Error::io(lock.path(), "lock the staging directory", e))?;
+            let random = lock
+                .path()
+                .file_name()
+                .expect("a file")
+                .to_string_lossy()
+                .trim_start_matches(&creating)
+                .to_string();
+            let lock_path = parent.join(format!("{}{random}", Staging::prefix(file_name)));
+            // Linking refuses an existing name, where renaming would replace
+            // another writer's lock.
+            match fs::hard_link(lock.path(), &lock_path) {
+                Ok(()) => {
+                    // The lock belongs to the open file, not to a name:
+                    // removing the temporary name keeps it.
+                    let (file, temporary_name) = lock.into_parts();
+                    let _ = temporary_name.close();
+                    return Ok((file, lock_path));
+                }
+                // The name is taken, or another writer's clean-up removed the
+                // temporary file before it was locked: try another.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::AlreadyExists | io::ErrorKind::NotFound
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(Error::io(&lock_path, "create a staging lock", e)),
+            }
+        }
+    }
+
     fn path(&self) -> &Path {
         &self.dir
     }
@@ -387,15 +430,29 @@ impl Staging {
     /// Best effort: whatever cannot be removed now is tried again next time.
     fn clean_abandoned(parent: &Path, file_name: &str) {
         let prefix = Staging::prefix(file_name);
+        let creating = format!(".{file_name}.locking-");
         let Ok(entries) = fs::read_dir(parent) else {
             return;
         };
         let mut names: Vec<String> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|name| name.starts_with(&prefix))
+            .filter(|name| name.starts_with(&prefix) || name.starts_with(&creating))
             .collect();
         names.sort();
+        // A lock file being created that nobody holds was left by a writer
+        // killed before it locked it, or is about to be locked; in the
+        // second case its writer finds it gone and makes another.
+        names.retain(|name| {
+            if !name.starts_with(&creating) {
+                return true;
+            }
+            let path = parent.join(name);
+            if File::open(&path).is_ok_and(|lock| lock.try_lock().is_ok()) {
+                let _ = fs::remove_file(&path);
+            }
+            false
+        });
         for name in &names {
             let stem = name.trim_end_matches(".lock").trim_end_matches(".replaced");
             let lock_path = parent.join(format!("{stem}.lock"));
@@ -785,6 +842,47 @@ mod tests {
             .unwrap();
         drop(builder);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn lock_files_of_live_writers_are_kept_and_abandoned_ones_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let destination = dir.path().join("m.mlpackage");
+        // Left by writers killed while creating their lock: the clean-up
+        // removes them. One still held by a live writer stays.
+        let abandoned = dir.path().join(".m.mlpackage.locking-dead01.lock");
+        std::fs::write(&abandoned, b"").unwrap();
+        let held = dir.path().join(".m.mlpackage.locking-live01.lock");
+        let holder = File::create(&held).unwrap();
+        holder.lock().unwrap();
+        let builder = PackageBuilder::new(&destination).unwrap();
+        assert!(!abandoned.exists());
+        assert!(held.exists());
+        // The new writer's own lock is held under its staging name, and its
+        // temporary name is gone.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let own: Vec<&String> = names
+            .iter()
+            .filter(|n| n.starts_with(".m.mlpackage.partial-") && n.ends_with(".lock"))
+            .collect();
+        assert_eq!(own.len(), 1, "{names:?}");
+        assert!(
+            File::open(dir.path().join(own[0]))
+                .unwrap()
+                .try_lock()
+                .is_err(),
+            "the staging lock is held"
+        );
+        assert_eq!(
+            names.iter().filter(|n| n.contains(".locking-")).count(),
+            1,
+            "only the live writer's: {names:?}"
+        );
+        drop(builder);
+        drop(holder);
     }
 
     #[test]
