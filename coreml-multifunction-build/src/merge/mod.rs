@@ -688,13 +688,14 @@ impl<'d> Merger<'d> {
                 }
             }
             let mut kept = Vec::new();
+            let mut kept_blobs = std::collections::BTreeSet::new();
             let mut bytes = 0;
             let mut end = blob::HEADER_LEN;
             for record in file.records()? {
                 let in_place = record.record_offset == blob::align(end).unwrap_or(u64::MAX)
                     && record.data_offset == record.record_offset + blob::RECORD_LEN;
                 match blob_at.get(&record.record_offset) {
-                    Some(&Some(blob)) if in_place && !kept.iter().any(|&(b, _)| b == blob) => {
+                    Some(&Some(blob)) if in_place && kept_blobs.insert(blob) => {
                         kept.push((blob, record.record_offset));
                         bytes += record.size;
                         end = record.data_end();
@@ -714,10 +715,12 @@ impl<'d> Merger<'d> {
         let Some(base) = best else {
             return Ok(written);
         };
+        let kept: std::collections::BTreeSet<usize> =
+            base.kept.iter().map(|&(blob, _)| blob).collect();
         let mut appended: Vec<usize> = first_use
             .iter()
             .copied()
-            .filter(|blob| !base.kept.iter().any(|&(b, _)| b == *blob))
+            .filter(|blob| !kept.contains(blob))
             .collect();
         let padding = |blob: usize| blob::align(sizes[blob]).unwrap_or(sizes[blob]) - sizes[blob];
         if let Some(last) =
