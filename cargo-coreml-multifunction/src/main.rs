@@ -195,12 +195,14 @@ fn build(
         .iter()
         .map(|model| match &model.merge {
             Some(report) => format!(
-                "{}: merged {} functions into {} ({} unique blobs, {} of weights)",
+                "{}: merged {} functions into {} ({} unique blobs, {} of weights; {} cloned, {} written)",
                 model.model.name,
                 report.functions.len(),
                 model.package.display(),
                 report.unique_blobs,
-                Bytes(report.blob_bytes)
+                Bytes(report.blob_bytes),
+                Bytes(report.cloned_bytes),
+                Bytes(report.written_bytes())
             ),
             None => format!(
                 "{}: up to date, {}",
