@@ -252,7 +252,7 @@ pub fn precompiled_for(package: &Path, key: &CacheKey) -> Option<PathBuf> {
 
 /// Copies the directory tree at `from` to `to` (which must not exist),
 /// following symbolic links.
-pub fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
+fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
     for entry in walkdir::WalkDir::new(from).follow_links(true) {
         let entry = entry.map_err(io::Error::from)?;
         let relative = entry

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, MergeProblem, Result};
 use coreml_multifunction_format::naming::is_mil_identifier;
-use coreml_multifunction_format::package::blob::{self, BlobRecord};
+use coreml_multifunction_format::package::blob::{self, BlobFile, BlobRecord};
 use coreml_multifunction_format::package::{
     directory_size, values, Package, PackageBuilder, MAIN_FUNCTION,
 };
@@ -480,10 +480,7 @@ impl<'d> Merger<'d> {
             used_by.push(used);
         }
         let plan = dedup::plan(&candidates, &|c: &Candidate| {
-            let file = self.packages[c.package]
-                .1
-                .blob_file(&c.file_name)
-                .expect("validated on open");
+            let file = self.blob_file(c.package, &c.file_name);
             Ok((file, file.record(c.offset)?))
         })?;
 
@@ -497,10 +494,7 @@ impl<'d> Merger<'d> {
         let mut cloned_bytes = 0;
         let layout = self.weight_layout(&candidates, &plan)?;
         if let Some(base) = &layout.base {
-            let file = self.packages[base.package]
-                .1
-                .blob_file(&base.file_name)
-                .expect("validated");
+            let file = self.blob_file(base.package, &base.file_name);
             for &(blob, offset) in &base.kept {
                 new_offsets[blob] = Some(offset);
             }
@@ -516,10 +510,7 @@ impl<'d> Merger<'d> {
             let writer = builder.blob_writer(WEIGHT_FILE)?;
             for &blob in &layout.appended {
                 let candidate = &candidates[plan.representatives[blob]];
-                let file = self.packages[candidate.package]
-                    .1
-                    .blob_file(&candidate.file_name)
-                    .expect("validated");
+                let file = self.blob_file(candidate.package, &candidate.file_name);
                 let record: BlobRecord = file.record(candidate.offset)?;
                 let offset = writer
                     .append(
@@ -540,10 +531,7 @@ impl<'d> Merger<'d> {
         for used in &used_by {
             for &slot in used {
                 let c = &candidates[slot];
-                let file = self.packages[c.package]
-                    .1
-                    .blob_file(&c.file_name)
-                    .expect("validated");
+                let file = self.blob_file(c.package, &c.file_name);
                 unshared_bytes += file.record(c.offset)?.size;
             }
         }
@@ -649,10 +637,7 @@ impl<'d> Merger<'d> {
     fn weight_layout(&self, candidates: &[Candidate], plan: &dedup::Plan) -> Result<WeightLayout> {
         let size_of = |blob: usize| -> Result<u64> {
             let candidate = &candidates[plan.representatives[blob]];
-            let file = self.packages[candidate.package]
-                .1
-                .blob_file(&candidate.file_name)
-                .expect("validated on open");
+            let file = self.blob_file(candidate.package, &candidate.file_name);
             Ok(file.record(candidate.offset)?.size)
         };
         let sizes: Vec<u64> = (0..plan.representatives.len())
@@ -673,10 +658,7 @@ impl<'d> Merger<'d> {
         }
         let mut best: Option<Base> = None;
         for (&(package, file_name), slots) in &slots_by_file {
-            let file = self.packages[package]
-                .1
-                .blob_file(file_name)
-                .expect("validated on open");
+            let file = self.blob_file(package, file_name);
             // The stored blob at each record offset; `None` where references
             // to one record became two blobs (declared with two shapes).
             let mut blob_at: BTreeMap<u64, Option<usize>> = BTreeMap::new();
@@ -745,6 +727,15 @@ impl<'d> Merger<'d> {
             base: Some(base),
             appended,
         })
+    }
+
+    /// Blob file `file_name` of source `package`, which every weight
+    /// reference of the sources names (checked when the package opened).
+    fn blob_file(&self, package: usize, file_name: &str) -> &BlobFile {
+        self.packages[package]
+            .1
+            .blob_file(file_name)
+            .expect("weight references are validated when a package opens")
     }
 
     fn target_index(&self, target: &str) -> usize {

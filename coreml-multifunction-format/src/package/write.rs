@@ -440,20 +440,18 @@ impl Staging {
             .filter(|name| name.starts_with(&prefix) || name.starts_with(&creating))
             .collect();
         names.sort();
-        // A lock file being created that nobody holds was left by a writer
-        // killed before it locked it, or is about to be locked; in the
-        // second case its writer finds it gone and makes another.
-        names.retain(|name| {
-            if !name.starts_with(&creating) {
-                return true;
-            }
-            let path = parent.join(name);
-            if File::open(&path).is_ok_and(|lock| lock.try_lock().is_ok()) {
-                let _ = fs::remove_file(&path);
-            }
-            false
-        });
         for name in &names {
+            if name.starts_with(&creating) {
+                // A lock file being created that nobody holds was left by a
+                // writer killed before it locked it, or is about to be
+                // locked; in the second case its writer finds it gone and
+                // makes another.
+                let path = parent.join(name);
+                if File::open(&path).is_ok_and(|lock| lock.try_lock().is_ok()) {
+                    let _ = fs::remove_file(&path);
+                }
+                continue;
+            }
             let stem = name.trim_end_matches(".lock").trim_end_matches(".replaced");
             let lock_path = parent.join(format!("{stem}.lock"));
             let abandoned = match File::open(&lock_path) {
