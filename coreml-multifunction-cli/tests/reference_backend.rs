@@ -703,21 +703,104 @@ fn an_unsupported_op_fails_at_load_naming_op_and_function() {
     );
 }
 
-#[test]
-fn control_flow_is_unsupported_at_load() {
+/// lora_adapter_1 with its `relu` moved into the true branch of a `cond`
+/// on the immediate `pred`, whose false branch passes the relu's input
+/// through.
+fn relu_in_a_cond(pred: bool) -> common::Scratch {
+    use coreml_multifunction::proto::mil_spec::{
+        self, tensor_value, value, value_type, Argument, Block, DataType, NamedValueType,
+        Operation, TensorType, TensorValue, ValueType,
+    };
     let scratch = common::Scratch::of(&common::source_package("lora_adapter_1"));
     edit_spec(&scratch.package, |program| {
-        let relu = ops_of(program)
-            .iter_mut()
-            .find(|op| op.r#type == "relu")
-            .unwrap();
-        relu.r#type = "cond".to_string();
-        relu.blocks.push(Default::default());
+        let ops = ops_of(program);
+        let index = ops.iter().position(|op| op.r#type == "relu").unwrap();
+        let mut relu = ops[index].clone();
+        let output = relu.outputs[0].clone();
+        relu.outputs[0].name = "relu_in_branch".to_string();
+        let passed = Operation {
+            r#type: "identity".to_string(),
+            inputs: relu.inputs.clone(),
+            outputs: vec![NamedValueType {
+                name: "passed".to_string(),
+                r#type: output.r#type.clone(),
+            }],
+            ..Default::default()
+        };
+        let pred = mil_spec::Value {
+            r#type: Some(ValueType {
+                r#type: Some(value_type::Type::TensorType(TensorType {
+                    data_type: DataType::Bool as i32,
+                    ..Default::default()
+                })),
+            }),
+            value: Some(value::Value::ImmediateValue(value::ImmediateValue {
+                value: Some(value::immediate_value::Value::Tensor(TensorValue {
+                    value: Some(tensor_value::Value::Bools(tensor_value::RepeatedBools {
+                        values: vec![pred],
+                    })),
+                })),
+            })),
+            ..Default::default()
+        };
+        let branch = |op: Operation| Block {
+            outputs: vec![op.outputs[0].name.clone()],
+            operations: vec![op],
+            ..Default::default()
+        };
+        ops[index] = Operation {
+            r#type: "cond".to_string(),
+            inputs: [(
+                "pred".to_string(),
+                Argument {
+                    arguments: vec![coreml_multifunction::proto::mil_spec::argument::Binding {
+                        binding: Some(binding::Binding::Value(pred)),
+                    }],
+                },
+            )]
+            .into(),
+            outputs: vec![output],
+            blocks: vec![branch(relu), branch(passed)],
+            ..Default::default()
+        };
     });
-    let error = Function::load(&scratch.package, "main", &reference()).unwrap_err();
+    scratch
+}
+
+#[test]
+fn a_cond_runs_the_branch_it_picks_and_a_malformed_one_fails_at_load() {
+    let step = &steps("lora_adapter_1")[0];
+    let run = |package: &Path| {
+        let model = load(package, "main");
+        model.predict(&inputs(model.description(), step)).unwrap()
+    };
+    let original = run(&common::source_package("lora_adapter_1"));
+    let taken = relu_in_a_cond(true);
+    assert_eq!(run(&taken.package), original);
+    let skipped = relu_in_a_cond(false);
+    assert_ne!(
+        run(&skipped.package),
+        original,
+        "the relu changes the output"
+    );
+
+    // Without its false branch, the cond is refused when loaded.
+    edit_spec(&skipped.package, |program| {
+        let cond = ops_of(program)
+            .iter_mut()
+            .find(|op| op.r#type == "cond")
+            .unwrap();
+        cond.blocks.pop();
+    });
+    let error = Function::load(&skipped.package, "main", &reference()).unwrap_err();
     assert!(
-        matches!(&error, Error::UnsupportedOp { op, .. } if op == "cond"),
+        matches!(&error, Error::InvalidModel { function, .. } if function == "main"),
         "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("(cond)") && message.contains("has 1 nested blocks"),
+        "{message}"
     );
 }
 

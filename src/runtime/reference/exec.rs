@@ -1,11 +1,19 @@
 //! Running a compiled program: slots filled with the constants and inputs,
 //! steps run in order, state writes applied when the whole prediction has
 //! succeeded.
+//!
+//! Control flow runs here too. `cond` runs the branch its predicate picks;
+//! `while_loop` binds its loop variables to the condition block's inputs,
+//! runs it, and while it gives true, binds them to the body's inputs, runs
+//! the body and takes its outputs as the next loop variables. Each binding
+//! is checked against the block input's declared type. As in Core ML, a
+//! loop has no iteration bound: a program whose condition never turns false
+//! runs forever, as it would on the device.
 
 use super::super::error::{Error, Result};
 use super::ops::{self, Args, Kind};
-use super::program::{Program, Slot};
-use super::value::{conform, round_float, OpResult, Value};
+use super::program::{Block, Program, Slot, Step};
+use super::value::{conform, round_float, Declared, OpResult, Value};
 
 /// The current value of each state a program reads, in the program's state
 /// order, and what the prediction wrote to them.
@@ -29,49 +37,20 @@ pub(crate) fn run(
     for (slot, value) in inputs {
         env[slot] = Some(value);
     }
-    for step in &program.steps {
-        let fail = |detail: String| Error::InvalidModel {
-            function: function.to_string(),
-            detail: format!("op {:?} ({}): {detail}", step.name, step.op_type),
-        };
-        let results = {
-            let args = Args { step, env: &env };
-            match step.kind {
-                Kind::ReadState => read_state(&args, states).map(|v| vec![v]),
-                Kind::WriteState => write_state(&args, program, states).map(|()| Vec::new()),
-                kind => ops::run(kind, &args),
-            }
-            .map_err(fail)?
-        };
-        if results.len() != step.outputs.len() {
-            return Err(fail(format!(
-                "computed {} results for {} outputs (interpreter bug)",
-                results.len(),
-                step.outputs.len()
-            )));
-        }
-        for (value, (slot, declared)) in results.into_iter().zip(&step.outputs) {
-            let value = conform(value, declared.data_type).map_err(fail)?;
-            let shape = value.shape();
-            if !declared.admits(&shape) {
-                return Err(fail(format!(
-                    "computed shape {shape:?}, but the program declares {}",
-                    describe_dims(declared.dims.as_deref())
-                )));
-            }
-            env[*slot] = Some(value);
-        }
-        for slot in &step.release {
-            env[*slot] = None;
-        }
-    }
+    let mut run = Run {
+        function,
+        program,
+        env,
+        states,
+    };
+    run.steps(&program.steps)?;
     program
         .outputs
         .iter()
         .map(|(name, slot)| {
             // Outputs are never released, so each is still here (a clone
             // shares the array).
-            env[*slot]
+            run.env[*slot]
                 .clone()
                 .map(|v| (name.clone(), v))
                 .ok_or_else(|| Error::InvalidModel {
@@ -80,6 +59,161 @@ pub(crate) fn run(
                 })
         })
         .collect()
+}
+
+/// One prediction under way.
+struct Run<'a> {
+    function: &'a str,
+    program: &'a Program,
+    /// The value in each slot.
+    env: Vec<Option<Value>>,
+    states: &'a mut StateValues,
+}
+
+impl Run<'_> {
+    /// Runs `steps` (the function's, or a nested block's) in order.
+    fn steps(&mut self, steps: &[Step]) -> Result<()> {
+        let function = self.function;
+        for step in steps {
+            let fail = |detail: String| Error::InvalidModel {
+                function: function.to_string(),
+                detail: format!("op {:?} ({}): {detail}", step.name, step.op_type),
+            };
+            let results = match step.kind {
+                Kind::WhileLoop => self.while_loop(step)?,
+                Kind::Cond => self.cond(step)?,
+                kind => {
+                    let args = Args {
+                        step,
+                        env: &self.env,
+                    };
+                    match kind {
+                        Kind::ReadState => read_state(&args, self.states).map(|v| vec![v]),
+                        Kind::WriteState => {
+                            write_state(&args, self.program, self.states).map(|()| Vec::new())
+                        }
+                        kind => ops::run(kind, &args),
+                    }
+                    .map_err(fail)?
+                }
+            };
+            if results.len() != step.outputs.len() {
+                return Err(fail(format!(
+                    "computed {} results for {} outputs (interpreter bug)",
+                    results.len(),
+                    step.outputs.len()
+                )));
+            }
+            for (value, (slot, declared)) in results.into_iter().zip(&step.outputs) {
+                self.env[*slot] = Some(declared_value(value, declared).map_err(fail)?);
+            }
+            for slot in &step.release {
+                self.env[*slot] = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `while_loop` step `step`, returning the final loop variables.
+    fn while_loop(&mut self, step: &Step) -> Result<Vec<Value>> {
+        let fail = |detail: String| self.fail(step, detail);
+        let [condition, body] = step.blocks.as_slice() else {
+            return Err(fail(
+                "has no condition and body (interpreter bug)".to_string(),
+            ));
+        };
+        let mut variables = Args {
+            step,
+            env: &self.env,
+        }
+        .list("loop_vars")
+        .map_err(fail)?
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+        loop {
+            self.bind(step, condition, &variables)?;
+            self.steps(&condition.steps)?;
+            let go = self
+                .block_outputs(step, condition)?
+                .first()
+                .map(Value::to_bool_scalar)
+                .transpose()
+                .map_err(|e| self.fail(step, format!("its condition: {e}")))?;
+            if go != Some(true) {
+                return Ok(variables);
+            }
+            self.bind(step, body, &variables)?;
+            self.steps(&body.steps)?;
+            variables = self.block_outputs(step, body)?;
+        }
+    }
+
+    /// Runs `cond` step `step`, returning the outputs of the branch its
+    /// predicate picks.
+    fn cond(&mut self, step: &Step) -> Result<Vec<Value>> {
+        let [then, otherwise] = step.blocks.as_slice() else {
+            return Err(self.fail(step, "has no branches (interpreter bug)".to_string()));
+        };
+        let pred = Args {
+            step,
+            env: &self.env,
+        }
+        .opt_bool("pred")
+        .and_then(|pred| pred.ok_or_else(|| "lacks its predicate".to_string()))
+        .map_err(|e| self.fail(step, e))?;
+        let branch = if pred { then } else { otherwise };
+        self.steps(&branch.steps)?;
+        self.block_outputs(step, branch)
+    }
+
+    /// Binds `values` to the inputs of `block` of control-flow step `step`.
+    fn bind(&mut self, step: &Step, block: &Block, values: &[Value]) -> Result<()> {
+        for (index, ((slot, declared), value)) in block.inputs.iter().zip(values).enumerate() {
+            let value = declared_value(value.clone(), declared)
+                .map_err(|e| self.fail(step, format!("loop variable {index}: {e}")))?;
+            self.env[*slot] = Some(value);
+        }
+        Ok(())
+    }
+
+    /// The values of the outputs of `block` of step `step`, which it has
+    /// just run.
+    fn block_outputs(&self, step: &Step, block: &Block) -> Result<Vec<Value>> {
+        block
+            .outputs
+            .iter()
+            .map(|slot| {
+                self.env[*slot].clone().ok_or_else(|| {
+                    self.fail(
+                        step,
+                        format!("a block output (slot {slot}) holds no value (interpreter bug)"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn fail(&self, step: &Step, detail: String) -> Error {
+        Error::InvalidModel {
+            function: self.function.to_string(),
+            detail: format!("op {:?} ({}): {detail}", step.name, step.op_type),
+        }
+    }
+}
+
+/// `value` as the program declares it: of the declared element category,
+/// and of a shape the declaration admits.
+fn declared_value(value: Value, declared: &Declared) -> OpResult<Value> {
+    let value = conform(value, declared.data_type)?;
+    let shape = value.shape();
+    if !declared.admits(&shape) {
+        return Err(format!(
+            "computed shape {shape:?}, but the program declares {}",
+            describe_dims(declared.dims.as_deref())
+        ));
+    }
+    Ok(value)
 }
 
 fn describe_dims(dims: Option<&[Option<usize>]>) -> String {
@@ -140,3 +274,6 @@ fn write_state(args: &Args<'_>, program: &Program, states: &mut StateValues) -> 
     states.written[index] = Some(value);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

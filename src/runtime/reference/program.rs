@@ -7,8 +7,25 @@
 //! ([`Error::InvalidModel`]). `const` and `constexpr_*` ops are evaluated
 //! here once (and shared through the package's weight store); what remains
 //! are the steps [`super::exec`] runs.
+//!
+//! # Nested blocks
+//!
+//! Control flow (`cond`, `while_loop`) holds nested blocks, each compiled
+//! into a [`Block`]: its own steps over the same slot space, so a nested
+//! step reads a value of an enclosing block straight from its slot. Names
+//! are scoped as MIL scopes them: a block sees its own values and those of
+//! the blocks around it, not those of its siblings (the condition and the
+//! body of a loop name their inputs alike). Constants inside a block,
+//! weights of a loop body included, are evaluated here once, like the
+//! function's own, and never recomputed per iteration.
+//!
+//! Slots are released (emptied after their last reader, to bound memory)
+//! per block: a slot read anywhere inside a nested block counts as read by
+//! the control-flow step holding it, and a nested block releases only the
+//! values it defines itself, never a constant nor a value of an enclosing
+//! block, which a loop reads again on its next iteration.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use prost::Message;
@@ -39,6 +56,9 @@ pub(crate) struct Step {
     pub inputs: Vec<(String, Vec<Slot>)>,
     /// Where its results go, with the types the program declares for them.
     pub outputs: Vec<(Slot, Declared)>,
+    /// Its nested blocks (`cond`'s two branches, `while_loop`'s condition
+    /// and body); empty for every other op.
+    pub blocks: Vec<Block>,
     /// Slots no later step reads, emptied after this step.
     pub release: Vec<Slot>,
 }
@@ -51,6 +71,18 @@ impl Step {
             .find(|(n, _)| n == name)
             .map(|(_, s)| s.as_slice())
     }
+}
+
+/// A nested block, compiled: steps over the slots of the whole function.
+#[derive(Debug)]
+pub(crate) struct Block {
+    /// Where its inputs go (a loop's variables, bound before every run of
+    /// the block), with the types the program declares for them.
+    pub inputs: Vec<(Slot, Declared)>,
+    /// Its steps, in program order.
+    pub steps: Vec<Step>,
+    /// The slots holding its results once its steps have run.
+    pub outputs: Vec<Slot>,
 }
 
 /// A state the function reads or writes.
@@ -96,6 +128,7 @@ pub(crate) fn compile(
         package,
         store,
         names: HashMap::new(),
+        enclosing: Vec::new(),
         keys: HashMap::new(),
         constant_values: HashMap::new(),
         program: Program {
@@ -149,9 +182,8 @@ pub(crate) fn compile(
     }
 
     for output in &block.outputs {
-        let slot = *compiler
-            .names
-            .get(output)
+        let slot = compiler
+            .lookup(output)
             .ok_or_else(|| invalid(format!("the output {output:?} is not defined")))?;
         compiler.program.outputs.push((output.clone(), slot));
     }
@@ -163,8 +195,10 @@ pub(crate) fn compile(
 struct Compiler<'a> {
     package: &'a Package,
     store: &'a WeightStore,
-    /// Value name → slot.
+    /// Value name → slot, for the block being compiled.
     names: HashMap<String, Slot>,
+    /// The same for the blocks enclosing it, innermost last.
+    enclosing: Vec<HashMap<String, Slot>>,
     /// Constant slot → where its value comes from.
     keys: HashMap<Slot, ConstKey>,
     /// Constant slot → its value (for evaluating constexpr ops).
@@ -178,8 +212,16 @@ impl Compiler<'_> {
         self.program.slot_count - 1
     }
 
+    /// The slot of the value `name` visible from the block being compiled.
+    fn lookup(&self, name: &str) -> Option<Slot> {
+        std::iter::once(&self.names)
+            .chain(self.enclosing.iter().rev())
+            .find_map(|names| names.get(name))
+            .copied()
+    }
+
     fn define(&mut self, name: &str) -> std::result::Result<Slot, String> {
-        if self.names.contains_key(name) {
+        if self.lookup(name).is_some() {
             return Err(format!("the value {name:?} is defined twice"));
         }
         let slot = self.new_slot();
@@ -219,11 +261,14 @@ impl Compiler<'_> {
             function: function.to_string(),
             op: op_type.to_string(),
         };
-        if !op.blocks.is_empty() {
-            // Control flow (cond, while_loop) is not interpreted.
-            return Err(unsupported());
-        }
         let spec = ops::spec(op_type).ok_or_else(unsupported)?;
+        let control_flow = matches!(spec.kind, Kind::WhileLoop | Kind::Cond);
+        if !control_flow && !op.blocks.is_empty() {
+            return Err(invalid(format!(
+                "has {} nested blocks, which {op_type} does not take",
+                op.blocks.len()
+            )));
+        }
 
         // Parameters come as input bindings and, for `const` and the
         // constexpr ops of iOS 17 and before, as attributes.
@@ -276,7 +321,7 @@ impl Compiler<'_> {
             let mut slots = Vec::with_capacity(list.len());
             for binding in list {
                 slots.push(match binding {
-                    Binding::Name(n) => *self.names.get(*n).ok_or_else(|| {
+                    Binding::Name(n) => self.lookup(n).ok_or_else(|| {
                         invalid(format!(
                             "input {param:?} refers to {n:?}, which is not defined before it"
                         ))
@@ -362,6 +407,13 @@ impl Compiler<'_> {
                 .map_err(invalid)?;
             }
             kind => {
+                // Nested blocks are compiled before the op's outputs are
+                // defined: they cannot see them.
+                let blocks = if control_flow {
+                    self.nested(function, op, kind, &inputs, outputs.len(), &invalid)?
+                } else {
+                    Vec::new()
+                };
                 let mut slots = Vec::with_capacity(outputs.len());
                 for (output, declared) in outputs {
                     let slot = self.define(output).map_err(invalid)?;
@@ -373,11 +425,157 @@ impl Compiler<'_> {
                     name,
                     inputs,
                     outputs: slots,
+                    blocks,
                     release: Vec::new(),
                 });
             }
         }
         Ok(())
+    }
+
+    /// Compiles the nested blocks of control-flow op `op`, checking that
+    /// they fit it: `while_loop` has a condition block and a body block,
+    /// each taking the loop variables, the condition giving one value and
+    /// the body one per loop variable (and the op one output for each);
+    /// `cond` has two branches taking nothing and giving one value per
+    /// output of the op.
+    fn nested(
+        &mut self,
+        function: &str,
+        op: &mil_spec::Operation,
+        kind: Kind,
+        inputs: &[(String, Vec<Slot>)],
+        outputs: usize,
+        invalid: &dyn Fn(String) -> Error,
+    ) -> Result<Vec<Block>> {
+        let [first, second] = op.blocks.as_slice() else {
+            return Err(invalid(format!(
+                "has {} nested blocks, {} has two",
+                op.blocks.len(),
+                op.r#type
+            )));
+        };
+        // Errors inside a block name the op holding it, then their own.
+        let within = |error: Error| match error {
+            Error::InvalidModel { detail, .. } => invalid(detail),
+            other => other,
+        };
+        let blocks = vec![
+            self.block(function, first).map_err(within)?,
+            self.block(function, second).map_err(within)?,
+        ];
+        let check = |fits: bool, detail: String| {
+            if fits {
+                Ok(())
+            } else {
+                Err(invalid(detail))
+            }
+        };
+        if kind == Kind::WhileLoop {
+            let n = inputs
+                .iter()
+                .find(|(param, _)| param == "loop_vars")
+                .map_or(0, |(_, slots)| slots.len());
+            let (condition, body) = (&blocks[0], &blocks[1]);
+            check(
+                condition.inputs.len() == n,
+                format!(
+                    "its condition block takes {} inputs for {n} loop variables",
+                    condition.inputs.len()
+                ),
+            )?;
+            check(
+                condition.outputs.len() == 1,
+                format!(
+                    "its condition block gives {} values, not one bool",
+                    condition.outputs.len()
+                ),
+            )?;
+            check(
+                body.inputs.len() == n,
+                format!(
+                    "its body block takes {} inputs for {n} loop variables",
+                    body.inputs.len()
+                ),
+            )?;
+            check(
+                body.outputs.len() == n,
+                format!(
+                    "its body block gives {} values for {n} loop variables",
+                    body.outputs.len()
+                ),
+            )?;
+            check(
+                outputs == n,
+                format!("it has {outputs} outputs for {n} loop variables"),
+            )?;
+        } else {
+            for (block, branch) in blocks.iter().zip(["true", "false"]) {
+                check(
+                    block.inputs.is_empty(),
+                    format!(
+                        "its {branch} branch takes {} inputs; a branch takes none",
+                        block.inputs.len()
+                    ),
+                )?;
+                check(
+                    block.outputs.len() == outputs,
+                    format!(
+                        "its {branch} branch gives {} values for the op's {outputs} outputs",
+                        block.outputs.len()
+                    ),
+                )?;
+            }
+        }
+        Ok(blocks)
+    }
+
+    /// Compiles nested block `block` in a scope of its own.
+    fn block(&mut self, function: &str, block: &mil_spec::Block) -> Result<Block> {
+        let outer_steps = std::mem::take(&mut self.program.steps);
+        let outer_names = std::mem::take(&mut self.names);
+        self.enclosing.push(outer_names);
+        let compiled = self.block_interface(function, block);
+        self.names = self.enclosing.pop().unwrap_or_default();
+        let steps = std::mem::replace(&mut self.program.steps, outer_steps);
+        Ok(Block { steps, ..compiled? })
+    }
+
+    /// Nested block `block` with its inputs and outputs, its ops compiled
+    /// into `self.program.steps` (its `steps` left empty).
+    fn block_interface(&mut self, function: &str, block: &mil_spec::Block) -> Result<Block> {
+        let invalid = |detail: String| Error::InvalidModel {
+            function: function.to_string(),
+            detail,
+        };
+        let mut inputs = Vec::with_capacity(block.inputs.len());
+        for input in &block.inputs {
+            let declared = Declared::of(input.r#type.as_ref()).ok_or_else(|| {
+                invalid(format!(
+                    "the block input {:?} is not a tensor (the reference backend runs \
+                     tensors, not lists)",
+                    input.name
+                ))
+            })?;
+            let slot = self.define(&input.name).map_err(invalid)?;
+            inputs.push((slot, declared));
+        }
+        for op in &block.operations {
+            self.op(function, op)?;
+        }
+        let mut outputs = Vec::with_capacity(block.outputs.len());
+        for output in &block.outputs {
+            outputs.push(self.lookup(output).ok_or_else(|| {
+                invalid(format!(
+                    "the block output {output:?} is not defined in the block or around it"
+                ))
+            })?);
+        }
+        Ok(Block {
+            inputs,
+            steps: Vec::new(),
+            outputs,
+        })
     }
 
     /// Defines `name` as a constant under `key`, shared through the weight
@@ -427,30 +625,85 @@ fn materialize(value: Value, declared: &Declared) -> std::result::Result<Value, 
 }
 
 /// Decides after which step each slot can be emptied: the last step that
-/// reads it (or the step that writes it, if nothing reads it). Block
-/// outputs are kept to the end.
+/// reads it (or the step that writes it, if nothing reads it), a step
+/// holding nested blocks counting as reading every slot they read. The
+/// function's outputs and states are kept to the end.
 fn plan_releases(program: &mut Program) {
+    let mut keep: HashSet<Slot> = program.outputs.iter().map(|(_, slot)| *slot).collect();
+    keep.extend(program.states.iter().map(|state| state.slot));
+    // At the top level every other slot can go, constants included: each
+    // prediction fills them anew.
+    plan(&mut program.steps, &keep, &|_| true);
+}
+
+/// Plans the releases of one block's `steps`: slots for which `releasable`
+/// holds and that are not in `keep`, each after the last step touching
+/// it. Then the same within each nested block, which keeps its outputs
+/// (read when it finishes) and releases only what it defines itself: a
+/// constant is filled once per prediction, and a loop body reads the
+/// values around it again on its next iteration.
+fn plan(steps: &mut [Step], keep: &HashSet<Slot>, releasable: &dyn Fn(Slot) -> bool) {
     let mut last: HashMap<Slot, usize> = HashMap::new();
-    for (index, step) in program.steps.iter().enumerate() {
-        for (slot, _) in &step.outputs {
-            last.insert(*slot, index);
-        }
-        for (_, slots) in &step.inputs {
-            for slot in slots {
-                last.insert(*slot, index);
-            }
-        }
-    }
-    for (_, slot) in &program.outputs {
-        last.remove(slot);
-    }
-    for state in &program.states {
-        last.remove(&state.slot);
+    for (index, step) in steps.iter().enumerate() {
+        step.visit_slots(&mut |slot| {
+            last.insert(slot, index);
+        });
     }
     for (slot, index) in last {
-        program.steps[index].release.push(slot);
+        if releasable(slot) && !keep.contains(&slot) {
+            steps[index].release.push(slot);
+        }
     }
-    for step in &mut program.steps {
+    for step in steps.iter_mut() {
         step.release.sort_unstable();
+        for block in &mut step.blocks {
+            let mut own = HashSet::new();
+            block.visit_defined(&mut |slot| {
+                own.insert(slot);
+            });
+            let keep: HashSet<Slot> = block.outputs.iter().copied().collect();
+            plan(&mut block.steps, &keep, &|slot| own.contains(&slot));
+        }
+    }
+}
+
+impl Step {
+    /// Calls `visit` with every slot the step reads or writes, in its
+    /// nested blocks too.
+    fn visit_slots(&self, visit: &mut dyn FnMut(Slot)) {
+        for (_, slots) in &self.inputs {
+            slots.iter().for_each(|&slot| visit(slot));
+        }
+        for (slot, _) in &self.outputs {
+            visit(*slot);
+        }
+        for block in &self.blocks {
+            for (slot, _) in &block.inputs {
+                visit(*slot);
+            }
+            for step in &block.steps {
+                step.visit_slots(visit);
+            }
+            block.outputs.iter().for_each(|&slot| visit(slot));
+        }
+    }
+}
+
+impl Block {
+    /// Calls `visit` with every slot the block defines: its inputs and the
+    /// outputs of its steps, nested ones included (constants are not
+    /// steps).
+    fn visit_defined(&self, visit: &mut dyn FnMut(Slot)) {
+        for (slot, _) in &self.inputs {
+            visit(*slot);
+        }
+        for step in &self.steps {
+            for (slot, _) in &step.outputs {
+                visit(*slot);
+            }
+            for block in &step.blocks {
+                block.visit_defined(visit);
+            }
+        }
     }
 }

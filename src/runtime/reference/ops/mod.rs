@@ -67,6 +67,8 @@ pub(crate) enum Kind {
     Identity,
     ReadState,
     WriteState,
+    WhileLoop,
+    Cond,
 }
 
 /// An op's interface: what it computes, the parameters it requires and
@@ -199,6 +201,18 @@ pub(crate) fn spec(op_type: &str) -> Option<Spec> {
             optional: NONE,
             outputs: Some(0),
         }),
+        "while_loop" => Some(Spec {
+            kind: Kind::WhileLoop,
+            required: &["loop_vars"],
+            optional: NONE,
+            outputs: None,
+        }),
+        "cond" => Some(Spec {
+            kind: Kind::Cond,
+            required: &["pred"],
+            optional: NONE,
+            outputs: None,
+        }),
         _ => None,
     }
 }
@@ -252,6 +266,8 @@ pub(crate) fn supported() -> Vec<&'static str> {
         "identity",
         "read_state",
         "write_state",
+        "while_loop",
+        "cond",
     ]
     .to_vec();
     all.extend(Binary::ALL.iter().map(|b| b.name()));
@@ -374,7 +390,8 @@ impl<'a> Args<'a> {
     }
 }
 
-/// Runs every kind of step but the state ops (which the executor runs).
+/// Runs every kind of step but the state and control-flow ops (which the
+/// executor runs).
 pub(crate) fn run(kind: Kind, args: &Args<'_>) -> OpResult<Vec<Value>> {
     let single = |v: OpResult<Value>| v.map(|v| vec![v]);
     match kind {
@@ -383,6 +400,9 @@ pub(crate) fn run(kind: Kind, args: &Args<'_>) -> OpResult<Vec<Value>> {
         }
         Kind::ReadState | Kind::WriteState => {
             Err("state ops are run by the executor (interpreter bug)".to_string())
+        }
+        Kind::WhileLoop | Kind::Cond => {
+            Err("control flow is run by the executor (interpreter bug)".to_string())
         }
         Kind::Linear => single(linalg::linear(args)),
         Kind::Matmul => single(linalg::matmul(args)),

@@ -58,6 +58,7 @@ pub(crate) fn run_op(
         name: "test".to_string(),
         inputs: bound,
         outputs: (0..outputs).map(|_| (0, declared.clone())).collect(),
+        blocks: Vec::new(),
         release: Vec::new(),
     };
     run(
