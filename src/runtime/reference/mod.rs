@@ -22,8 +22,9 @@
 //! The ops listed by `ops::supported`: the arithmetic, activation, reduction,
 //! shape, slicing, gather, convolution and matrix ops that PyTorch and
 //! coremltools conversions produce, the `constexpr_*` decompression ops of
-//! iOS 16 to 18 (decompressed once, at load), the iOS 18 state ops, and
-//! control flow: `cond` and `while_loop`, nested to any depth, their blocks
+//! iOS 16 to 18 (decompressed once, at load), the iOS 18 state ops, the
+//! recurrent layers `lstm` and `rnn` (torch's `nn.LSTM` and `nn.RNN`; its
+//! `nn.GRU` becomes a loop), and control flow: `cond` and `while_loop`, nested to any depth, their blocks
 //! compiled at load like the function's body (constants inside them,
 //! weights of a loop body included, decoded once). Semantics follow
 //! coremltools' op definitions. An op outside the list is an
@@ -651,7 +652,7 @@ mod tests {
         for op in &all {
             assert!(ops::spec(op).is_some(), "{op}");
         }
-        for op in ["conv_transpose", "lstm"] {
+        for op in ["conv_transpose", "gru"] {
             assert!(ops::spec(op).is_none(), "{op}");
         }
     }

@@ -9,6 +9,7 @@
 pub(crate) mod constexpr;
 mod elementwise;
 mod linalg;
+mod recurrent;
 mod reduce;
 mod shape;
 
@@ -69,6 +70,8 @@ pub(crate) enum Kind {
     WriteState,
     WhileLoop,
     Cond,
+    Lstm,
+    Rnn,
 }
 
 /// An op's interface: what it computes, the parameters it requires and
@@ -213,6 +216,31 @@ pub(crate) fn spec(op_type: &str) -> Option<Spec> {
             optional: NONE,
             outputs: None,
         }),
+        "lstm" => Some(Spec {
+            kind: Kind::Lstm,
+            required: &["x", "initial_h", "initial_c", "weight_ih", "weight_hh"],
+            optional: &[
+                "bias",
+                "peephole",
+                "weight_ih_back",
+                "weight_hh_back",
+                "bias_back",
+                "peephole_back",
+                "direction",
+                "output_sequence",
+                "recurrent_activation",
+                "cell_activation",
+                "activation",
+                "clip",
+            ],
+            outputs: Some(3),
+        }),
+        "rnn" => Some(Spec {
+            kind: Kind::Rnn,
+            required: &["x", "initial_h", "weight_ih", "weight_hh"],
+            optional: &["bias", "direction", "output_sequence", "activation"],
+            outputs: Some(2),
+        }),
         _ => None,
     }
 }
@@ -268,6 +296,8 @@ pub(crate) fn supported() -> Vec<&'static str> {
         "write_state",
         "while_loop",
         "cond",
+        "lstm",
+        "rnn",
     ]
     .to_vec();
     all.extend(Binary::ALL.iter().map(|b| b.name()));
@@ -404,6 +434,8 @@ pub(crate) fn run(kind: Kind, args: &Args<'_>) -> OpResult<Vec<Value>> {
         Kind::WhileLoop | Kind::Cond => {
             Err("control flow is run by the executor (interpreter bug)".to_string())
         }
+        Kind::Lstm => recurrent::lstm(args),
+        Kind::Rnn => recurrent::rnn(args),
         Kind::Linear => single(linalg::linear(args)),
         Kind::Matmul => single(linalg::matmul(args)),
         Kind::Conv => single(linalg::conv(args)),
