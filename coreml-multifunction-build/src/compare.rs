@@ -5,8 +5,12 @@
 //! offsets, the order of map entries in the encoded spec and manifest
 //! identifiers are all representation. That is what the merge tests need to
 //! hold our output against coremltools' own.
+//!
+//! So are `const` ops nothing reads, which compute nothing: they are left
+//! out. coremltools' merge, which re-emits every program, writes two such
+//! constants (fp32 zeros) before each `cond` and `while_loop`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::error::{Error, Result};
 use coreml_multifunction_format::package::blob::{self, BlobFile, BlobRecord, CompareBuffers};
@@ -68,6 +72,7 @@ pub fn compare(left: &Package, right: &Package, options: CompareOptions) -> Resu
         options,
         differences: Vec::new(),
         buffers: CompareBuffers::default(),
+        read: Default::default(),
     };
     comparer.packages()?;
     Ok(Comparison {
@@ -83,6 +88,8 @@ struct Comparer<'a> {
     options: CompareOptions,
     differences: Vec<String>,
     buffers: CompareBuffers,
+    /// The names each side's function being compared reads.
+    read: (HashSet<String>, HashSet<String>),
 }
 
 impl Comparer<'_> {
@@ -161,6 +168,9 @@ impl Comparer<'_> {
             &left.function.attributes,
             &right.function.attributes,
         )?;
+        self.read = (HashSet::new(), HashSet::new());
+        names_read(left.block(), &mut self.read.0);
+        names_read(right.block(), &mut self.read.1);
         self.block(&context, left.block(), right.block())
     }
 
@@ -179,14 +189,16 @@ impl Comparer<'_> {
             &left.attributes,
             &right.attributes,
         )?;
-        if left.operations.len() != right.operations.len() {
+        let left_ops = live(&left.operations, &self.read.0);
+        let right_ops = live(&right.operations, &self.read.1);
+        if left_ops.len() != right_ops.len() {
             self.differ(format!(
                 "{context}: {} operations differ from {}",
-                left.operations.len(),
-                right.operations.len()
+                left_ops.len(),
+                right_ops.len()
             ));
         }
-        for (index, (a, b)) in left.operations.iter().zip(&right.operations).enumerate() {
+        for (index, (a, b)) in left_ops.into_iter().zip(right_ops).enumerate() {
             self.operation(&format!("{context}: op {index}"), a, b)?;
         }
         Ok(())
@@ -311,6 +323,32 @@ fn resolve<'p>(
         .blob_file(&blob.file_name)
         .expect("validated on open");
     Ok((file, file.record(blob.offset)?))
+}
+
+/// `operations` without the `const` ops whose values nothing reads.
+fn live<'a>(operations: &'a [Operation], read: &HashSet<String>) -> Vec<&'a Operation> {
+    operations
+        .iter()
+        .filter(|op| op.r#type != "const" || op.outputs.iter().any(|o| read.contains(&o.name)))
+        .collect()
+}
+
+/// Adds to `read` every name `block` reads: bound to an op's input or
+/// given as a block output, in nested blocks too.
+fn names_read(block: &Block, read: &mut HashSet<String>) {
+    for op in &block.operations {
+        for argument in op.inputs.values() {
+            for binding in &argument.arguments {
+                if let Some(argument::binding::Binding::Name(name)) = &binding.binding {
+                    read.insert(name.clone());
+                }
+            }
+        }
+        for nested in &op.blocks {
+            names_read(nested, read);
+        }
+    }
+    read.extend(block.outputs.iter().cloned());
 }
 
 fn sorted(values: &[NamedValueType]) -> Vec<&NamedValueType> {

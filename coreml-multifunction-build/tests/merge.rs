@@ -545,3 +545,77 @@ fn shared_weights_are_stored_once() {
         2 * source.weight_stats().unwrap().bytes
     );
 }
+
+#[test]
+fn constants_nothing_reads_are_not_compared() {
+    use coreml_multifunction_build::proto::mil_spec::{argument::binding::Binding, Operation};
+    use coreml_multifunction_build::proto::{model, Model};
+    use prost::Message;
+    // coremltools' re-emitted programs carry unread constants (two before
+    // each control-flow op). A copy of the first constant, added under
+    // another name, compares equal while nothing reads it; once the op that
+    // read the original reads the copy instead, the copy is compared (and
+    // differs by name) and so is that op's input.
+    let original = common::source_package("lora_adapter_1");
+    let with_copy = |read: bool| {
+        let scratch = common::Scratch::of(&original);
+        let mut spec = Model::decode(&*std::fs::read(scratch.spec()).unwrap()).unwrap();
+        let Some(model::Type::MlProgram(program)) = &mut spec.r#type else {
+            unreachable!("the fixture is an ML Program")
+        };
+        let function = program.functions.get_mut("main").unwrap();
+        let opset = function.opset.clone();
+        let ops: &mut Vec<Operation> = &mut function
+            .block_specializations
+            .get_mut(&opset)
+            .unwrap()
+            .operations;
+        let constant = ops.iter().find(|op| op.r#type == "const").unwrap();
+        let name = constant.outputs[0].name.clone();
+        let mut copy = constant.clone();
+        copy.outputs[0].name = "copy".to_string();
+        copy.attributes.remove("name");
+        ops.insert(0, copy);
+        if read {
+            for binding in ops
+                .iter_mut()
+                .flat_map(|op| op.inputs.values_mut())
+                .flat_map(|argument| argument.arguments.iter_mut())
+            {
+                if binding.binding == Some(Binding::Name(name.clone())) {
+                    binding.binding = Some(Binding::Name("copy".to_string()));
+                }
+            }
+        }
+        std::fs::write(scratch.spec(), spec.encode_to_vec()).unwrap();
+        scratch
+    };
+    let base = Package::open(&original).unwrap();
+    let unread = with_copy(false);
+    let comparison = compare(
+        &base,
+        &Package::open(&unread.package).unwrap(),
+        CompareOptions::default(),
+    )
+    .unwrap();
+    assert!(comparison.is_equal(), "{:?}", comparison.differences);
+    let read = with_copy(true);
+    let comparison = compare(
+        &base,
+        &Package::open(&read.package).unwrap(),
+        CompareOptions::default(),
+    )
+    .unwrap();
+    let differences = comparison.differences.join("\n");
+    assert!(
+        differences.contains("(const): outputs differ") && differences.contains("differs"),
+        "{differences}"
+    );
+    assert!(
+        comparison
+            .differences
+            .iter()
+            .any(|d| d.contains("input") && d.contains("differs")),
+        "{differences}"
+    );
+}
