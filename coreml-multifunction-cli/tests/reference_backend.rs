@@ -526,6 +526,89 @@ fn a_written_state_is_read_back_and_feeds_the_next_prediction() {
     assert_eq!(resumed.read("kv_cache").unwrap(), before);
 }
 
+/// The op types of `block` and of the blocks nested in it, and the depth of
+/// every constant stored in a weight file (0: the function's own body).
+fn ops_and_weight_depths(
+    block: &coreml_multifunction::proto::mil_spec::Block,
+    depth: usize,
+    ops: &mut BTreeMap<String, usize>,
+    weights: &mut Vec<usize>,
+) {
+    use coreml_multifunction::proto::mil_spec::value;
+    for op in &block.operations {
+        *ops.entry(op.r#type.clone()).or_default() += 1;
+        if op.r#type == "const"
+            && matches!(
+                op.attributes.get("val").and_then(|v| v.value.as_ref()),
+                Some(value::Value::BlobFileValue(_))
+            )
+        {
+            weights.push(depth);
+        }
+        for nested in &op.blocks {
+            ops_and_weight_depths(nested, depth + 1, ops, weights);
+        }
+    }
+}
+
+#[test]
+fn the_recurrent_and_control_flow_fixtures_hold_what_they_test() {
+    /// A fixture, how many of which ops it holds, and the block depth of
+    /// its weights.
+    type Expected = (&'static str, &'static [(&'static str, usize)], usize);
+    let expected: [Expected; 4] = [
+        ("rnn_lstm", &[("lstm", 2)], 0),
+        ("rnn_simple", &[("rnn", 2)], 0),
+        // A loop in a loop, and a branch, with the weight in the outer body.
+        ("control_flow_nested", &[("while_loop", 2), ("cond", 1)], 1),
+        // A branch in a loop, with the weight in the branch.
+        ("control_flow_branch", &[("while_loop", 1), ("cond", 1)], 2),
+    ];
+    for (fixture, wanted, depth) in expected {
+        let package =
+            coreml_multifunction::package::Package::open(common::source_package(fixture)).unwrap();
+        let (mut ops, mut weights) = (BTreeMap::new(), Vec::new());
+        ops_and_weight_depths(
+            package.function("main").unwrap().block(),
+            0,
+            &mut ops,
+            &mut weights,
+        );
+        for (op, count) in wanted {
+            assert_eq!(ops.get(*op), Some(count), "{fixture}: {ops:?}");
+        }
+        assert!(
+            !weights.is_empty() && weights.iter().all(|&d| d == depth),
+            "{fixture}: weights at depths {weights:?}"
+        );
+    }
+}
+
+#[test]
+fn a_scripted_loop_runs_as_often_as_its_input_says() {
+    // control_flow_nested runs its body `steps` times: never for 0, when y
+    // is x (in the model's fp16), and differently for each count.
+    let fixture = "control_flow_nested";
+    let model = load(&common::source_package(fixture), "main");
+    let mut step = steps(fixture)[0].clone();
+    let x = step.inputs["x"].to_f32();
+    let mut seen: Vec<Vec<f32>> = Vec::new();
+    for count in 0..=4 {
+        step.inputs.insert(
+            "steps".to_string(),
+            Npy::F32(array_of(&[1], vec![count as f32])),
+        );
+        let outputs = model.predict(&inputs(model.description(), &step)).unwrap();
+        let (_, y) = values(&outputs["y"]);
+        if count == 0 {
+            let rounded: Vec<f32> = x.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
+            assert_eq!(y, rounded);
+        }
+        assert!(!seen.contains(&y), "{count} steps give an earlier result");
+        seen.push(y);
+    }
+}
+
 // ------------------------------------------------------ 2. merges, numerically
 
 use common::{scenarios, source_path, Scenario};
