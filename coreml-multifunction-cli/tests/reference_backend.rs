@@ -682,24 +682,57 @@ fn ops_of(
 }
 
 #[test]
-fn an_unsupported_op_fails_at_load_naming_op_and_function() {
+fn unsupported_ops_fail_at_load_naming_every_one_and_the_function() {
     let scratch = common::Scratch::of(&common::source_package("lora_adapter_1"));
     edit_spec(&scratch.package, |program| {
-        let relu = ops_of(program)
-            .iter_mut()
-            .find(|op| op.r#type == "relu")
-            .unwrap();
-        relu.r#type = "frobnicate".to_string();
+        let ops = ops_of(program);
+        // Unknown ops, one of them several times, and one only inside a
+        // nested block: the error names each once, sorted.
+        let mut renamed = 0;
+        for op in ops.iter_mut() {
+            if op.r#type == "relu" || op.r#type == "linear" {
+                op.r#type = if renamed == 0 { "frobnicate" } else { "zorble" }.to_string();
+                renamed += 1;
+            }
+        }
+        assert!(renamed >= 2, "the adapter has a relu and linears");
+        let mut nested = ops[0].clone();
+        nested.r#type = "nested_gizmo".to_string();
+        ops[0]
+            .blocks
+            .push(coreml_multifunction::proto::mil_spec::Block {
+                operations: vec![nested],
+                ..Default::default()
+            });
     });
     let error = Function::load(&scratch.package, "main", &reference()).unwrap_err();
-    assert!(
-        matches!(&error, Error::UnsupportedOp { function, op } if function == "main" && op == "frobnicate"),
-        "{error:?}"
-    );
     let message = error.to_string();
     assert!(
-        message.contains("frobnicate") && message.contains("\"main\""),
+        matches!(&error, Error::UnsupportedOps { function, ops } if function == "main"),
+        "{error:?}"
+    );
+    let Error::UnsupportedOps { ops, .. } = &error else {
+        unreachable!()
+    };
+    assert_eq!(ops, &["frobnicate", "nested_gizmo", "zorble"]);
+    assert!(
+        message.contains(r#"ops "frobnicate", "nested_gizmo", "zorble""#)
+            && message.contains("\"main\""),
         "{message}"
+    );
+    // inspect's view of the same function lists the same ops.
+    let package = coreml_multifunction::package::Package::open(&scratch.package).unwrap();
+    assert_eq!(
+        &coreml_multifunction::runtime::reference_backend_missing_ops(&package, "main").unwrap(),
+        ops
+    );
+    let untouched =
+        coreml_multifunction::package::Package::open(common::source_package("lora_adapter_1"))
+            .unwrap();
+    assert!(
+        coreml_multifunction::runtime::reference_backend_missing_ops(&untouched, "main")
+            .unwrap()
+            .is_empty()
     );
 }
 
@@ -716,7 +749,7 @@ fn control_flow_is_unsupported_at_load() {
     });
     let error = Function::load(&scratch.package, "main", &reference()).unwrap_err();
     assert!(
-        matches!(&error, Error::UnsupportedOp { op, .. } if op == "cond"),
+        matches!(&error, Error::UnsupportedOps { ops, .. } if ops == &["cond"]),
         "{error:?}"
     );
 }

@@ -24,8 +24,8 @@
 //! coremltools conversions produce, the `constexpr_*` decompression ops of
 //! iOS 16 to 18 (decompressed once, at load), and the iOS 18 state ops.
 //! Semantics follow coremltools' op definitions. An op outside the list is
-//! an [`Error::UnsupportedOp`] when the function is *loaded*, naming the op
-//! and the function, never a wrong answer later; so are control flow
+//! an [`Error::UnsupportedOps`] when the function is *loaded*, naming every
+//! such op and the function, never a wrong answer later; so are control flow
 //! (`cond`, `while_loop`), a missing required input, an unknown parameter
 //! or a reference to an undefined value ([`Error::InvalidModel`]).
 //!
@@ -105,7 +105,7 @@ use std::sync::Arc;
 use half::f16;
 use ndarray::{ArcArray, IxDyn};
 
-use coreml_multifunction_format::package::Package;
+use coreml_multifunction_format::package::{FunctionView, Package};
 use coreml_multifunction_format::proto::mil_spec::DataType as MilType;
 use coreml_multifunction_format::proto::specification::{
     feature_type, state_feature_type, FeatureType,
@@ -171,20 +171,32 @@ impl fmt::Debug for Function {
     }
 }
 
+/// The view of `function` in `package`, or the error naming the functions
+/// there are.
+fn view<'a>(package: &'a Package, function: &str) -> Result<FunctionView<'a>> {
+    package
+        .function(function)
+        .ok_or_else(|| Error::UnknownFunction {
+            package: package.root().to_path_buf(),
+            function: function.to_string(),
+            available: coreml_multifunction_format::naming::quoted_list(
+                package.functions().iter().map(|f| f.name),
+            ),
+        })
+}
+
+/// The op types `function` of `package` uses that this backend does not
+/// implement, nested blocks included: sorted, each once.
+pub(crate) fn missing_ops(package: &Package, function: &str) -> Result<Vec<String>> {
+    Ok(program::missing_ops(view(package, function)?.block()))
+}
+
 impl Function {
     /// Prepares `function` of `package`: compiles its body, decodes its
     /// weights (sharing them with the package's other loaded functions) and
     /// checks that every op is implemented and has its required inputs.
     pub fn load(package: &Package, function: &str) -> Result<Function> {
-        let Some(view) = package.function(function) else {
-            return Err(Error::UnknownFunction {
-                package: package.root().to_path_buf(),
-                function: function.to_string(),
-                available: coreml_multifunction_format::naming::quoted_list(
-                    package.functions().iter().map(|f| f.name),
-                ),
-            });
-        };
+        let view = view(package, function)?;
         let invalid = |detail: String| Error::InvalidModel {
             function: function.to_string(),
             detail,
@@ -646,7 +658,7 @@ mod tests {
         for op in &all {
             assert!(ops::spec(op).is_some(), "{op}");
         }
-        for op in ["cond", "while_loop", "conv_transpose", "lstm"] {
+        for op in ["cond", "while_loop", "lstm", "frobnicate"] {
             assert!(ops::spec(op).is_none(), "{op}");
         }
     }

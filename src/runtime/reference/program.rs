@@ -1,14 +1,15 @@
 //! Compiling a MIL function into a list of steps over numbered slots.
 //!
 //! Everything that can fail without seeing an input fails here, at load
-//! time: an op the backend does not implement ([`Error::UnsupportedOp`]),
+//! time: ops the backend does not implement (all of them at once,
+//! [`Error::UnsupportedOps`]),
 //! an input an op requires but lacks, a parameter it does not know, a
 //! reference to an undefined value, a constant that does not decode
 //! ([`Error::InvalidModel`]). `const` and `constexpr_*` ops are evaluated
 //! here once (and shared through the package's weight store); what remains
 //! are the steps [`super::exec`] runs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use prost::Message;
@@ -144,6 +145,13 @@ pub(crate) fn compile(
     }
 
     let block = view.block();
+    let missing = missing_ops(block);
+    if !missing.is_empty() {
+        return Err(Error::UnsupportedOps {
+            function: function.to_string(),
+            ops: missing,
+        });
+    }
     for op in &block.operations {
         compiler.op(function, op)?;
     }
@@ -158,6 +166,24 @@ pub(crate) fn compile(
     let mut program = compiler.program;
     plan_releases(&mut program);
     Ok(program)
+}
+
+/// The op types in `block`, nested blocks included, that the backend
+/// does not implement: sorted, each once.
+pub(crate) fn missing_ops(block: &mil_spec::Block) -> Vec<String> {
+    fn walk<'a>(block: &'a mil_spec::Block, missing: &mut BTreeSet<&'a str>) {
+        for op in &block.operations {
+            if ops::spec(&op.r#type).is_none() {
+                missing.insert(&op.r#type);
+            }
+            for nested in &op.blocks {
+                walk(nested, missing);
+            }
+        }
+    }
+    let mut missing = BTreeSet::new();
+    walk(block, &mut missing);
+    missing.into_iter().map(str::to_string).collect()
 }
 
 struct Compiler<'a> {
@@ -215,9 +241,9 @@ impl Compiler<'_> {
             function: function.to_string(),
             detail: format!("op {name:?} ({op_type}): {detail}"),
         };
-        let unsupported = || Error::UnsupportedOp {
+        let unsupported = || Error::UnsupportedOps {
             function: function.to_string(),
-            op: op_type.to_string(),
+            ops: vec![op_type.to_string()],
         };
         if !op.blocks.is_empty() {
             // Control flow (cond, while_loop) is not interpreted.

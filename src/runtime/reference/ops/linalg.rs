@@ -1,4 +1,5 @@
-//! `linear`, `matmul`, `conv` and `scaled_dot_product_attention`, on
+//! `linear`, `matmul`, `conv`, `conv_transpose` and
+//! `scaled_dot_product_attention`, on
 //! ndarray's matrix products (`matrixmultiply` behind them).
 
 use ndarray::linalg::{general_mat_mul, general_mat_vec_mul};
@@ -8,6 +9,7 @@ use ndarray::{
 
 use super::elementwise::{broadcast_shape, zip_with};
 use super::reduce::softmax_lanes;
+use super::window::{per_axis, Source, Window};
 use super::Args;
 use crate::runtime::reference::value::{OpResult, Value};
 
@@ -231,89 +233,20 @@ pub(super) fn conv(args: &Args<'_>) -> OpResult<Value> {
             "{channels} input channels and a weight of shape {ws:?} do not make {groups} groups"
         ));
     }
-    let per_dim = |name: &str, default: i64| -> OpResult<Vec<usize>> {
-        let values = args
-            .opt_i64_vec(name)?
-            .unwrap_or_else(|| vec![default; spatial]);
-        if values.len() != spatial || values.iter().any(|&v| v < 1) {
-            return Err(format!(
-                "{name} {values:?} must be {spatial} positive numbers"
-            ));
-        }
-        Ok(values.into_iter().map(|v| v as usize).collect())
-    };
-    let strides = per_dim("strides", 1)?;
-    let dilations = per_dim("dilations", 1)?;
-    let pad_type = args.opt_str("pad_type")?.unwrap_or("valid");
-    let custom = args
-        .opt_i64_vec("pad")?
-        .unwrap_or_else(|| vec![0; 2 * spatial]);
-    let input = &xs[2..];
-    let kernel = &ws[2..];
-    let mut before = vec![0usize; spatial];
-    let mut out_dims = vec![0usize; spatial];
-    for d in 0..spatial {
-        let effective = (kernel[d] - 1) * dilations[d] + 1;
-        let (b, a) = match pad_type {
-            "valid" => (0, 0),
-            "custom" => {
-                if custom.len() != 2 * spatial || custom.iter().any(|&p| p < 0) {
-                    return Err(format!(
-                        "pad {custom:?} must be {} non-negative numbers",
-                        2 * spatial
-                    ));
-                }
-                (custom[2 * d] as usize, custom[2 * d + 1] as usize)
-            }
-            "same" | "same_lower" => {
-                let total = (input[d].div_ceil(strides[d]).max(1) - 1) * strides[d] + effective;
-                let total = total.saturating_sub(input[d]);
-                let small = total / 2;
-                if pad_type == "same" {
-                    (small, total - small)
-                } else {
-                    (total - small, small)
-                }
-            }
-            other => return Err(format!("unknown pad_type {other:?}")),
-        };
-        let padded = input[d] + b + a;
-        if padded < effective {
-            return Err(format!(
-                "the padded input ({padded}) is smaller than the kernel ({effective}) along spatial axis {d}"
-            ));
-        }
-        before[d] = b;
-        out_dims[d] = (padded - effective) / strides[d] + 1;
-    }
-
-    let plane: usize = input.iter().product();
-    let kernel_size: usize = kernel.iter().product();
-    let out_size: usize = out_dims.iter().product();
-    // Where each (kernel position, output position) reads in an input
-    // plane, or None in the padding.
-    let mut in_strides = vec![1usize; spatial];
-    for d in (0..spatial.saturating_sub(1)).rev() {
-        in_strides[d] = in_strides[d + 1] * input[d + 1];
-    }
-    let kernel_positions: Vec<Vec<usize>> = (0..kernel_size).map(|i| unravel(i, kernel)).collect();
-    let out_positions: Vec<Vec<usize>> = (0..out_size).map(|i| unravel(i, &out_dims)).collect();
-    let mut source: Vec<Option<usize>> = Vec::with_capacity(kernel_size * out_size);
-    for k in &kernel_positions {
-        for o in &out_positions {
-            let mut flat = 0usize;
-            let mut inside = true;
-            for d in 0..spatial {
-                let at = (o[d] * strides[d] + k[d] * dilations[d]) as isize - before[d] as isize;
-                if at < 0 || at as usize >= input[d] {
-                    inside = false;
-                    break;
-                }
-                flat += at as usize * in_strides[d];
-            }
-            source.push(inside.then_some(flat));
-        }
-    }
+    let dilations = per_axis(args, "dilations", spatial, 1)?;
+    let window = Window::of(args, &xs[2..], &ws[2..], dilations, false)?;
+    let plane: usize = window.input.iter().product();
+    let kernel_size = window.kernel_size();
+    let out_size = window.output_size();
+    let out_dims = window.output.clone();
+    let source: Vec<Option<usize>> = window
+        .sources()
+        .into_iter()
+        .map(|s| match s {
+            Source::Input(i) => Some(i),
+            Source::Padding | Source::Beyond => None,
+        })
+        .collect();
 
     let x = x.as_standard_layout();
     let data = x
@@ -354,6 +287,183 @@ pub(super) fn conv(args: &Args<'_>) -> OpResult<Value> {
         if bias.shape() != [out_channels] {
             return Err(format!(
                 "the bias has shape {:?}, the convolution {out_channels} output channels",
+                bias.shape()
+            ));
+        }
+        for n in 0..batch {
+            for (c, &b) in bias.iter().enumerate() {
+                out3.slice_mut(s![n, c, ..]).mapv_inplace(|v| v + b);
+            }
+        }
+    }
+    Ok(Value::Float(out.into_shared()))
+}
+
+/// `conv_transpose`: each input position scatters the kernel, scaled by
+/// its value, into the output. Computed as one matrix product per group
+/// (`weightᵀ · x`, every input position's contribution at every kernel
+/// position) followed by a scatter-add of those columns (col2im).
+pub(super) fn conv_transpose(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let weight = args.float("weight")?;
+    let (xs, ws) = (x.shape().to_vec(), weight.shape().to_vec());
+    if xs.len() < 3 || ws.len() != xs.len() {
+        return Err(format!(
+            "x of shape {xs:?} and weight of shape {ws:?} are not a transposed convolution's [N, C_in, *D] and [C_in, C_out/groups, *K]"
+        ));
+    }
+    if ws[2..].contains(&0) {
+        return Err(format!("the weight of shape {ws:?} has an empty kernel"));
+    }
+    let spatial = xs.len() - 2;
+    let (batch, channels) = (xs[0], xs[1]);
+    let groups = args.opt_i64("groups")?.unwrap_or(1);
+    let groups = usize::try_from(groups)
+        .ok()
+        .filter(|&g| g > 0)
+        .ok_or_else(|| format!("groups must be positive, not {groups}"))?;
+    if ws[0] != channels || channels % groups != 0 {
+        return Err(format!(
+            "{channels} input channels and a weight of shape {ws:?} do not make {groups} groups"
+        ));
+    }
+    let group_in = channels / groups;
+    let group_out = ws[1];
+    let out_channels = group_out * groups;
+    let strides = per_axis(args, "strides", spatial, 1)?;
+    let dilations = per_axis(args, "dilations", spatial, 1)?;
+    let input = &xs[2..];
+    let kernel = &ws[2..];
+    let full: Vec<usize> = (0..spatial)
+        .map(|d| (input[d] - 1) * strides[d] + (kernel[d] - 1) * dilations[d] + 1)
+        .collect();
+    // Padding crops the full result; `same` crops it to stride × input, as
+    // coremltools' type inference declares.
+    let pad_type = args.opt_str("pad_type")?.unwrap_or("valid");
+    let mut before = vec![0usize; spatial];
+    let mut out_dims = full.clone();
+    match pad_type {
+        "valid" => {}
+        "custom" => {
+            let pad = args
+                .opt_i64_vec("pad")?
+                .unwrap_or_else(|| vec![0; 2 * spatial]);
+            if pad.len() != 2 * spatial || pad.iter().any(|&p| p < 0) {
+                return Err(format!(
+                    "pad {pad:?} must be {} non-negative numbers",
+                    2 * spatial
+                ));
+            }
+            for d in 0..spatial {
+                let (b, a) = (pad[2 * d] as usize, pad[2 * d + 1] as usize);
+                if b + a >= full[d] {
+                    return Err(format!(
+                        "pad {pad:?} crops away all {} positions of spatial axis {d}",
+                        full[d]
+                    ));
+                }
+                before[d] = b;
+                out_dims[d] = full[d] - b - a;
+            }
+        }
+        "same" => {
+            for d in 0..spatial {
+                out_dims[d] = strides[d] * input[d];
+                before[d] = full[d].saturating_sub(out_dims[d]) / 2;
+            }
+        }
+        other => {
+            return Err(format!(
+                "unknown pad_type {other:?} (expected valid, same or custom)"
+            ))
+        }
+    }
+    if let Some(shape) = args.opt_i64_vec("output_shape")? {
+        let declared: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+        if declared.len() != xs.len()
+            || declared[0] != batch
+            || declared[1] != out_channels
+            || (0..spatial).any(|d| declared[2 + d] + before[d] > full[d])
+        {
+            return Err(format!(
+                "output_shape {shape:?} does not fit the transposed convolution's result"
+            ));
+        }
+        out_dims.copy_from_slice(&declared[2..]);
+    }
+
+    let plane: usize = input.iter().product();
+    let kernel_size: usize = kernel.iter().product();
+    let out_size: usize = out_dims.iter().product();
+    let mut out_strides = vec![1usize; spatial];
+    for d in (0..spatial.saturating_sub(1)).rev() {
+        out_strides[d] = out_strides[d + 1] * out_dims[d + 1];
+    }
+    // Where each (kernel position, input position) lands in an output
+    // plane, or None where padding cropped it.
+    let mut target: Vec<Option<usize>> = Vec::with_capacity(kernel_size * plane);
+    for k in 0..kernel_size {
+        let kp = unravel(k, kernel);
+        for i in 0..plane {
+            let ip = unravel(i, input);
+            let mut flat = 0usize;
+            let mut inside = true;
+            for d in 0..spatial {
+                let at = (ip[d] * strides[d] + kp[d] * dilations[d]) as isize - before[d] as isize;
+                if at < 0 || at as usize >= out_dims[d] {
+                    inside = false;
+                    break;
+                }
+                flat += at as usize * out_strides[d];
+            }
+            target.push(inside.then_some(flat));
+        }
+    }
+
+    let x = x.as_standard_layout();
+    let x3 = x
+        .view()
+        .into_shape_with_order((batch, channels, plane))
+        .map_err(|e| e.to_string())?;
+    let weight = weight.as_standard_layout();
+    // [C_in, C_out/groups · K]: row c holds input channel c's kernels.
+    let w2 = weight
+        .view()
+        .into_shape_with_order((channels, group_out * kernel_size))
+        .map_err(|e| e.to_string())?;
+    let mut out = ArrayD::<f32>::zeros(IxDyn(&[&[batch, out_channels][..], &out_dims].concat()));
+    let mut out3 = out
+        .view_mut()
+        .into_shape_with_order((batch, out_channels, out_size))
+        .map_err(|e| e.to_string())?;
+    let mut columns = Array2::<f32>::zeros((group_out * kernel_size, plane));
+    for n in 0..batch {
+        for g in 0..groups {
+            let wg = w2.slice(s![g * group_in..(g + 1) * group_in, ..]);
+            let xg = x3.slice(s![n, g * group_in..(g + 1) * group_in, ..]);
+            general_mat_mul(1.0, &wg.t(), &xg, 0.0, &mut columns);
+            for c in 0..group_out {
+                let mut plane_out = out3.slice_mut(s![n, g * group_out + c, ..]);
+                let plane_out = plane_out
+                    .as_slice_mut()
+                    .ok_or("the output is not contiguous (interpreter bug)")?;
+                for k in 0..kernel_size {
+                    let row = columns.row(c * kernel_size + k);
+                    let targets = &target[k * plane..(k + 1) * plane];
+                    for (&value, to) in row.iter().zip(targets) {
+                        if let Some(to) = to {
+                            plane_out[*to] += value;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(bias) = args.get("bias")? {
+        let bias = bias.to_float()?;
+        if bias.shape() != [out_channels] {
+            return Err(format!(
+                "the bias has shape {:?}, the transposed convolution {out_channels} output channels",
                 bias.shape()
             ));
         }
