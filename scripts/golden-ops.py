@@ -174,6 +174,11 @@ case("instance_norm", "instance_norm", dict(x=nx, gamma=bg, beta=bb, epsilon=np.
 case("l2_norm", "l2_norm", dict(x=nx, epsilon=np.float32(1e-6)))
 case("local_response_norm", "local_response_norm", dict(x=nx, size=np.int32(3), alpha=np.float32(1e-2), beta=np.float32(0.75), k=np.float32(1.5)),
      compute=lambda: F.local_response_norm(T(nx), 3, alpha=1e-2, beta=0.75, k=1.5).numpy())
+case("threshold", "threshold", dict(x=u, alpha=np.float32(0.3)))
+cx5 = rnd(1, 2, 5, 6)
+case("crop", "crop", dict(x=cx5, crop_height=np.array([1, 2], np.int32), crop_width=np.array([0, 3], np.int32)),
+     compute=lambda: cx5[:, :, 1:3, 0:3])
+case("non_zero", "non_zero", dict(x=np.array([[0, 1.5, 0], [-2, 0, 3]], np.float32)))
 case("thresholded_relu", "thresholded_relu", dict(x=u, alpha=np.float32(0.5)))
 case("sigmoid_hard", "sigmoid_hard", dict(x=u, alpha=np.float32(1 / 6), beta=np.float32(0.5)))
 case("scaled_tanh", "scaled_tanh", dict(x=u, alpha=np.float32(1.5), beta=np.float32(0.7)))

@@ -369,23 +369,36 @@ impl Compiler<'_> {
                     }
                     key_inputs.push((param.clone(), keys));
                 }
-                let (output, declared) = &outputs[0];
-                let key = ConstKey::Op {
-                    op_type: op_type.to_string(),
-                    inputs: key_inputs,
-                    output_type: op.outputs[0]
-                        .r#type
-                        .as_ref()
-                        .map(Message::encode_to_vec)
-                        .unwrap_or_default(),
-                    index: 0,
-                };
-                let declared = declared.clone();
-                self.constant(output, key, || {
-                    let value = ops::constexpr::evaluate(constexpr, &arguments)?;
-                    materialize(value, &declared)
-                })
-                .map_err(invalid)?;
+                // Evaluated once, on the first output's demand; each output
+                // is a constant of its own, shared under its own key.
+                let mut results: Option<Vec<Value>> = None;
+                for (index, (output, declared)) in outputs.iter().enumerate() {
+                    let key = ConstKey::Op {
+                        op_type: op_type.to_string(),
+                        inputs: key_inputs.clone(),
+                        output_type: op.outputs[index]
+                            .r#type
+                            .as_ref()
+                            .map(Message::encode_to_vec)
+                            .unwrap_or_default(),
+                        index,
+                    };
+                    let declared = declared.clone();
+                    self.constant(output, key, || {
+                        if results.is_none() {
+                            results = Some(ops::constexpr::evaluate(constexpr, &arguments)?);
+                        }
+                        let value = results
+                            .as_ref()
+                            .and_then(|r| r.get(index))
+                            .cloned()
+                            .ok_or_else(|| {
+                                format!("computed no output {index} (interpreter bug)")
+                            })?;
+                        materialize(value, &declared)
+                    })
+                    .map_err(invalid)?;
+                }
             }
             kind => {
                 let mut slots = Vec::with_capacity(outputs.len());

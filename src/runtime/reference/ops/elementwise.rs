@@ -450,6 +450,13 @@ pub(super) fn clip(args: &Args<'_>) -> OpResult<Value> {
     Ok(Value::Float(map(&x, |v| v.max(alpha).min(beta))))
 }
 
+/// `threshold`: `max(x, alpha)`.
+pub(super) fn threshold(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let alpha = args.f32("alpha")?;
+    Ok(Value::Float(map(&x, |v| v.max(alpha))))
+}
+
 pub(super) fn thresholded_relu(args: &Args<'_>) -> OpResult<Value> {
     let x = args.float("x")?;
     let alpha = args.opt_f32("alpha")?.unwrap_or(1.0);

@@ -7,6 +7,7 @@
 //! numpy-style slicing of `slice_by_index` / `slice_update`.
 
 pub(crate) mod constexpr;
+mod conv;
 mod elementwise;
 mod index;
 mod linalg;
@@ -48,6 +49,7 @@ pub(crate) enum Kind {
     ClampedRelu,
     Clip,
     ThresholdedRelu,
+    Threshold,
     SigmoidHard,
     ScaledTanh,
     LinearActivation,
@@ -76,6 +78,8 @@ pub(crate) enum Kind {
     Pad,
     Reverse,
     ReverseSequence,
+    Crop,
+    NonZero,
     Gather,
     GatherAlongAxis,
     GatherNd,
@@ -206,6 +210,20 @@ const TABLE: &[(&str, Spec)] = {
             &["source_val", "output_dtype"],
             NONE,
         ),
+        op_with_outputs(
+            "constexpr_lut_to_sparse",
+            K::Constexpr(C::LutToSparse),
+            &["indices_mask", "indices_nonzero_data", "lut"],
+            &["vector_axis"],
+            Some(2),
+        ),
+        op_with_outputs(
+            "constexpr_sparse_blockwise_shift_scale",
+            K::Constexpr(C::SparseBlockwiseShiftScale),
+            &["data_mask", "nonzero_data", "scale"],
+            &["offset"],
+            Some(2),
+        ),
         op("linear", K::Linear, &["x", "weight"], &["bias"]),
         op("matmul", K::Matmul, XY, &["transpose_x", "transpose_y"]),
         op(
@@ -271,6 +289,7 @@ const TABLE: &[(&str, Spec)] = {
         ),
         op("clip", K::Clip, &["x", "alpha", "beta"], NONE),
         op("thresholded_relu", K::ThresholdedRelu, X, &["alpha"]),
+        op("threshold", K::Threshold, &["x", "alpha"], NONE),
         op("sigmoid_hard", K::SigmoidHard, X, &["alpha", "beta"]),
         op("scaled_tanh", K::ScaledTanh, X, &["alpha", "beta"]),
         op(
@@ -358,6 +377,8 @@ const TABLE: &[(&str, Spec)] = {
         op("tile", K::Tile, &["x", "reps"], NONE),
         op("pad", K::Pad, &["x", "pad"], &["mode", "constant_val"]),
         op("reverse", K::Reverse, X, &["axes"]),
+        op("crop", K::Crop, &["x", "crop_height", "crop_width"], NONE),
+        op("non_zero", K::NonZero, X, NONE),
         op(
             "reverse_sequence",
             K::ReverseSequence,
@@ -637,8 +658,8 @@ pub(crate) fn run(kind: Kind, args: &Args<'_>) -> OpResult<Vec<Value>> {
         }
         Kind::Linear => single(linalg::linear(args)),
         Kind::Matmul => single(linalg::matmul(args)),
-        Kind::Conv => single(linalg::conv(args)),
-        Kind::ConvTranspose => single(linalg::conv_transpose(args)),
+        Kind::Conv => single(conv::conv(args)),
+        Kind::ConvTranspose => single(conv::conv_transpose(args)),
         Kind::Attention => single(linalg::attention(args)),
         Kind::Pool(op) => single(pool::pool(op, args)),
         Kind::Binary(op) => single(elementwise::binary(op, args)),
@@ -652,6 +673,7 @@ pub(crate) fn run(kind: Kind, args: &Args<'_>) -> OpResult<Vec<Value>> {
         Kind::ClampedRelu => single(elementwise::clamped_relu(args)),
         Kind::Clip => single(elementwise::clip(args)),
         Kind::ThresholdedRelu => single(elementwise::thresholded_relu(args)),
+        Kind::Threshold => single(elementwise::threshold(args)),
         Kind::SigmoidHard => single(elementwise::sigmoid_hard(args)),
         Kind::ScaledTanh => single(elementwise::scaled_tanh(args)),
         Kind::LinearActivation => single(elementwise::linear_activation(args)),
@@ -682,6 +704,8 @@ pub(crate) fn run(kind: Kind, args: &Args<'_>) -> OpResult<Vec<Value>> {
         Kind::Pad => single(shape::pad(args)),
         Kind::Reverse => single(shape::reverse(args)),
         Kind::ReverseSequence => single(shape::reverse_sequence(args)),
+        Kind::Crop => single(shape::crop(args)),
+        Kind::NonZero => single(shape::non_zero(args)),
         Kind::GatherNd => single(index::gather_nd(args)),
         Kind::Scatter => single(index::scatter(args)),
         Kind::ScatterAlongAxis => single(index::scatter_along_axis(args)),

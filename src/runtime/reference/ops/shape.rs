@@ -886,6 +886,52 @@ pub(super) fn pad(args: &Args<'_>) -> OpResult<Value> {
     })
 }
 
+/// `crop`: removes `crop_height` rows (top, bottom) and `crop_width`
+/// columns (left, right) from the last two axes.
+pub(super) fn crop(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.required("x")?;
+    let shape = x.shape();
+    let rank = shape.len();
+    let height = dims(&args.i64_vec("crop_height")?, "crop_height")?;
+    let width = dims(&args.i64_vec("crop_width")?, "crop_width")?;
+    if rank < 2
+        || height.len() != 2
+        || width.len() != 2
+        || height[0] + height[1] > shape[rank - 2]
+        || width[0] + width[1] > shape[rank - 1]
+    {
+        return Err(format!(
+            "crop_height {height:?} and crop_width {width:?} do not fit x of shape {shape:?}"
+        ));
+    }
+    let mut slices: Vec<Slice> = vec![Slice::from(..); rank];
+    slices[rank - 2] = Slice::from(height[0] as isize..(shape[rank - 2] - height[1]) as isize);
+    slices[rank - 1] = Slice::from(width[0] as isize..(shape[rank - 1] - width[1]) as isize);
+    Ok(any_tensor!(x, a => {
+        let mut view = a.view();
+        for (along, slice) in slices.iter().enumerate() {
+            view.slice_axis_inplace(Axis(along), *slice);
+        }
+        Ok::<_, String>(view.to_owned().into_shared())
+    }))
+}
+
+/// `non_zero`: the index of each nonzero element, one row each
+/// (`[count, rank]`), in row-major order.
+pub(super) fn non_zero(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.required("x")?.to_bool()?;
+    let rank = x.ndim();
+    let mut rows = Vec::new();
+    let mut count = 0;
+    for (position, &set) in x.indexed_iter() {
+        if set {
+            rows.extend((0..rank).map(|d| position[d] as i32));
+            count += 1;
+        }
+    }
+    Value::int(vec![count, rank], rows)
+}
+
 /// `reverse`: flips `axes` (every axis when absent).
 pub(super) fn reverse(args: &Args<'_>) -> OpResult<Value> {
     let x = args.required("x")?;
