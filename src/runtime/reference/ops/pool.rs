@@ -42,64 +42,67 @@ pub(super) fn pool(op: Pool, args: &Args<'_>) -> OpResult<Value> {
             .opt_bool("exclude_padding_from_average")?
             .unwrap_or(false);
 
-    let sources = window.sources();
-    let kernel_size = window.kernel_size();
-    let out_size = window.output_size();
-    // The divisor of each output position's average.
-    let counts: Vec<f32> = (0..out_size)
-        .map(|o| {
-            (0..kernel_size)
-                .filter(|k| match sources[k * out_size + o] {
-                    Source::Input(_) => true,
-                    Source::Padding => !exclude_padding,
-                    Source::Beyond => false,
-                })
-                .count()
-                .max(1) as f32
-        })
-        .collect();
-
     let plane: usize = window.input.iter().product();
     let x = x.as_standard_layout();
     let data = x
         .as_slice()
         .ok_or("x is not contiguous (interpreter bug)")?;
     let planes = shape[0] * shape[1];
-    let mut out = Vec::with_capacity(planes * out_size);
-    let mut accumulator = vec![0f32; out_size];
-    for p in 0..planes {
-        let input = &data[p * plane..(p + 1) * plane];
-        accumulator.fill(match op {
-            Pool::Max => f32::NEG_INFINITY,
-            Pool::Average | Pool::L2 => 0.0,
-        });
-        for k in 0..kernel_size {
-            let row = &sources[k * out_size..(k + 1) * out_size];
-            for (acc, source) in accumulator.iter_mut().zip(row) {
-                let Source::Input(i) = *source else {
-                    continue;
-                };
-                let v = input[i];
-                match op {
-                    // NaN propagates, as in torch.
-                    Pool::Max => {
-                        if v > *acc || v.is_nan() {
-                            *acc = v
-                        }
+    let out_size = window.output_size();
+    let mut out = vec![0f32; planes * out_size];
+    let positions = positions(&window);
+    for (input, target) in data.chunks_exact(plane).zip(out.chunks_exact_mut(out_size)) {
+        for (slot, (reads, count)) in target.iter_mut().zip(&positions) {
+            let count = if exclude_padding {
+                reads.len()
+            } else {
+                *count
+            };
+            *slot = match op {
+                // NaN propagates, as in torch.
+                Pool::Max => reads.iter().fold(f32::NEG_INFINITY, |acc, &i| {
+                    let v = input[i];
+                    if v > acc || v.is_nan() {
+                        v
+                    } else {
+                        acc
                     }
-                    Pool::Average => *acc += v,
-                    Pool::L2 => *acc += v * v,
+                }),
+                Pool::Average => {
+                    reads.iter().map(|&i| input[i]).sum::<f32>() / count.max(1) as f32
                 }
-            }
-        }
-        match op {
-            Pool::Max => out.extend_from_slice(&accumulator),
-            Pool::Average => out.extend(accumulator.iter().zip(&counts).map(|(s, c)| s / c)),
-            Pool::L2 => out.extend(accumulator.iter().map(|s| s.sqrt())),
+                Pool::L2 => reads.iter().map(|&i| input[i] * input[i]).sum::<f32>().sqrt(),
+            };
         }
     }
     let out_shape = [&shape[..2], &window.output[..]].concat();
     ArrayD::from_shape_vec(IxDyn(&out_shape), out)
         .map(|a| Value::Float(a.into_shared()))
         .map_err(|e| e.to_string())
+}
+
+/// For each output position: the input positions its window reads (in
+/// kernel order), and how many positions an average that counts padding
+/// divides by (the window within the declared padding).
+fn positions(window: &Window) -> Vec<(Vec<usize>, usize)> {
+    let sources = window.sources();
+    let kernel_size = window.kernel_size();
+    let out_size = window.output_size();
+    (0..out_size)
+        .map(|o| {
+            let mut reads = Vec::with_capacity(kernel_size);
+            let mut count = 0;
+            for k in 0..kernel_size {
+                match sources[k * out_size + o] {
+                    Source::Input(i) => {
+                        reads.push(i);
+                        count += 1;
+                    }
+                    Source::Padding => count += 1,
+                    Source::Beyond => {}
+                }
+            }
+            (reads, count)
+        })
+        .collect()
 }
