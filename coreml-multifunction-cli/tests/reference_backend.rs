@@ -224,8 +224,13 @@ const INT8: (f32, f32) = (1e-2, 1e-2);
 /// 4-bit weights: their quantization error (up to 3.3e-2 here) on top.
 const FOUR_BIT: (f32, f32) = (5e-2, 5e-2);
 
-/// The largest `|got - want|`, asserting every element within tolerance.
-fn assert_close(what: &str, got: (&[usize], &[f32]), want: &Npy, (atol, rtol): (f32, f32)) -> f32 {
+/// The largest `|got - want|`, asserting every element within tolerance;
+/// integer outputs (indices, argmax, counts) must match exactly.
+fn assert_close(what: &str, got: (&[usize], &[f32]), want: &Npy, tolerance: (f32, f32)) -> f32 {
+    let (atol, rtol) = match want {
+        Npy::I32(_) | Npy::I64(_) | Npy::U8(_) => (0.0, 0.0),
+        Npy::F16(_) | Npy::F32(_) => tolerance,
+    };
     let expected = want.to_f32();
     // torch keeps a leading batch axis coremltools may not; compare values
     // in order, shapes by element count and trailing axes.

@@ -19,15 +19,21 @@
 //!
 //! # What it runs
 //!
-//! The ops listed by `ops::supported`: the arithmetic, activation, reduction,
-//! shape, slicing, gather, convolution and matrix ops that PyTorch and
-//! coremltools conversions produce, the `constexpr_*` decompression ops of
-//! iOS 16 to 18 (decompressed once, at load), and the iOS 18 state ops.
-//! Semantics follow coremltools' op definitions. An op outside the list is
-//! an [`Error::UnsupportedOps`] when the function is *loaded*, naming every
-//! such op and the function, never a wrong answer later; so are control flow
-//! (`cond`, `while_loop`), a missing required input, an unknown parameter
-//! or a reference to an undefined value ([`Error::InvalidModel`]).
+//! The ops of `ops::TABLE` and its elementwise and reduction families:
+//! what coremltools 9.0's torch frontend emits at iOS 18 for torchvision's
+//! classification and segmentation models (ResNet, MobileNet V2/V3,
+//! EfficientNet, RegNet, DenseNet, ConvNeXt, ViT, Swin, DeepLab), UNets and
+//! VAE decoders, transformers encoders and decoders (BERT, GPT-2, Llama,
+//! T5, Whisper) and LSTMs: arithmetic, activations, reductions and
+//! normalizations, shape and index ops, convolutions (transposed too),
+//! pooling and resizing, matrix products and attention; every `constexpr_*`
+//! decompression op of iOS 16 to 18 (decompressed once, at load, chains and
+//! joint sparse compression included); and the iOS 18 state ops. Semantics
+//! follow coremltools' op definitions. Ops outside the list are an
+//! [`Error::UnsupportedOps`] when the function is *loaded*, naming every
+//! such op and the function, never a wrong answer later; so are a missing
+//! required input, an unknown parameter or a reference to an undefined
+//! value ([`Error::InvalidModel`]).
 //!
 //! # Numerics and tolerance
 //!
@@ -71,7 +77,9 @@
 //! matrix-vector products that read the weight in place, split by rows over
 //! the machine's cores when the weight is large (a matrix-vector product is
 //! bound by memory bandwidth, which one core does not saturate), and many
-//! rows as one matrix product; either way the arithmetic is ndarray's. Other
+//! rows as one matrix product; either way the arithmetic is ndarray's.
+//! Convolutions are im2col onto the same matrix products, split over the
+//! cores by output rows (or by groups, for depthwise convolutions). Other
 //! ops run on one thread. A prediction of the multifunction guide's
 //! 6000-wide LoRA model (two 144 MB f32 weights) is bound by memory
 //! bandwidth: see `scripts/bench-reference`.
