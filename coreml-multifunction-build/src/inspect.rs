@@ -62,6 +62,11 @@ pub struct FunctionReport {
     /// For classifiers: the output holding the class probabilities.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub predicted_probabilities_name: Option<String>,
+    /// The op types the reference CPU backend lacks to run this function
+    /// (empty: it runs it). [`report`] leaves it `None`, since this crate
+    /// does not link the runtime; the CLI, which does, fills it in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_backend_missing_ops: Option<Vec<String>>,
 }
 
 /// One input, output or state.
@@ -192,6 +197,7 @@ pub fn report(package: &Package, shown_path: &str) -> Result<Report> {
                 states: description.state.iter().map(feature).collect(),
                 predicted_feature_name: non_empty(&description.predicted_feature_name),
                 predicted_probabilities_name: non_empty(&description.predicted_probabilities_name),
+                reference_backend_missing_ops: None,
             }
         })
         .collect();
@@ -481,6 +487,19 @@ pub fn to_text(report: &Report) -> String {
             "    {}{default}: opset {}, {} operations",
             function.name, function.opset, function.operation_count
         );
+        match function.reference_backend_missing_ops.as_deref() {
+            None => {}
+            Some([]) => {
+                let _ = writeln!(out, "      reference CPU backend: runs it");
+            }
+            Some(missing) => {
+                let _ = writeln!(
+                    out,
+                    "      reference CPU backend: cannot run it, lacks {}",
+                    missing.join(", ")
+                );
+            }
+        }
         for (label, features) in [
             ("input ", &function.inputs),
             ("output", &function.outputs),

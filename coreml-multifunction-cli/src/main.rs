@@ -144,7 +144,12 @@ fn inspect_command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
     }
     let path = path.ok_or_else(|| Failure::usage("inspect needs a PACKAGE"))?;
     let package = Package::open(&path)?;
-    let report = inspect::report(&package, &path.display().to_string())?;
+    let mut report = inspect::report(&package, &path.display().to_string())?;
+    for function in &mut report.functions {
+        function.reference_backend_missing_ops = Some(
+            coreml_multifunction::runtime::reference_backend_missing_ops(&package, &function.name)?,
+        );
+    }
     let text = if json {
         let mut text = serde_json::to_string_pretty(&report).expect("reports serialise");
         text.push('\n');

@@ -225,6 +225,53 @@ fn the_text_form_lists_functions_and_their_io() {
 }
 
 #[test]
+fn inspect_says_which_functions_the_reference_backend_can_run() {
+    use coreml_multifunction::proto::{model, Model};
+    use prost::Message;
+
+    // Every committed fixture runs; the report says so per function.
+    let merged = common::merged_package("lora_pair");
+    let report = inspect_json(&merged);
+    for name in ["adapter_1", "adapter_2"] {
+        assert_eq!(
+            function(&report, name)["reference_backend_missing_ops"],
+            serde_json::json!([]),
+            "{report}"
+        );
+    }
+
+    // A function using ops the backend lacks: each is named, in JSON and
+    // in text.
+    let scratch = common::Scratch::of(&common::source_package("lora_adapter_1"));
+    let mut spec = Model::decode(&*std::fs::read(scratch.spec()).unwrap()).unwrap();
+    let Some(model::Type::MlProgram(program)) = &mut spec.r#type else {
+        unreachable!("fixtures are ML Programs")
+    };
+    for function in program.functions.values_mut() {
+        for block in function.block_specializations.values_mut() {
+            for op in &mut block.operations {
+                if op.r#type == "relu" {
+                    op.r#type = "frobnicate".to_string();
+                }
+            }
+        }
+    }
+    std::fs::write(scratch.spec(), spec.encode_to_vec()).unwrap();
+    let report = inspect_json(&scratch.package);
+    assert_eq!(
+        function(&report, "main")["reference_backend_missing_ops"],
+        serde_json::json!(["frobnicate"]),
+        "{report}"
+    );
+    let output = cli(&["inspect", scratch.package.to_str().unwrap()]);
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains("reference CPU backend: cannot run it, lacks frobnicate"),
+        "{text}"
+    );
+}
+
+#[test]
 fn the_neural_network_fixture_is_rejected_by_type() {
     let output = cli(&[
         "inspect",

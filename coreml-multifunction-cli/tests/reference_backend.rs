@@ -224,8 +224,13 @@ const INT8: (f32, f32) = (1e-2, 1e-2);
 /// 4-bit weights: their quantization error (up to 3.3e-2 here) on top.
 const FOUR_BIT: (f32, f32) = (5e-2, 5e-2);
 
-/// The largest `|got - want|`, asserting every element within tolerance.
-fn assert_close(what: &str, got: (&[usize], &[f32]), want: &Npy, (atol, rtol): (f32, f32)) -> f32 {
+/// The largest `|got - want|`, asserting every element within tolerance;
+/// integer outputs (indices, argmax, counts) must match exactly.
+fn assert_close(what: &str, got: (&[usize], &[f32]), want: &Npy, tolerance: (f32, f32)) -> f32 {
+    let (atol, rtol) = match want {
+        Npy::I32(_) | Npy::I64(_) | Npy::U8(_) => (0.0, 0.0),
+        Npy::F16(_) | Npy::F32(_) => tolerance,
+    };
     let expected = want.to_f32();
     // torch keeps a leading batch axis coremltools may not; compare values
     // in order, shapes by element count and trailing axes.
@@ -765,24 +770,57 @@ fn ops_of(
 }
 
 #[test]
-fn an_unsupported_op_fails_at_load_naming_op_and_function() {
+fn unsupported_ops_fail_at_load_naming_every_one_and_the_function() {
     let scratch = common::Scratch::of(&common::source_package("lora_adapter_1"));
     edit_spec(&scratch.package, |program| {
-        let relu = ops_of(program)
-            .iter_mut()
-            .find(|op| op.r#type == "relu")
-            .unwrap();
-        relu.r#type = "frobnicate".to_string();
+        let ops = ops_of(program);
+        // Unknown ops, one of them several times, and one only inside a
+        // nested block: the error names each once, sorted.
+        let mut renamed = 0;
+        for op in ops.iter_mut() {
+            if op.r#type == "relu" || op.r#type == "linear" {
+                op.r#type = if renamed == 0 { "frobnicate" } else { "zorble" }.to_string();
+                renamed += 1;
+            }
+        }
+        assert!(renamed >= 2, "the adapter has a relu and linears");
+        let mut nested = ops[0].clone();
+        nested.r#type = "nested_gizmo".to_string();
+        ops[0]
+            .blocks
+            .push(coreml_multifunction::proto::mil_spec::Block {
+                operations: vec![nested],
+                ..Default::default()
+            });
     });
     let error = Function::load(&scratch.package, "main", &reference()).unwrap_err();
-    assert!(
-        matches!(&error, Error::UnsupportedOp { function, op } if function == "main" && op == "frobnicate"),
-        "{error:?}"
-    );
     let message = error.to_string();
     assert!(
-        message.contains("frobnicate") && message.contains("\"main\""),
+        matches!(&error, Error::UnsupportedOps { function, ops } if function == "main"),
+        "{error:?}"
+    );
+    let Error::UnsupportedOps { ops, .. } = &error else {
+        unreachable!()
+    };
+    assert_eq!(ops, &["frobnicate", "nested_gizmo", "zorble"]);
+    assert!(
+        message.contains(r#"ops "frobnicate", "nested_gizmo", "zorble""#)
+            && message.contains("\"main\""),
         "{message}"
+    );
+    // inspect's view of the same function lists the same ops.
+    let package = coreml_multifunction::package::Package::open(&scratch.package).unwrap();
+    assert_eq!(
+        &coreml_multifunction::runtime::reference_backend_missing_ops(&package, "main").unwrap(),
+        ops
+    );
+    let untouched =
+        coreml_multifunction::package::Package::open(common::source_package("lora_adapter_1"))
+            .unwrap();
+    assert!(
+        coreml_multifunction::runtime::reference_backend_missing_ops(&untouched, "main")
+            .unwrap()
+            .is_empty()
     );
 }
 

@@ -28,16 +28,19 @@ pub enum Error {
     /// The operating system is older than the models need.
     #[error("{0}")]
     OsTooOld(String),
-    /// The model uses an operation the reference backend does not run.
+    /// The function uses operations the reference backend does not run:
+    /// every one of them, found when the function is loaded.
     #[error(
-        "function {function:?} uses op {op:?}, which the reference CPU backend does not implement; \
-         run it with Core ML on an Apple platform"
+        "function {function:?} uses {}, which the reference CPU backend does not implement; \
+         run it with Core ML on an Apple platform (`coreml-multifunction inspect` lists what \
+         each function needs)",
+        describe_ops(ops)
     )]
-    UnsupportedOp {
+    UnsupportedOps {
         /// The function.
         function: String,
-        /// The op type.
-        op: String,
+        /// The op types it lacks, sorted, each once.
+        ops: Vec<String>,
     },
     /// The model is not something the backend can run as written.
     #[error("function {function:?}: {detail}")]
@@ -138,4 +141,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// "op \"a\"" or "ops \"a\", \"b\"".
+fn describe_ops(ops: &[String]) -> String {
+    let quoted: Vec<String> = ops.iter().map(|op| format!("{op:?}")).collect();
+    match quoted.as_slice() {
+        [one] => format!("op {one}"),
+        _ => format!("ops {}", quoted.join(", ")),
+    }
 }

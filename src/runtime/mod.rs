@@ -59,6 +59,16 @@ pub enum ComputeUnits {
     All,
 }
 
+/// The op types function `function` of `package` uses that the reference
+/// CPU backend does not implement, nested blocks included: sorted, each
+/// once, and empty when the backend can run the function. Loading the
+/// function on that backend fails with [`Error::UnsupportedOps`] naming the
+/// same list; `coreml-multifunction inspect` prints it per function.
+#[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
+pub fn reference_backend_missing_ops(package: &Package, function: &str) -> Result<Vec<String>> {
+    reference::missing_ops(package, function)
+}
+
 /// Which implementation runs the model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Backend {

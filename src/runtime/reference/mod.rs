@@ -19,21 +19,28 @@
 //!
 //! # What it runs
 //!
-//! The ops listed by `ops::supported`: the arithmetic, activation, reduction,
-//! shape, slicing, gather, convolution and matrix ops that PyTorch and
-//! coremltools conversions produce, the `constexpr_*` decompression ops of
-//! iOS 16 to 18 (decompressed once, at load), the iOS 18 state ops, the
-//! recurrent layers `lstm` and `rnn` (torch's `nn.LSTM` and `nn.RNN`; its
-//! `nn.GRU` becomes a loop), and control flow: `cond` and `while_loop`, nested to any depth, their blocks
-//! compiled at load like the function's body (constants inside them,
-//! weights of a loop body included, decoded once). Semantics follow
-//! coremltools' op definitions. An op outside the list is an
-//! [`Error::UnsupportedOp`] when the function is *loaded*, naming the op
-//! and the function, never a wrong answer later; so are a missing required
-//! input, an unknown parameter, a reference to an undefined value or a
-//! control-flow op whose blocks do not fit it ([`Error::InvalidModel`]).
-//! A loop has no iteration bound, as in Core ML: a program whose loop
-//! condition never turns false runs forever.
+//! The ops of `ops::TABLE` and its elementwise and reduction families:
+//! what coremltools 9.0's torch frontend emits at iOS 18 for torchvision's
+//! classification and segmentation models (ResNet, MobileNet V2/V3,
+//! EfficientNet, RegNet, DenseNet, ConvNeXt, ViT, Swin, DeepLab), UNets and
+//! VAE decoders, transformers encoders and decoders (BERT, GPT-2, Llama,
+//! T5, Whisper) and recurrent networks: arithmetic, activations, reductions
+//! and normalizations, shape and index ops, convolutions (transposed too),
+//! pooling and resizing, matrix products and attention; the recurrent
+//! layers `lstm` and `rnn` (torch's `nn.LSTM` and `nn.RNN`; its `nn.GRU`
+//! becomes a loop); control flow, `cond` and `while_loop`, nested to any
+//! depth, their blocks compiled at load like the function's body (constants
+//! inside them, weights of a loop body included, decoded once); every
+//! `constexpr_*` decompression op of iOS 16 to 18 (decompressed once, at
+//! load, chains and joint sparse compression included); and the iOS 18
+//! state ops. Semantics follow coremltools' op definitions. Ops outside the
+//! list are an [`Error::UnsupportedOps`] when the function is *loaded*,
+//! naming every such op (in nested blocks too) and the function, never a
+//! wrong answer later; so are a missing required input, an unknown
+//! parameter, a reference to an undefined value or a control-flow op whose
+//! blocks do not fit it ([`Error::InvalidModel`]). A loop has no iteration
+//! bound, as in Core ML: a program whose loop condition never turns false
+//! runs forever.
 //!
 //! # Numerics and tolerance
 //!
@@ -77,7 +84,9 @@
 //! matrix-vector products that read the weight in place, split by rows over
 //! the machine's cores when the weight is large (a matrix-vector product is
 //! bound by memory bandwidth, which one core does not saturate), and many
-//! rows as one matrix product; either way the arithmetic is ndarray's. Other
+//! rows as one matrix product; either way the arithmetic is ndarray's.
+//! Convolutions are im2col onto the same matrix products, split over the
+//! cores by output rows (or by groups, for depthwise convolutions). Other
 //! ops run on one thread. A prediction of the multifunction guide's
 //! 6000-wide LoRA model (two 144 MB f32 weights) is bound by memory
 //! bandwidth: see `scripts/bench-reference`.
@@ -111,7 +120,7 @@ use std::sync::Arc;
 use half::f16;
 use ndarray::{ArcArray, IxDyn};
 
-use coreml_multifunction_format::package::Package;
+use coreml_multifunction_format::package::{FunctionView, Package};
 use coreml_multifunction_format::proto::mil_spec::DataType as MilType;
 use coreml_multifunction_format::proto::specification::{
     feature_type, state_feature_type, FeatureType,
@@ -177,20 +186,32 @@ impl fmt::Debug for Function {
     }
 }
 
+/// The view of `function` in `package`, or the error naming the functions
+/// there are.
+fn view<'a>(package: &'a Package, function: &str) -> Result<FunctionView<'a>> {
+    package
+        .function(function)
+        .ok_or_else(|| Error::UnknownFunction {
+            package: package.root().to_path_buf(),
+            function: function.to_string(),
+            available: coreml_multifunction_format::naming::quoted_list(
+                package.functions().iter().map(|f| f.name),
+            ),
+        })
+}
+
+/// The op types `function` of `package` uses that this backend does not
+/// implement, nested blocks included: sorted, each once.
+pub(crate) fn missing_ops(package: &Package, function: &str) -> Result<Vec<String>> {
+    Ok(program::missing_ops(view(package, function)?.block()))
+}
+
 impl Function {
     /// Prepares `function` of `package`: compiles its body, decodes its
     /// weights (sharing them with the package's other loaded functions) and
     /// checks that every op is implemented and has its required inputs.
     pub fn load(package: &Package, function: &str) -> Result<Function> {
-        let Some(view) = package.function(function) else {
-            return Err(Error::UnknownFunction {
-                package: package.root().to_path_buf(),
-                function: function.to_string(),
-                available: coreml_multifunction_format::naming::quoted_list(
-                    package.functions().iter().map(|f| f.name),
-                ),
-            });
-        };
+        let view = view(package, function)?;
         let invalid = |detail: String| Error::InvalidModel {
             function: function.to_string(),
             detail,
@@ -652,7 +673,7 @@ mod tests {
         for op in &all {
             assert!(ops::spec(op).is_some(), "{op}");
         }
-        for op in ["conv_transpose", "gru"] {
+        for op in ["gru", "make_list", "frobnicate"] {
             assert!(ops::spec(op).is_none(), "{op}");
         }
     }

@@ -1,7 +1,8 @@
 //! Compiling a MIL function into a list of steps over numbered slots.
 //!
 //! Everything that can fail without seeing an input fails here, at load
-//! time: an op the backend does not implement ([`Error::UnsupportedOp`]),
+//! time: ops the backend does not implement (all of them at once,
+//! [`Error::UnsupportedOps`]),
 //! an input an op requires but lacks, a parameter it does not know, a
 //! reference to an undefined value, a constant that does not decode
 //! ([`Error::InvalidModel`]). `const` and `constexpr_*` ops are evaluated
@@ -25,7 +26,7 @@
 //! values it defines itself, never a constant nor a value of an enclosing
 //! block, which a loop reads again on its next iteration.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use prost::Message;
@@ -177,6 +178,13 @@ pub(crate) fn compile(
     }
 
     let block = view.block();
+    let missing = missing_ops(block);
+    if !missing.is_empty() {
+        return Err(Error::UnsupportedOps {
+            function: function.to_string(),
+            ops: missing,
+        });
+    }
     for op in &block.operations {
         compiler.op(function, op)?;
     }
@@ -190,6 +198,24 @@ pub(crate) fn compile(
     let mut program = compiler.program;
     plan_releases(&mut program);
     Ok(program)
+}
+
+/// The op types in `block`, nested blocks included, that the backend
+/// does not implement: sorted, each once.
+pub(crate) fn missing_ops(block: &mil_spec::Block) -> Vec<String> {
+    fn walk<'a>(block: &'a mil_spec::Block, missing: &mut BTreeSet<&'a str>) {
+        for op in &block.operations {
+            if ops::spec(&op.r#type).is_none() {
+                missing.insert(&op.r#type);
+            }
+            for nested in &op.blocks {
+                walk(nested, missing);
+            }
+        }
+    }
+    let mut missing = BTreeSet::new();
+    walk(block, &mut missing);
+    missing.into_iter().map(str::to_string).collect()
 }
 
 struct Compiler<'a> {
@@ -257,9 +283,9 @@ impl Compiler<'_> {
             function: function.to_string(),
             detail: format!("op {name:?} ({op_type}): {detail}"),
         };
-        let unsupported = || Error::UnsupportedOp {
+        let unsupported = || Error::UnsupportedOps {
             function: function.to_string(),
-            op: op_type.to_string(),
+            ops: vec![op_type.to_string()],
         };
         let spec = ops::spec(op_type).ok_or_else(unsupported)?;
         let control_flow = matches!(spec.kind, Kind::WhileLoop | Kind::Cond);
@@ -388,23 +414,36 @@ impl Compiler<'_> {
                     }
                     key_inputs.push((param.clone(), keys));
                 }
-                let (output, declared) = &outputs[0];
-                let key = ConstKey::Op {
-                    op_type: op_type.to_string(),
-                    inputs: key_inputs,
-                    output_type: op.outputs[0]
-                        .r#type
-                        .as_ref()
-                        .map(Message::encode_to_vec)
-                        .unwrap_or_default(),
-                    index: 0,
-                };
-                let declared = declared.clone();
-                self.constant(output, key, || {
-                    let value = ops::constexpr::evaluate(constexpr, &arguments)?;
-                    materialize(value, &declared)
-                })
-                .map_err(invalid)?;
+                // Evaluated once, on the first output's demand; each output
+                // is a constant of its own, shared under its own key.
+                let mut results: Option<Vec<Value>> = None;
+                for (index, (output, declared)) in outputs.iter().enumerate() {
+                    let key = ConstKey::Op {
+                        op_type: op_type.to_string(),
+                        inputs: key_inputs.clone(),
+                        output_type: op.outputs[index]
+                            .r#type
+                            .as_ref()
+                            .map(Message::encode_to_vec)
+                            .unwrap_or_default(),
+                        index,
+                    };
+                    let declared = declared.clone();
+                    self.constant(output, key, || {
+                        if results.is_none() {
+                            results = Some(ops::constexpr::evaluate(constexpr, &arguments)?);
+                        }
+                        let value = results
+                            .as_ref()
+                            .and_then(|r| r.get(index))
+                            .cloned()
+                            .ok_or_else(|| {
+                                format!("computed no output {index} (interpreter bug)")
+                            })?;
+                        materialize(value, &declared)
+                    })
+                    .map_err(invalid)?;
+                }
             }
             kind => {
                 // Nested blocks are compiled before the op's outputs are

@@ -11,7 +11,12 @@
 //!   `[blocks..., 2^nbits, vector_size]`) with an optional `vector_axis`;
 //! - `constexpr_sparse_to_dense`: iOS 16's packed bit mask with `shape`,
 //!   and iOS 18's uint1 mask of the output's shape;
-//! - `constexpr_cast` (fp16 to fp32).
+//! - `constexpr_cast` (fp16 to fp32);
+//! - `constexpr_lut_to_sparse` and `constexpr_sparse_blockwise_shift_scale`
+//!   (iOS 18's joint compression): a palette or a quantization applied to
+//!   the nonzero entries of a sparse weight only, giving its mask (expanded
+//!   along `vector_axis` for vector palettes) and its decompressed nonzero
+//!   entries, for a `constexpr_sparse_to_dense` to place.
 
 use std::collections::HashMap;
 
@@ -30,6 +35,8 @@ pub(crate) enum Constexpr {
     LutToDense,
     SparseToDense,
     Cast,
+    LutToSparse,
+    SparseBlockwiseShiftScale,
 }
 
 fn get<'a>(args: &'a HashMap<&str, Value>, name: &str) -> OpResult<&'a Value> {
@@ -37,8 +44,17 @@ fn get<'a>(args: &'a HashMap<&str, Value>, name: &str) -> OpResult<&'a Value> {
         .ok_or_else(|| format!("lacks its required input {name:?}"))
 }
 
-/// Evaluates a constexpr op on its constant inputs.
-pub(crate) fn evaluate(op: Constexpr, args: &HashMap<&str, Value>) -> OpResult<Value> {
+/// Evaluates a constexpr op on its constant inputs: one value per output
+/// (two for the sparse joint-compression ops).
+pub(crate) fn evaluate(op: Constexpr, args: &HashMap<&str, Value>) -> OpResult<Vec<Value>> {
+    match op {
+        Constexpr::LutToSparse => lut_to_sparse(args),
+        Constexpr::SparseBlockwiseShiftScale => sparse_blockwise_shift_scale(args),
+        single => evaluate_one(single, args).map(|v| vec![v]),
+    }
+}
+
+fn evaluate_one(op: Constexpr, args: &HashMap<&str, Value>) -> OpResult<Value> {
     match op {
         Constexpr::AffineDequantize => affine_dequantize(args),
         Constexpr::BlockwiseShiftScale => blockwise_shift_scale(args),
@@ -53,7 +69,94 @@ pub(crate) fn evaluate(op: Constexpr, args: &HashMap<&str, Value>) -> OpResult<V
             }
             Ok(Value::Float(source.to_float()?))
         }
+        Constexpr::LutToSparse | Constexpr::SparseBlockwiseShiftScale => {
+            Err("a two-output constexpr evaluated as one (interpreter bug)".to_string())
+        }
     }
+}
+
+/// The entries of `dense` where `mask` is set, in row-major order.
+fn masked(dense: &Value, mask: &[bool]) -> OpResult<Value> {
+    fn pick<T: Copy>(a: &ArcArray<T, IxDyn>, mask: &[bool]) -> OpResult<ArcArray<T, IxDyn>> {
+        let kept: Vec<T> = a
+            .iter()
+            .zip(mask)
+            .filter_map(|(&v, &m)| m.then_some(v))
+            .collect();
+        let count = kept.len();
+        ArrayD::from_shape_vec(IxDyn(&[count]), kept)
+            .map(ArrayD::into_shared)
+            .map_err(|e| e.to_string())
+    }
+    match dense {
+        Value::Int(a) => Ok(Value::Int(pick(a, mask)?)),
+        other => Ok(Value::Float(pick(&other.to_float()?, mask)?)),
+    }
+}
+
+/// `constexpr_lut_to_sparse`: the palette applied to the nonzero indices
+/// only. Computed as the dense form (each set mask bit's index looked up in
+/// the table of its block) from which the set entries are taken again, so
+/// per-block and vector palettes follow `constexpr_lut_to_dense` exactly.
+fn lut_to_sparse(args: &HashMap<&str, Value>) -> OpResult<Vec<Value>> {
+    let mask = get(args, "indices_mask")?;
+    let dense_indices = sparse_to_dense(&HashMap::from([
+        (
+            "nonzero_data",
+            Value::Int(get(args, "indices_nonzero_data")?.to_int()?),
+        ),
+        ("mask", mask.clone()),
+    ]))?;
+    let mut lut_args = HashMap::from([
+        ("indices", dense_indices),
+        ("lut", get(args, "lut")?.clone()),
+    ]);
+    if let Some(vector_axis) = args.get("vector_axis") {
+        lut_args.insert("vector_axis", vector_axis.clone());
+    }
+    let dense = lut_to_dense(&lut_args)?;
+    // The mask grows like the values: each bit repeated along the vector
+    // axis.
+    let mask_bits = mask.to_bool()?;
+    let expanded_mask = if dense.shape() == mask_bits.shape() {
+        mask_bits
+    } else {
+        let along = args
+            .get("vector_axis")
+            .map(Value::to_i64_scalar)
+            .transpose()?
+            .ok_or("vectors of more than one element need a vector_axis")?;
+        let along = axis(along, mask_bits.ndim())?;
+        let vector = dense.shape()[along] / mask_bits.shape()[along].max(1);
+        let mut shape = mask_bits.shape().to_vec();
+        shape[along] *= vector;
+        ArrayD::from_shape_fn(IxDyn(&shape), |mut position| {
+            position[along] /= vector;
+            mask_bits[position]
+        })
+        .into_shared()
+    };
+    let bits: Vec<bool> = expanded_mask.iter().copied().collect();
+    let values = masked(&dense, &bits)?;
+    Ok(vec![Value::Bool(expanded_mask), values])
+}
+
+/// `constexpr_sparse_blockwise_shift_scale`: `constexpr_blockwise_shift_scale`
+/// on the nonzero entries only; blocks are those of the dense layout.
+fn sparse_blockwise_shift_scale(args: &HashMap<&str, Value>) -> OpResult<Vec<Value>> {
+    let mask = get(args, "data_mask")?;
+    let dense = sparse_to_dense(&HashMap::from([
+        ("nonzero_data", get(args, "nonzero_data")?.clone()),
+        ("mask", mask.clone()),
+    ]))?;
+    let mut shift_args = HashMap::from([("data", dense), ("scale", get(args, "scale")?.clone())]);
+    if let Some(offset) = args.get("offset") {
+        shift_args.insert("offset", offset.clone());
+    }
+    let dequantized = blockwise_shift_scale(&shift_args)?;
+    let bits = mask.to_bool_vec()?;
+    let values = masked(&dequantized, &bits)?;
+    Ok(vec![Value::Bool(mask.to_bool()?), values])
 }
 
 fn reshape_f32(a: &ArcArray<f32, IxDyn>, shape: &[usize]) -> OpResult<ArcArray<f32, IxDyn>> {
@@ -376,7 +479,7 @@ mod tests {
             ("scale", float(&[2, 2], vec![1.0, 10.0, 0.5, 2.0])),
             ("offset", int(&[2, 2], vec![0, 1, 1, 0])),
         ]);
-        let out = evaluate(Constexpr::BlockwiseShiftScale, &args).unwrap();
+        let out = evaluate_one(Constexpr::BlockwiseShiftScale, &args).unwrap();
         assert_eq!(out.shape(), vec![2, 4]);
         assert_eq!(
             floats(out),
@@ -392,7 +495,7 @@ mod tests {
             ("scale", float(&[2], vec![2.0, 0.5])),
             ("axis", int(&[], vec![0])),
         ]);
-        let out = evaluate(Constexpr::AffineDequantize, &args).unwrap();
+        let out = evaluate_one(Constexpr::AffineDequantize, &args).unwrap();
         assert_eq!(floats(out), vec![0.0, 2.0, 1.5, 2.0]);
     }
 
@@ -412,7 +515,7 @@ mod tests {
                 ),
             ),
         ]);
-        let out = evaluate(Constexpr::LutToDense, &args).unwrap();
+        let out = evaluate_one(Constexpr::LutToDense, &args).unwrap();
         assert_eq!(
             floats(out),
             vec![9.0, 13.0, 13.0, 1.0, 5.0, 1.0, 26.0, 2.0, 18.0, 10.0, 2.0, 26.0]
@@ -424,7 +527,7 @@ mod tests {
             ("lut", float(&[1, 1, 1, 2, 3], [a, b].concat())),
             ("vector_axis", int(&[], vec![2])),
         ]);
-        let out = evaluate(Constexpr::LutToDense, &args).unwrap();
+        let out = evaluate_one(Constexpr::LutToDense, &args).unwrap();
         assert_eq!(out.shape(), vec![2, 2, 6]);
         let expected: Vec<f32> = [a, a, b, a, b, b, a, a].concat();
         assert_eq!(floats(out), expected);
@@ -434,7 +537,7 @@ mod tests {
             ("lut", float(&[1, 1, 1, 2, 3], [a, b].concat())),
             ("vector_axis", int(&[], vec![1])),
         ]);
-        let out = evaluate(Constexpr::LutToDense, &args).unwrap();
+        let out = evaluate_one(Constexpr::LutToDense, &args).unwrap();
         assert_eq!(out.shape(), vec![2, 6, 2]);
         let Value::Float(out) = out else { panic!() };
         // out[0, :, 0] = a then b (indices [0][0][0] = 0, [0][1][0] = 1).
@@ -451,7 +554,7 @@ mod tests {
             ("shape", int(&[1], vec![5])),
         ]);
         assert_eq!(
-            floats(evaluate(Constexpr::LutToDense, &args).unwrap()),
+            floats(evaluate_one(Constexpr::LutToDense, &args).unwrap()),
             vec![1.0, 2.0, 3.0, 0.0, 1.0]
         );
         let args = HashMap::from([
@@ -460,8 +563,73 @@ mod tests {
             ("shape", int(&[2], vec![2, 2])),
         ]);
         assert_eq!(
-            floats(evaluate(Constexpr::SparseToDense, &args).unwrap()),
+            floats(evaluate_one(Constexpr::SparseToDense, &args).unwrap()),
             vec![0.0, 7.0, 0.0, 8.0]
         );
+    }
+
+    /// coremltools' docstring example for `constexpr_lut_to_sparse`.
+    #[test]
+    fn lut_to_sparse_depalettizes_only_the_nonzero_entries() {
+        let mask_bits = [
+            1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 1, 0, 1, 1, 0, 1, 0, 0, 0, 0, 1, 0, 0,
+        ];
+        let mask = Value::bool(vec![4, 6], mask_bits.iter().map(|&b| b == 1).collect()).unwrap();
+        let indices = int(&[9], vec![0, 1, 1, 0, 1, 1, 0, 0, 1]);
+        let scalar = HashMap::from([
+            ("indices_mask", mask.clone()),
+            ("indices_nonzero_data", indices.clone()),
+            ("lut", float(&[1, 1, 2, 1], vec![2.0, 3.0])),
+        ]);
+        let out = evaluate(Constexpr::LutToSparse, &scalar).unwrap();
+        assert_eq!(out[0].shape(), [4, 6]);
+        assert_eq!(
+            floats(out[1].clone()),
+            [2.0, 3.0, 3.0, 2.0, 3.0, 3.0, 2.0, 2.0, 3.0]
+        );
+        let vector = HashMap::from([
+            ("indices_mask", mask),
+            ("indices_nonzero_data", indices),
+            ("lut", float(&[1, 1, 2, 2], vec![2.0, 2.0, 3.0, 3.0])),
+            ("vector_axis", int(&[], vec![0])),
+        ]);
+        let out = evaluate(Constexpr::LutToSparse, &vector).unwrap();
+        // Each mask row doubled; values in the dense layout's row order.
+        assert_eq!(out[0].shape(), [8, 6]);
+        assert_eq!(
+            out[0].to_bool_vec().unwrap()[..12]
+                .iter()
+                .map(|&b| u8::from(b))
+                .collect::<Vec<_>>(),
+            [1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            floats(out[1].clone()),
+            [
+                2.0, 3.0, 2.0, 3.0, 3.0, 2.0, 3.0, 3.0, 2.0, 3.0, 3.0, 2.0, 2.0, 3.0, 2.0, 2.0,
+                3.0, 3.0
+            ]
+        );
+    }
+
+    #[test]
+    fn sparse_blockwise_shift_scale_dequantizes_the_nonzero_entries_by_block() {
+        // A [2, 4] weight, one scale per 2-column block, two entries set.
+        let args = HashMap::from([
+            (
+                "data_mask",
+                Value::bool(
+                    vec![2, 4],
+                    vec![true, false, false, false, false, false, false, true],
+                )
+                .unwrap(),
+            ),
+            ("nonzero_data", int(&[2], vec![3, -2])),
+            ("scale", float(&[1, 2], vec![0.5, 10.0])),
+            ("offset", int(&[1, 2], vec![1, 0])),
+        ]);
+        let out = evaluate(Constexpr::SparseBlockwiseShiftScale, &args).unwrap();
+        assert_eq!(out[0].shape(), [2, 4]);
+        assert_eq!(floats(out[1].clone()), [1.0, -20.0]);
     }
 }

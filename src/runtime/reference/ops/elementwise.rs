@@ -450,6 +450,85 @@ pub(super) fn clip(args: &Args<'_>) -> OpResult<Value> {
     Ok(Value::Float(map(&x, |v| v.max(alpha).min(beta))))
 }
 
+/// `threshold`: `max(x, alpha)`.
+pub(super) fn threshold(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let alpha = args.f32("alpha")?;
+    Ok(Value::Float(map(&x, |v| v.max(alpha))))
+}
+
+pub(super) fn thresholded_relu(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let alpha = args.opt_f32("alpha")?.unwrap_or(1.0);
+    Ok(Value::Float(map(&x, |v| if v >= alpha { v } else { 0.0 })))
+}
+
+/// `min(max(alpha·x + beta, 0), 1)`: torch's Hardsigmoid with alpha 1/6.
+pub(super) fn sigmoid_hard(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let alpha = args.opt_f32("alpha")?.unwrap_or(0.2);
+    let beta = args.opt_f32("beta")?.unwrap_or(0.5);
+    Ok(Value::Float(map(&x, |v| {
+        (alpha * v + beta).clamp(0.0, 1.0)
+    })))
+}
+
+pub(super) fn scaled_tanh(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let alpha = args.opt_f32("alpha")?.unwrap_or(1.0);
+    let beta = args.opt_f32("beta")?.unwrap_or(1.0);
+    Ok(Value::Float(map(&x, |v| alpha * (beta * v).tanh())))
+}
+
+pub(super) fn linear_activation(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let alpha = args.f32("alpha")?;
+    let beta = args.opt_f32("beta")?.unwrap_or(0.0);
+    Ok(Value::Float(map(&x, |v| alpha * v + beta)))
+}
+
+/// A per-channel parameter (`[C]`) reshaped to broadcast along axis 1 of
+/// `[N, C, *D]`.
+fn channel_parameter(args: &Args<'_>, name: &str, x: &FloatArray) -> OpResult<FloatArray> {
+    let param = args.float(name)?;
+    let channels = x.shape().get(1).copied().unwrap_or(0);
+    if x.ndim() < 3 || param.ndim() != 1 || param.len() != channels {
+        return Err(format!(
+            "{name} of shape {:?} is not one value per channel of x of shape {:?}",
+            param.shape(),
+            x.shape()
+        ));
+    }
+    let mut shape = vec![1; x.ndim()];
+    shape[1] = channels;
+    param
+        .into_shape_with_order(IxDyn(&shape))
+        .map_err(|e| e.to_string())
+}
+
+/// `prelu`: a leaky ReLU with one slope per channel.
+pub(super) fn prelu(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let alpha = channel_parameter(args, "alpha", &x)?;
+    Ok(Value::Float(zip_with(&x, &alpha, |v, a| {
+        if v >= 0.0 {
+            v
+        } else {
+            a * v
+        }
+    })?))
+}
+
+/// `softplus_parametric`: `alpha · log(1 + e^(beta·x))` per channel.
+pub(super) fn softplus_parametric(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let alpha = channel_parameter(args, "alpha", &x)?;
+    let beta = channel_parameter(args, "beta", &x)?;
+    let scaled = zip_with(&x, &beta, |v, b| b * v)?;
+    let soft = map(&scaled, |v| v.max(0.0) + (-v.abs()).exp().ln_1p());
+    Ok(Value::Float(zip_with(&soft, &alpha, |v, a| a * v)?))
+}
+
 pub(super) fn select(args: &Args<'_>) -> OpResult<Value> {
     let cond = args.required("cond")?.to_bool()?;
     let a = args.required("a")?;

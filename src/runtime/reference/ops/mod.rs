@@ -7,11 +7,16 @@
 //! numpy-style slicing of `slice_by_index` / `slice_update`.
 
 pub(crate) mod constexpr;
+mod conv;
 mod elementwise;
+mod index;
 mod linalg;
+mod pool;
 mod recurrent;
 mod reduce;
+mod resample;
 mod shape;
+mod window;
 
 use ndarray::{ArcArray, IxDyn};
 
@@ -19,7 +24,9 @@ use super::program::Step;
 use super::value::{OpResult, Value};
 
 pub(crate) use elementwise::{Binary, Unary};
+pub(crate) use pool::Pool;
 pub(crate) use reduce::Reduce;
+pub(crate) use resample::Rearrange;
 
 /// What a step computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +36,9 @@ pub(crate) enum Kind {
     Linear,
     Matmul,
     Conv,
+    ConvTranspose,
     Attention,
+    Pool(Pool),
     Binary(Binary),
     Unary(Unary),
     Gelu,
@@ -40,8 +49,19 @@ pub(crate) enum Kind {
     Elu,
     ClampedRelu,
     Clip,
+    ThresholdedRelu,
+    Threshold,
+    SigmoidHard,
+    ScaledTanh,
+    LinearActivation,
+    Prelu,
+    SoftplusParametric,
     Softmax,
     LayerNorm,
+    BatchNorm,
+    InstanceNorm,
+    L2Norm,
+    LocalResponseNorm,
     Reduce(Reduce),
     ArgMax,
     ArgMin,
@@ -56,8 +76,26 @@ pub(crate) enum Kind {
     SliceBySize,
     SliceUpdate,
     Tile,
+    Pad,
+    Reverse,
+    ReverseSequence,
+    Crop,
+    NonZero,
     Gather,
     GatherAlongAxis,
+    GatherNd,
+    Scatter,
+    ScatterAlongAxis,
+    ScatterNd,
+    TopK,
+    ArgSort,
+    CumSum,
+    OneHot,
+    UpsampleNearest,
+    ResizeNearest,
+    UpsampleBilinear,
+    ResizeBilinear,
+    Rearrange(Rearrange),
     Select,
     Fill,
     FillLike,
@@ -90,136 +128,392 @@ const NONE: &[&str] = &[];
 const REDUCE_OPTIONAL: &[&str] = &["axes", "keep_dims"];
 const SLICE_OPTIONAL: &[&str] = &["stride", "begin_mask", "end_mask", "squeeze_mask"];
 
-/// The interface of op type `op_type`, if the backend implements it.
-pub(crate) fn spec(op_type: &str) -> Option<Spec> {
-    use constexpr::Constexpr as C;
-    let one = |kind, required, optional| {
-        Some(Spec {
+/// The interface of an op with one result.
+const fn single(
+    kind: Kind,
+    required: &'static [&'static str],
+    optional: &'static [&'static str],
+) -> Spec {
+    Spec {
+        kind,
+        required,
+        optional,
+        outputs: Some(1),
+    }
+}
+
+/// One row of the op table: an op with one result.
+const fn op(
+    name: &'static str,
+    kind: Kind,
+    required: &'static [&'static str],
+    optional: &'static [&'static str],
+) -> (&'static str, Spec) {
+    (name, single(kind, required, optional))
+}
+
+/// `op` with `outputs` results (`None`: as many as the op computes).
+const fn op_with_outputs(
+    name: &'static str,
+    kind: Kind,
+    required: &'static [&'static str],
+    optional: &'static [&'static str],
+    outputs: Option<usize>,
+) -> (&'static str, Spec) {
+    (
+        name,
+        Spec {
             kind,
             required,
             optional,
-            outputs: Some(1),
-        })
-    };
-    if let Some(binary) = Binary::from_op(op_type) {
-        return one(Kind::Binary(binary), XY, NONE);
-    }
-    if let Some(unary) = Unary::from_op(op_type) {
-        return one(Kind::Unary(unary), X, NONE);
-    }
-    if let Some(reduce) = Reduce::from_op(op_type) {
-        return one(Kind::Reduce(reduce), X, REDUCE_OPTIONAL);
-    }
-    match op_type {
-        "const" => one(Kind::Const, &["val"], NONE),
-        "constexpr_affine_dequantize" => one(
-            Kind::Constexpr(C::AffineDequantize),
+            outputs,
+        },
+    )
+}
+
+const POOL: &[&str] = &["strides", "pad", "ceil_mode"];
+const SCATTER_OPTIONAL: &[&str] = &["mode", "validate_indices"];
+const UPSAMPLE: &[&str] = &["scale_factor_height", "scale_factor_width"];
+const RESIZE: &[&str] = &["target_size_height", "target_size_width"];
+
+/// Every op the backend implements beyond the elementwise and reduction
+/// families (which [`Binary`], [`Unary`] and [`Reduce`] list): its type,
+/// and its interface as coremltools' op definitions give it (the union of
+/// the parameters of every opset version).
+const TABLE: &[(&str, Spec)] = {
+    use constexpr::Constexpr as C;
+    use Kind as K;
+    &[
+        op("const", K::Const, &["val"], NONE),
+        op(
+            "constexpr_affine_dequantize",
+            K::Constexpr(C::AffineDequantize),
             &["quantized_data", "zero_point", "scale", "axis"],
             NONE,
         ),
-        "constexpr_blockwise_shift_scale" => one(
-            Kind::Constexpr(C::BlockwiseShiftScale),
+        op(
+            "constexpr_blockwise_shift_scale",
+            K::Constexpr(C::BlockwiseShiftScale),
             &["data", "scale"],
             &["offset"],
         ),
-        "constexpr_lut_to_dense" => one(
-            Kind::Constexpr(C::LutToDense),
+        op(
+            "constexpr_lut_to_dense",
+            K::Constexpr(C::LutToDense),
             &["indices", "lut"],
             &["shape", "vector_axis"],
         ),
-        "constexpr_sparse_to_dense" => one(
-            Kind::Constexpr(C::SparseToDense),
+        op(
+            "constexpr_sparse_to_dense",
+            K::Constexpr(C::SparseToDense),
             &["nonzero_data", "mask"],
             &["shape"],
         ),
-        "constexpr_cast" => one(
-            Kind::Constexpr(C::Cast),
+        op(
+            "constexpr_cast",
+            K::Constexpr(C::Cast),
             &["source_val", "output_dtype"],
             NONE,
         ),
-        "linear" => one(Kind::Linear, &["x", "weight"], &["bias"]),
-        "matmul" => one(Kind::Matmul, XY, &["transpose_x", "transpose_y"]),
-        "conv" => one(
-            Kind::Conv,
+        op_with_outputs(
+            "constexpr_lut_to_sparse",
+            K::Constexpr(C::LutToSparse),
+            &["indices_mask", "indices_nonzero_data", "lut"],
+            &["vector_axis"],
+            Some(2),
+        ),
+        op_with_outputs(
+            "constexpr_sparse_blockwise_shift_scale",
+            K::Constexpr(C::SparseBlockwiseShiftScale),
+            &["data_mask", "nonzero_data", "scale"],
+            &["offset"],
+            Some(2),
+        ),
+        op("linear", K::Linear, &["x", "weight"], &["bias"]),
+        op("matmul", K::Matmul, XY, &["transpose_x", "transpose_y"]),
+        op(
+            "conv",
+            K::Conv,
             &["x", "weight"],
             &["bias", "strides", "pad_type", "pad", "dilations", "groups"],
         ),
-        "scaled_dot_product_attention" => {
-            one(Kind::Attention, &["query", "key", "value"], &["attn_mask"])
-        }
-        "gelu" => one(Kind::Gelu, X, &["mode"]),
-        "rsqrt" => one(Kind::Rsqrt, X, &["epsilon"]),
-        "log" => one(Kind::Log, X, &["epsilon"]),
-        "inverse" => one(Kind::Inverse, X, &["epsilon"]),
-        "leaky_relu" => one(Kind::LeakyRelu, X, &["alpha"]),
-        "elu" => one(Kind::Elu, X, &["alpha"]),
-        "clamped_relu" => one(Kind::ClampedRelu, &["x", "alpha", "beta"], NONE),
-        "clip" => one(Kind::Clip, &["x", "alpha", "beta"], NONE),
-        "softmax" => one(Kind::Softmax, X, &["axis"]),
-        "layer_norm" => one(Kind::LayerNorm, X, &["axes", "gamma", "beta", "epsilon"]),
-        "reduce_argmax" => one(Kind::ArgMax, X, &["axis", "keep_dims", "output_dtype"]),
-        "reduce_argmin" => one(Kind::ArgMin, X, &["axis", "keep_dims", "output_dtype"]),
-        "reshape" => one(Kind::Reshape, &["x", "shape"], NONE),
-        "transpose" => one(Kind::Transpose, &["x", "perm"], NONE),
-        "expand_dims" => one(Kind::ExpandDims, &["x", "axes"], NONE),
-        "squeeze" => one(Kind::Squeeze, X, &["axes"]),
-        "concat" => one(Kind::Concat, &["values", "axis"], &["interleave"]),
-        "split" => Some(Spec {
-            kind: Kind::Split,
-            required: &["x", "axis"],
-            optional: &["num_splits", "split_sizes"],
-            outputs: None,
-        }),
-        "stack" => one(Kind::Stack, &["values", "axis"], NONE),
-        "slice_by_index" => one(Kind::SliceByIndex, &["x", "begin", "end"], SLICE_OPTIONAL),
-        "slice_by_size" => one(Kind::SliceBySize, &["x", "begin", "size"], NONE),
-        "slice_update" => one(
-            Kind::SliceUpdate,
+        op(
+            "conv_transpose",
+            K::ConvTranspose,
+            &["x", "weight"],
+            &[
+                "bias",
+                "strides",
+                "pad_type",
+                "pad",
+                "dilations",
+                "groups",
+                "output_shape",
+            ],
+        ),
+        op(
+            "scaled_dot_product_attention",
+            K::Attention,
+            &["query", "key", "value"],
+            &["attn_mask"],
+        ),
+        op(
+            "max_pool",
+            K::Pool(Pool::Max),
+            &["x", "kernel_sizes", "pad_type"],
+            POOL,
+        ),
+        op(
+            "avg_pool",
+            K::Pool(Pool::Average),
+            &["x", "kernel_sizes", "pad_type"],
+            &[
+                "strides",
+                "pad",
+                "ceil_mode",
+                "exclude_padding_from_average",
+            ],
+        ),
+        op(
+            "l2_pool",
+            K::Pool(Pool::L2),
+            &["x", "kernel_sizes", "pad_type"],
+            POOL,
+        ),
+        op("gelu", K::Gelu, X, &["mode"]),
+        op("rsqrt", K::Rsqrt, X, &["epsilon"]),
+        op("log", K::Log, X, &["epsilon"]),
+        op("inverse", K::Inverse, X, &["epsilon"]),
+        op("leaky_relu", K::LeakyRelu, X, &["alpha"]),
+        op("elu", K::Elu, X, &["alpha"]),
+        op(
+            "clamped_relu",
+            K::ClampedRelu,
+            &["x", "alpha", "beta"],
+            NONE,
+        ),
+        op("clip", K::Clip, &["x", "alpha", "beta"], NONE),
+        op("thresholded_relu", K::ThresholdedRelu, X, &["alpha"]),
+        op("threshold", K::Threshold, &["x", "alpha"], NONE),
+        op("sigmoid_hard", K::SigmoidHard, X, &["alpha", "beta"]),
+        op("scaled_tanh", K::ScaledTanh, X, &["alpha", "beta"]),
+        op(
+            "linear_activation",
+            K::LinearActivation,
+            &["x", "alpha"],
+            &["beta"],
+        ),
+        op("prelu", K::Prelu, &["x", "alpha"], NONE),
+        op(
+            "softplus_parametric",
+            K::SoftplusParametric,
+            &["x", "alpha", "beta"],
+            NONE,
+        ),
+        op("softmax", K::Softmax, X, &["axis"]),
+        op(
+            "layer_norm",
+            K::LayerNorm,
+            X,
+            &["axes", "gamma", "beta", "epsilon"],
+        ),
+        op(
+            "batch_norm",
+            K::BatchNorm,
+            &["x", "mean", "variance"],
+            &["gamma", "beta", "epsilon"],
+        ),
+        op(
+            "instance_norm",
+            K::InstanceNorm,
+            X,
+            &["gamma", "beta", "epsilon"],
+        ),
+        op("l2_norm", K::L2Norm, X, &["epsilon"]),
+        op(
+            "local_response_norm",
+            K::LocalResponseNorm,
+            &["x", "size"],
+            &["alpha", "beta", "k"],
+        ),
+        op(
+            "reduce_argmax",
+            K::ArgMax,
+            X,
+            &["axis", "keep_dims", "output_dtype"],
+        ),
+        op(
+            "reduce_argmin",
+            K::ArgMin,
+            X,
+            &["axis", "keep_dims", "output_dtype"],
+        ),
+        op("reshape", K::Reshape, &["x", "shape"], NONE),
+        op("transpose", K::Transpose, &["x", "perm"], NONE),
+        op("expand_dims", K::ExpandDims, &["x", "axes"], NONE),
+        op("squeeze", K::Squeeze, X, &["axes"]),
+        op("concat", K::Concat, &["values", "axis"], &["interleave"]),
+        op_with_outputs(
+            "split",
+            K::Split,
+            &["x", "axis"],
+            &["num_splits", "split_sizes"],
+            None,
+        ),
+        op("stack", K::Stack, &["values", "axis"], NONE),
+        op(
+            "slice_by_index",
+            K::SliceByIndex,
+            &["x", "begin", "end"],
+            SLICE_OPTIONAL,
+        ),
+        op(
+            "slice_by_size",
+            K::SliceBySize,
+            &["x", "begin", "size"],
+            NONE,
+        ),
+        op(
+            "slice_update",
+            K::SliceUpdate,
             &["x", "update", "begin", "end"],
             SLICE_OPTIONAL,
         ),
-        "tile" => one(Kind::Tile, &["x", "reps"], NONE),
-        "gather" => one(
-            Kind::Gather,
+        op("tile", K::Tile, &["x", "reps"], NONE),
+        op("pad", K::Pad, &["x", "pad"], &["mode", "constant_val"]),
+        op("reverse", K::Reverse, X, &["axes"]),
+        op("crop", K::Crop, &["x", "crop_height", "crop_width"], NONE),
+        op("non_zero", K::NonZero, X, NONE),
+        op(
+            "reverse_sequence",
+            K::ReverseSequence,
+            &["x", "lengths"],
+            &["seq_axis", "batch_axis"],
+        ),
+        op(
+            "gather",
+            K::Gather,
             &["x", "indices"],
             &["axis", "batch_dims", "validate_indices"],
         ),
-        "gather_along_axis" => one(
-            Kind::GatherAlongAxis,
+        op(
+            "gather_along_axis",
+            K::GatherAlongAxis,
             &["x", "indices"],
             &["axis", "validate_indices"],
         ),
-        "select" => one(Kind::Select, &["cond", "a", "b"], NONE),
-        "fill" => one(Kind::Fill, &["shape"], &["value"]),
-        "fill_like" => one(Kind::FillLike, &["ref_tensor"], &["value"]),
-        "shape" => one(Kind::Shape, X, NONE),
-        "band_part" => one(Kind::BandPart, X, &["lower", "upper"]),
-        "range_1d" => one(Kind::Range1d, &["end", "start", "step"], NONE),
-        "cast" => one(Kind::Cast, &["x", "dtype"], NONE),
-        "identity" => one(Kind::Identity, X, NONE),
-        "read_state" => one(Kind::ReadState, &["input"], NONE),
-        "write_state" => Some(Spec {
-            kind: Kind::WriteState,
-            required: &["input", "data"],
-            optional: NONE,
-            outputs: Some(0),
-        }),
-        "while_loop" => Some(Spec {
-            kind: Kind::WhileLoop,
-            required: &["loop_vars"],
-            optional: NONE,
-            outputs: None,
-        }),
-        "cond" => Some(Spec {
-            kind: Kind::Cond,
-            required: &["pred"],
-            optional: NONE,
-            outputs: None,
-        }),
-        "lstm" => Some(Spec {
-            kind: Kind::Lstm,
-            required: &["x", "initial_h", "initial_c", "weight_ih", "weight_hh"],
-            optional: &[
+        op(
+            "gather_nd",
+            K::GatherNd,
+            &["x", "indices"],
+            &["batch_dims", "validate_indices"],
+        ),
+        op(
+            "scatter",
+            K::Scatter,
+            &["data", "indices", "updates"],
+            &["axis", "mode", "validate_indices"],
+        ),
+        op(
+            "scatter_along_axis",
+            K::ScatterAlongAxis,
+            &["data", "indices", "updates"],
+            &["axis", "mode", "validate_indices"],
+        ),
+        op(
+            "scatter_nd",
+            K::ScatterNd,
+            &["data", "indices", "updates"],
+            SCATTER_OPTIONAL,
+        ),
+        op_with_outputs(
+            "topk",
+            K::TopK,
+            X,
+            &[
+                "k",
+                "axis",
+                "ascending",
+                "sort",
+                "return_indices",
+                "output_indices_dtype",
+            ],
+            None,
+        ),
+        op("argsort", K::ArgSort, X, &["axis", "ascending"]),
+        op("cumsum", K::CumSum, X, &["axis", "exclusive", "reverse"]),
+        op(
+            "one_hot",
+            K::OneHot,
+            &["indices", "one_hot_vector_size"],
+            &["axis", "on_value", "off_value"],
+        ),
+        op("upsample_nearest_neighbor", K::UpsampleNearest, X, UPSAMPLE),
+        op("resize_nearest_neighbor", K::ResizeNearest, X, RESIZE),
+        op(
+            "upsample_bilinear",
+            K::UpsampleBilinear,
+            X,
+            &[
+                "scale_factor_height",
+                "scale_factor_width",
+                "align_corners",
+                "half_pixel_centers",
+            ],
+        ),
+        op(
+            "resize_bilinear",
+            K::ResizeBilinear,
+            X,
+            &["target_size_height", "target_size_width", "sampling_mode"],
+        ),
+        op(
+            "pixel_shuffle",
+            K::Rearrange(Rearrange::PixelShuffle),
+            &["x", "upscale_factor"],
+            NONE,
+        ),
+        op(
+            "pixel_unshuffle",
+            K::Rearrange(Rearrange::PixelUnshuffle),
+            &["x", "downscale_factor"],
+            NONE,
+        ),
+        op(
+            "depth_to_space",
+            K::Rearrange(Rearrange::DepthToSpace),
+            &["x", "block_size"],
+            NONE,
+        ),
+        op(
+            "space_to_depth",
+            K::Rearrange(Rearrange::SpaceToDepth),
+            &["x", "block_size"],
+            NONE,
+        ),
+        op("select", K::Select, &["cond", "a", "b"], NONE),
+        op("fill", K::Fill, &["shape"], &["value"]),
+        op("fill_like", K::FillLike, &["ref_tensor"], &["value"]),
+        op("shape", K::Shape, X, NONE),
+        op("band_part", K::BandPart, X, &["lower", "upper"]),
+        op("range_1d", K::Range1d, &["end", "start", "step"], NONE),
+        op("cast", K::Cast, &["x", "dtype"], NONE),
+        op("identity", K::Identity, X, NONE),
+        op("read_state", K::ReadState, &["input"], NONE),
+        op_with_outputs(
+            "write_state",
+            K::WriteState,
+            &["input", "data"],
+            NONE,
+            Some(0),
+        ),
+        op_with_outputs("while_loop", K::WhileLoop, &["loop_vars"], NONE, None),
+        op_with_outputs("cond", K::Cond, &["pred"], NONE, None),
+        op_with_outputs(
+            "lstm",
+            K::Lstm,
+            &["x", "initial_h", "initial_c", "weight_ih", "weight_hh"],
+            &[
                 "bias",
                 "peephole",
                 "weight_ih_back",
@@ -233,73 +527,39 @@ pub(crate) fn spec(op_type: &str) -> Option<Spec> {
                 "activation",
                 "clip",
             ],
-            outputs: Some(3),
-        }),
-        "rnn" => Some(Spec {
-            kind: Kind::Rnn,
-            required: &["x", "initial_h", "weight_ih", "weight_hh"],
-            optional: &["bias", "direction", "output_sequence", "activation"],
-            outputs: Some(2),
-        }),
-        _ => None,
+            Some(3),
+        ),
+        op_with_outputs(
+            "rnn",
+            K::Rnn,
+            &["x", "initial_h", "weight_ih", "weight_hh"],
+            &["bias", "direction", "output_sequence", "activation"],
+            Some(2),
+        ),
+    ]
+};
+
+/// The interface of op type `op_type`, if the backend implements it.
+pub(crate) fn spec(op_type: &str) -> Option<Spec> {
+    if let Some(binary) = Binary::from_op(op_type) {
+        return Some(single(Kind::Binary(binary), XY, NONE));
     }
+    if let Some(unary) = Unary::from_op(op_type) {
+        return Some(single(Kind::Unary(unary), X, NONE));
+    }
+    if let Some(reduce) = Reduce::from_op(op_type) {
+        return Some(single(Kind::Reduce(reduce), X, REDUCE_OPTIONAL));
+    }
+    TABLE
+        .iter()
+        .find(|(name, _)| *name == op_type)
+        .map(|(_, spec)| *spec)
 }
 
-/// The op types the backend implements, for tests.
+/// Every op type the backend implements, sorted.
 #[cfg(test)]
 pub(crate) fn supported() -> Vec<&'static str> {
-    let mut all: Vec<&'static str> = [
-        "const",
-        "constexpr_affine_dequantize",
-        "constexpr_blockwise_shift_scale",
-        "constexpr_lut_to_dense",
-        "constexpr_sparse_to_dense",
-        "constexpr_cast",
-        "linear",
-        "matmul",
-        "conv",
-        "scaled_dot_product_attention",
-        "gelu",
-        "rsqrt",
-        "log",
-        "inverse",
-        "leaky_relu",
-        "elu",
-        "clamped_relu",
-        "clip",
-        "softmax",
-        "layer_norm",
-        "reduce_argmax",
-        "reduce_argmin",
-        "reshape",
-        "transpose",
-        "expand_dims",
-        "squeeze",
-        "concat",
-        "split",
-        "stack",
-        "slice_by_index",
-        "slice_by_size",
-        "slice_update",
-        "tile",
-        "gather",
-        "gather_along_axis",
-        "select",
-        "fill",
-        "fill_like",
-        "shape",
-        "band_part",
-        "range_1d",
-        "cast",
-        "identity",
-        "read_state",
-        "write_state",
-        "while_loop",
-        "cond",
-        "lstm",
-        "rnn",
-    ]
-    .to_vec();
+    let mut all: Vec<&'static str> = TABLE.iter().map(|(name, _)| *name).collect();
     all.extend(Binary::ALL.iter().map(|b| b.name()));
     all.extend(Unary::ALL.iter().map(|u| u.name()));
     all.extend(Reduce::ALL.iter().map(|r| r.name()));
@@ -438,8 +698,10 @@ pub(crate) fn run(kind: Kind, args: &Args<'_>) -> OpResult<Vec<Value>> {
         Kind::Rnn => recurrent::rnn(args),
         Kind::Linear => single(linalg::linear(args)),
         Kind::Matmul => single(linalg::matmul(args)),
-        Kind::Conv => single(linalg::conv(args)),
+        Kind::Conv => single(conv::conv(args)),
+        Kind::ConvTranspose => single(conv::conv_transpose(args)),
         Kind::Attention => single(linalg::attention(args)),
+        Kind::Pool(op) => single(pool::pool(op, args)),
         Kind::Binary(op) => single(elementwise::binary(op, args)),
         Kind::Unary(op) => single(elementwise::unary(op, args)),
         Kind::Gelu => single(elementwise::gelu(args)),
@@ -450,10 +712,21 @@ pub(crate) fn run(kind: Kind, args: &Args<'_>) -> OpResult<Vec<Value>> {
         Kind::Elu => single(elementwise::elu(args)),
         Kind::ClampedRelu => single(elementwise::clamped_relu(args)),
         Kind::Clip => single(elementwise::clip(args)),
+        Kind::ThresholdedRelu => single(elementwise::thresholded_relu(args)),
+        Kind::Threshold => single(elementwise::threshold(args)),
+        Kind::SigmoidHard => single(elementwise::sigmoid_hard(args)),
+        Kind::ScaledTanh => single(elementwise::scaled_tanh(args)),
+        Kind::LinearActivation => single(elementwise::linear_activation(args)),
+        Kind::Prelu => single(elementwise::prelu(args)),
+        Kind::SoftplusParametric => single(elementwise::softplus_parametric(args)),
         Kind::Select => single(elementwise::select(args)),
         Kind::Cast => single(elementwise::cast(args)),
         Kind::Softmax => single(reduce::softmax(args)),
         Kind::LayerNorm => single(reduce::layer_norm(args)),
+        Kind::BatchNorm => single(reduce::batch_norm(args)),
+        Kind::InstanceNorm => single(reduce::instance_norm(args)),
+        Kind::L2Norm => single(reduce::l2_norm(args)),
+        Kind::LocalResponseNorm => single(reduce::local_response_norm(args)),
         Kind::Reduce(op) => single(reduce::reduce(op, args)),
         Kind::ArgMax => single(reduce::arg_reduce(true, args)),
         Kind::ArgMin => single(reduce::arg_reduce(false, args)),
@@ -468,6 +741,24 @@ pub(crate) fn run(kind: Kind, args: &Args<'_>) -> OpResult<Vec<Value>> {
         Kind::SliceBySize => single(shape::slice_by_size(args)),
         Kind::SliceUpdate => single(shape::slice_update(args)),
         Kind::Tile => single(shape::tile(args)),
+        Kind::Pad => single(shape::pad(args)),
+        Kind::Reverse => single(shape::reverse(args)),
+        Kind::ReverseSequence => single(shape::reverse_sequence(args)),
+        Kind::Crop => single(shape::crop(args)),
+        Kind::NonZero => single(shape::non_zero(args)),
+        Kind::GatherNd => single(index::gather_nd(args)),
+        Kind::Scatter => single(index::scatter(args)),
+        Kind::ScatterAlongAxis => single(index::scatter_along_axis(args)),
+        Kind::ScatterNd => single(index::scatter_nd(args)),
+        Kind::TopK => index::topk(args),
+        Kind::ArgSort => single(index::argsort(args)),
+        Kind::CumSum => single(index::cumsum(args)),
+        Kind::OneHot => single(index::one_hot(args)),
+        Kind::UpsampleNearest => single(resample::upsample_nearest_neighbor(args)),
+        Kind::ResizeNearest => single(resample::resize_nearest_neighbor(args)),
+        Kind::UpsampleBilinear => single(resample::upsample_bilinear(args)),
+        Kind::ResizeBilinear => single(resample::resize_bilinear(args)),
+        Kind::Rearrange(op) => single(resample::rearrange_op(op, args)),
         Kind::Gather => single(shape::gather(args)),
         Kind::GatherAlongAxis => single(shape::gather_along_axis(args)),
         Kind::Fill => single(shape::fill(args)),

@@ -1,11 +1,12 @@
-//! Reductions over axes, `reduce_argmax` / `reduce_argmin`, `softmax` and
-//! `layer_norm`.
+//! Reductions over axes, `reduce_argmax` / `reduce_argmin`, `softmax`, and
+//! the normalizations: `layer_norm`, `batch_norm`, `instance_norm`,
+//! `l2_norm`, `local_response_norm`.
 
 use ndarray::{ArcArray, ArrayD, ArrayView1, Axis, IxDyn};
 
 use super::elementwise::zip_with;
 use super::{axis, Args};
-use crate::runtime::reference::value::{OpResult, Value};
+use crate::runtime::reference::value::{FloatArray, OpResult, Value};
 
 /// Reductions over a set of axes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,22 +227,19 @@ pub(super) fn softmax(args: &Args<'_>) -> OpResult<Value> {
     Ok(Value::Float(out.into_shared()))
 }
 
-pub(super) fn layer_norm(args: &Args<'_>) -> OpResult<Value> {
-    let x = args.float("x")?;
-    let rank = x.ndim();
-    let axes = axes(args.opt_i64_vec("axes")?, rank)?;
-    let epsilon = args.opt_f32("epsilon")?.unwrap_or(1e-5);
-    let keep = reduced_shape(x.shape(), &axes, true);
+/// `x` less its mean, over its standard deviation, along `axes`.
+fn normalize(x: &FloatArray, axes: &[usize], epsilon: f32) -> OpResult<FloatArray> {
+    let keep = reduced_shape(x.shape(), axes, true);
     let count: usize = axes.iter().map(|&a| x.shape()[a]).product();
     if count == 0 {
         return Err("cannot normalize over no elements".to_string());
     }
-    let means = reduce_lanes(&x, &axes, |l| l.sum() / count as f32)?;
+    let means = reduce_lanes(x, axes, |l| l.sum() / count as f32)?;
     let means = ArrayD::from_shape_vec(IxDyn(&keep), means)
         .map_err(|e| e.to_string())?
         .into_shared();
-    let centered = zip_with(&x, &means, |v, m| v - m)?;
-    let variances = reduce_lanes(&centered, &axes, |l| {
+    let centered = zip_with(x, &means, |v, m| v - m)?;
+    let variances = reduce_lanes(&centered, axes, |l| {
         l.iter().map(|v| v * v).sum::<f32>() / count as f32
     })?;
     let scales = ArrayD::from_shape_vec(
@@ -253,7 +251,15 @@ pub(super) fn layer_norm(args: &Args<'_>) -> OpResult<Value> {
     )
     .map_err(|e| e.to_string())?
     .into_shared();
-    let mut out = zip_with(&centered, &scales, |v, s| v * s)?;
+    zip_with(&centered, &scales, |v, s| v * s)
+}
+
+pub(super) fn layer_norm(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let rank = x.ndim();
+    let axes = axes(args.opt_i64_vec("axes")?, rank)?;
+    let epsilon = args.opt_f32("epsilon")?.unwrap_or(1e-5);
+    let mut out = normalize(&x, &axes, epsilon)?;
     // gamma and beta have the normalized axes' shape; they broadcast over
     // the others.
     let normalized: Vec<usize> = (0..rank)
@@ -280,4 +286,142 @@ pub(super) fn layer_norm(args: &Args<'_>) -> OpResult<Value> {
         }
     }
     Ok(Value::Float(out))
+}
+
+/// `x` with each channel's values (axis 1 of `[N, C, *D]`) scaled by
+/// `gamma[c]` and shifted by `beta[c]`, when given.
+fn per_channel_affine(
+    x: FloatArray,
+    args: &Args<'_>,
+    scale: Option<&[f32]>,
+    shift: Option<&[f32]>,
+) -> OpResult<FloatArray> {
+    let channels = x.shape()[1];
+    let vector = |name: &str| -> OpResult<Option<Vec<f32>>> {
+        let Some(param) = args.get(name)? else {
+            return Ok(None);
+        };
+        let param = param.to_float()?;
+        if param.len() != channels || param.ndim() != 1 {
+            return Err(format!(
+                "{name} has shape {:?}, x {channels} channels",
+                param.shape()
+            ));
+        }
+        Ok(Some(param.iter().copied().collect()))
+    };
+    let gamma = vector("gamma")?;
+    let beta = vector("beta")?;
+    let mut x = x.into_owned();
+    for (c, mut lane) in x.axis_iter_mut(Axis(1)).enumerate() {
+        let mut multiply = scale.map_or(1.0, |s| s[c]);
+        let mut add = shift.map_or(0.0, |s| s[c]);
+        if let Some(g) = &gamma {
+            multiply *= g[c];
+            add *= g[c];
+        }
+        if let Some(b) = &beta {
+            add += b[c];
+        }
+        lane.mapv_inplace(|v| v * multiply + add);
+    }
+    Ok(x.into_shared())
+}
+
+/// `batch_norm`: normalizes each channel of `[N, C, *D]` with the given
+/// running mean and variance.
+pub(super) fn batch_norm(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    if x.ndim() < 2 {
+        return Err(format!("x of shape {:?} has no channel axis", x.shape()));
+    }
+    let channels = x.shape()[1];
+    let mean = args.float("mean")?;
+    let variance = args.float("variance")?;
+    for (name, param) in [("mean", &mean), ("variance", &variance)] {
+        if param.len() != channels || param.ndim() != 1 {
+            return Err(format!(
+                "{name} has shape {:?}, x {channels} channels",
+                param.shape()
+            ));
+        }
+    }
+    let epsilon = args.opt_f32("epsilon")?.unwrap_or(1e-5);
+    let scale: Vec<f32> = variance
+        .iter()
+        .map(|v| 1.0 / (v + epsilon).sqrt())
+        .collect();
+    let shift: Vec<f32> = mean.iter().zip(&scale).map(|(m, s)| -m * s).collect();
+    let out = per_channel_affine(x, args, Some(&scale), Some(&shift))?;
+    Ok(Value::Float(out))
+}
+
+/// `instance_norm`: normalizes each (sample, channel) plane of
+/// `[N, C, *D]` by its own mean and variance.
+pub(super) fn instance_norm(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    if x.ndim() < 3 {
+        return Err(format!(
+            "x of shape {:?} is not [N, C, *D] with a spatial axis",
+            x.shape()
+        ));
+    }
+    let epsilon = args.opt_f32("epsilon")?.unwrap_or(1e-5);
+    let axes: Vec<usize> = (2..x.ndim()).collect();
+    let normalized = normalize(&x, &axes, epsilon)?;
+    Ok(Value::Float(per_channel_affine(
+        normalized, args, None, None,
+    )?))
+}
+
+/// `l2_norm`: divides each group of the last three axes (all of them for
+/// rank 3) by its L2 norm, `sqrt(sum(x²) + epsilon)`.
+pub(super) fn l2_norm(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let rank = x.ndim();
+    if rank < 3 {
+        return Err(format!("x of shape {:?} has rank below 3", x.shape()));
+    }
+    let epsilon = args.opt_f32("epsilon")?.unwrap_or(1e-6);
+    let axes: Vec<usize> = (rank - 3..rank).collect();
+    let keep = reduced_shape(x.shape(), &axes, true);
+    let norms = reduce_lanes(&x, &axes, |l| {
+        1.0 / (l.iter().map(|v| v * v).sum::<f32>() + epsilon).sqrt()
+    })?;
+    let norms = ArrayD::from_shape_vec(IxDyn(&keep), norms)
+        .map_err(|e| e.to_string())?
+        .into_shared();
+    Ok(Value::Float(zip_with(&x, &norms, |v, n| v * n)?))
+}
+
+/// `local_response_norm`: `x / (k + alpha/size · Σ x²)^beta`, the sum over
+/// the `size` channels centred on each (torch's and Core ML's window).
+pub(super) fn local_response_norm(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    if x.ndim() < 3 {
+        return Err(format!("x of shape {:?} has rank below 3", x.shape()));
+    }
+    let size = args
+        .opt_i64("size")?
+        .filter(|&s| s > 0)
+        .ok_or("size must be a positive number")? as usize;
+    let alpha = args.opt_f32("alpha")?.unwrap_or(1e-4);
+    let beta = args.opt_f32("beta")?.unwrap_or(0.75);
+    let k = args.opt_f32("k")?.unwrap_or(1.0);
+    let channels = x.shape()[1];
+    let squares = x.mapv(|v| v * v);
+    let mut out = x.to_owned();
+    for c in 0..channels {
+        let from = c.saturating_sub((size - 1) / 2);
+        let to = (c + size / 2 + 1).min(channels);
+        let mut sum = squares.index_axis(Axis(1), from).to_owned();
+        for other in from + 1..to {
+            sum += &squares.index_axis(Axis(1), other);
+        }
+        let mut lane = out.index_axis_mut(Axis(1), c);
+        ndarray::Zip::from(&mut lane)
+            .and(&sum)
+            .for_each(|v, &s| *v /= (k + alpha / size as f32 * s).powf(beta));
+    }
+    Ok(Value::Float(out.into_shared()))
 }

@@ -1,6 +1,6 @@
 //! Ops that move elements around: reshapes, transposes, slices (numpy
 //! semantics, negative strides included), concatenation, splitting,
-//! tiling, gathers, fills.
+//! tiling, gathers, fills, padding, reversal.
 
 use ndarray::{concatenate, stack as nd_stack, ArcArray, ArrayD, ArrayView, Axis, IxDyn, Slice};
 
@@ -768,6 +768,228 @@ pub(super) fn range_1d(args: &Args<'_>) -> OpResult<Value> {
     let count = created_count(&[count as usize])?;
     let values: Vec<f32> = (0..count).map(|i| s + i as f32 * d).collect();
     Value::float(vec![values.len()], values)
+}
+
+/// How `pad` fills the border.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PadMode {
+    Constant,
+    /// Mirrors without repeating the edge (numpy's `reflect`).
+    Reflect,
+    /// Repeats the edge.
+    Replicate,
+}
+
+/// The source index along an axis of length `size` of padded position
+/// `at` (`before` positions of padding first), or None for a constant.
+fn pad_source(at: usize, before: usize, size: usize, mode: PadMode) -> Option<usize> {
+    let offset = at as isize - before as isize;
+    if (0..size as isize).contains(&offset) {
+        return Some(offset as usize);
+    }
+    match mode {
+        PadMode::Constant => None,
+        PadMode::Replicate => Some(offset.clamp(0, size as isize - 1) as usize),
+        PadMode::Reflect => {
+            // Reflection has period 2·(size - 1).
+            let period = 2 * (size as isize - 1);
+            if period == 0 {
+                return Some(0);
+            }
+            let folded = offset.rem_euclid(period);
+            Some(if folded < size as isize {
+                folded
+            } else {
+                period - folded
+            } as usize)
+        }
+    }
+}
+
+fn pad_array<T: Copy>(
+    a: &ArcArray<T, IxDyn>,
+    widths: &[(usize, usize)],
+    mode: PadMode,
+    fill: T,
+) -> OpResult<ArcArray<T, IxDyn>> {
+    let shape = a.shape();
+    let out_shape: Vec<usize> = shape
+        .iter()
+        .zip(widths)
+        .map(|(&d, &(b, e))| d + b + e)
+        .collect();
+    created_count(&out_shape)?;
+    // Per axis, where each output position reads.
+    let sources: Vec<Vec<Option<usize>>> = (0..shape.len())
+        .map(|d| {
+            (0..out_shape[d])
+                .map(|at| pad_source(at, widths[d].0, shape[d], mode))
+                .collect()
+        })
+        .collect();
+    let out = ArrayD::from_shape_fn(IxDyn(&out_shape), |position| {
+        let mut index = Vec::with_capacity(shape.len());
+        for (d, source) in sources.iter().enumerate() {
+            match source[position[d]] {
+                Some(i) => index.push(i),
+                None => return fill,
+            }
+        }
+        a[IxDyn(&index)]
+    });
+    Ok(out.into_shared())
+}
+
+/// `pad`: pads the last `pad.len() / 2` axes with a constant, a
+/// reflection or the edge.
+pub(super) fn pad(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.required("x")?;
+    let shape = x.shape();
+    let pad = args.i64_vec("pad")?;
+    if pad.len() % 2 != 0 || pad.len() / 2 > shape.len() {
+        return Err(format!(
+            "pad {pad:?} must hold a (before, after) pair for at most the {} axes of x",
+            shape.len()
+        ));
+    }
+    let pad = dims(&pad, "pad")?;
+    let padded_axes = pad.len() / 2;
+    let mut widths = vec![(0, 0); shape.len() - padded_axes];
+    widths.extend(pad.chunks(2).map(|p| (p[0], p[1])));
+    let mode = match args.opt_str("mode")?.unwrap_or("constant") {
+        "constant" => PadMode::Constant,
+        "reflect" => PadMode::Reflect,
+        "replicate" => PadMode::Replicate,
+        other => {
+            return Err(format!(
+                "mode {other:?} is not one of constant, reflect, replicate"
+            ))
+        }
+    };
+    for (d, &(b, e)) in widths.iter().enumerate() {
+        if (b > 0 || e > 0) && shape[d] == 0 && mode != PadMode::Constant {
+            return Err(format!("cannot {mode:?}-pad the empty axis {d}"));
+        }
+        if mode == PadMode::Reflect && (b >= shape[d].max(1) || e >= shape[d].max(1)) {
+            return Err(format!(
+                "reflect padding ({b}, {e}) must be smaller than axis {d} of length {}",
+                shape[d]
+            ));
+        }
+    }
+    let constant = args.opt_f32("constant_val")?.unwrap_or(0.0);
+    Ok(match x {
+        Value::Float(a) => Value::Float(pad_array(a, &widths, mode, constant)?),
+        Value::Int(a) => Value::Int(pad_array(a, &widths, mode, constant as i32)?),
+        Value::Bool(a) => Value::Bool(pad_array(a, &widths, mode, constant != 0.0)?),
+        other => return Err(format!("cannot pad {}", other.kind())),
+    })
+}
+
+/// `crop`: removes `crop_height` rows (top, bottom) and `crop_width`
+/// columns (left, right) from the last two axes.
+pub(super) fn crop(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.required("x")?;
+    let shape = x.shape();
+    let rank = shape.len();
+    let height = dims(&args.i64_vec("crop_height")?, "crop_height")?;
+    let width = dims(&args.i64_vec("crop_width")?, "crop_width")?;
+    if rank < 2
+        || height.len() != 2
+        || width.len() != 2
+        || height[0] + height[1] > shape[rank - 2]
+        || width[0] + width[1] > shape[rank - 1]
+    {
+        return Err(format!(
+            "crop_height {height:?} and crop_width {width:?} do not fit x of shape {shape:?}"
+        ));
+    }
+    let mut slices: Vec<Slice> = vec![Slice::from(..); rank];
+    slices[rank - 2] = Slice::from(height[0] as isize..(shape[rank - 2] - height[1]) as isize);
+    slices[rank - 1] = Slice::from(width[0] as isize..(shape[rank - 1] - width[1]) as isize);
+    Ok(any_tensor!(x, a => {
+        let mut view = a.view();
+        for (along, slice) in slices.iter().enumerate() {
+            view.slice_axis_inplace(Axis(along), *slice);
+        }
+        Ok::<_, String>(view.to_owned().into_shared())
+    }))
+}
+
+/// `non_zero`: the index of each nonzero element, one row each
+/// (`[count, rank]`), in row-major order.
+pub(super) fn non_zero(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.required("x")?.to_bool()?;
+    let rank = x.ndim();
+    let mut rows = Vec::new();
+    let mut count = 0;
+    for (position, &set) in x.indexed_iter() {
+        if set {
+            rows.extend((0..rank).map(|d| position[d] as i32));
+            count += 1;
+        }
+    }
+    Value::int(vec![count, rank], rows)
+}
+
+/// `reverse`: flips `axes` (every axis when absent).
+pub(super) fn reverse(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.required("x")?;
+    let rank = x.shape().len();
+    let axes = match args.opt_i64_vec("axes")? {
+        Some(axes) => axes
+            .into_iter()
+            .map(|a| axis(a, rank))
+            .collect::<OpResult<Vec<_>>>()?,
+        None => (0..rank).collect(),
+    };
+    Ok(any_tensor!(x, a => {
+        let mut view = a.view();
+        for &along in &axes {
+            view.invert_axis(Axis(along));
+        }
+        Ok::<_, String>(view.to_owned().into_shared())
+    }))
+}
+
+/// `reverse_sequence`: reverses the first `lengths[b]` entries along
+/// `seq_axis` of each batch entry `b` along `batch_axis`.
+pub(super) fn reverse_sequence(args: &Args<'_>) -> OpResult<Value> {
+    let x = args.required("x")?;
+    let shape = x.shape();
+    let rank = shape.len();
+    let lengths = args.i64_vec("lengths")?;
+    let seq = axis(args.opt_i64("seq_axis")?.unwrap_or(0), rank)?;
+    let batch = axis(args.opt_i64("batch_axis")?.unwrap_or(0), rank)?;
+    if seq == batch || lengths.len() != shape[batch] {
+        return Err(format!(
+            "lengths {lengths:?} with seq_axis {seq} and batch_axis {batch} do not fit x of shape {shape:?}"
+        ));
+    }
+    let lengths = dims(&lengths, "lengths")?;
+    if let Some(&l) = lengths.iter().find(|&&l| l > shape[seq]) {
+        return Err(format!(
+            "length {l} exceeds the {} entries of seq_axis {seq}",
+            shape[seq]
+        ));
+    }
+    fn flip<T: Copy>(
+        a: &ArcArray<T, IxDyn>,
+        lengths: &[usize],
+        seq: usize,
+        batch: usize,
+    ) -> OpResult<ArcArray<T, IxDyn>> {
+        Ok(ArrayD::from_shape_fn(a.raw_dim(), |position| {
+            let mut source = position.clone();
+            let length = lengths[position[batch]];
+            if position[seq] < length {
+                source[seq] = length - 1 - position[seq];
+            }
+            a[source]
+        })
+        .into_shared())
+    }
+    Ok(any_tensor!(x, a => flip(a, &lengths, seq, batch)))
 }
 
 #[cfg(test)]

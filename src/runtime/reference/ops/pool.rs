@@ -1,0 +1,106 @@
+//! Pooling: `max_pool`, `avg_pool` and `l2_pool` over the spatial axes of
+//! `[N, C, *D]`.
+//!
+//! Padding never wins a max. An average counts the declared padding unless
+//! `exclude_padding_from_average`, and never counts a ceil-mode window's
+//! overhang past it (torch's `count_include_pad` rule).
+
+use ndarray::{ArrayD, IxDyn};
+
+use super::window::{Source, Window};
+use super::Args;
+use crate::runtime::reference::value::{OpResult, Value};
+
+/// The pooling ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pool {
+    Max,
+    Average,
+    L2,
+}
+
+pub(super) fn pool(op: Pool, args: &Args<'_>) -> OpResult<Value> {
+    let x = args.float("x")?;
+    let shape = x.shape().to_vec();
+    if shape.len() < 3 {
+        return Err(format!(
+            "x of shape {shape:?} is not [N, C, *D] with at least one spatial axis"
+        ));
+    }
+    let spatial = shape.len() - 2;
+    let kernel = args.i64_vec("kernel_sizes")?;
+    if kernel.len() != spatial || kernel.iter().any(|&k| k < 1) {
+        return Err(format!(
+            "kernel_sizes {kernel:?} must be {spatial} positive numbers"
+        ));
+    }
+    let kernel: Vec<usize> = kernel.into_iter().map(|k| k as usize).collect();
+    let ceil_mode = args.opt_bool("ceil_mode")?.unwrap_or(false);
+    let window = Window::of(args, &shape[2..], &kernel, vec![1; spatial], ceil_mode)?;
+    let exclude_padding = op == Pool::Average
+        && args
+            .opt_bool("exclude_padding_from_average")?
+            .unwrap_or(false);
+
+    let plane: usize = window.input.iter().product();
+    let x = x.as_standard_layout();
+    let data = x
+        .as_slice()
+        .ok_or("x is not contiguous (interpreter bug)")?;
+    let planes = shape[0] * shape[1];
+    let out_size = window.output_size();
+    let mut out = vec![0f32; planes * out_size];
+    let positions = positions(&window);
+    for (input, target) in data.chunks_exact(plane).zip(out.chunks_exact_mut(out_size)) {
+        for (slot, (reads, count)) in target.iter_mut().zip(&positions) {
+            let count = if exclude_padding { reads.len() } else { *count };
+            *slot = match op {
+                // NaN propagates, as in torch.
+                Pool::Max => reads.iter().fold(f32::NEG_INFINITY, |acc, &i| {
+                    let v = input[i];
+                    if v > acc || v.is_nan() {
+                        v
+                    } else {
+                        acc
+                    }
+                }),
+                Pool::Average => reads.iter().map(|&i| input[i]).sum::<f32>() / count.max(1) as f32,
+                Pool::L2 => reads
+                    .iter()
+                    .map(|&i| input[i] * input[i])
+                    .sum::<f32>()
+                    .sqrt(),
+            };
+        }
+    }
+    let out_shape = [&shape[..2], &window.output[..]].concat();
+    ArrayD::from_shape_vec(IxDyn(&out_shape), out)
+        .map(|a| Value::Float(a.into_shared()))
+        .map_err(|e| e.to_string())
+}
+
+/// For each output position: the input positions its window reads (in
+/// kernel order), and how many positions an average that counts padding
+/// divides by (the window within the declared padding).
+fn positions(window: &Window) -> Vec<(Vec<usize>, usize)> {
+    let sources = window.sources();
+    let kernel_size = window.kernel_size();
+    let out_size = window.output_size();
+    (0..out_size)
+        .map(|o| {
+            let mut reads = Vec::with_capacity(kernel_size);
+            let mut count = 0;
+            for k in 0..kernel_size {
+                match sources[k * out_size + o] {
+                    Source::Input(i) => {
+                        reads.push(i);
+                        count += 1;
+                    }
+                    Source::Padding => count += 1,
+                    Source::Beyond => {}
+                }
+            }
+            (reads, count)
+        })
+        .collect()
+}
