@@ -207,7 +207,13 @@ fn values(value: &FeatureValue) -> (Vec<usize>, Vec<f32>) {
 /// coremltools' own decompression.
 fn tolerance(fixture: &str) -> (f32, f32) {
     match fixture {
-        "precision_fp32" => FP32,
+        "precision_fp32" | "tensor_ops" | "indexing_ops" | "control_flow" => FP32,
+        "densenet" | "efficientnet" | "regnet" | "convnext" | "swin" | "vit" | "unet"
+        | "deeplab" | "bert" | "gpt2" | "t5" | "whisper_encoder" => DEEP_FP32,
+        "resnet" | "mobilenet_v3" | "diffusion_unet" | "vae_decoder" | "vae_encoder" | "llama" => {
+            DEEP_FP16
+        }
+        "lstm" | "gru" | "rnn" => RECURRENT_FP16,
         "compressed_int8" | "target_ios17_int8" => INT8,
         "compressed_int4" | "compressed_palettized" | "target_ios17_palettized" => FOUR_BIT,
         _ => FP16,
@@ -216,6 +222,17 @@ fn tolerance(fixture: &str) -> (f32, f32) {
 
 /// fp32 weights: only the order of summation differs from torch.
 const FP32: (f32, f32) = (1e-5, 1e-5);
+/// fp32 networks tens of layers deep: rounding accumulates over the layers
+/// (torch's own fp64-against-fp32 difference reaches 1.4e-5 on deeplab).
+const DEEP_FP32: (f32, f32) = (1e-4, 1e-4);
+/// fp16 networks tens of layers deep, where every layer's fp16 weights and
+/// activations round: torch in fp16 differs from torch in fp32 by up to
+/// 7.8e-3 (vae_decoder), so about a fourfold margin. A wrong op (a flipped
+/// align_corners, the wrong pad mode) errs by 0.15 and more.
+const DEEP_FP16: (f32, f32) = (3e-2, 3e-2);
+/// fp16 recurrent layers, whose rounding compounds over the time steps
+/// (torch fp16 against fp32: up to 2.1e-3 on the GRU).
+const RECURRENT_FP16: (f32, f32) = (1e-2, 1e-2);
 /// fp16 weights and inputs: about 5e-4 relative each, so 3e-3 leaves a
 /// margin of five over the largest error seen (6.1e-4).
 const FP16: (f32, f32) = (3e-3, 3e-3);
@@ -562,12 +579,12 @@ fn the_recurrent_and_control_flow_fixtures_hold_what_they_test() {
     /// its deepest weight.
     type Expected = (&'static str, &'static [(&'static str, usize)], usize);
     let expected: [Expected; 5] = [
-        ("rnn_lstm", &[("lstm", 2)], 0),
-        ("rnn_simple", &[("rnn", 2)], 0),
+        ("lstm", &[("lstm", 2)], 0),
+        ("rnn", &[("rnn", 1)], 0),
         // A loop per direction, with scatter and reverse; the gate weights
         // inside the loop bodies.
         (
-            "rnn_gru",
+            "gru",
             &[("while_loop", 2), ("scatter", 2), ("reverse", 2)],
             1,
         ),

@@ -74,12 +74,14 @@ fn sample(x: &FloatArray, out_h: usize, out_w: usize, rows: &[f32], cols: &[f32]
         .into_shared()
 }
 
-/// Nearest-neighbour source index of each of `out` positions at `scale`:
-/// `floor(i / scale)`.
-fn nearest(out: usize, size: usize, scale: f64) -> Vec<usize> {
-    (0..out)
-        .map(|i| ((i as f64 / scale).floor() as usize).min(size - 1))
-        .collect()
+/// Nearest-neighbour source index of each of `out` positions over `size`
+/// inputs: `floor(i · size / out)`, in integers. The ratio comes from the
+/// sizes, not from the scale parameter: coremltools writes a size-based
+/// resize (12 from 8) as a scale nudged up (1.500013) so that
+/// `floor(size · scale)` is the size, and dividing by that scale would
+/// land one pixel short (3 / 1.500013 < 2).
+fn nearest(out: usize, size: usize) -> Vec<usize> {
+    (0..out).map(|i| (i * size / out).min(size - 1)).collect()
 }
 
 fn pick<T: Copy>(
@@ -117,8 +119,8 @@ pub(super) fn upsample_nearest_neighbor(args: &Args<'_>) -> OpResult<Value> {
         scale(args, "scale_factor_height")?,
         scale(args, "scale_factor_width")?,
     );
-    let rows = nearest(scaled(h, sh, "scale_factor_height")?, h, f64::from(sh));
-    let cols = nearest(scaled(w, sw, "scale_factor_width")?, w, f64::from(sw));
+    let rows = nearest(scaled(h, sh, "scale_factor_height")?, h);
+    let cols = nearest(scaled(w, sw, "scale_factor_width")?, w);
     Ok(any_tensor!(x, a => pick(a, &rows, &cols)))
 }
 
@@ -133,8 +135,8 @@ pub(super) fn resize_nearest_neighbor(args: &Args<'_>) -> OpResult<Value> {
             .ok_or_else(|| format!("{name} {size} is not a positive size"))
     };
     let (out_h, out_w) = (target("target_size_height")?, target("target_size_width")?);
-    let rows = nearest(out_h, h, out_h as f64 / h as f64);
-    let cols = nearest(out_w, w, out_w as f64 / w as f64);
+    let rows = nearest(out_h, h);
+    let cols = nearest(out_w, w);
     Ok(any_tensor!(x, a => pick(a, &rows, &cols)))
 }
 
