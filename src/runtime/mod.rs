@@ -270,6 +270,41 @@ impl Function {
         }
     }
 
+    /// What the generated API's `load_from` calls: `path` is a package,
+    /// loaded as [`Function::load`] loads it, or a compiled model
+    /// (`.mlmodelc`), loaded as [`Function::load_compiled`] loads it with
+    /// `encoded_description` (the function's `FunctionDescription` in
+    /// protobuf form, which the generated code embeds at build time).
+    #[doc(hidden)]
+    pub fn load_generated(
+        path: impl AsRef<Path>,
+        function: &str,
+        encoded_description: &[u8],
+        configuration: &Configuration,
+    ) -> Result<Function> {
+        let path = path.as_ref();
+        if !is_compiled_model(path) {
+            return Function::load(path, function, configuration);
+        }
+        let invalid = |detail: String| Error::InvalidModel {
+            function: function.to_string(),
+            detail,
+        };
+        let description = <FunctionDescription as prost::Message>::decode(encoded_description)
+            .map_err(|e| {
+                invalid(format!(
+                    "the generated code's description does not decode: {e}"
+                ))
+            })?;
+        if description.name != function {
+            return Err(invalid(format!(
+                "the generated code's description is of function {:?}",
+                description.name
+            )));
+        }
+        Function::load_compiled(path, description, configuration)
+    }
+
     fn new(
         package: PathBuf,
         description: FunctionDescription,
