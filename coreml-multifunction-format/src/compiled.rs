@@ -600,7 +600,8 @@ mod tests {
         );
         let reversed = vec![files[1].clone(), files[0].clone()];
         assert_eq!(key_from_entries(&reversed), key);
-        let changed = |edit: &dyn Fn(&mut Vec<(String, u64, FileEntry)>)| {
+        type Entries = Vec<(String, u64, FileEntry)>;
+        let changed = |edit: &dyn Fn(&mut Entries)| {
             let mut files = files.clone();
             edit(&mut files);
             key_from_entries(&files)

@@ -380,19 +380,22 @@ pub struct Function {
 
 // SAFETY: `Send` only lets one thread at a time hold the function, handing
 // it over with the synchronisation a move between threads implies. Apple
-// ties `MLModel` to no thread: neither its header nor its documentation
-// asks for the main thread or the loading thread (unlike UIKit's
-// main-thread-only classes), and Apple's guidance is to load models off
-// the main thread and predict from background queues, which moves the
-// model between threads. Foundation's rule for classes not documented as
-// thread-safe is that they may be used from any thread as long as access
-// is serialized (Threading Programming Guide, "Thread Safety Summary"),
-// which single ownership ensures. The completion handlers this type
-// registers capture only `Send + Sync` values (checked at compile time in
-// `predict_async`), never the `&self` borrow. Not `Sync`: Apple does not
-// document concurrent synchronous predictions on one `MLModel` as safe
-// (only the completion-handler API, which `predict_async` uses), so `&Function`
-// must not be shared across threads.
+// ties `MLModel` to no thread: its header and documentation ask for no
+// particular thread (no main-thread or actor annotation), and Apple's own
+// `+[MLModel loadContentsOfURL:configuration:completionHandler:]` (macOS 11 /
+// iOS 14; "use this factory method especially when the caller is on the
+// main thread", says the header) loads asynchronously and hands the model
+// to a completion handler on a queue Core ML picks, for use on whatever
+// thread the app goes on with: Apple's API itself moves models between
+// threads. Foundation's
+// rule for objects not documented as thread-safe is that access be
+// serialized (Threading Programming Guide, "Thread Safety Summary"), which
+// single ownership ensures. The completion handlers this type registers
+// capture only `Send + Sync` values (checked at compile time in
+// `start_prediction`), never the `&self` borrow. Not `Sync`: Apple does
+// not document concurrent synchronous predictions on one `MLModel` as
+// safe (only the completion-handler API, which `predict_async` uses), so
+// `&Function` must not be shared across threads.
 unsafe impl Send for Function {}
 
 impl Drop for Function {
