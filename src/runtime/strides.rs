@@ -732,6 +732,28 @@ mod tests {
     }
 
     #[test]
+    fn padding_that_was_never_written_is_never_read() {
+        // A row-padded [2, 3] fp16 layout in memory nothing initialised, as
+        // Core ML hands out a new array: scatter writes only the elements,
+        // and gather reads only them back (under Miri, reading a padding
+        // byte would be reported as undefined behaviour).
+        let values: Vec<f16> = (0..6).map(|v| f16::from_f32(v as f32)).collect();
+        let mut buffer = vec![MaybeUninit::<u8>::uninit(); (8 + 3) * 2];
+        scatter(&values, &[2, 3], &[8, 1], &mut buffer).unwrap();
+        // SAFETY: `scatter` wrote every element of this layout.
+        let got = unsafe { gather::<f16>(&buffer, &[2, 3], &[8, 1]) }.unwrap();
+        assert_eq!(got, values);
+        // Image rows padded past their pixels, likewise.
+        let image = Image::new(1, 2, PixelFormat::Gray8, vec![5, 6]).unwrap();
+        let format = raw::pixel_format_for(image.format);
+        let mut pixels = vec![MaybeUninit::<u8>::uninit(); 16 + 1];
+        write_pixels(&image, format, 16, &mut pixels).unwrap();
+        // SAFETY: `write_pixels` wrote each row's pixels.
+        let back = unsafe { read_pixels(&pixels, format, 1, 2, 16, PixelFormat::Gray8) }.unwrap();
+        assert_eq!(back, image);
+    }
+
+    #[test]
     fn general_strided_gather_and_scatter_round_trip() {
         // A transposed [3, 2] view of a row-major [2, 3] buffer.
         let storage: Vec<i32> = vec![0, 1, 2, 10, 11, 12];
