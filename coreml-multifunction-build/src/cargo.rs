@@ -35,6 +35,7 @@ use crate::config::{
 };
 use crate::error::{Error, Result};
 use crate::pipeline::{self, BuiltModel, CrateInfo};
+use coreml_multifunction_format::compiled;
 
 /// Reads `[package.metadata.multifunction]` from the crate's Cargo.toml and
 /// merges every model it lists into `OUT_DIR`.
@@ -252,19 +253,31 @@ impl Builder {
         if self.compile_with_xcrun {
             for model in &models {
                 let compiled = self.out_dir.join(format!("{}.mlmodelc", model.model.name));
-                if model.merge.is_none() && compiled.exists() {
-                    continue;
+                let fresh = model.merge.is_none() && compiled.exists();
+                if !fresh {
+                    if let Err(e) = crate::xcrun::compile_with_xcrun(&model.package, &self.out_dir)
+                    {
+                        // Not fatal: the Core ML backend compiles on first load.
+                        emit(
+                            out,
+                            format!(
+                                "cargo:warning=coreml-multifunction: could not compile model `{}` with xcrun \
+                                 coremlcompiler ({e}); it will be compiled on the device at first load",
+                                model.model.name
+                            ),
+                        )?;
+                        continue;
+                    }
                 }
-                if let Err(e) = crate::xcrun::compile_with_xcrun(&model.package, &self.out_dir) {
-                    // Not fatal: the Core ML backend compiles on first load.
-                    emit(
-                        out,
-                        format!(
-                            "cargo:warning=coreml-multifunction: could not compile model `{}` with xcrun \
-                             coremlcompiler ({e}); it will be compiled on the device at first load",
-                            model.model.name
-                        ),
-                    )?;
+                // `copy-to` ships the compiled model beside the package, for
+                // an app bundle to load by path (`load_from`).
+                if let Some(copy) = &model.copied_to {
+                    let target = copy.with_extension("mlmodelc");
+                    if !fresh || !target.is_dir() {
+                        compiled::replace_dir_with_copy(&compiled, &target).map_err(|e| {
+                            Error::io(&target, "copy the compiled model to copy-to", e)
+                        })?;
+                    }
                 }
             }
         }

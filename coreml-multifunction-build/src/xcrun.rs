@@ -9,16 +9,19 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use std::time::{Duration, SystemTime};
+
 use coreml_multifunction_format::compiled::{
-    package_key, precompiled_path, replace_dir, stamp_path, write_stamp,
+    package_files, package_key_of, precompiled_path, remove_abandoned_staging, replace_dir,
+    staging_beside, stamp_path, write_stamp,
 };
 
 /// Compiles the package at `package` with Xcode's
 /// `xcrun coremlcompiler compile <package> <dir>`, for a **build script on
 /// a macOS host**, into `out_dir/<name>.mlmodelc`, and records the
-/// package's key (`coreml_multifunction_format::compiled::package_key`) in
-/// `out_dir/<name>.mlmodelc.key`. Returns the
-/// compiled model's path.
+/// package's key (`coreml_multifunction_format::compiled::PackageKey`) in
+/// the stamp `out_dir/<name>.mlmodelc.key`. Returns the compiled model's
+/// path.
 ///
 /// Give the package's own directory as `out_dir` (the build puts the merged
 /// package in `$OUT_DIR`, so `$OUT_DIR`) and the Core ML backend loads the
@@ -28,8 +31,15 @@ use coreml_multifunction_format::compiled::{
 /// The compiler writes into a staging directory in `out_dir`, and the
 /// result replaces any previous `<name>.mlmodelc` by renames; the stamp is
 /// removed first and written last, so a stamp always describes the model
-/// beside it. The package is hashed before and after compiling, and a
-/// package that changed meanwhile is an error rather than a wrong stamp.
+/// beside it. The package's files are listed (size, inode, times) before
+/// and after compiling, and a package that changed meanwhile is an error
+/// rather than a wrong stamp. A package written within the key's racy
+/// window (`compiled::RACY_WINDOW`, seconds) before the compile finished
+/// gets no stamp, since its key would not be reproducible: the runtime
+/// then compiles it into its cache on first load. The stamp identifies the
+/// package files where they are; a copy of the package (as `copy-to`
+/// makes) does not match it, and ships with its compiled model to be
+/// loaded by path instead.
 ///
 /// Fails (with [`io::ErrorKind::NotFound`] from spawning) where `xcrun` is
 /// missing, as on every non-macOS host, and with the compiler's message
@@ -52,10 +62,10 @@ pub fn compile_with_xcrun(package: &Path, out_dir: &Path) -> io::Result<PathBuf>
         ));
     }
     fs::create_dir_all(out_dir)?;
-    let key = package_key(package)?;
-    let staging = tempfile::Builder::new()
-        .prefix(".coremlcompiler-")
-        .tempdir_in(out_dir)?;
+    // Staging directories of builds killed mid-compile.
+    remove_abandoned_staging(out_dir, Duration::from_secs(60), SystemTime::now());
+    let before = package_files(package)?;
+    let staging = staging_beside(&out_dir.join(&compiled_name))?;
     let output = Command::new("xcrun")
         .arg("coremlcompiler")
         .arg("compile")
@@ -84,12 +94,14 @@ pub fn compile_with_xcrun(package: &Path, out_dir: &Path) -> io::Result<PathBuf>
             produced.display()
         )));
     }
-    if package_key(package)? != key {
+    let after = package_files(package)?;
+    if after != before {
         return Err(io::Error::other(format!(
             "{} changed while it was being compiled; build again",
             package.display()
         )));
     }
+    let key = package_key_of(package, &after, SystemTime::now())?;
     let destination = out_dir.join(&compiled_name);
     match fs::remove_file(stamp_path(&destination)) {
         Ok(()) => {}
@@ -97,7 +109,9 @@ pub fn compile_with_xcrun(package: &Path, out_dir: &Path) -> io::Result<PathBuf>
         Err(e) => return Err(e),
     }
     replace_dir(&produced, &destination)?;
-    write_stamp(&destination, &key)?;
+    if key.stable {
+        write_stamp(&destination, &key.key)?;
+    }
     Ok(destination)
 }
 

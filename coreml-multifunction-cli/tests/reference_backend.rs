@@ -15,260 +15,28 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use coreml_multifunction::half::f16;
 use coreml_multifunction::proto::mil_spec::argument::binding;
-use coreml_multifunction::proto::specification::feature_type;
-use coreml_multifunction::proto::{model, FeatureDescription, FunctionDescription, Model as Spec};
+use coreml_multifunction::proto::{model, Model as Spec};
 use coreml_multifunction::runtime::{
-    AnyTensor, Backend, Configuration, DataType, Error, FeatureValue, Features, Function, Image,
-    PixelFormat, State, Tensor,
+    AnyTensor, Backend, Configuration, DataType, Error, FeatureValue, Features, Function, State,
+    Tensor,
 };
 use coreml_multifunction_build::merge::MultiFunctionDescriptor;
-use ndarray::ArrayD;
 use prost::Message;
 
 // ---------------------------------------------------------------- fixtures
 
-/// A `.npy` file of any of the element types the fixtures use.
-#[derive(Debug, Clone)]
-enum Npy {
-    F16(ArrayD<f16>),
-    F32(ArrayD<f32>),
-    I32(ArrayD<i32>),
-    I64(ArrayD<i64>),
-    U8(ArrayD<u8>),
-}
+#[path = "../../tests/common/fixture_io.rs"]
+mod fixture_io;
 
-impl Npy {
-    fn read(path: &Path) -> Npy {
-        let npy = npyz::NpyFile::new(std::io::BufReader::new(File::open(path).unwrap())).unwrap();
-        assert!(
-            npy.order() == npyz::Order::C || npy.shape().len() < 2,
-            "{}",
-            path.display()
-        );
-        let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
-        let npyz::DType::Plain(type_str) = npy.dtype() else {
-            panic!("{}: a structured array", path.display())
-        };
-        let array = |data| ArrayD::from_shape_vec(shape.clone(), data).unwrap();
-        use npyz::TypeChar::{Float, Int, Uint};
-        match (type_str.type_char(), type_str.size_field()) {
-            (Float, 2) => Npy::F16(array_of(&shape, npy.into_vec().unwrap())),
-            (Float, 4) => Npy::F32(array_of(&shape, npy.into_vec().unwrap())),
-            (Int, 4) => Npy::I32(array_of(&shape, npy.into_vec().unwrap())),
-            (Int, 8) => Npy::I64(array_of(&shape, npy.into_vec().unwrap())),
-            (Uint, 1) => Npy::U8(array(npy.into_vec().unwrap())),
-            other => panic!("{}: unexpected dtype {other:?}", path.display()),
-        }
-    }
-
-    fn shape(&self) -> Vec<usize> {
-        match self {
-            Npy::F16(a) => a.shape().to_vec(),
-            Npy::F32(a) => a.shape().to_vec(),
-            Npy::I32(a) => a.shape().to_vec(),
-            Npy::I64(a) => a.shape().to_vec(),
-            Npy::U8(a) => a.shape().to_vec(),
-        }
-    }
-
-    fn to_f32(&self) -> Vec<f32> {
-        match self {
-            Npy::F16(a) => a.iter().map(|v| v.to_f32()).collect(),
-            Npy::F32(a) => a.iter().copied().collect(),
-            Npy::I32(a) => a.iter().map(|&v| v as f32).collect(),
-            Npy::I64(a) => a.iter().map(|&v| v as f32).collect(),
-            Npy::U8(a) => a.iter().map(|&v| f32::from(v)).collect(),
-        }
-    }
-}
-
-fn array_of<T>(shape: &[usize], data: Vec<T>) -> ArrayD<T> {
-    ArrayD::from_shape_vec(shape.to_vec(), data).unwrap()
-}
-
-/// One step of an `io/<name>/steps.json`.
-#[derive(Debug, Clone)]
-struct Step {
-    function: String,
-    inputs: BTreeMap<String, Npy>,
-    outputs: BTreeMap<String, Npy>,
-    states: BTreeMap<String, Npy>,
-}
-
-fn io_dir(name: &str) -> PathBuf {
-    common::fixtures().join("io").join(name)
-}
-
-fn steps(name: &str) -> Vec<Step> {
-    let dir = io_dir(name);
-    let text = std::fs::read_to_string(dir.join("steps.json")).unwrap();
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let files = |step: &serde_json::Value, kind: &str| -> BTreeMap<String, Npy> {
-        step[kind]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), Npy::read(&dir.join(v.as_str().unwrap()))))
-            .collect()
-    };
-    json["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|step| Step {
-            function: step["function"].as_str().unwrap().to_string(),
-            inputs: files(step, "inputs"),
-            outputs: files(step, "outputs"),
-            states: files(step, "states"),
-        })
-        .collect()
-}
-
-/// Every `io/<name>` fixture, sorted.
-fn io_fixtures() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(common::fixtures().join("io"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert!(names.len() >= 18, "io fixtures missing: {names:?}");
-    names
-}
-
-/// The input `npy` as the declared feature wants it: arrays converted to
-/// the declared element type (torch's fp32 inputs rounded to fp16 for fp16
-/// models, as coremltools' predict does), images as interleaved bytes.
-fn feature(npy: &Npy, declared: &FeatureDescription) -> FeatureValue {
-    let kind = declared.r#type.as_ref().unwrap().r#type.as_ref().unwrap();
-    let shape = npy.shape();
-    match kind {
-        feature_type::Type::MultiArrayType(array) => {
-            let values = npy.to_f32();
-            match DataType::from_array_data_type(array.data_type).unwrap() {
-                DataType::Float16 => Tensor::new(
-                    shape,
-                    values.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>(),
-                )
-                .unwrap()
-                .into(),
-                DataType::Float32 => Tensor::new(shape, values).unwrap().into(),
-                DataType::Int32 => {
-                    Tensor::new(shape, values.iter().map(|&v| v as i32).collect::<Vec<_>>())
-                        .unwrap()
-                        .into()
-                }
-                other => panic!("no fixture input is {other}"),
-            }
-        }
-        feature_type::Type::ImageType(image) => {
-            let Npy::U8(pixels) = npy else {
-                panic!("image inputs are uint8")
-            };
-            let format = PixelFormat::of_image_type(image).unwrap();
-            FeatureValue::Image(
-                Image::new(shape[1], shape[0], format, pixels.iter().copied().collect()).unwrap(),
-            )
-        }
-        other => panic!("no fixture input is {other:?}"),
-    }
-}
-
-fn inputs(description: &FunctionDescription, step: &Step) -> Features {
-    step.inputs
-        .iter()
-        .map(|(name, npy)| {
-            let declared = description
-                .input
-                .iter()
-                .find(|d| &d.name == name)
-                .unwrap_or_else(|| panic!("{} has no input {name}", description.name));
-            (name.clone(), feature(npy, declared))
-        })
-        .collect()
-}
-
-fn values(value: &FeatureValue) -> (Vec<usize>, Vec<f32>) {
-    match value {
-        FeatureValue::Tensor(t) => (t.shape().to_vec(), t.to_f32().into_vec()),
-        other => panic!("expected a tensor, got {}", other.kind()),
-    }
-}
-
-/// `(atol, rtol)` against torch for a fixture model: `|ours - torch| <=
-/// atol + rtol * |torch|`. Compressed models are compared with torch's
-/// uncompressed model, so their compression error counts; that the
-/// decompression itself is exact is checked separately, against
-/// coremltools' own decompression.
-fn tolerance(fixture: &str) -> (f32, f32) {
-    match fixture {
-        "precision_fp32" | "tensor_ops" | "indexing_ops" | "control_flow" => FP32,
-        "densenet" | "efficientnet" | "regnet" | "convnext" | "swin" | "vit" | "unet"
-        | "deeplab" | "bert" | "gpt2" | "t5" | "whisper_encoder" => DEEP_FP32,
-        "resnet" | "mobilenet_v3" | "diffusion_unet" | "vae_decoder" | "vae_encoder" | "llama" => {
-            DEEP_FP16
-        }
-        "lstm" | "gru" | "rnn" => RECURRENT_FP16,
-        "compressed_int8" | "target_ios17_int8" => INT8,
-        "compressed_int4" | "compressed_palettized" | "target_ios17_palettized" => FOUR_BIT,
-        _ => FP16,
-    }
-}
-
-/// fp32 weights: only the order of summation differs from torch.
-const FP32: (f32, f32) = (1e-5, 1e-5);
-/// fp32 networks tens of layers deep: rounding accumulates over the layers
-/// (torch's own fp64-against-fp32 difference reaches 1.4e-5 on deeplab).
-const DEEP_FP32: (f32, f32) = (1e-4, 1e-4);
-/// fp16 networks tens of layers deep, where every layer's fp16 weights and
-/// activations round: torch in fp16 differs from torch in fp32 by up to
-/// 7.8e-3 (vae_decoder), so about a fourfold margin. A wrong op (a flipped
-/// align_corners, the wrong pad mode) errs by 0.15 and more.
-const DEEP_FP16: (f32, f32) = (3e-2, 3e-2);
-/// fp16 recurrent layers, whose rounding compounds over the time steps
-/// (torch fp16 against fp32: up to 2.1e-3 on the GRU).
-const RECURRENT_FP16: (f32, f32) = (1e-2, 1e-2);
-/// fp16 weights and inputs: about 5e-4 relative each, so 3e-3 leaves a
-/// margin of five over the largest error seen (6.1e-4).
-const FP16: (f32, f32) = (3e-3, 3e-3);
-/// int8 weights: their quantization error (up to 2.4e-3 here) on top.
-const INT8: (f32, f32) = (1e-2, 1e-2);
-/// 4-bit weights: their quantization error (up to 3.3e-2 here) on top.
-const FOUR_BIT: (f32, f32) = (5e-2, 5e-2);
-
-/// The largest `|got - want|`, asserting every element within tolerance;
-/// integer outputs (indices, argmax, counts) must match exactly.
-fn assert_close(what: &str, got: (&[usize], &[f32]), want: &Npy, tolerance: (f32, f32)) -> f32 {
-    let (atol, rtol) = match want {
-        Npy::I32(_) | Npy::I64(_) | Npy::U8(_) => (0.0, 0.0),
-        Npy::F16(_) | Npy::F32(_) => tolerance,
-    };
-    let expected = want.to_f32();
-    // torch keeps a leading batch axis coremltools may not; compare values
-    // in order, shapes by element count and trailing axes.
-    assert_eq!(
-        got.1.len(),
-        expected.len(),
-        "{what}: shape {:?} vs torch's {:?}",
-        got.0,
-        want.shape()
-    );
-    let mut worst = 0f32;
-    for (i, (&g, &e)) in got.1.iter().zip(&expected).enumerate() {
-        let error = (g - e).abs();
-        assert!(
-            error <= atol + rtol * e.abs(),
-            "{what}[{i}]: {g} vs torch's {e} (error {error}, tolerance {atol} + {rtol}·|torch|)"
-        );
-        worst = worst.max(error);
-    }
-    worst
-}
+use fixture_io::{
+    array_of, assert_close, feature, inputs, io_dir, io_fixtures, steps, tolerance, values, Npy,
+    FP16,
+};
 
 fn reference() -> Configuration {
     Configuration::with_backend(Backend::Reference)
@@ -395,6 +163,65 @@ fn compressed_weights_decompress_as_coremltools_does() {
             );
         }
     }
+}
+
+/// Polls `future` once, with a waker that does nothing: the reference
+/// backend's predictions must be ready then.
+fn ready_now<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Waker};
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("a reference-backend prediction was not ready at once"),
+    }
+}
+
+#[test]
+fn async_predictions_on_the_reference_backend_finish_at_once() {
+    let fixture = "lora_adapter_1";
+    let model = load(&common::source_package(fixture), "main");
+    let step = &steps(fixture)[0];
+    let features = inputs(model.description(), step);
+    let future = model.predict_async(&features);
+    // The future owns what it needs: the function can go first.
+    let expected = model.predict(&features).unwrap();
+    drop(model);
+    let outputs = ready_now(future).unwrap();
+    assert!(!step.outputs.is_empty());
+    for name in step.outputs.keys() {
+        assert_eq!(values(&outputs[name]), values(&expected[name]));
+    }
+
+    // A bad input is the future's error.
+    let model = load(&common::source_package(fixture), "main");
+    let error = ready_now(model.predict_async(&Features::new())).unwrap_err();
+    assert!(matches!(error, Error::MissingInput { .. }), "{error}");
+
+    // With a state: the same conversation, awaited, gives torch's outputs.
+    let package = common::merged_package("stateful");
+    let (prefill, decode) = (load(&package, "prefill"), load(&package, "decode"));
+    let mut state = prefill.new_state().unwrap();
+    for (index, step) in steps("stateful").iter().enumerate() {
+        let model = if step.function == "prefill" {
+            &prefill
+        } else {
+            &decode
+        };
+        let features = inputs(model.description(), step);
+        let outputs = ready_now(model.predict_with_state_async(&features, &mut state)).unwrap();
+        for (name, want) in &step.outputs {
+            let (shape, got) = values(&outputs[name]);
+            assert_close(&format!("step {index} {name}"), (&shape, &got), want, FP16);
+        }
+    }
+    // A stateless call on a stateful function is refused through the future.
+    let error =
+        ready_now(decode.predict_async(&inputs(decode.description(), &steps("stateful")[1])))
+            .unwrap_err();
+    assert!(matches!(error, Error::WrongState { .. }), "{error}");
 }
 
 #[test]

@@ -1,59 +1,113 @@
-//! The cache of models Core ML compiled on first load, and where it lives.
+//! The cache of models Core ML compiled on first load, where it lives, how
+//! it is bounded, and which load errors justify compiling again.
 //!
 //! The Core ML backend (`runtime::coreml`, Apple targets only) looks for a
 //! compiled model in this order:
 //!
-//! 1. **Precompiled at build time**, beside the package, with a matching
-//!    stamp ([`coreml_multifunction_format::compiled::precompiled_for`]).
+//! 1. **Precompiled at build time**, beside the package, with a stamp that
+//!    matches the package's key
+//!    ([`coreml_multifunction_format::compiled::precompiled_for`]).
 //! 2. **Cached**: `<cache root>/<key>.mlmodelc`, where the key is the
-//!    package's [`coreml_multifunction_format::compiled::package_key`]. A
-//!    changed package or a new crate version gets a new key, so a stale
-//!    compile cannot be found.
+//!    package's [`coreml_multifunction_format::compiled::PackageKey`]
+//!    (file sizes, inodes and change times, and the manifest's and
+//!    specification's bytes: never the weights). A changed package gets a
+//!    new key, so a stale compile cannot be found.
 //! 3. **Compiled on first load** by Core ML, then moved into the cache with
-//!    [`install_dir`]: into a staging directory beside the destination,
-//!    then renamed into place, so a reader sees a complete model or none.
-//!    Two processes compiling the same package at once both finish; the
-//!    first rename wins and the other discards its copy.
+//!    [`install_dir`]: into a locked staging directory beside the
+//!    destination, then renamed into place, so a reader sees a complete
+//!    model or none. Two processes compiling the same package at once both
+//!    finish; the first rename wins and the other discards its copy. A key
+//!    that is not stable (the package was written a moment ago) is not
+//!    cached: the model is loaded from Core ML's own output, for this
+//!    process only.
 //!
-//! The cache root ([`default_cache_root`]) is
-//! `~/Library/Caches/coreml-multifunction/compiled` on Apple platforms
-//! (`$HOME` is the app's container in a sandboxed app), which the system
-//! may purge under disk pressure but otherwise keeps across reboots, as
-//! Apple recommends for re-creatable data; elsewhere, or when that
-//! directory does not exist, `std::env::temp_dir()/coreml-multifunction/
-//! compiled`. Entries are never modified once renamed into place; old keys
-//! are not pruned by this crate.
+//! # Bounds
+//!
+//! The cache holds at most [`MAX_ENTRIES`] compiled models. Each use marks
+//! its entry (its directory's modification time); after each install the
+//! least recently used entries past the limit are removed ([`prune`]).
+//! When a package is compiled under a new key (it changed), the entry of
+//! its previous key is removed at once ([`record_package`]), so rebuilding
+//! a 4 GB model ten times leaves one compiled copy, not ten. No byte limit
+//! is set: one large language model can exceed any small one, and a limit
+//! that evicted it would recompile it at every launch. Staging directories
+//! abandoned by killed processes are removed when older than
+//! [`STALE_STAGING_AGE`] and unlocked. Removal renames an entry aside
+//! first; a process that already loaded it keeps its open files.
+//!
+//! # Where
+//!
+//! The cache root ([`default_cache_root`]) is the first of these that can
+//! be created and written: `~/Library/Caches/coreml-multifunction/compiled`
+//! on Apple platforms (`$HOME` is the app's container in a sandboxed app),
+//! which the system may purge under disk pressure but otherwise keeps
+//! across reboots, as Apple recommends for re-creatable data; then
+//! `std::env::temp_dir()/coreml-multifunction/compiled`. A read-only or
+//! odd `$HOME` (managed Macs, daemons) falls through to the temporary
+//! directory instead of failing every load.
+//!
+//! # When to compile again
+//!
+//! A compiled model that fails to load is compiled again only when the
+//! error means the compiled model itself is damaged or missing
+//! ([`means_damaged_model`]). Other failures (memory, the Neural Engine's
+//! own compiler, configuration, decryption) would fail the same way after
+//! minutes of compiling, and a good cached model is never deleted for them.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use coreml_multifunction_format::compiled::{
-    move_or_copy, staging_beside, CacheKey, COMPILED_EXTENSION,
+    location_key, move_or_copy, remove_abandoned_staging, staging_beside, CacheKey,
+    COMPILED_EXTENSION,
 };
 
-/// The cache root under `caches` (a platform caches directory, such as
-/// `~/Library/Caches`) when given, else under `temp_dir`.
-pub fn cache_root_in(caches: Option<&Path>, temp_dir: &Path) -> PathBuf {
-    caches
-        .unwrap_or(temp_dir)
-        .join("coreml-multifunction")
-        .join("compiled")
+/// The most compiled models the cache keeps.
+pub const MAX_ENTRIES: usize = 8;
+
+/// How old an unlocked staging directory must be to count as abandoned.
+pub const STALE_STAGING_AGE: Duration = Duration::from_secs(3600);
+
+/// The directory of per-package records under the cache root.
+const PACKAGES_DIR: &str = "packages";
+
+/// The cache root under the first of `bases` (platform caches or temporary
+/// directories, in order of preference) where it can be created and
+/// written; the last one's when none can (then installs fail, and loads
+/// fall back to Core ML's own output).
+pub fn choose_cache_root(bases: &[PathBuf]) -> PathBuf {
+    let root = |base: &PathBuf| base.join("coreml-multifunction").join("compiled");
+    bases
+        .iter()
+        .map(root)
+        .find(|candidate| writable(candidate))
+        .or_else(|| bases.last().map(root))
+        .unwrap_or_else(|| root(&std::env::temp_dir()))
 }
 
-/// The cache root of this process: `$HOME/Library/Caches/...` on Apple
-/// platforms when that directory exists, else under
-/// [`std::env::temp_dir`]. See the module documentation.
+/// Whether `dir` exists or can be created, and a file can be made in it.
+fn writable(dir: &Path) -> bool {
+    if fs::create_dir_all(dir).is_err() {
+        return false;
+    }
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    let made = fs::File::create(&probe).is_ok();
+    let _ = fs::remove_file(&probe);
+    made
+}
+
+/// The cache root of this process: see the module documentation.
 pub fn default_cache_root() -> PathBuf {
-    let caches = if cfg!(target_vendor = "apple") {
-        std::env::var_os("HOME")
-            .filter(|home| !home.is_empty())
-            .map(|home| Path::new(&home).join("Library").join("Caches"))
-            .filter(|caches| caches.is_dir())
-    } else {
-        None
-    };
-    cache_root_in(caches.as_deref(), &std::env::temp_dir())
+    let mut bases = Vec::new();
+    if cfg!(target_vendor = "apple") {
+        if let Some(home) = std::env::var_os("HOME").filter(|home| !home.is_empty()) {
+            bases.push(Path::new(&home).join("Library").join("Caches"));
+        }
+    }
+    bases.push(std::env::temp_dir());
+    choose_cache_root(&bases)
 }
 
 /// Where the cache under `root` keeps the model compiled from a package
@@ -96,33 +150,152 @@ pub fn evict(path: &Path) -> io::Result<()> {
     // `staging` is deleted with what was moved into it on drop.
 }
 
+/// Marks the entry at `entry` as used at `now` (its directory's
+/// modification time), for [`prune`]. Best effort.
+pub fn touch(entry: &Path, now: SystemTime) {
+    if let Ok(dir) = fs::File::open(entry) {
+        let _ = dir.set_modified(now);
+    }
+}
+
+/// Keeps the cache under `root` within [`MAX_ENTRIES`] (`limit`): removes
+/// the least recently used entries past it, never `keep` (the one being
+/// loaded), and abandoned staging directories. Returns the entries removed.
+/// Best effort: an entry that cannot be removed now is tried next time.
+pub fn prune(root: &Path, keep: &Path, limit: usize, now: SystemTime) -> Vec<PathBuf> {
+    remove_abandoned_staging(root, STALE_STAGING_AGE, now);
+    let Ok(entries) = fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut models: Vec<(SystemTime, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|path| {
+            path.extension().is_some_and(|e| e == COMPILED_EXTENSION) && path.as_path() != keep
+        })
+        .filter_map(|path| {
+            let used = fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+            Some((used, path))
+        })
+        .collect();
+    // Newest first; ties broken by name so the outcome is deterministic.
+    models.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let room = limit.saturating_sub(usize::from(keep.is_dir()));
+    models
+        .into_iter()
+        .skip(room)
+        .filter_map(|(_, path)| evict(&path).is_ok().then_some(path))
+        .collect()
+}
+
+/// Records that the package at `package` (canonical path) was compiled
+/// under `key`, and removes the entry of the key recorded for it before, if
+/// that differs: the package changed, so that compile can never be found
+/// again. Returns the entry removed. Best effort.
+pub fn record_package(root: &Path, package: &Path, key: &CacheKey) -> Option<PathBuf> {
+    let records = root.join(PACKAGES_DIR);
+    let record = records.join(location_key(package).to_hex());
+    let previous = fs::read_to_string(&record)
+        .ok()
+        .and_then(|text| CacheKey::from_hex(&text))
+        .filter(|previous| previous != key);
+    if fs::create_dir_all(&records).is_ok() {
+        // Written beside, then renamed: a reader sees the old record or
+        // the new one.
+        let staged = records.join(format!(".{}.{}", location_key(package), std::process::id()));
+        if fs::write(&staged, format!("{key}\n")).is_ok() && fs::rename(&staged, &record).is_err() {
+            let _ = fs::remove_file(&staged);
+        }
+    }
+    let stale = cached_model_path(root, &previous?);
+    (stale.is_dir() && evict(&stale).is_ok()).then_some(stale)
+}
+
+/// The `MLModelErrorDomain` (`com.apple.CoreML`).
+pub const CORE_ML_DOMAIN: &str = "com.apple.CoreML";
+
+/// Whether an error a compiled model's load reported (by `NSError`
+/// domain and code) means the compiled model itself is damaged, missing
+/// or unreadable, so that compiling it again can help:
+///
+/// - `com.apple.CoreML` `MLModelErrorIO` (3): Core ML could not read it;
+/// - `com.apple.CoreML` `MLModelErrorGeneric` (0): what Core ML reports for
+///   a compiled model it cannot parse (and, unavoidably, for some other
+///   failures: then the fresh compile fails the same way and the first
+///   error is what the caller sees);
+/// - a file missing or unreadable (`NSCocoaErrorDomain` 4, 256, 257, 259,
+///   260; `NSPOSIXErrorDomain` `ENOENT`).
+///
+/// Not: feature types (1), custom layers and models (4, 5), updates (6),
+/// parameters (7), decryption (8, 9), collections (10), cancelled
+/// predictions (11), or any other domain (memory, the Neural Engine).
+pub fn means_damaged_model(domain: &str, code: isize) -> bool {
+    const GENERIC: isize = 0;
+    const IO: isize = 3;
+    // NSFileNoSuchFileError, NSFileReadUnknownError,
+    // NSFileReadNoPermissionError, NSFileReadCorruptFileError,
+    // NSFileReadNoSuchFileError.
+    const COCOA_FILE_ERRORS: [isize; 5] = [4, 256, 257, 259, 260];
+    const ENOENT: isize = 2;
+    match domain {
+        CORE_ML_DOMAIN => matches!(code, GENERIC | IO),
+        "NSCocoaErrorDomain" => COCOA_FILE_ERRORS.contains(&code),
+        "NSPOSIXErrorDomain" => code == ENOENT,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use coreml_multifunction_format::compiled::{key_from_digests, replace_dir};
+    use coreml_multifunction_format::compiled::{key_from_entries, replace_dir, FileEntry};
 
     fn write(path: &Path, bytes: &[u8]) {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, bytes).unwrap();
     }
 
+    fn key(n: u8) -> CacheKey {
+        key_from_entries(&[("f".to_string(), 1, FileEntry::Content([n; 32]))])
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
-    fn cache_paths() {
-        let key = key_from_digests("1", &[]);
-        let root = cache_root_in(None, Path::new("/tmp"));
-        assert_eq!(root, Path::new("/tmp/coreml-multifunction/compiled"));
+    fn the_cache_root_is_the_first_writable_base() {
+        let dir = tempfile::tempdir().unwrap();
+        // A base under a regular file can never hold a directory (whatever
+        // the permissions: these tests may run as root).
+        write(&dir.path().join("file"), b"x");
+        let blocked = dir.path().join("file/Library/Caches");
+        let fallback = dir.path().join("tmp");
+        let root = choose_cache_root(&[blocked.clone(), fallback.clone()]);
+        assert_eq!(root, fallback.join("coreml-multifunction/compiled"));
+        assert!(root.is_dir(), "created while probing");
+        assert_eq!(names(&root), Vec::<String>::new(), "no probe left behind");
+        // The preferred base wins when writable.
+        let caches = dir.path().join("home/Library/Caches");
         assert_eq!(
-            cache_root_in(
-                Some(Path::new("/Users/me/Library/Caches")),
-                Path::new("/tmp")
-            ),
-            Path::new("/Users/me/Library/Caches/coreml-multifunction/compiled")
+            choose_cache_root(&[caches.clone(), fallback.clone()]),
+            caches.join("coreml-multifunction/compiled")
         );
+        // Nothing writable: the last, for errors to name.
         assert_eq!(
-            cached_model_path(&root, &key),
-            root.join(format!("{}.mlmodelc", key.to_hex()))
+            choose_cache_root(std::slice::from_ref(&blocked)),
+            blocked.join("coreml-multifunction/compiled")
         );
         assert!(default_cache_root().ends_with("coreml-multifunction/compiled"));
+        assert_eq!(
+            cached_model_path(&root, &key(1)),
+            root.join(format!("{}.mlmodelc", key(1).to_hex()))
+        );
     }
 
     #[test]
@@ -139,16 +312,12 @@ mod tests {
         assert!(!install_dir(&second, &destination).unwrap());
         assert_eq!(fs::read(destination.join("model.mil")).unwrap(), b"one");
         // No staging directory is left behind.
-        let names: Vec<_> = fs::read_dir(dir.path().join("cache"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["abc.mlmodelc"]);
+        assert_eq!(names(&dir.path().join("cache")), ["abc.mlmodelc"]);
 
         evict(&destination).unwrap();
         assert!(!destination.exists());
         evict(&destination).unwrap();
-        assert_eq!(fs::read_dir(dir.path().join("cache")).unwrap().count(), 0);
+        assert_eq!(names(&dir.path().join("cache")), Vec::<String>::new());
         assert!(install_dir(&second, &destination).unwrap());
         assert_eq!(fs::read(destination.join("model.mil")).unwrap(), b"two");
 
@@ -156,6 +325,100 @@ mod tests {
         write(&third.join("model.mil"), b"three");
         replace_dir(&third, &destination).unwrap();
         assert_eq!(fs::read(destination.join("model.mil")).unwrap(), b"three");
-        assert_eq!(fs::read_dir(dir.path().join("cache")).unwrap().count(), 1);
+        assert_eq!(names(&dir.path().join("cache")), ["abc.mlmodelc"]);
+    }
+
+    #[test]
+    fn pruning_keeps_the_most_recently_used_and_the_one_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("compiled");
+        let start = SystemTime::now() - Duration::from_secs(100_000);
+        let entries: Vec<PathBuf> = (0..5u8)
+            .map(|n| {
+                let entry = cached_model_path(&root, &key(n));
+                write(&entry.join("model.mil"), &[n]);
+                // Used in order: 0 longest ago.
+                touch(&entry, start + Duration::from_secs(u64::from(n) * 10));
+                entry
+            })
+            .collect();
+        // Entry 0 is the one being loaded: kept though oldest.
+        let removed = prune(&root, &entries[0], 3, SystemTime::now());
+        assert_eq!(
+            removed,
+            [entries[2].clone(), entries[1].clone()],
+            "newest first"
+        );
+        for (n, entry) in entries.iter().enumerate() {
+            assert_eq!(entry.is_dir(), ![1, 2].contains(&n), "entry {n}");
+        }
+        // Within the limit: nothing more goes.
+        assert!(prune(&root, &entries[0], 3, SystemTime::now()).is_empty());
+        // Using an old entry again saves it from the next prune.
+        touch(&entries[0], SystemTime::now());
+        let removed = prune(&root, Path::new("/nothing"), 2, SystemTime::now());
+        assert_eq!(removed, [entries[3].clone()]);
+        assert!(entries[0].is_dir() && entries[4].is_dir());
+    }
+
+    #[test]
+    fn pruning_removes_abandoned_staging_directories_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("compiled");
+        let live = staging_beside(&root.join("x.mlmodelc")).unwrap();
+        write(&root.join(".staging-killed/new/model.mil"), b"half");
+        let later = SystemTime::now() + STALE_STAGING_AGE * 2;
+        prune(&root, Path::new("/nothing"), MAX_ENTRIES, later);
+        assert!(!root.join(".staging-killed").exists());
+        assert!(live.path().is_dir(), "a live (locked) one stays");
+    }
+
+    #[test]
+    fn a_changed_package_drops_its_previous_compile() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("compiled");
+        let package = dir.path().join("model.mlpackage");
+        let (old, new) = (
+            cached_model_path(&root, &key(1)),
+            cached_model_path(&root, &key(2)),
+        );
+        write(&old.join("model.mil"), b"old");
+        assert_eq!(
+            record_package(&root, &package, &key(1)),
+            None,
+            "first record"
+        );
+        assert_eq!(record_package(&root, &package, &key(1)), None, "same key");
+        assert!(old.is_dir());
+        write(&new.join("model.mil"), b"new");
+        assert_eq!(record_package(&root, &package, &key(2)), Some(old.clone()));
+        assert!(!old.exists() && new.is_dir());
+        // Another package's record is its own.
+        let other = dir.path().join("other.mlpackage");
+        assert_eq!(record_package(&root, &other, &key(1)), None);
+        assert!(new.is_dir());
+        assert_eq!(
+            names(&root.join(PACKAGES_DIR)).len(),
+            2,
+            "no staged record left"
+        );
+    }
+
+    #[test]
+    fn only_damage_justifies_compiling_again() {
+        assert!(means_damaged_model(CORE_ML_DOMAIN, 3), "IO");
+        assert!(means_damaged_model(CORE_ML_DOMAIN, 0), "generic");
+        assert!(
+            means_damaged_model("NSCocoaErrorDomain", 260),
+            "no such file"
+        );
+        assert!(means_damaged_model("NSPOSIXErrorDomain", 2), "ENOENT");
+        for code in [1, 4, 5, 6, 7, 8, 9, 10, 11] {
+            assert!(!means_damaged_model(CORE_ML_DOMAIN, code), "code {code}");
+        }
+        assert!(!means_damaged_model("NSCocoaErrorDomain", 640), "disk full");
+        assert!(!means_damaged_model("NSPOSIXErrorDomain", 12), "ENOMEM");
+        assert!(!means_damaged_model("NSException", 0));
+        assert!(!means_damaged_model("coreml-multifunction", 0));
     }
 }

@@ -120,15 +120,21 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
-    /// Core ML reported an error (an `NSError`).
+    /// Core ML reported an error (an `NSError`), or raised an Objective-C
+    /// exception (domain `NSException`, code 0, the exception's name and
+    /// reason as the message).
     #[error("Core ML: {message} ({domain} error {code})")]
     CoreMl {
-        /// The error domain.
+        /// The error domain (`NSException` for an exception).
         domain: String,
         /// The error code.
         code: isize,
-        /// The localized description.
+        /// The localized description, with the failure reason and the
+        /// underlying error's description when Core ML gives them.
         message: String,
+        /// The error Core ML reports as the cause (`NSUnderlyingErrorKey`).
+        #[source]
+        underlying: Option<Box<Error>>,
     },
     /// A file system operation failed.
     #[error("{}: could not {action}: {source}", path.display())]
@@ -149,5 +155,140 @@ fn describe_ops(ops: &[String]) -> String {
     match quoted.as_slice() {
         [one] => format!("op {one}"),
         _ => format!("ops {}", quoted.join(", ")),
+    }
+}
+
+/// Making [`Error::CoreMl`] values from what Objective-C reports, kept free
+/// of Objective-C types so it is tested on every host.
+#[cfg(any(target_vendor = "apple", test))]
+impl Error {
+    /// An `NSError`: `description` is its localized description, `reason`
+    /// its localized failure reason, `underlying` the error under
+    /// `NSUnderlyingErrorKey`, already converted. The reason and the
+    /// underlying error's message are appended to the message (when they
+    /// say something the description does not), so the one line a caller
+    /// prints carries them.
+    pub(crate) fn from_ns_error(
+        domain: String,
+        code: isize,
+        description: String,
+        reason: Option<String>,
+        underlying: Option<Error>,
+    ) -> Error {
+        let mut message = description;
+        if let Some(reason) = reason.filter(|r| !r.is_empty() && !message.contains(r.as_str())) {
+            message = format!("{message}: {reason}");
+        }
+        if let Some(Error::CoreMl {
+            domain,
+            code,
+            message: cause,
+            ..
+        }) = &underlying
+        {
+            message = format!("{message} (caused by: {cause} ({domain} error {code}))");
+        }
+        Error::CoreMl {
+            domain,
+            code,
+            message,
+            underlying: underlying.map(Box::new),
+        }
+    }
+
+    /// An Objective-C exception raised while `during` (what this crate was
+    /// doing), with its name and reason (`None` when the exception is not
+    /// an `NSException`, or nil).
+    pub(crate) fn from_exception(
+        during: &str,
+        name: Option<String>,
+        reason: Option<String>,
+    ) -> Error {
+        let name = name.unwrap_or_else(|| "an Objective-C exception".to_string());
+        let reason = reason.unwrap_or_else(|| "no reason given".to_string());
+        Error::CoreMl {
+            domain: "NSException".to_string(),
+            code: 0,
+            message: format!("{during}: Core ML raised {name}: {reason}"),
+            underlying: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ns_errors_keep_their_reason_and_cause() {
+        let underlying = Error::from_ns_error(
+            "NSCocoaErrorDomain".to_string(),
+            260,
+            "The file \u{201c}model.mil\u{201d} couldn\u{2019}t be opened".to_string(),
+            None,
+            None,
+        );
+        let error = Error::from_ns_error(
+            "com.apple.CoreML".to_string(),
+            3,
+            "Failed to load the model".to_string(),
+            Some("The compiled model is incomplete.".to_string()),
+            Some(underlying),
+        );
+        assert_eq!(
+            error.to_string(),
+            "Core ML: Failed to load the model: The compiled model is incomplete. (caused by: \
+             The file \u{201c}model.mil\u{201d} couldn\u{2019}t be opened (NSCocoaErrorDomain \
+             error 260)) (com.apple.CoreML error 3)"
+        );
+        let Error::CoreMl {
+            domain,
+            code,
+            underlying,
+            ..
+        } = &error
+        else {
+            panic!("{error:?}")
+        };
+        assert_eq!((domain.as_str(), *code), ("com.apple.CoreML", 3));
+        assert!(matches!(
+            underlying.as_deref(),
+            Some(Error::CoreMl { code: 260, .. })
+        ));
+        assert!(std::error::Error::source(&error).is_some());
+
+        // A reason the description already holds is not repeated.
+        let plain = Error::from_ns_error(
+            "com.apple.CoreML".to_string(),
+            0,
+            "Bad model: it is bad".to_string(),
+            Some("it is bad".to_string()),
+            None,
+        );
+        assert_eq!(
+            plain.to_string(),
+            "Core ML: Bad model: it is bad (com.apple.CoreML error 0)"
+        );
+        assert!(std::error::Error::source(&plain).is_none());
+    }
+
+    #[test]
+    fn exceptions_name_what_was_raised_and_why() {
+        let error = Error::from_exception(
+            "reading state \"kv_cache\"",
+            Some("NSInvalidArgumentException".to_string()),
+            Some("The backing object for the state named kv doesn't exist.".to_string()),
+        );
+        assert_eq!(
+            error.to_string(),
+            "Core ML: reading state \"kv_cache\": Core ML raised NSInvalidArgumentException: The \
+             backing object for the state named kv doesn't exist. (NSException error 0)"
+        );
+        let nil = Error::from_exception("predicting", None, None);
+        assert!(
+            nil.to_string()
+                .contains("Core ML raised an Objective-C exception: no reason given"),
+            "{nil}"
+        );
     }
 }

@@ -24,6 +24,7 @@ mod compile_cache;
 #[cfg(target_vendor = "apple")]
 mod coreml;
 mod error;
+mod prediction;
 #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
 mod reference;
 #[cfg(any(target_vendor = "apple", test))]
@@ -31,10 +32,14 @@ mod strides;
 mod tensor;
 mod value;
 
+use std::cell::Cell;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use coreml_multifunction_format::DataType;
 pub use error::{Error, Result};
+pub use prediction::Prediction;
 pub use tensor::{AnyTensor, Element, Tensor};
 pub use value::{Dictionary, FeatureValue, Features, Image, PixelFormat};
 // What generated code converts fields through; not an API of its own.
@@ -44,6 +49,8 @@ pub use value::{take, FromFeature, IntoFeature};
 use coreml_multifunction_format::naming::quoted_list;
 use coreml_multifunction_format::package::Package;
 use coreml_multifunction_format::proto::{FeatureDescription, FunctionDescription};
+
+use prediction::Started;
 
 /// Where Core ML may run a model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -107,6 +114,11 @@ pub struct Configuration {
     pub compute_units: ComputeUnits,
     /// Which backend runs it.
     pub backend: Backend,
+    /// Where Core ML keeps the models it compiles on first load; `None` for
+    /// the default (`~/Library/Caches/coreml-multifunction/compiled`, or
+    /// the temporary directory when that cannot be written). Ignored by
+    /// the reference backend.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Configuration {
@@ -122,7 +134,9 @@ impl Configuration {
 #[derive(Debug)]
 enum FunctionImpl {
     #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
-    Reference(reference::Function),
+    // Boxed: the interpreter's compiled program is far larger than a
+    // handle to an MLModel.
+    Reference(Box<reference::Function>),
     #[cfg(target_vendor = "apple")]
     CoreMl(coreml::Function),
 }
@@ -138,25 +152,58 @@ enum StateImpl {
 /// One function of a model package, loaded and ready to predict. The
 /// generated API wraps one per function struct.
 ///
-/// On non-Apple targets it is `Send` and `Sync`. On Apple targets it holds
-/// an `MLModel`, and is `Send`/`Sync` only as far as the Core ML backend
-/// documents (see `src/runtime/coreml/mod.rs`).
+/// It is `Send` and not `Sync`, on every target: a loaded function may move
+/// to another thread (a worker, an async task), but is used by one thread
+/// at a time. On Apple targets it holds an `MLModel`, which may be handed
+/// between threads but is not documented as safe to share (see
+/// `src/runtime/coreml/mod.rs`); the reference backend could be shared,
+/// but is held to the same rule so that code compiling on Linux compiles on
+/// a Mac. Load one function per thread to predict in parallel, or await
+/// [`Function::predict_async`] predictions, which run concurrently.
 #[derive(Debug)]
 pub struct Function {
     package: PathBuf,
-    description: FunctionDescription,
+    description: Arc<FunctionDescription>,
     backend: Backend,
     inner: FunctionImpl,
+    /// `Send` without `Sync` on every target.
+    _not_sync: PhantomData<Cell<()>>,
 }
+
+// A loaded function moves between threads on every target, and is shared
+// between them on none: this fails to compile if either changes.
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<Function>();
+    // `Function: Sync` would make `_` ambiguous between the two impls.
+    trait AmbiguousIfSync<A> {
+        fn item() {}
+    }
+    impl<T: ?Sized> AmbiguousIfSync<()> for T {}
+    impl<T: ?Sized + Sync> AmbiguousIfSync<u8> for T {}
+    let _ = <Function as AmbiguousIfSync<_>>::item;
+};
 
 impl Function {
     /// Loads `function` of the package at `package` (an `.mlpackage`).
+    ///
+    /// A compiled model (`.mlmodelc`) carries no description this crate
+    /// can read: load it with [`Function::load_compiled`] and the
+    /// function's description (the generated API's `load_from` does).
     pub fn load(
         package: impl AsRef<Path>,
         function: &str,
         configuration: &Configuration,
     ) -> Result<Function> {
         let path = package.as_ref();
+        if is_compiled_model(path) {
+            return Err(Error::UnsupportedPlatform(format!(
+                "{}: a compiled model (.mlmodelc) holds no description this crate reads; load it \
+                 with Function::load_compiled and the function's description (the generated \
+                 API's load_from does that), or load the .mlpackage",
+                path.display()
+            )));
+        }
         let opened = Package::open(path)?;
         let Some(view) = opened.function(function) else {
             return Err(Error::UnknownFunction {
@@ -169,30 +216,118 @@ impl Function {
         let backend = configuration.backend.resolve();
         let inner = match backend {
             #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
-            Backend::Reference | Backend::Auto => FunctionImpl::Reference(reference::Function::load(&opened, function)?),
-            #[cfg(all(target_vendor = "apple", not(feature = "reference-backend")))]
             Backend::Reference | Backend::Auto => {
-                return Err(Error::UnsupportedPlatform(
-                    "the reference CPU backend is not compiled in on Apple targets; enable the \
-                     `reference-backend` feature of coreml-multifunction, or use Backend::CoreMl"
-                        .to_string(),
-                ))
+                FunctionImpl::Reference(Box::new(reference::Function::load(&opened, function)?))
             }
+            #[cfg(all(target_vendor = "apple", not(feature = "reference-backend")))]
+            Backend::Reference | Backend::Auto => return Err(no_reference_backend()),
             #[cfg(target_vendor = "apple")]
-            Backend::CoreMl => FunctionImpl::CoreMl(coreml::Function::load(&opened, function, configuration)?),
-            #[cfg(not(target_vendor = "apple"))]
             Backend::CoreMl => {
-                return Err(Error::UnsupportedPlatform(
-                    "Core ML runs only on Apple platforms; use Backend::Reference (or Backend::Auto) here".to_string(),
-                ))
+                FunctionImpl::CoreMl(coreml::Function::load(&opened, function, configuration)?)
             }
+            #[cfg(not(target_vendor = "apple"))]
+            Backend::CoreMl => return Err(no_core_ml()),
         };
-        Ok(Function {
-            package: path.to_path_buf(),
+        Ok(Function::new(
+            opened.root().to_path_buf(),
             description,
             backend,
             inner,
-        })
+        ))
+    }
+
+    /// Loads the function `description` describes from the compiled model
+    /// (`.mlmodelc`) at `compiled`: one `xcrun coremlcompiler` (or Core ML)
+    /// made from a multifunction package, as `copy-to` ships beside the
+    /// package for an app bundle. Core ML only, and nothing but Core ML
+    /// reads the compiled model: the description (which the generated API
+    /// embeds at build time) is what inputs are checked against, so it
+    /// must be the function's own.
+    pub fn load_compiled(
+        compiled: impl AsRef<Path>,
+        description: FunctionDescription,
+        configuration: &Configuration,
+    ) -> Result<Function> {
+        let path = compiled.as_ref();
+        let backend = configuration.backend.resolve();
+        if backend != Backend::CoreMl {
+            return Err(Error::UnsupportedPlatform(format!(
+                "{}: the {} runs packages (.mlpackage), not compiled models; load the package \
+                 with load / load_from instead",
+                path.display(),
+                backend.name()
+            )));
+        }
+        #[cfg(not(target_vendor = "apple"))]
+        {
+            let _ = description;
+            Err(no_core_ml())
+        }
+        #[cfg(target_vendor = "apple")]
+        {
+            let inner = FunctionImpl::CoreMl(coreml::Function::load_compiled(
+                path,
+                &description,
+                configuration,
+            )?);
+            // Canonical, as packages are, so states compare by location.
+            let path = path.canonicalize().map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                action: "resolve the compiled model's path",
+                source,
+            })?;
+            Ok(Function::new(path, description, backend, inner))
+        }
+    }
+
+    /// What the generated API's `load_from` calls: `path` is a package,
+    /// loaded as [`Function::load`] loads it, or a compiled model
+    /// (`.mlmodelc`), loaded as [`Function::load_compiled`] loads it with
+    /// `encoded_description` (the function's `FunctionDescription` in
+    /// protobuf form, which the generated code embeds at build time).
+    #[doc(hidden)]
+    pub fn load_generated(
+        path: impl AsRef<Path>,
+        function: &str,
+        encoded_description: &[u8],
+        configuration: &Configuration,
+    ) -> Result<Function> {
+        let path = path.as_ref();
+        if !is_compiled_model(path) {
+            return Function::load(path, function, configuration);
+        }
+        let invalid = |detail: String| Error::InvalidModel {
+            function: function.to_string(),
+            detail,
+        };
+        let description = <FunctionDescription as prost::Message>::decode(encoded_description)
+            .map_err(|e| {
+                invalid(format!(
+                    "the generated code's description does not decode: {e}"
+                ))
+            })?;
+        if description.name != function {
+            return Err(invalid(format!(
+                "the generated code's description is of function {:?}",
+                description.name
+            )));
+        }
+        Function::load_compiled(path, description, configuration)
+    }
+
+    fn new(
+        package: PathBuf,
+        description: FunctionDescription,
+        backend: Backend,
+        inner: FunctionImpl,
+    ) -> Function {
+        Function {
+            package,
+            description: Arc::new(description),
+            backend,
+            inner,
+            _not_sync: PhantomData,
+        }
     }
 
     /// The function's name.
@@ -200,7 +335,8 @@ impl Function {
         &self.description.name
     }
 
-    /// The package it was loaded from.
+    /// The package (or compiled model) it was loaded from, as a canonical
+    /// path.
     pub fn package(&self) -> &Path {
         &self.package
     }
@@ -217,21 +353,50 @@ impl Function {
 
     /// Runs a stateless prediction.
     pub fn predict(&self, inputs: &Features) -> Result<Features> {
-        check::inputs(&self.description, inputs)?;
-        if !self.description.state.is_empty() {
-            return Err(Error::WrongState {
-                function: self.description.name.clone(),
-                detail: "the function is stateful: create a state with new_state() and call predict_with_state"
-                    .to_string(),
-            });
-        }
+        self.check_stateless(inputs)?;
         let outputs = match &self.inner {
             #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
             FunctionImpl::Reference(function) => function.predict(inputs, None)?,
             #[cfg(target_vendor = "apple")]
             FunctionImpl::CoreMl(function) => function.predict(inputs, None)?,
         };
-        self.check_outputs(outputs)
+        check_outputs(&self.description, outputs)
+    }
+
+    /// Starts a stateless prediction and returns a future of its outputs.
+    ///
+    /// The prediction starts now: the inputs are checked and converted
+    /// before this returns, and Core ML runs it with its completion-handler
+    /// API (`predictionFromFeatures:completionHandler:`, macOS 14 / iOS 17
+    /// and later; on older systems it runs synchronously here). The
+    /// reference backend computes it here, and the future is ready at once.
+    /// The future owns what it needs, so it is `Send` and outlives this
+    /// borrow of the function; several may run at once. An error (a bad
+    /// input, a failed prediction) is the future's output.
+    pub fn predict_async(&self, inputs: &Features) -> Prediction<'static> {
+        let started = match self.check_stateless(inputs) {
+            Err(error) => Started::Done(Err(error)),
+            Ok(()) => match &self.inner {
+                #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
+                FunctionImpl::Reference(function) => Started::Done(function.predict(inputs, None)),
+                #[cfg(target_vendor = "apple")]
+                FunctionImpl::CoreMl(function) => function.predict_async(inputs, None),
+            },
+        };
+        Prediction::new(started, self.description.clone())
+    }
+
+    fn check_stateless(&self, inputs: &Features) -> Result<()> {
+        check::inputs(&self.description, inputs)?;
+        if !self.description.state.is_empty() {
+            return Err(Error::WrongState {
+                function: self.description.name.clone(),
+                detail: "the function is stateful: create a state with new_state() and call \
+                         predict_with_state"
+                    .to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// Runs several stateless predictions. Core ML runs them as one batch;
@@ -257,7 +422,7 @@ impl Function {
         };
         outputs
             .into_iter()
-            .map(|output| self.check_outputs(output))
+            .map(|output| check_outputs(&self.description, output))
             .collect()
     }
 
@@ -280,24 +445,7 @@ impl Function {
     /// Runs a prediction that reads and updates `state`.
     pub fn predict_with_state(&self, inputs: &Features, state: &mut State) -> Result<Features> {
         check::inputs(&self.description, inputs)?;
-        let mismatch = |detail: String| Error::WrongState {
-            function: self.description.name.clone(),
-            detail,
-        };
-        if state.descriptions != self.description.state {
-            return Err(mismatch(format!(
-                "it holds {}, the function needs {}",
-                describe_states(&state.descriptions),
-                describe_states(&self.description.state)
-            )));
-        }
-        if state.package != self.package {
-            return Err(mismatch(format!(
-                "it was made for {}, the function is loaded from {}",
-                state.package.display(),
-                self.package.display()
-            )));
-        }
+        self.check_state(state)?;
         let outputs = match (&self.inner, &mut state.inner) {
             #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
             (FunctionImpl::Reference(function), StateImpl::Reference(state)) => {
@@ -308,41 +456,124 @@ impl Function {
                 function.predict(inputs, Some(state))?
             }
             #[cfg(all(target_vendor = "apple", feature = "reference-backend"))]
-            _ => return Err(mismatch("it was made by another backend".to_string())),
+            _ => return Err(self.wrong_state("it was made by another backend".to_string())),
         };
-        self.check_outputs(outputs)
+        check_outputs(&self.description, outputs)
     }
 
-    /// Every declared output is there (optional ones may be missing), and
-    /// tensors have the declared element type: a backend that returns
-    /// another one (Core ML on some compute units) is converted here, so the
-    /// typed API always sees what the description says.
-    fn check_outputs(&self, mut outputs: Features) -> Result<Features> {
-        use coreml_multifunction_format::proto::specification::feature_type;
-        for declared in &self.description.output {
-            let kind = declared.r#type.as_ref();
-            let Some(value) = outputs.get_mut(&declared.name) else {
-                if kind.is_some_and(|t| t.is_optional) {
-                    continue;
-                }
-                return Err(Error::Output {
-                    function: self.description.name.clone(),
-                    name: declared.name.clone(),
-                    detail: "the backend did not return it".to_string(),
-                });
-            };
-            if let (Some(feature_type::Type::MultiArrayType(array)), FeatureValue::Tensor(tensor)) =
-                (kind.and_then(|t| t.r#type.as_ref()), &*value)
-            {
-                if let Some(wanted) = DataType::from_array_data_type(array.data_type) {
-                    if tensor.data_type() != wanted {
-                        *value = FeatureValue::Tensor(tensor.cast(wanted));
+    /// Starts a prediction that reads and updates `state`, and returns a
+    /// future of its outputs, as [`Function::predict_async`] does (Core ML's
+    /// stateful completion-handler API exists from macOS 15 / iOS 18, as
+    /// states do). The future borrows `state` until it finishes; dropped
+    /// early, the prediction still runs, and the state's next use waits
+    /// for it, since Core ML forbids two predictions on one state at once.
+    pub fn predict_with_state_async<'s>(
+        &self,
+        inputs: &Features,
+        state: &'s mut State,
+    ) -> Prediction<'s> {
+        let started =
+            match check::inputs(&self.description, inputs).and_then(|()| self.check_state(state)) {
+                Err(error) => Started::Done(Err(error)),
+                Ok(()) => match (&self.inner, &mut state.inner) {
+                    #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
+                    (FunctionImpl::Reference(function), StateImpl::Reference(state)) => {
+                        Started::Done(function.predict(inputs, Some(state)))
                     }
+                    #[cfg(target_vendor = "apple")]
+                    (FunctionImpl::CoreMl(function), StateImpl::CoreMl(state)) => {
+                        function.predict_async(inputs, Some(state))
+                    }
+                    #[cfg(all(target_vendor = "apple", feature = "reference-backend"))]
+                    _ => Started::Done(Err(
+                        self.wrong_state("it was made by another backend".to_string())
+                    )),
+                },
+            };
+        Prediction::new(started, self.description.clone())
+    }
+
+    /// Checks that `state` has this function's buffers and comes from the
+    /// same package (canonical paths, so `./m.mlpackage` and `m.mlpackage`
+    /// are one package).
+    fn check_state(&self, state: &State) -> Result<()> {
+        if state.descriptions != self.description.state {
+            return Err(self.wrong_state(format!(
+                "it holds {}, the function needs {}",
+                describe_states(&state.descriptions),
+                describe_states(&self.description.state)
+            )));
+        }
+        if state.package != self.package {
+            return Err(self.wrong_state(format!(
+                "it was made for {}, the function is loaded from {}",
+                state.package.display(),
+                self.package.display()
+            )));
+        }
+        Ok(())
+    }
+
+    fn wrong_state(&self, detail: String) -> Error {
+        Error::WrongState {
+            function: self.description.name.clone(),
+            detail,
+        }
+    }
+}
+
+/// Whether `path` names a compiled model (`.mlmodelc`).
+fn is_compiled_model(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e == coreml_multifunction_format::compiled::COMPILED_EXTENSION)
+}
+
+#[cfg(all(target_vendor = "apple", not(feature = "reference-backend")))]
+fn no_reference_backend() -> Error {
+    Error::UnsupportedPlatform(
+        "the reference CPU backend is not compiled in on Apple targets; enable the \
+         `reference-backend` feature of coreml-multifunction, or use Backend::CoreMl"
+            .to_string(),
+    )
+}
+
+#[cfg(not(target_vendor = "apple"))]
+fn no_core_ml() -> Error {
+    Error::UnsupportedPlatform(
+        "Core ML runs only on Apple platforms; use Backend::Reference (or Backend::Auto) here"
+            .to_string(),
+    )
+}
+
+/// Every declared output is there (optional ones may be missing), and
+/// tensors have the declared element type: a backend that returns another
+/// one (Core ML on some compute units) is converted here, so the typed API
+/// always sees what the description says.
+fn check_outputs(description: &FunctionDescription, mut outputs: Features) -> Result<Features> {
+    use coreml_multifunction_format::proto::specification::feature_type;
+    for declared in &description.output {
+        let kind = declared.r#type.as_ref();
+        let Some(value) = outputs.get_mut(&declared.name) else {
+            if kind.is_some_and(|t| t.is_optional) {
+                continue;
+            }
+            return Err(Error::Output {
+                function: description.name.clone(),
+                name: declared.name.clone(),
+                detail: "the backend did not return it".to_string(),
+            });
+        };
+        if let (Some(feature_type::Type::MultiArrayType(array)), FeatureValue::Tensor(tensor)) =
+            (kind.and_then(|t| t.r#type.as_ref()), &*value)
+        {
+            if let Some(wanted) = DataType::from_array_data_type(array.data_type) {
+                if tensor.data_type() != wanted {
+                    *value = FeatureValue::Tensor(tensor.cast(wanted));
                 }
             }
         }
-        Ok(outputs)
     }
+    Ok(outputs)
 }
 
 fn describe_states(states: &[FeatureDescription]) -> String {

@@ -11,8 +11,15 @@
 //! Every function here validates its layout before touching memory and
 //! returns a [`LayoutError`] instead of panicking: a panic inside an
 //! Objective-C block would have to unwind through Apple's frames.
+//!
+//! Buffers are `[MaybeUninit<u8>]`: Core ML hands out memory it documents
+//! as uninitialised (a new `MLMultiArray`'s, a new `CVPixelBuffer`'s), and
+//! padding between rows or elements that nothing may ever have written.
+//! Writers only write; readers read only the bytes of elements (or pixels)
+//! their callers vouch were written, which is why they are `unsafe`.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 
 use half::f16;
 
@@ -151,7 +158,26 @@ pub unsafe trait Scalar: sealed::Sealed + Copy + Default + 'static {
     /// Reads one element from exactly `SIZE` bytes.
     fn read(bytes: &[u8]) -> Self;
     /// Writes one element into exactly `SIZE` bytes.
-    fn write(self, bytes: &mut [u8]);
+    fn write(self, bytes: &mut [MaybeUninit<u8>]);
+}
+
+/// The bytes of `bytes`, as initialised.
+///
+/// # Safety
+///
+/// Every byte of `bytes` has been written.
+unsafe fn assume_init(bytes: &[MaybeUninit<u8>]) -> &[u8] {
+    // SAFETY: `MaybeUninit<u8>` has the layout of `u8`, and the caller
+    // guarantees every byte is initialised.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<u8>(), bytes.len()) }
+}
+
+/// Writes `source` into the start of `target` (the caller checked the
+/// length).
+fn write_bytes(target: &mut [MaybeUninit<u8>], source: &[u8]) {
+    for (t, &s) in target.iter_mut().zip(source) {
+        t.write(s);
+    }
 }
 
 macro_rules! scalar {
@@ -166,8 +192,8 @@ macro_rules! scalar {
                 raw.copy_from_slice(bytes);
                 ($read)(raw)
             }
-            fn write(self, bytes: &mut [u8]) {
-                bytes.copy_from_slice(&($write)(self));
+            fn write(self, bytes: &mut [MaybeUninit<u8>]) {
+                write_bytes(bytes, &($write)(self));
             }
         }
     };
@@ -180,20 +206,28 @@ scalar!(i32, 4, i32::from_ne_bytes, i32::to_ne_bytes);
 scalar!(i8, 1, i8::from_ne_bytes, i8::to_ne_bytes);
 
 /// Copies contiguous bytes into a new vector of elements.
-fn copy_contiguous<T: Scalar>(bytes: &[u8], count: usize) -> Vec<T> {
+///
+/// # Safety
+///
+/// The first `count * T::SIZE` bytes of `bytes` are initialised.
+unsafe fn copy_contiguous<T: Scalar>(bytes: &[MaybeUninit<u8>], count: usize) -> Vec<T> {
     let len = count * T::SIZE;
     debug_assert!(bytes.len() >= len);
     let source = &bytes[..len.min(bytes.len())];
     let mut out = Vec::<T>::with_capacity(count);
     // SAFETY: `out` has capacity for `count` elements, that is
     // `count * T::SIZE` bytes (`Scalar` types have no padding); `source`
-    // holds exactly that many bytes (the caller checked the fit, and the
-    // `min` above keeps the copy in bounds regardless); the regions cannot
-    // overlap, `out` being fresh; and every bit pattern is a valid `T`
-    // (`Scalar`'s contract), so all `source.len() / T::SIZE` elements are
-    // initialised before `set_len`.
+    // holds at most that many bytes (the `min` above keeps the copy in
+    // bounds regardless), all initialised (the caller's guarantee); the
+    // regions cannot overlap, `out` being fresh; and every bit pattern is a
+    // valid `T` (`Scalar`'s contract), so all `source.len() / T::SIZE`
+    // elements are initialised before `set_len`.
     unsafe {
-        std::ptr::copy_nonoverlapping(source.as_ptr(), out.as_mut_ptr().cast::<u8>(), source.len());
+        std::ptr::copy_nonoverlapping(
+            source.as_ptr().cast::<u8>(),
+            out.as_mut_ptr().cast::<u8>(),
+            source.len(),
+        );
         out.set_len(source.len() / T::SIZE);
     }
     out
@@ -233,13 +267,21 @@ fn for_each_row(shape: &[usize], strides: &[usize], mut visit: impl FnMut(usize,
 }
 
 /// Reads the elements of `shape`, laid out in `bytes` with `strides` (in
-/// elements), into a row-major vector.
+/// elements), into a row-major vector. Only the elements' bytes are read,
+/// never the padding between them.
 ///
 /// Contiguous buffers are copied whole; buffers whose innermost stride is
 /// 1 (the row-padded layout the Neural Engine produces) row by row; others
 /// element by element.
-pub fn gather<T: Scalar>(
-    bytes: &[u8],
+///
+/// # Safety
+///
+/// The bytes of every element of `shape` at `strides` are initialised, as
+/// they are in an array Core ML filled. (The layout itself is checked
+/// against `bytes.len()`: a wrong one is an error, never a read out of
+/// bounds.)
+pub unsafe fn gather<T: Scalar>(
+    bytes: &[MaybeUninit<u8>],
     shape: &[usize],
     strides: &[usize],
 ) -> Result<Vec<T>, LayoutError> {
@@ -250,25 +292,25 @@ pub fn gather<T: Scalar>(
         return Ok(Vec::new());
     }
     if shape.is_empty() || is_contiguous(shape, strides) {
-        return Ok(copy_contiguous(bytes, count));
+        // SAFETY: contiguous, the elements are the first `count * SIZE`
+        // bytes, initialised by the caller's guarantee.
+        return Ok(unsafe { copy_contiguous(bytes, count) });
     }
     let rank = shape.len();
     let row = shape[rank - 1];
     let inner = strides[rank - 1];
+    // SAFETY (each `assume_init` below): the bytes of one element, or of a
+    // row of elements with unit stride, which the caller guarantees were
+    // written.
+    let element = |start: usize| T::read(unsafe { assume_init(&bytes[start..start + T::SIZE]) });
     let mut out = Vec::with_capacity(count);
     for_each_row(shape, strides, |offset, _| {
         if inner == 1 || row == 1 {
             let start = offset * T::SIZE;
-            out.extend(
-                bytes[start..start + row * T::SIZE]
-                    .chunks_exact(T::SIZE)
-                    .map(T::read),
-            );
+            let row_bytes = unsafe { assume_init(&bytes[start..start + row * T::SIZE]) };
+            out.extend(row_bytes.chunks_exact(T::SIZE).map(T::read));
         } else {
-            out.extend((0..row).map(|i| {
-                let start = (offset + i * inner) * T::SIZE;
-                T::read(&bytes[start..start + T::SIZE])
-            }));
+            out.extend((0..row).map(|i| element((offset + i * inner) * T::SIZE)));
         }
     });
     Ok(out)
@@ -276,12 +318,12 @@ pub fn gather<T: Scalar>(
 
 /// Writes row-major `values` of `shape` into `bytes`, laid out with
 /// `strides` (in elements). Bytes between strided elements are left as
-/// they are.
+/// they are (uninitialised, if they were).
 pub fn scatter<T: Scalar>(
     values: &[T],
     shape: &[usize],
     strides: &[usize],
-    bytes: &mut [u8],
+    bytes: &mut [MaybeUninit<u8>],
 ) -> Result<(), LayoutError> {
     check_fits(shape, strides, T::SIZE, bytes.len())?;
     let count = super::tensor::element_count(shape)
@@ -458,7 +500,7 @@ pub fn write_pixels(
     image: &Image,
     pixel_format: u32,
     bytes_per_row: usize,
-    out: &mut [u8],
+    out: &mut [MaybeUninit<u8>],
 ) -> Result<(), LayoutError> {
     let source_bpp = image.format.bytes_per_pixel();
     let expected = image
@@ -500,24 +542,30 @@ pub fn write_pixels(
         match image.format {
             PixelFormat::Rgb8 => {
                 for (s, t) in source.chunks_exact(3).zip(target.chunks_exact_mut(4)) {
-                    t.copy_from_slice(&[s[2], s[1], s[0], 255]);
+                    write_bytes(t, &[s[2], s[1], s[0], 255]);
                 }
             }
             PixelFormat::Bgr8 => {
                 for (s, t) in source.chunks_exact(3).zip(target.chunks_exact_mut(4)) {
-                    t.copy_from_slice(&[s[0], s[1], s[2], 255]);
+                    write_bytes(t, &[s[0], s[1], s[2], 255]);
                 }
             }
-            PixelFormat::Gray8 | PixelFormat::GrayF16 => target.copy_from_slice(source),
+            PixelFormat::Gray8 | PixelFormat::GrayF16 => write_bytes(target, source),
         }
     }
     Ok(())
 }
 
 /// Reads a pixel buffer of `pixel_format`, `width` x `height`, rows
-/// `bytes_per_row` apart, into an image of `format` (alpha dropped).
-pub fn read_pixels(
-    pixels: &[u8],
+/// `bytes_per_row` apart, into an image of `format` (alpha dropped). Only
+/// each row's pixels are read, never the padding after them.
+///
+/// # Safety
+///
+/// The pixel bytes of every row (`width` pixels from each row's start) are
+/// initialised, as they are in a buffer Core ML or [`write_pixels`] filled.
+pub unsafe fn read_pixels(
+    pixels: &[MaybeUninit<u8>],
     pixel_format: u32,
     width: usize,
     height: usize,
@@ -547,7 +595,9 @@ pub fn read_pixels(
     let mut out = Vec::with_capacity(width * height * target_bpp);
     for y in 0..height {
         let start = y * bytes_per_row;
-        let row = &pixels[start..start + width * source_bpp];
+        // SAFETY: one row's pixels, which the caller guarantees were
+        // written (`check_rows` keeps the range in bounds).
+        let row = unsafe { assume_init(&pixels[start..start + width * source_bpp]) };
         match (pixel_format, format) {
             (raw::PIXEL_FORMAT_32BGRA, PixelFormat::Rgb8) => row
                 .chunks_exact(4)
@@ -576,12 +626,46 @@ pub fn read_pixels(
 mod tests {
     use super::*;
 
-    fn bytes_of<T: Scalar>(values: &[T]) -> Vec<u8> {
-        let mut out = vec![0u8; values.len() * T::SIZE];
+    /// A fully initialised buffer of `len` bytes of `fill`.
+    fn filled(len: usize, fill: u8) -> Vec<MaybeUninit<u8>> {
+        vec![MaybeUninit::new(fill); len]
+    }
+
+    /// The bytes of a buffer these tests initialised in full.
+    fn init(buffer: &[MaybeUninit<u8>]) -> Vec<u8> {
+        // SAFETY: every buffer of these tests starts from `filled`.
+        unsafe { assume_init(buffer) }.to_vec()
+    }
+
+    fn bytes_of<T: Scalar>(values: &[T]) -> Vec<MaybeUninit<u8>> {
+        let mut out = filled(values.len() * T::SIZE, 0);
         for (v, chunk) in values.iter().zip(out.chunks_exact_mut(T::SIZE)) {
             v.write(chunk);
         }
         out
+    }
+
+    /// `gather` over a buffer these tests initialised in full.
+    fn gathered<T: Scalar>(
+        bytes: &[MaybeUninit<u8>],
+        shape: &[usize],
+        strides: &[usize],
+    ) -> Result<Vec<T>, LayoutError> {
+        // SAFETY: every byte is initialised (`filled`, `bytes_of`).
+        unsafe { gather(bytes, shape, strides) }
+    }
+
+    /// `read_pixels` over a buffer these tests initialised in full.
+    fn pixels_of(
+        pixels: &[MaybeUninit<u8>],
+        pixel_format: u32,
+        width: usize,
+        height: usize,
+        bytes_per_row: usize,
+        format: PixelFormat,
+    ) -> Result<Image, LayoutError> {
+        // SAFETY: every byte is initialised (`filled`).
+        unsafe { read_pixels(pixels, pixel_format, width, height, bytes_per_row, format) }
     }
 
     #[test]
@@ -615,17 +699,17 @@ mod tests {
         let values: Vec<f32> = (0..24).map(|v| v as f32).collect();
         let bytes = bytes_of(&values);
         assert_eq!(
-            gather::<f32>(&bytes, &[2, 3, 4], &[12, 4, 1]).unwrap(),
+            gathered::<f32>(&bytes, &[2, 3, 4], &[12, 4, 1]).unwrap(),
             values
         );
         // Trailing bytes past the span are ignored.
         let mut longer = bytes.clone();
-        longer.extend_from_slice(&[0xff; 7]);
+        longer.extend(filled(7, 0xff));
         assert_eq!(
-            gather::<f32>(&longer, &[2, 3, 4], &[12, 4, 1]).unwrap(),
+            gathered::<f32>(&longer, &[2, 3, 4], &[12, 4, 1]).unwrap(),
             values
         );
-        assert!(gather::<f32>(&bytes[..95], &[2, 3, 4], &[12, 4, 1]).is_err());
+        assert!(gathered::<f32>(&bytes[..95], &[2, 3, 4], &[12, 4, 1]).is_err());
     }
 
     #[test]
@@ -639,7 +723,7 @@ mod tests {
             }
         }
         let bytes = bytes_of(&padded);
-        let got = gather::<f16>(&bytes[..(8 + 3) * 2], &[2, 3], &[8, 1]).unwrap();
+        let got = gathered::<f16>(&bytes[..(8 + 3) * 2], &[2, 3], &[8, 1]).unwrap();
         let want: Vec<f16> = [0.0, 1.0, 2.0, 10.0, 11.0, 12.0]
             .iter()
             .map(|&v| f16::from_f32(v))
@@ -648,36 +732,58 @@ mod tests {
     }
 
     #[test]
+    fn padding_that_was_never_written_is_never_read() {
+        // A row-padded [2, 3] fp16 layout in memory nothing initialised, as
+        // Core ML hands out a new array: scatter writes only the elements,
+        // and gather reads only them back (under Miri, reading a padding
+        // byte would be reported as undefined behaviour).
+        let values: Vec<f16> = (0..6).map(|v| f16::from_f32(v as f32)).collect();
+        let mut buffer = vec![MaybeUninit::<u8>::uninit(); (8 + 3) * 2];
+        scatter(&values, &[2, 3], &[8, 1], &mut buffer).unwrap();
+        // SAFETY: `scatter` wrote every element of this layout.
+        let got = unsafe { gather::<f16>(&buffer, &[2, 3], &[8, 1]) }.unwrap();
+        assert_eq!(got, values);
+        // Image rows padded past their pixels, likewise.
+        let image = Image::new(1, 2, PixelFormat::Gray8, vec![5, 6]).unwrap();
+        let format = raw::pixel_format_for(image.format);
+        let mut pixels = vec![MaybeUninit::<u8>::uninit(); 16 + 1];
+        write_pixels(&image, format, 16, &mut pixels).unwrap();
+        // SAFETY: `write_pixels` wrote each row's pixels.
+        let back = unsafe { read_pixels(&pixels, format, 1, 2, 16, PixelFormat::Gray8) }.unwrap();
+        assert_eq!(back, image);
+    }
+
+    #[test]
     fn general_strided_gather_and_scatter_round_trip() {
         // A transposed [3, 2] view of a row-major [2, 3] buffer.
         let storage: Vec<i32> = vec![0, 1, 2, 10, 11, 12];
         let bytes = bytes_of(&storage);
-        let got = gather::<i32>(&bytes, &[3, 2], &[1, 3]).unwrap();
+        let got = gathered::<i32>(&bytes, &[3, 2], &[1, 3]).unwrap();
         assert_eq!(got, vec![0, 10, 1, 11, 2, 12]);
 
-        let mut out = vec![0u8; bytes.len()];
+        let mut out = filled(bytes.len(), 0);
         scatter(&got, &[3, 2], &[1, 3], &mut out).unwrap();
-        assert_eq!(out, bytes);
+        assert_eq!(init(&out), init(&bytes));
 
         // Rank 4 with padding on two axes.
         let shape = [2, 2, 3, 2];
         let strides = [40, 16, 5, 2];
         let values: Vec<i8> = (0..24).collect();
-        let mut buffer = vec![0x7fu8; span(&shape, &strides).unwrap()];
+        let mut buffer = filled(span(&shape, &strides).unwrap(), 0x7f);
         scatter(&values, &shape, &strides, &mut buffer).unwrap();
-        assert_eq!(gather::<i8>(&buffer, &shape, &strides).unwrap(), values);
+        assert_eq!(gathered::<i8>(&buffer, &shape, &strides).unwrap(), values);
         // Padding bytes are left untouched.
-        assert_eq!(buffer[1], 0x7f);
+        assert_eq!(init(&buffer)[1], 0x7f);
     }
 
     #[test]
     fn scatter_checks_counts_and_sizes() {
-        let mut buffer = vec![0u8; 8];
+        let mut buffer = filled(8, 0);
         assert!(scatter(&[1.0f32, 2.0, 3.0], &[3], &[1], &mut buffer).is_err());
-        assert!(scatter(&[1.0f32, 2.0], &[3], &[1], &mut [0u8; 12]).is_err());
+        assert!(scatter(&[1.0f32, 2.0], &[3], &[1], &mut filled(12, 0)).is_err());
         scatter(&[1.5f64], &[1], &[1], &mut buffer).unwrap();
-        assert_eq!(f64::from_ne_bytes(buffer.clone().try_into().unwrap()), 1.5);
-        assert!(gather::<f64>(&[], &[0, 4], &[4, 1]).unwrap().is_empty());
+        assert_eq!(f64::from_ne_bytes(init(&buffer).try_into().unwrap()), 1.5);
+        assert!(gathered::<f64>(&[], &[0, 4], &[4, 1]).unwrap().is_empty());
     }
 
     #[test]
@@ -733,19 +839,20 @@ mod tests {
         .unwrap();
         let format = raw::pixel_format_for(image.format);
         let bytes_per_row = 12; // 8 bytes of pixels, 4 of padding
-        let mut buffer = vec![0u8; bytes_per_row * 2];
+        let mut buffer = filled(bytes_per_row * 2, 0);
         write_pixels(&image, format, bytes_per_row, &mut buffer).unwrap();
-        assert_eq!(&buffer[..8], &[3, 2, 1, 255, 6, 5, 4, 255]);
-        assert_eq!(&buffer[8..12], &[0, 0, 0, 0]);
-        assert_eq!(&buffer[12..20], &[9, 8, 7, 255, 12, 11, 10, 255]);
-        let back = read_pixels(&buffer, format, 2, 2, bytes_per_row, PixelFormat::Rgb8).unwrap();
+        let bytes = init(&buffer);
+        assert_eq!(&bytes[..8], &[3, 2, 1, 255, 6, 5, 4, 255]);
+        assert_eq!(&bytes[8..12], &[0, 0, 0, 0]);
+        assert_eq!(&bytes[12..20], &[9, 8, 7, 255, 12, 11, 10, 255]);
+        let back = pixels_of(&buffer, format, 2, 2, bytes_per_row, PixelFormat::Rgb8).unwrap();
         assert_eq!(back, image);
-        let bgr = read_pixels(&buffer, format, 2, 2, bytes_per_row, PixelFormat::Bgr8).unwrap();
+        let bgr = pixels_of(&buffer, format, 2, 2, bytes_per_row, PixelFormat::Bgr8).unwrap();
         assert_eq!(&bgr.pixels[..3], &[3, 2, 1]);
         // Too small a buffer is refused, not indexed out of bounds.
         assert!(write_pixels(&image, format, bytes_per_row, &mut buffer[..19]).is_err());
         assert!(write_pixels(&image, format, 7, &mut buffer).is_err());
-        assert!(read_pixels(&buffer, format, 2, 2, bytes_per_row, PixelFormat::Gray8).is_err());
+        assert!(pixels_of(&buffer, format, 2, 2, bytes_per_row, PixelFormat::Gray8).is_err());
     }
 
     #[test]
@@ -753,11 +860,11 @@ mod tests {
         let image = Image::new(3, 1, PixelFormat::Gray8, vec![7, 8, 9]).unwrap();
         let format = raw::pixel_format_for(image.format);
         assert_eq!(format, raw::PIXEL_FORMAT_ONE_COMPONENT_8);
-        let mut buffer = vec![0u8; 16];
+        let mut buffer = filled(16, 0);
         write_pixels(&image, format, 16, &mut buffer).unwrap();
-        assert_eq!(&buffer[..4], &[7, 8, 9, 0]);
+        assert_eq!(&init(&buffer)[..4], &[7, 8, 9, 0]);
         assert_eq!(
-            read_pixels(&buffer, format, 3, 1, 16, PixelFormat::Gray8).unwrap(),
+            pixels_of(&buffer, format, 3, 1, 16, PixelFormat::Gray8).unwrap(),
             image
         );
         assert_eq!(
@@ -769,8 +876,8 @@ mod tests {
             Some(PixelFormat::GrayF16)
         );
         assert_eq!(default_pixel_format(0), None);
-        let argb = [0u8, 1, 2, 3];
-        let rgb = read_pixels(&argb, raw::PIXEL_FORMAT_32ARGB, 1, 1, 4, PixelFormat::Rgb8).unwrap();
+        let argb = bytes_of(&[0i8, 1, 2, 3]);
+        let rgb = pixels_of(&argb, raw::PIXEL_FORMAT_32ARGB, 1, 1, 4, PixelFormat::Rgb8).unwrap();
         assert_eq!(rgb.pixels, vec![1, 2, 3]);
     }
 }

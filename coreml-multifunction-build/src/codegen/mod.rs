@@ -124,6 +124,7 @@ struct ModelContext {
 #[derive(Debug, Serialize)]
 struct FunctionContext {
     name_literal: String,
+    description_literal: String,
     name_doc: String,
     type_name: String,
     input_type: String,
@@ -322,6 +323,7 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
         }
         functions.push(FunctionContext {
             name_literal: rust_literal(&function.name),
+            description_literal: rust_byte_literal(&prost::Message::encode_to_vec(function)),
             name_doc: code_doc(&function.name),
             input_type: format!("{type_name}Input"),
             output_type: format!("{type_name}Output"),
@@ -468,6 +470,23 @@ pub fn rust_literal(text: &str) -> String {
             '\\' => literal.push_str("\\\\"),
             ' '..='~' => literal.push(c),
             other => literal.push_str(&format!("\\u{{{:x}}}", other as u32)),
+        }
+    }
+    literal.push('"');
+    literal
+}
+
+/// A Rust byte-string literal of `bytes`: printable ASCII as itself (but
+/// `"` and `\`), everything else as `\xNN`.
+fn rust_byte_literal(bytes: &[u8]) -> String {
+    let mut literal = String::with_capacity(bytes.len() * 2 + 3);
+    literal.push_str("b\"");
+    for &byte in bytes {
+        match byte {
+            b'"' => literal.push_str("\\\""),
+            b'\\' => literal.push_str("\\\\"),
+            b' '..=b'~' => literal.push(char::from(byte)),
+            other => literal.push_str(&format!("\\x{other:02x}")),
         }
     }
     literal.push('"');

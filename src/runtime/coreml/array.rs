@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 use std::ffi::c_void;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 
 use block2::StackBlock;
@@ -18,15 +18,8 @@ use objc2_foundation::{NSArray, NSInteger, NSNumber, NSString};
 use super::super::error::{Error, Result};
 use super::super::strides::{self, raw, Scalar};
 use super::super::tensor::{AnyTensor, Element, Tensor};
-use super::{core_ml_error, ml_data_type};
+use super::{catching, core_ml_error, guarded, ml_data_type};
 use coreml_multifunction_format::DataType;
-
-/// Runs `body`, turning a panic into an error: Rust code called from an
-/// Objective-C block must not unwind into Apple's frames.
-pub(super) fn guarded<T>(body: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(body))
-        .unwrap_or_else(|_| Err("a panic inside a Core ML callback was caught".to_string()))
-}
 
 /// Whether `MLMultiArrayDataTypeFloat16` exists on this system.
 fn float16_available() -> bool {
@@ -120,13 +113,13 @@ fn filled<T: Element + Scalar>(
     // SAFETY: a valid shape (rank >= 1, positive dimensions) and a data type
     // this system has (checked above); Core ML reports allocation failure
     // as an error.
-    let array = unsafe {
+    let array = catching(&format!("making an array for input {name:?}"), || unsafe {
         MLMultiArray::initWithShape_dataType_error(
             MLMultiArray::alloc(),
             &ns_shape,
             ml_data_type(T::DATA_TYPE),
         )
-    }
+    })?
     .map_err(|e| core_ml_error(&e))?;
 
     scatter_into(&array, tensor.as_slice(), shape).map_err(|detail| {
@@ -157,10 +150,13 @@ fn scatter_into<T: Scalar>(
                 let size = usize::try_from(size).map_err(|_| format!("buffer size {size}"))?;
                 // SAFETY: Core ML documents `bytes` as the array's backing
                 // buffer, `size` bytes, writable by this block alone until
-                // it returns; `u8` needs no alignment. `scatter` checks
-                // every write against `size` before making it.
-                let buffer =
-                    unsafe { std::slice::from_raw_parts_mut(bytes.as_ptr().cast::<u8>(), size) };
+                // it returns, and a new array's contents as uninitialised:
+                // hence `MaybeUninit<u8>`, which any memory is, and which
+                // needs no alignment. `scatter` only writes, each write
+                // checked against `size` first.
+                let buffer = unsafe {
+                    std::slice::from_raw_parts_mut(bytes.as_ptr().cast::<MaybeUninit<u8>>(), size)
+                };
                 strides::scatter(data, shape, &block_strides, buffer).map_err(|e| e.to_string())
             });
             *outcome.borrow_mut() = result;
@@ -170,7 +166,10 @@ fn scatter_into<T: Scalar>(
     // buffer inside its handler); the block writes only inside the
     // buffer Core ML passes it, honouring the strides passed with it (the
     // method may switch to a new backing buffer with other strides).
-    unsafe { array.getMutableBytesWithHandler(&block) };
+    catching("writing an array's buffer", || unsafe {
+        array.getMutableBytesWithHandler(&block)
+    })
+    .map_err(|e| e.to_string())?;
     outcome.into_inner()
 }
 
@@ -206,17 +205,30 @@ fn gather<T: Element + Scalar>(array: &MLMultiArray) -> Result<Tensor<T>, String
                 strides::strides_from_isize(&shape, &array_strides).map_err(|e| e.to_string())?;
             let size = usize::try_from(size).map_err(|_| format!("buffer size {size}"))?;
             // SAFETY: Core ML documents `bytes` as the array's buffer,
-            // readable for `size` bytes while the block runs; `u8` needs no
-            // alignment. `gather` checks the layout against `size` first.
+            // readable for `size` bytes while the block runs. Its padding
+            // may never have been written, so it is viewed as
+            // `MaybeUninit<u8>` (no alignment needed).
             let buffer = unsafe {
-                std::slice::from_raw_parts(bytes.as_ptr().cast::<u8>().cast_const(), size)
+                std::slice::from_raw_parts(
+                    bytes.as_ptr().cast::<MaybeUninit<u8>>().cast_const(),
+                    size,
+                )
             };
-            strides::gather::<T>(buffer, &shape, &array_strides).map_err(|e| e.to_string())
+            // SAFETY: every element of an array Core ML hands out was
+            // written: an output it computed, or a state buffer, which
+            // Core ML documents as zero-initialised and which predictions
+            // and writes only overwrite. `gather` reads only elements,
+            // never padding, after checking the layout against `size`.
+            unsafe { strides::gather::<T>(buffer, &shape, &array_strides) }
+                .map_err(|e| e.to_string())
         });
         *outcome.borrow_mut() = result;
     });
     // SAFETY: the block only reads inside the buffer Core ML passes it.
-    unsafe { array.getBytesWithHandler(&block) };
+    catching("reading an array's buffer", || unsafe {
+        array.getBytesWithHandler(&block)
+    })
+    .map_err(|e| e.to_string())?;
     let data = outcome.into_inner()?;
     Tensor::new(shape, data).map_err(|e| e.to_string())
 }
@@ -235,9 +247,12 @@ pub(super) fn read_state(state: &MLState, name: &str) -> Result<AnyTensor, Strin
         *outcome.borrow_mut() = result;
     });
     // SAFETY: `name` is a state of the function (checked by the caller, so
-    // Core ML knows it); no prediction can run on this state meanwhile
-    // (predictions take `&mut State`, this `&State`), and the block touches
-    // the buffer only inside.
+    // Core ML knows it; an unknown one raises, which the caller's `catching`
+    // turns into an error); no prediction can run on this state meanwhile
+    // (predictions take `&mut State`, this `&State`, and a prediction left
+    // running by a dropped future was waited for), and the block touches
+    // the buffer only inside. Core ML holds the state's buffer lock while
+    // the block runs: the block never calls back into this state.
     unsafe { state.getMultiArrayForStateNamed_handler(&NSString::from_str(name), &block) };
     outcome.into_inner()
 }

@@ -3,15 +3,17 @@
 //! [`crate::runtime::strides::write_pixels`] / `read_pixels`, tested on
 //! every host.
 
+use std::mem::MaybeUninit;
 use std::ptr::{self, NonNull};
 
-use objc2_core_foundation::CFRetained;
+use objc2_core_foundation::{CFDictionary, CFRetained, CFString};
 use objc2_core_video::{
-    kCVPixelFormatType_32BGRA, kCVPixelFormatType_OneComponent16Half,
-    kCVPixelFormatType_OneComponent8, kCVReturnSuccess, CVPixelBuffer, CVPixelBufferCreate,
-    CVPixelBufferGetBaseAddress, CVPixelBufferGetBytesPerRow, CVPixelBufferGetHeight,
-    CVPixelBufferGetPixelFormatType, CVPixelBufferGetWidth, CVPixelBufferIsPlanar,
-    CVPixelBufferLockBaseAddress, CVPixelBufferLockFlags, CVPixelBufferUnlockBaseAddress,
+    kCVPixelBufferIOSurfacePropertiesKey, kCVPixelFormatType_32BGRA,
+    kCVPixelFormatType_OneComponent16Half, kCVPixelFormatType_OneComponent8, kCVReturnSuccess,
+    CVPixelBuffer, CVPixelBufferCreate, CVPixelBufferGetBaseAddress, CVPixelBufferGetBytesPerRow,
+    CVPixelBufferGetHeight, CVPixelBufferGetPixelFormatType, CVPixelBufferGetWidth,
+    CVPixelBufferIsPlanar, CVPixelBufferLockBaseAddress, CVPixelBufferLockFlags,
+    CVPixelBufferUnlockBaseAddress,
 };
 
 use super::super::strides;
@@ -87,16 +89,25 @@ pub(super) fn pixel_buffer(image: &Image) -> Result<CFRetained<CVPixelBuffer>, S
         return Err("an empty image".to_string());
     }
     let format = core_video_format(image.format);
+    // Backed by an IOSurface (an empty properties dictionary asks for the
+    // defaults), as Apple's examples make them: Core ML can then hand the
+    // buffer to the GPU or the Neural Engine without copying it.
+    let no_properties = CFDictionary::<CFString, CFString>::empty();
+    // SAFETY: reading an immutable extern constant string.
+    let key = unsafe { kCVPixelBufferIOSurfacePropertiesKey };
+    let attributes =
+        CFDictionary::<CFString, CFDictionary>::from_slices(&[key], &[no_properties.as_ref()]);
     let mut created: *mut CVPixelBuffer = ptr::null_mut();
-    // SAFETY: `created` is a valid place for the result; no allocator and
-    // no attributes mean the defaults.
+    // SAFETY: `created` is a valid place for the result; no allocator means
+    // the default one; the attributes map a CFString key to the CFDictionary
+    // value Core Video documents for it.
     let status = unsafe {
         CVPixelBufferCreate(
             None,
             image.width,
             image.height,
             format,
-            None,
+            Some(attributes.as_ref()),
             NonNull::from(&mut created),
         )
     };
@@ -114,8 +125,15 @@ pub(super) fn pixel_buffer(image: &Image) -> Result<CFRetained<CVPixelBuffer>, S
         let locked = Locked::lock(&buffer, CVPixelBufferLockFlags::empty())?;
         // SAFETY: while locked, the base address points at `height` rows of
         // `bytes_per_row` bytes, writable, and nothing else holds this new
-        // buffer; `u8` needs no alignment.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(locked.base.as_ptr(), locked.len) };
+        // buffer. Its contents are uninitialised (Core Video does not clear
+        // a new buffer), hence `MaybeUninit<u8>`, which needs no alignment;
+        // `write_pixels` only writes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(
+                locked.base.as_ptr().cast::<MaybeUninit<u8>>(),
+                locked.len,
+            )
+        };
         strides::write_pixels(image, format, locked.bytes_per_row, bytes)
             .map_err(|e| e.to_string())?;
     }
@@ -140,16 +158,26 @@ pub(super) fn read_image(
     );
     let locked = Locked::lock(buffer, CVPixelBufferLockFlags::ReadOnly)?;
     // SAFETY: while locked, the base address points at `height` rows of
-    // `bytes_per_row` bytes, readable; `u8` needs no alignment.
-    let bytes =
-        unsafe { std::slice::from_raw_parts(locked.base.as_ptr().cast_const(), locked.len) };
-    strides::read_pixels(
-        bytes,
-        pixel_format,
-        width,
-        height,
-        locked.bytes_per_row,
-        format,
-    )
+    // `bytes_per_row` bytes, readable; the row padding may never have been
+    // written, hence `MaybeUninit<u8>` (no alignment needed).
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            locked.base.as_ptr().cast::<MaybeUninit<u8>>().cast_const(),
+            locked.len,
+        )
+    };
+    // SAFETY: the pixels of an image buffer Core ML returned as an output
+    // are what it computed, every row's `width` pixels written; only those
+    // are read.
+    unsafe {
+        strides::read_pixels(
+            bytes,
+            pixel_format,
+            width,
+            height,
+            locked.bytes_per_row,
+            format,
+        )
+    }
     .map_err(|e| e.to_string())
 }

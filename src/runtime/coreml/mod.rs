@@ -1,36 +1,46 @@
 //! The Core ML backend (Apple targets), on `objc2-core-ml`.
 //!
-//! # Never executed
+//! # Never executed here
 //!
-//! **None of this module has ever run.** It was written without a Mac: it
-//! is type-checked and linted for `aarch64-apple-darwin` and
-//! `aarch64-apple-ios` only, against the `objc2-core-ml` 0.3.2 bindings
-//! and Apple's header documentation. Its platform-independent parts (stride
-//! arithmetic, pixel rows, raw enum values, the compile cache) live in
-//! [`super::strides`] and [`super::compile_cache`] and are unit-tested on
-//! every host; the Objective-C calls here are not tested at all until this
-//! runs on Apple hardware.
+//! **This module has not run on Apple hardware as written.** It was
+//! written without a Mac: it is type-checked and linted for
+//! `aarch64-apple-darwin` and `aarch64-apple-ios`, against the
+//! `objc2-core-ml` 0.3.2 bindings and Apple's header documentation. Its
+//! platform-independent parts (stride arithmetic, pixel rows, raw enum
+//! values, the compile cache, error mapping) live in [`super::strides`],
+//! [`super::compile_cache`] and [`super::error`] and are unit-tested on
+//! every host. `coreml-multifunction-cli/tests/coreml_backend.rs` runs it
+//! against the fixtures' PyTorch outputs on a macOS CI runner
+//! (`.github/workflows/ci.yml`); see the README for whether that job has
+//! run.
 //!
 //! # Loading
 //!
-//! Core ML loads compiled models (`.mlmodelc`); [`Function::load`] finds or
-//! makes one as [`super::compile_cache`] describes: a build-time compile
-//! from `xcrun coremlcompiler` beside the package
-//! (`coreml_multifunction_build::compile_with_xcrun`) when its stamp matches the
-//! package, else the on-disk cache, else a compile on first load with
-//! `+[MLModel compileModelAtURL:completionHandler:]` (macOS 13 / iOS 16),
-//! moved atomically into the cache. The load waits for that completion
-//! handler on a channel; Core ML does not document which queue runs it,
-//! so load models off the main thread (as Apple recommends for loading
-//! anyway). If a model from the build fails to load, the cache's copy is
-//! tried; if a cached one fails, it is evicted, compiled afresh and loaded
-//! again (at most once per load). Finding the model hashes the package's
-//! files once per process (see [`super::compile_cache`]), which costs a full
-//! read of a large model at the first load of each process.
+//! Core ML loads compiled models (`.mlmodelc`). [`Function::load_compiled`]
+//! loads one directly (an app bundle's, as `copy-to` ships it): nothing
+//! but Core ML reads it. [`Function::load`] finds or makes one for a
+//! package as [`super::compile_cache`] describes: a build-time compile
+//! from `xcrun coremlcompiler` beside the package whose stamp matches the
+//! package's key, else the on-disk cache, else a compile on first load with
+//! the synchronous `+[MLModel compileModelAtURL:error:]` (macOS 10.13 /
+//! iOS 11; deprecated in favour of a completion-handler version that runs
+//! the same compile on a global queue, so nothing is gained by waiting on
+//! that), moved atomically into the cache. The key stats the package's
+//! files and reads its manifest and specification: no weight bytes are
+//! read before Core ML reads them (`Package::open` reads the specification
+//! and each weight's 64-byte record header to validate the package).
 //!
-//! It then loads with an `MLModelConfiguration` whose `computeUnits` is
+//! If a compiled model fails to load with an error that means it is
+//! damaged ([`super::compile_cache::means_damaged_model`]), the next one is
+//! tried: the cache's copy after the build's, a fresh compile after the
+//! cache's (replacing the cached entry atomically). Any other error, and
+//! any failure of a model compiled just now, is returned as Core ML gave
+//! it; when a fallback was tried and failed too, the first error is
+//! returned with the fallback's appended to its message.
+//!
+//! It loads with an `MLModelConfiguration` whose `computeUnits` is
 //! [`super::ComputeUnits`] (named `MLComputeUnits` constants) and, for a
-//! multifunction package, whose `functionName` is the function: that
+//! multifunction model, whose `functionName` is the function: that
 //! property exists from macOS 15 / iOS 18 / tvOS 18 / watchOS 11 /
 //! visionOS 2, checked with `objc2::available!`, and on older systems
 //! loading fails with [`Error::OsTooOld`]. A single-function package leaves
@@ -42,60 +52,81 @@
 //! `getMutableBytesWithHandler` with the strides that block is given;
 //! outputs and state buffers are read inside `getBytesWithHandler` with the
 //! array's own strides (a copy when contiguous, row by row when row-padded
-//! as the Neural Engine leaves them, element by element otherwise). Scoped
-//! buffer access needs macOS 12.3 / iOS 15.4, checked at load. fp16 arrays
-//! need macOS 12 / iOS 16 and int8 arrays the macOS / iOS 26 SDKs, each
-//! checked before an array is made. Images become `CVPixelBuffer`s
-//! (32BGRA for RGB and BGR, OneComponent8 for grayscale, OneComponent16Half
-//! for fp16 grayscale); image outputs are read back the same way. Int64,
-//! double, string and dictionary features map to their `MLFeatureValue`s.
+//! as the Neural Engine leaves them, element by element otherwise), and
+//! only their elements' bytes are read: the memory is treated as possibly
+//! uninitialised (`[MaybeUninit<u8>]`), as Apple documents a new array's.
+//! Scoped buffer access needs macOS 12.3 / iOS 15.4, checked at load. fp16
+//! arrays need macOS 12 / iOS 16 and int8 arrays the macOS / iOS 26 SDKs,
+//! each checked before an array is made. Images become IOSurface-backed
+//! `CVPixelBuffer`s (so Core ML can hand them to the GPU or Neural Engine
+//! without a copy): 32BGRA for RGB and BGR, OneComponent8 for grayscale,
+//! OneComponent16Half for fp16 grayscale; image outputs are read back the
+//! same way. Int64, double, string and dictionary features map to their
+//! `MLFeatureValue`s.
 //!
-//! Nothing reaches an Objective-C API that raises: every value is checked
-//! first (by [`super::check`] and again here: rank, zero dimensions, sizes,
-//! key types), each API newer than the crate's oldest supported systems is
-//! guarded with `available!`, and Rust code run inside Apple's blocks
-//! catches its own panics instead of unwinding through Apple's frames.
+//! # Exceptions and errors
+//!
+//! Core ML raises Objective-C exceptions rather than returning errors in
+//! places: `getMultiArrayForStateNamed:` with an unknown name, `newState`
+//! or a stateful prediction on an engine without state support, a state
+//! whose buffers do not match the model. Every call into Core ML runs
+//! inside `objc2::exception::catch` ([`catching`]), and an exception
+//! becomes [`Error::CoreMl`] with domain `NSException` and the exception's
+//! name and reason. Rust code that Core ML calls back (buffer blocks,
+//! completion handlers) catches both its own panics (`catch_unwind`) and,
+//! inside that, exceptions from the Core ML calls it makes, so neither
+//! unwinds through a frame that cannot take it. Inputs are also checked
+//! first (by [`super::check`] and again here: rank, zero dimensions,
+//! sizes, key types), so the raising paths are not the expected ones.
 //! Errors Core ML reports as `NSError` become [`Error::CoreMl`] with the
-//! domain, code and localized description.
+//! domain, code, localized description and failure reason, and the error
+//! under `NSUnderlyingErrorKey` as the source.
 //!
 //! # Threads
 //!
 //! [`Function`] holds an `MLModel`, which `objc2-core-ml` leaves `!Send`
-//! and `!Sync`, and so is this type: Apple's headers and documentation for
-//! `MLModel` say nothing about using one instance from several threads for
-//! synchronous predictions (only the async prediction API of macOS 14 /
-//! iOS 17 is presented as safe to call concurrently, in the WWDC23 session
-//! "Improve Core ML integration with async prediction"; this backend does
-//! not use it), so no `Send` or `Sync` is claimed. Load one function per
-//! thread instead. [`State`] holds an
-//! `MLState`, which `objc2-core-ml` declares `Send + Sync` from the SDK
-//! header; Apple's `MLState` documentation requires that predictions
-//! sharing a state be serialized and that its buffers not be touched while
-//! a prediction runs, which the `&mut State` of
-//! [`super::Model::predict_with_state`] guarantees.
+//! and `!Sync` (its header carries no `NS_SWIFT_SENDABLE`). This type is
+//! `Send` and not `Sync`; why moving it is sound is on the `unsafe impl`.
+//! Concurrent predictions go through [`Function::predict_async`], the
+//! completion-handler API that Apple presents as safe to call
+//! concurrently (WWDC23, "Improve Core ML integration with async
+//! prediction"). [`State`] holds an `MLState`, which `objc2-core-ml`
+//! declares `Send + Sync` from the SDK header; Apple's `MLState`
+//! documentation requires that predictions sharing a state be serialized
+//! and that its buffers not be touched while a prediction runs, which the
+//! `&mut State` of [`super::Function::predict_with_state`] guarantees, and,
+//! for a prediction still running after its future was dropped, the
+//! state's claim ([`super::prediction::Busy`]) that every use waits on.
 
 mod array;
 mod compile;
 mod features;
 mod image;
 
+use std::mem::ManuallyDrop;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use block2::RcBlock;
+use objc2::exception::Exception;
 use objc2::rc::{autoreleasepool, Retained};
 use objc2::runtime::ProtocolObject;
 use objc2::AnyThread;
 use objc2_core_ml::{
     MLArrayBatchProvider, MLBatchProvider, MLComputeUnits, MLFeatureProvider, MLModel,
-    MLModelConfiguration, MLMultiArrayDataType, MLState,
+    MLModelConfiguration, MLMultiArrayDataType, MLPredictionOptions, MLState,
 };
-use objc2_foundation::{NSArray, NSError, NSString, NSURL};
+use objc2_foundation::{NSArray, NSError, NSException, NSString, NSURL};
 
 use coreml_multifunction_format::naming::quoted_list;
 use coreml_multifunction_format::package::Package;
 use coreml_multifunction_format::proto::FunctionDescription;
 use coreml_multifunction_format::DataType;
 
+use super::compile_cache::{default_cache_root, means_damaged_model};
 use super::error::{Error, Result};
+use super::prediction::{self, Busy, Claim, Started};
 use super::strides::raw;
 use super::tensor::AnyTensor;
 use super::value::Features;
@@ -129,7 +160,8 @@ const _: () = {
 const MULTIFUNCTION_SYSTEMS: &str = "macOS 15, iOS 18, tvOS 18, watchOS 11 or visionOS 2";
 
 /// Whether `MLModelConfiguration.functionName`, `-[MLModel newState]` and
-/// stateful prediction exist on this system.
+/// stateful prediction (synchronous and with a completion handler) exist on
+/// this system.
 fn multifunction_available() -> bool {
     objc2::available!(
         macos = 15.0,
@@ -173,12 +205,97 @@ fn cpu_and_neural_engine_available() -> bool {
     )
 }
 
-/// An `NSError` as [`Error::CoreMl`].
+/// Whether `-[MLModel predictionFromFeatures:completionHandler:]` exists.
+fn async_prediction_available() -> bool {
+    objc2::available!(
+        macos = 14.0,
+        ios = 17.0,
+        tvos = 17.0,
+        watchos = 10.0,
+        visionos = 1.0
+    )
+}
+
+/// Runs `body` (calls into Core ML), turning an Objective-C exception it
+/// raises into [`Error::CoreMl`] naming what was being done (`during`).
+/// A Rust panic in `body` passes through unchanged.
+fn catching<T>(during: &str, body: impl FnOnce() -> T) -> Result<T> {
+    objc2::exception::catch(AssertUnwindSafe(body))
+        .map_err(|exception| exception_error(during, exception.as_deref()))
+}
+
+/// An exception as [`Error::CoreMl`], with its name and reason when it is
+/// an `NSException` (what Core ML raises).
+fn exception_error(during: &str, exception: Option<&Exception>) -> Error {
+    let Some(exception) = exception else {
+        return Error::from_exception(during, None, Some("nil was raised".to_string()));
+    };
+    match exception.downcast_ref::<NSException>() {
+        Some(ns) => Error::from_exception(
+            during,
+            Some(ns.name().to_string()),
+            ns.reason().map(|reason| reason.to_string()),
+        ),
+        None => Error::from_exception(during, None, Some(format!("{exception:?}"))),
+    }
+}
+
+/// Runs `body` inside a block Core ML calls: a Rust panic becomes an error
+/// (it must not unwind into Apple's frames), and so does an Objective-C
+/// exception from a Core ML call `body` makes (caught first, since
+/// `catch_unwind` cannot catch a foreign exception and would abort).
+fn guarded<T>(body: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(|| {
+        objc2::exception::catch(AssertUnwindSafe(body)).unwrap_or_else(|exception| {
+            Err(exception_error("inside a Core ML callback", exception.as_deref()).to_string())
+        })
+    }))
+    .unwrap_or_else(|_| Err("a panic inside a Core ML callback was caught".to_string()))
+}
+
+/// How deep `NSUnderlyingErrorKey` chains are followed.
+const UNDERLYING_DEPTH: usize = 4;
+
+/// An `NSError` as [`Error::CoreMl`]: domain, code, localized description
+/// and failure reason, and the underlying error as its source.
 fn core_ml_error(error: &NSError) -> Error {
-    Error::CoreMl {
-        domain: error.domain().to_string(),
-        code: error.code(),
-        message: error.localizedDescription().to_string(),
+    ns_error(error, UNDERLYING_DEPTH)
+}
+
+fn ns_error(error: &NSError, depth: usize) -> Error {
+    let underlying = (depth > 0)
+        .then(|| {
+            // SAFETY: reading an immutable extern constant string.
+            let key = unsafe { objc2_foundation::NSUnderlyingErrorKey };
+            error.userInfo().objectForKey(key)
+        })
+        .flatten()
+        .and_then(|value| value.downcast::<NSError>().ok())
+        .map(|underlying| ns_error(&underlying, depth - 1));
+    Error::from_ns_error(
+        error.domain().to_string(),
+        error.code(),
+        error.localizedDescription().to_string(),
+        error.localizedFailureReason().map(|r| r.to_string()),
+        underlying,
+    )
+}
+
+/// `error` with `context` (a path, a function) before its message.
+fn in_context(error: Error, context: &str) -> Error {
+    match error {
+        Error::CoreMl {
+            domain,
+            code,
+            message,
+            underlying,
+        } => Error::CoreMl {
+            domain,
+            code,
+            message: format!("{context}: {message}"),
+            underlying,
+        },
+        other => other,
     }
 }
 
@@ -189,6 +306,7 @@ fn backend_error(message: impl Into<String>) -> Error {
         domain: "coreml-multifunction".to_string(),
         code: 0,
         message: message.into(),
+        underlying: None,
     }
 }
 
@@ -223,24 +341,73 @@ fn ml_compute_units(units: ComputeUnits) -> Result<MLComputeUnits> {
     })
 }
 
-/// A file URL for a directory, refusing paths `NSURL` cannot hold.
+/// A file URL for a directory. Foundation resolves a relative path
+/// against the current directory; it refuses only an empty path or one
+/// with a NUL byte.
 fn directory_url(path: &Path) -> Result<Retained<NSURL>> {
     NSURL::from_directory_path(path).ok_or_else(|| Error::Io {
         path: path.to_path_buf(),
         action: "make a file URL of the path",
         source: std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            "not an absolute path Foundation can represent",
+            "an empty path, or one with a NUL byte, which a file URL cannot hold",
         ),
     })
 }
 
-/// A function loaded by Core ML. `!Send` and `!Sync`: see the module
-/// documentation.
+/// A retained Objective-C object a completion handler keeps alive and
+/// finally releases, on whatever thread Core ML runs the handler.
+struct KeptAlive<T: objc2::Message> {
+    _object: Retained<T>,
+}
+
+// SAFETY: the object is never used through this wrapper, only released
+// when it drops, and `objc_release` is thread-safe (the retain count is
+// atomic), so moving and sharing the wrapper between threads cannot race
+// on the object.
+unsafe impl<T: objc2::Message> Send for KeptAlive<T> {}
+// SAFETY: as above; `&KeptAlive` gives no access to the object.
+unsafe impl<T: objc2::Message> Sync for KeptAlive<T> {}
+
+/// A function loaded by Core ML: `Send`, not `Sync` (see the module
+/// documentation and the `unsafe impl`).
 #[derive(Debug)]
 pub struct Function {
-    model: Retained<MLModel>,
-    description: FunctionDescription,
+    /// Released inside an autorelease pool on drop (`Drop`).
+    model: ManuallyDrop<Retained<MLModel>>,
+    description: Arc<FunctionDescription>,
+}
+
+// SAFETY: `Send` only lets one thread at a time hold the function, handing
+// it over with the synchronisation a move between threads implies. Apple
+// ties `MLModel` to no thread: its header and documentation ask for no
+// particular thread (no main-thread or actor annotation), and Apple's own
+// `+[MLModel loadContentsOfURL:configuration:completionHandler:]` (macOS 11 /
+// iOS 14; "use this factory method especially when the caller is on the
+// main thread", says the header) loads asynchronously and hands the model
+// to a completion handler on a queue Core ML picks, for use on whatever
+// thread the app goes on with: Apple's API itself moves models between
+// threads. Foundation's
+// rule for objects not documented as thread-safe is that access be
+// serialized (Threading Programming Guide, "Thread Safety Summary"), which
+// single ownership ensures. The completion handlers this type registers
+// capture only `Send + Sync` values (checked at compile time in
+// `start_prediction`), never the `&self` borrow. Not `Sync`: Apple does
+// not document concurrent synchronous predictions on one `MLModel` as
+// safe (only the completion-handler API, which `predict_async` uses), so
+// `&Function` must not be shared across threads.
+unsafe impl Send for Function {}
+
+impl Drop for Function {
+    fn drop(&mut self) {
+        // Releasing a model may autorelease its internals: drain them here
+        // rather than in the thread's outer pool, which a long-lived worker
+        // never drains.
+        autoreleasepool(|_| {
+            // SAFETY: dropped exactly once, here, and never used after.
+            unsafe { ManuallyDrop::drop(&mut self.model) }
+        });
+    }
 }
 
 impl Function {
@@ -261,42 +428,77 @@ impl Function {
             });
         };
         let description = view.description.into_owned();
-        if !scoped_buffer_access_available() {
-            return Err(Error::OsTooOld(
-                "the Core ML backend needs macOS 12.3, iOS 15.4, tvOS 15.4, watchOS 8.5 or later \
-                 (MLMultiArray scoped buffer access)"
-                    .to_string(),
-            ));
-        }
-        let compute_units = ml_compute_units(configuration.compute_units)?;
-        let function_name = if package.is_multifunction() {
-            require_multifunction(&format!(
-                "loading function {function:?} of a multifunction model"
-            ))?;
-            Some(function)
-        } else {
-            None
-        };
-        if !description.state.is_empty() {
-            require_multifunction(&format!("function {function:?}, which has state,"))?;
-        }
+        let function_name = package.is_multifunction().then_some(function);
+        let compute_units = check_system(&description, function_name, configuration.compute_units)?;
 
         let root = package.root();
-        let mut compiled = compile::find_or_compile(root)?;
-        let model = loop {
-            match load_compiled(&compiled.path, function_name, compute_units) {
-                Ok(model) => break model,
-                // A model compiled just now that does not load is Core ML's
-                // final word. One from the build or the cache may be
-                // damaged, or made by another system's compiler: fall back
-                // to the cache, then to a fresh compile (at most twice).
-                Err(Error::CoreMl { .. }) if !compiled.fresh => {
-                    compiled = compile::fallback(root, &compiled)?;
+        let cache_root = configuration
+            .cache_dir
+            .clone()
+            .unwrap_or_else(default_cache_root);
+        let mut compiled = compile::find_or_compile(root, &cache_root)?;
+        let mut first_error: Option<Error> = None;
+        // At most three tries: the build's model, the cache's, a fresh one.
+        for _ in 0..3 {
+            let error = match load_model(&compiled.path, function_name, compute_units) {
+                Ok(model) => {
+                    return Ok(Function {
+                        model: ManuallyDrop::new(model),
+                        description: Arc::new(description),
+                    })
                 }
-                Err(error) => return Err(error),
+                Err(error) => in_context(error, &compiled.path.display().to_string()),
+            };
+            let damaged = matches!(&error, Error::CoreMl { domain, code, .. }
+                if means_damaged_model(domain, *code));
+            let first = match first_error {
+                // A later try's failure is noted on the first error, which
+                // is what the caller sees.
+                Some(first) => with_fallback_failure(first, error),
+                None => error,
+            };
+            // A model compiled just now that does not load is Core ML's
+            // final word; an error that does not mean damage would come
+            // back from any other copy.
+            if compiled.origin == compile::Origin::Fresh || !damaged {
+                return Err(first);
             }
-        };
-        Ok(Function { model, description })
+            match compile::fallback(root, &cache_root, &compiled) {
+                Ok(next) => compiled = next,
+                Err(fallback) => return Err(with_fallback_failure(first, fallback)),
+            }
+            first_error = Some(first);
+        }
+        Err(first_error.unwrap_or_else(|| backend_error("no compiled model was tried")))
+    }
+
+    /// Loads the function `description` describes from the compiled
+    /// multifunction model at `compiled`, reading nothing but what Core ML
+    /// reads. A load error names the path; there is no package to compile
+    /// again from.
+    pub fn load_compiled(
+        compiled: &Path,
+        description: &FunctionDescription,
+        configuration: &Configuration,
+    ) -> Result<Function> {
+        let name = description.name.as_str();
+        let compute_units = check_system(description, Some(name), configuration.compute_units)?;
+        if !compiled.is_dir() {
+            return Err(Error::Io {
+                path: compiled.to_path_buf(),
+                action: "open the compiled model",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such .mlmodelc directory",
+                ),
+            });
+        }
+        let model = load_model(compiled, Some(name), compute_units)
+            .map_err(|error| in_context(error, &compiled.display().to_string()))?;
+        Ok(Function {
+            model: ManuallyDrop::new(model),
+            description: Arc::new(description.clone()),
+        })
     }
 
     /// Runs the function; with `state`, a stateful prediction that reads and
@@ -307,25 +509,155 @@ impl Function {
             require_multifunction("stateful prediction")?;
         }
         autoreleasepool(|_| {
-            let provider = features::provider(&self.description, inputs)?;
+            let provider = catching("converting the inputs", || {
+                features::provider(&self.description, inputs)
+            })??;
             let provider = ProtocolObject::from_ref(&*provider);
             let output = match state {
-                // SAFETY: `provider` holds exactly the checked inputs as
-                // MLFeatureValues, `state` was made by `newState` of a model
-                // of this package (checked by `Model::predict_with_state`),
-                // and `&mut State` keeps any other prediction or buffer
-                // access on it from running meanwhile, as MLState requires.
-                // The API exists: checked just above.
-                Some(state) => unsafe {
-                    self.model
-                        .predictionFromFeatures_usingState_error(provider, &state.state)
-                },
+                Some(state) => {
+                    // A prediction started by `predict_async` and still
+                    // running (its future dropped) finishes first.
+                    state.busy.wait_idle();
+                    // SAFETY: `provider` holds exactly the checked inputs
+                    // as MLFeatureValues; `state` holds this function's
+                    // state descriptions (checked by
+                    // `Function::predict_with_state`), which is what Core
+                    // ML validates a state against (by name and
+                    // constraint); `&mut State` and the wait above keep any
+                    // other prediction or buffer access on it from running
+                    // meanwhile, as MLState requires. The API exists:
+                    // checked just above.
+                    catching("a stateful prediction", || unsafe {
+                        self.model
+                            .predictionFromFeatures_usingState_error(provider, &state.state)
+                    })?
+                }
                 // SAFETY: as above, without a state.
-                None => unsafe { self.model.predictionFromFeatures_error(provider) },
+                None => catching("a prediction", || unsafe {
+                    self.model.predictionFromFeatures_error(provider)
+                })?,
             }
-            .map_err(|e| core_ml_error(&e))?;
-            features::read_outputs(function, &self.description, &output)
+            .map_err(|e| in_context(core_ml_error(&e), &format!("function {function:?}")))?;
+            catching("reading the outputs", || {
+                features::read_outputs(function, &self.description, &output)
+            })?
         })
+    }
+
+    /// Starts a prediction with Core ML's completion-handler API
+    /// (`predictionFromFeatures:completionHandler:`, macOS 14 / iOS 17;
+    /// with a state, `predictionFromFeatures:usingState:options:completionHandler:`,
+    /// macOS 15 / iOS 18), or runs it synchronously where that API does
+    /// not exist. The handler reads the outputs on Core ML's queue and
+    /// sends them to the returned future.
+    pub fn predict_async(&self, inputs: &Features, state: Option<&mut State>) -> Started {
+        if !async_prediction_available() || (state.is_some() && !multifunction_available()) {
+            return Started::Done(self.predict(inputs, state));
+        }
+        match autoreleasepool(|_| self.start_prediction(inputs, state)) {
+            Ok(receiver) => Started::Running(receiver),
+            Err(error) => Started::Done(Err(error)),
+        }
+    }
+
+    fn start_prediction(
+        &self,
+        inputs: &Features,
+        state: Option<&mut State>,
+    ) -> Result<prediction::Receiver<Result<Features>>> {
+        let provider = catching("converting the inputs", || {
+            features::provider(&self.description, inputs)
+        })??;
+        let (sender, receiver) = prediction::channel::<Result<Features>>();
+        // Taken by the first call (the handler is `Fn`; Core ML calls it
+        // once).
+        let sender = Mutex::new(Some(sender));
+        let description = self.description.clone();
+        // Released when the handler is: Core ML retains what it needs, and
+        // these make sure of it for the model and the inputs.
+        let keep_model = KeptAlive {
+            _object: Retained::clone(&self.model),
+        };
+        let keep_inputs = KeptAlive {
+            _object: provider.clone(),
+        };
+        // A state stays claimed until the prediction finishes, whatever
+        // becomes of the future.
+        let claim: Mutex<Option<(Claim, Retained<MLState>)>> = Mutex::new(
+            state
+                .as_ref()
+                .map(|state| (state.busy.claim(), state.state.clone())),
+        );
+        let handler = move |output: *mut ProtocolObject<dyn MLFeatureProvider>,
+                            error: *mut NSError| {
+            let outcome = autoreleasepool(|_| {
+                let function = description.name.as_str();
+                guarded(|| {
+                    // SAFETY: Core ML passes the outputs on success and
+                    // an error on failure, each valid for this call or
+                    // nil.
+                    let (output, error) = unsafe { (output.as_ref(), error.as_ref()) };
+                    Ok(match (output, error) {
+                        (Some(output), _) => features::read_outputs(function, &description, output),
+                        (None, Some(error)) => Err(in_context(
+                            core_ml_error(error),
+                            &format!("function {function:?}"),
+                        )),
+                        (None, None) => Err(backend_error(
+                            "Core ML finished a prediction with neither outputs nor an error",
+                        )),
+                    })
+                })
+                .unwrap_or_else(|detail| Err(backend_error(detail)))
+            });
+            let sender = sender.lock().unwrap_or_else(PoisonError::into_inner).take();
+            // The state is free once the outputs are read.
+            drop(claim.lock().unwrap_or_else(PoisonError::into_inner).take());
+            if let Some(sender) = sender {
+                sender.send(outcome);
+            }
+            let _ = (&keep_model, &keep_inputs);
+        };
+        // Core ML runs the handler on its own queue, and block2 does not
+        // check what a block captures: this fails to compile unless the
+        // handler (everything it captures) is `Send + Sync`.
+        fn send_and_sync<T: Send + Sync>(_: &T) {}
+        send_and_sync(&handler);
+        let handler = RcBlock::new(handler);
+        let provider = ProtocolObject::from_ref(&*provider);
+        match state {
+            Some(state) => {
+                // SAFETY: a plain options object, available since macOS
+                // 10.13 / iOS 11.
+                let options = unsafe { MLPredictionOptions::new() };
+                // SAFETY: as for the synchronous stateful prediction; the
+                // state is claimed until the handler runs, so no other
+                // prediction or buffer access on it can start before this
+                // one finishes, as Apple requires ("do not request a
+                // prediction while another prediction that shares the same
+                // state is in-flight"). The handler is a heap block
+                // (`RcBlock`) Core ML retains as long as it needs; what it
+                // captures is `Send + Sync` (asserted below), so running it
+                // on Core ML's queue is sound. The API exists: checked by
+                // the caller.
+                catching("starting a stateful prediction", || unsafe {
+                    self.model
+                        .predictionFromFeatures_usingState_options_completionHandler(
+                            provider,
+                            &state.state,
+                            &options,
+                            &handler,
+                        )
+                })?;
+            }
+            // SAFETY: as above, without a state (macOS 14 / iOS 17: checked
+            // by the caller).
+            None => catching("starting a prediction", || unsafe {
+                self.model
+                    .predictionFromFeatures_completionHandler(provider, &handler)
+            })?,
+        }
+        Ok(receiver)
     }
 
     /// Runs the function on each of `inputs` in one Core ML batch
@@ -352,51 +684,61 @@ impl Function {
             let providers = inputs
                 .iter()
                 .map(|features| {
-                    features::provider(&self.description, features)
-                        .map(ProtocolObject::<dyn MLFeatureProvider>::from_retained)
+                    catching("converting the inputs", || {
+                        features::provider(&self.description, features)
+                    })?
+                    .map(ProtocolObject::<dyn MLFeatureProvider>::from_retained)
                 })
                 .collect::<Result<Vec<_>>>()?;
             let providers = NSArray::from_retained_slice(&providers);
             // SAFETY: an array of feature providers is what this
             // initializer takes.
-            let batch = unsafe {
+            let batch = catching("making a batch", || unsafe {
                 MLArrayBatchProvider::initWithFeatureProviderArray(
                     MLArrayBatchProvider::alloc(),
                     &providers,
                 )
-            };
+            })?;
             // SAFETY: the batch holds one provider of checked inputs per
             // prediction, of a stateless function.
-            let results = unsafe {
+            let results = catching("a batch prediction", || unsafe {
                 self.model
                     .predictionsFromBatch_error(ProtocolObject::from_ref(&*batch))
-            }
-            .map_err(|e| core_ml_error(&e))?;
-            // SAFETY: `count` of a batch provider Core ML returned.
-            let count = unsafe { results.count() };
-            if usize::try_from(count).ok() != Some(inputs.len()) {
-                return Err(backend_error(format!(
-                    "Core ML returned {count} results for a batch of {}",
-                    inputs.len()
-                )));
-            }
-            (0..count)
-                .map(|index| {
-                    // SAFETY: `index` is below the provider's own `count`,
-                    // so `featuresAtIndex:` cannot go out of range.
-                    let output = unsafe { results.featuresAtIndex(index) };
-                    features::read_outputs(function, &self.description, &output)
-                })
-                .collect()
+            })?
+            .map_err(|e| in_context(core_ml_error(&e), &format!("function {function:?}")))?;
+            catching("reading the batch's outputs", || {
+                // SAFETY: `count` of a batch provider Core ML returned.
+                let count = unsafe { results.count() };
+                if usize::try_from(count).ok() != Some(inputs.len()) {
+                    return Err(backend_error(format!(
+                        "Core ML returned {count} results for a batch of {}",
+                        inputs.len()
+                    )));
+                }
+                (0..count)
+                    .map(|index| {
+                        // SAFETY: `index` is below the provider's own
+                        // `count`, so `featuresAtIndex:` cannot go out of
+                        // range.
+                        let output = unsafe { results.featuresAtIndex(index) };
+                        features::read_outputs(function, &self.description, &output)
+                    })
+                    .collect()
+            })?
         })
     }
 
     /// A fresh state (every buffer zero), from `-[MLModel newState]`.
     pub fn new_state(&self) -> Result<State> {
         require_multifunction("a model state")?;
-        // SAFETY: the API exists (checked above); for a stateless model
-        // Core ML documents an empty state.
-        let state = unsafe { self.model.newState() };
+        let state = autoreleasepool(|_| {
+            // SAFETY: the API exists (checked above); for a stateless model
+            // Core ML documents an empty state. It raises on an engine
+            // without state support, which `catching` turns into an error.
+            catching("making a state (newState)", || unsafe {
+                self.model.newState()
+            })
+        })?;
         Ok(State {
             state,
             names: self
@@ -405,12 +747,62 @@ impl Function {
                 .iter()
                 .map(|s| s.name.clone())
                 .collect(),
+            busy: Busy::default(),
         })
     }
 }
 
-/// Loads the compiled model at `compiled`.
-fn load_compiled(
+/// Checks that this system runs the Core ML backend, a function named
+/// `function_name` (set for multifunction models), its states and
+/// `units`. Returns the `MLComputeUnits` of `units`.
+fn check_system(
+    description: &FunctionDescription,
+    function_name: Option<&str>,
+    units: ComputeUnits,
+) -> Result<MLComputeUnits> {
+    if !scoped_buffer_access_available() {
+        return Err(Error::OsTooOld(
+            "the Core ML backend needs macOS 12.3, iOS 15.4, tvOS 15.4, watchOS 8.5 or later \
+             (MLMultiArray scoped buffer access)"
+                .to_string(),
+        ));
+    }
+    if let Some(name) = function_name {
+        require_multifunction(&format!(
+            "loading function {name:?} of a multifunction model"
+        ))?;
+    }
+    if !description.state.is_empty() {
+        require_multifunction(&format!(
+            "function {:?}, which has state,",
+            description.name
+        ))?;
+    }
+    ml_compute_units(units)
+}
+
+/// The first load error, with what a fallback (another copy, a fresh
+/// compile) then failed with appended to its message.
+fn with_fallback_failure(first: Error, fallback: Error) -> Error {
+    match first {
+        Error::CoreMl {
+            domain,
+            code,
+            message,
+            underlying,
+        } => Error::CoreMl {
+            domain,
+            code,
+            message: format!("{message} (compiling the model again did not help: {fallback})"),
+            underlying,
+        },
+        other => other,
+    }
+}
+
+/// Loads the compiled model at `compiled`, setting `functionName` when a
+/// function is named.
+fn load_model(
     compiled: &Path,
     function_name: Option<&str>,
     compute_units: MLComputeUnits,
@@ -424,25 +816,24 @@ fn load_compiled(
         // (`ml_compute_units` checked the Neural Engine one).
         unsafe { configuration.setComputeUnits(compute_units) };
         if let Some(name) = function_name {
-            if !multifunction_available() {
-                return Err(Error::OsTooOld(format!(
-                    "loading function {name:?} of a multifunction model needs \
-                     {MULTIFUNCTION_SYSTEMS} or later"
-                )));
-            }
-            // SAFETY: `functionName` exists (checked just above); the name
-            // is one of the package's functions, and Core ML reports an
-            // unknown one as an error when loading.
+            require_multifunction(&format!(
+                "loading function {name:?} of a multifunction model"
+            ))?;
+            // SAFETY: `functionName` exists (checked just above); Core ML
+            // reports a name the model does not have as a load error.
             unsafe { configuration.setFunctionName(Some(&NSString::from_str(name))) };
         }
-        // SAFETY: `url` is a file URL of a compiled-model directory.
-        unsafe { MLModel::modelWithContentsOfURL_configuration_error(&url, &configuration) }
-            .map_err(|e| core_ml_error(&e))
+        // SAFETY: `url` is a file URL of a compiled-model directory; Core
+        // ML copies the configuration.
+        catching("loading the compiled model", || unsafe {
+            MLModel::modelWithContentsOfURL_configuration_error(&url, &configuration)
+        })?
+        .map_err(|e| core_ml_error(&e))
     })
 }
 
-// `State` is `Send + Sync` through `MLState` (see the module docs on
-// threads); this fails to compile if that ever changes.
+// `State` is `Send + Sync` through `MLState` and `Busy` (see the module
+// docs on threads); this fails to compile if that ever changes.
 const _: () = {
     const fn send_and_sync<T: Send + Sync>() {}
     send_and_sync::<State>();
@@ -454,6 +845,9 @@ const _: () = {
 pub struct State {
     state: Retained<MLState>,
     names: Vec<String>,
+    /// Claimed by a prediction started with `predict_async` until it
+    /// finishes.
+    busy: Busy,
 }
 
 impl State {
@@ -468,18 +862,24 @@ impl State {
                 ),
             });
         }
+        self.busy.wait_idle();
         autoreleasepool(|_| {
-            array::read_state(&self.state, name).map_err(|detail| {
-                backend_error(format!("state {name:?} could not be read: {detail}"))
-            })
+            catching(&format!("reading state {name:?}"), || {
+                array::read_state(&self.state, name)
+            })?
+            .map_err(|detail| backend_error(format!("state {name:?} could not be read: {detail}")))
         })
     }
 
     /// Replaces buffer `name` with `tensor` (the caller checked that the
     /// state has such a buffer).
     pub fn write(&mut self, name: &str, tensor: &AnyTensor) -> Result<()> {
+        self.busy.wait_idle();
         autoreleasepool(|_| {
-            array::write_state(&self.state, name, tensor).map_err(|detail| Error::WrongState {
+            catching(&format!("writing state {name:?}"), || {
+                array::write_state(&self.state, name, tensor)
+            })?
+            .map_err(|detail| Error::WrongState {
                 function: String::new(),
                 detail,
             })

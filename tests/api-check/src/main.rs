@@ -1,13 +1,60 @@
 //! Exercises the generated API of three merged models: a LoRA pair, a
 //! stateful prefill/decode pair sharing a KV cache, and a model mixing
-//! several input and output types, an image and a flexible shape. CI
-//! compiles it for the host and type-checks it for Apple targets; run on
-//! the host it predicts with the reference backend and checks the results.
+//! several input and output types, an image and a flexible shape; a loaded
+//! function moved to another thread, a load from a compiled `.mlmodelc`
+//! path, and awaited `predict_async` futures. CI compiles it for the host
+//! and type-checks it for Apple targets; run on the host it predicts with
+//! the reference backend and checks the results (and on a Mac, with Core
+//! ML).
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
 
 use coreml_multifunction::half::f16;
-use coreml_multifunction::runtime::{self, Image, PixelFormat, Tensor};
+use coreml_multifunction::runtime::{self, Configuration, Image, PixelFormat, Tensor};
 
 coreml_multifunction::include_models!();
+
+/// Wakes the thread blocked in [`block_on`].
+struct Unpark(Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Runs a future to completion on this thread: the generated futures need
+/// no particular async runtime, so a dozen lines of std serve.
+fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let waker = Waker::from(Arc::new(Unpark(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(output) => return output,
+            // A spurious wake-up only polls once more.
+            Poll::Pending => thread::park(),
+        }
+    }
+}
+
+/// Two runs of one function on one input agree (to fp16 rounding: Core ML
+/// may pick another compute unit for another load).
+fn assert_close(got: &Tensor<f16>, want: &Tensor<f16>) {
+    assert_eq!(got.shape(), want.shape());
+    for (g, w) in got.as_slice().iter().zip(want.as_slice()) {
+        let (g, w) = (g.to_f32(), w.to_f32());
+        assert!((g - w).abs() <= 1e-2 + 1e-2 * w.abs(), "{g} vs {w}");
+    }
+}
+
+/// Holds only for values that may go to another thread and outlive every
+/// borrow.
+fn assert_send_static<T: Send + 'static>(_: &T) {}
 
 fn f16_tensor(shape: &[usize], values: impl Fn(usize) -> f32) -> runtime::Result<Tensor<f16>> {
     let count = shape.iter().product();
@@ -34,6 +81,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let output = adapter.predict(&input)?;
     assert_eq!(output.out_adapter_2.shape(), &[1, 64]);
+
+    // A loaded function moves to another thread (it is `Send` on every
+    // target) and predicts there.
+    let thread_input = input.clone();
+    let (adapter, moved) = thread::spawn(move || {
+        let output = adapter.predict(&thread_input);
+        (adapter, output)
+    })
+    .join()
+    .expect("the prediction thread");
+    assert_close(&moved?.out_adapter_2, &output.out_adapter_2);
+
+    // A prediction started with `predict_async` owns what it needs: the
+    // future is `Send + 'static`, and outlives the function it came from.
+    let other = lora::Adapter2::load()?;
+    let future = other.predict_async(&input);
+    assert_send_static(&future);
+    drop(other);
+    let awaited = block_on(future)?;
+    assert_close(&awaited.out_adapter_2, &output.out_adapter_2);
+    // A bad input is the future's error, not a panic.
+    let wrong_async = block_on(adapter.predict_async(&lora::Adapter2Input {
+        input_adapter_2: f16_tensor(&[1, 63], |_| 0.0)?,
+    }));
+    assert!(wrong_async.is_err());
+
+    // A compiled model (`.mlmodelc`) loads by path with Core ML: a Mac build
+    // host compiles one beside the package (and `copy-to` ships it).
+    // Elsewhere, and with the reference backend, it is a clear error.
+    let compiled = Path::new(lora::PACKAGE).with_extension("mlmodelc");
+    let configuration = Configuration::default();
+    if cfg!(target_vendor = "apple") && compiled.is_dir() {
+        let from_compiled = lora::Adapter2::load_from(&compiled, &configuration)?;
+        let out = block_on(from_compiled.predict_async(&input))?;
+        assert_close(&out.out_adapter_2, &output.out_adapter_2);
+    } else {
+        let error = lora::Adapter2::load_from(&compiled, &configuration).unwrap_err();
+        assert!(error.to_string().contains("mlmodelc"), "{error}");
+    }
 
     // A wrong shape is an error before any backend runs.
     let wrong = lora::Adapter2Input {
@@ -62,6 +148,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
         assert_eq!(out.context.shape(), &[1, 16]);
     }
+    // The same conversation awaited: the future borrows the state, and the
+    // state sees its write.
+    let mut awaited_state: llm::State = decode.new_state()?;
+    let step = llm::DecodeInput {
+        token: f16_tensor(&llm::DecodeInput::TOKEN_SHAPE, |i| i as f32 / 16.0)?,
+        position: Tensor::new([1], vec![2])?,
+    };
+    let out = block_on(decode.predict_async(&step, &mut awaited_state))?;
+    assert_eq!(out.context.shape(), &[1, 16]);
+    let written = awaited_state.kv_cache()?;
+    assert!(written.as_slice()[2 * 16..3 * 16]
+        .iter()
+        .any(|v| v.to_f32() != 0.0));
     let cache = state.kv_cache()?;
     assert_eq!(cache.shape(), &[1, 8, 16]);
     // Rows 0..5 were written (3 by prefill, 2 by decode), rows 5.. are still zero.
