@@ -281,8 +281,9 @@ fn ns_error(error: &NSError, depth: usize) -> Error {
     )
 }
 
-/// `error` with `context` (a path, a function) before its message.
-fn in_context(error: Error, context: &str) -> Error {
+/// `error` with its Core ML message rewritten by `rewrite` (other errors
+/// unchanged).
+fn with_message(error: Error, rewrite: impl FnOnce(String) -> String) -> Error {
     match error {
         Error::CoreMl {
             domain,
@@ -292,11 +293,16 @@ fn in_context(error: Error, context: &str) -> Error {
         } => Error::CoreMl {
             domain,
             code,
-            message: format!("{context}: {message}"),
+            message: rewrite(message),
             underlying,
         },
         other => other,
     }
+}
+
+/// `error` with `context` (a path, a function) before its message.
+fn in_context(error: Error, context: &str) -> Error {
+    with_message(error, |message| format!("{context}: {message}"))
 }
 
 /// An error of this backend itself, in the shape of [`Error::CoreMl`], for
@@ -784,20 +790,9 @@ fn check_system(
 /// The first load error, with what a fallback (another copy, a fresh
 /// compile) then failed with appended to its message.
 fn with_fallback_failure(first: Error, fallback: Error) -> Error {
-    match first {
-        Error::CoreMl {
-            domain,
-            code,
-            message,
-            underlying,
-        } => Error::CoreMl {
-            domain,
-            code,
-            message: format!("{message} (compiling the model again did not help: {fallback})"),
-            underlying,
-        },
-        other => other,
-    }
+    with_message(first, |message| {
+        format!("{message} (compiling the model again did not help: {fallback})")
+    })
 }
 
 /// Loads the compiled model at `compiled`, setting `functionName` when a

@@ -227,14 +227,40 @@ macro_rules! scatter_typed {
     };
 }
 
+/// The parameters every scatter op shares.
+struct Scatter<'a> {
+    data: &'a Value,
+    indices: ArcArray<i32, IxDyn>,
+    updates: &'a Value,
+    mode: Mode,
+}
+
+impl<'a> Scatter<'a> {
+    fn parse(args: &Args<'a>) -> OpResult<Scatter<'a>> {
+        Ok(Scatter {
+            data: args.required("data")?,
+            indices: args.required("indices")?.to_int()?,
+            updates: args.required("updates")?,
+            mode: Mode::parse(args)?,
+        })
+    }
+
+    /// `data` with the `block`-long runs of `updates` combined at the flat
+    /// offsets `targets`.
+    fn apply(&self, targets: &[usize], block: usize) -> OpResult<Value> {
+        let mode = self.mode;
+        Ok(scatter_typed!(self.data, self.updates, |d, u| {
+            scatter_blocks(d, targets, &u, block, mode)
+        }))
+    }
+}
+
 /// `scatter`: `updates[..., i, ...]` combined into
 /// `data[..., indices[i], ...]` along `axis`.
 pub(super) fn scatter(args: &Args<'_>) -> OpResult<Value> {
-    let data = args.required("data")?;
-    let indices = args.required("indices")?.to_int()?;
-    let updates = args.required("updates")?;
-    let mode = Mode::parse(args)?;
-    let shape = data.shape();
+    let scatter = Scatter::parse(args)?;
+    let (indices, updates) = (&scatter.indices, scatter.updates);
+    let shape = scatter.data.shape();
     let along = axis(args.opt_i64("axis")?.unwrap_or(0), shape.len())?;
     if indices.ndim() != 1 {
         return Err(format!(
@@ -261,32 +287,23 @@ pub(super) fn scatter(args: &Args<'_>) -> OpResult<Value> {
             targets.push((o * shape[along] + i) * block);
         }
     }
-    Ok(scatter_typed!(data, updates, |d, u| scatter_blocks(
-        d, &targets, &u, block, mode
-    )))
+    scatter.apply(&targets, block)
 }
 
 /// `scatter_nd`: each `updates` block combined at the index tuple in the
 /// last axis of `indices`.
 pub(super) fn scatter_nd(args: &Args<'_>) -> OpResult<Value> {
-    let data = args.required("data")?;
-    let indices = args.required("indices")?.to_int()?;
-    let updates = args.required("updates")?;
-    let mode = Mode::parse(args)?;
-    let (targets, block) = tuple_offsets(&indices, &data.shape(), 0)?;
-    Ok(scatter_typed!(data, updates, |d, u| scatter_blocks(
-        d, &targets, &u, block, mode
-    )))
+    let scatter = Scatter::parse(args)?;
+    let (targets, block) = tuple_offsets(&scatter.indices, &scatter.data.shape(), 0)?;
+    scatter.apply(&targets, block)
 }
 
 /// `scatter_along_axis`: each element of `updates` combined at the same
 /// position of `data`, except along `axis`, where `indices` says where.
 pub(super) fn scatter_along_axis(args: &Args<'_>) -> OpResult<Value> {
-    let data = args.required("data")?;
-    let indices = args.required("indices")?.to_int()?;
-    let updates = args.required("updates")?;
-    let mode = Mode::parse(args)?;
-    let shape = data.shape();
+    let scatter = Scatter::parse(args)?;
+    let (indices, updates) = (&scatter.indices, scatter.updates);
+    let shape = scatter.data.shape();
     let along = axis(args.opt_i64("axis")?.unwrap_or(0), shape.len())?;
     let is = indices.shape().to_vec();
     if is != updates.shape()
@@ -306,9 +323,7 @@ pub(super) fn scatter_along_axis(args: &Args<'_>) -> OpResult<Value> {
         position[along] = resolve(i64::from(i), shape[along], "scatter_along_axis")?;
         targets.push(position.iter().zip(&strides).map(|(p, s)| p * s).sum());
     }
-    Ok(scatter_typed!(data, updates, |d, u| scatter_blocks(
-        d, &targets, &u, 1, mode
-    )))
+    scatter.apply(&targets, 1)
 }
 
 /// The order of the entries of each lane along `axis`: `(lane, position)`

@@ -28,6 +28,15 @@ fn scale(args: &Args<'_>, name: &str) -> OpResult<f32> {
     Ok(scale)
 }
 
+/// A target size parameter, 1 when absent, refusing sizes below 1.
+fn target(args: &Args<'_>, name: &str) -> OpResult<usize> {
+    let size = args.opt_i64(name)?.unwrap_or(1);
+    usize::try_from(size)
+        .ok()
+        .filter(|&s| s > 0)
+        .ok_or_else(|| format!("{name} {size} is not a positive size"))
+}
+
 /// `floor(size · scale)`, refusing an empty result.
 fn scaled(size: usize, scale: f32, name: &str) -> OpResult<usize> {
     let out = (size as f64 * f64::from(scale)).floor() as usize;
@@ -127,14 +136,10 @@ pub(super) fn upsample_nearest_neighbor(args: &Args<'_>) -> OpResult<Value> {
 pub(super) fn resize_nearest_neighbor(args: &Args<'_>) -> OpResult<Value> {
     let x = args.required("x")?;
     let (h, w) = spatial(&x.shape())?;
-    let target = |name: &str| -> OpResult<usize> {
-        let size = args.opt_i64(name)?.unwrap_or(1);
-        usize::try_from(size)
-            .ok()
-            .filter(|&s| s > 0)
-            .ok_or_else(|| format!("{name} {size} is not a positive size"))
-    };
-    let (out_h, out_w) = (target("target_size_height")?, target("target_size_width")?);
+    let (out_h, out_w) = (
+        target(args, "target_size_height")?,
+        target(args, "target_size_width")?,
+    );
     let rows = nearest(out_h, h);
     let cols = nearest(out_w, w);
     Ok(any_tensor!(x, a => pick(a, &rows, &cols)))
@@ -217,14 +222,10 @@ fn resize_grid(size: usize, out: usize, mode: &str) -> OpResult<Vec<f32>> {
 pub(super) fn resize_bilinear(args: &Args<'_>) -> OpResult<Value> {
     let x = args.float("x")?;
     let (h, w) = spatial(x.shape())?;
-    let target = |name: &str| -> OpResult<usize> {
-        let size = args.opt_i64(name)?.unwrap_or(1);
-        usize::try_from(size)
-            .ok()
-            .filter(|&s| s > 0)
-            .ok_or_else(|| format!("{name} {size} is not a positive size"))
-    };
-    let (out_h, out_w) = (target("target_size_height")?, target("target_size_width")?);
+    let (out_h, out_w) = (
+        target(args, "target_size_height")?,
+        target(args, "target_size_width")?,
+    );
     let mode = args.opt_str("sampling_mode")?.unwrap_or("DEFAULT");
     let rows = resize_grid(h, out_h, mode)?;
     let cols = resize_grid(w, out_w, mode)?;
