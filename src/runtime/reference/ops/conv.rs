@@ -14,9 +14,9 @@
 //! multiplies them), by groups otherwise (depthwise convolutions).
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array2, ArrayD, ArrayView2, ArrayViewMut2, Axis, IxDyn};
+use ndarray::{s, Array2, ArrayD, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, IxDyn};
 
-use super::linalg::unravel;
+use super::linalg::{cores, unravel};
 use super::window::{per_axis, Source, Window};
 use super::Args;
 use crate::runtime::reference::value::{OpResult, Value};
@@ -24,12 +24,61 @@ use crate::runtime::reference::value::{OpResult, Value};
 /// Below this many multiply-adds per thread, starting a thread costs more
 /// than it saves.
 const WORK_PER_THREAD: usize = 1 << 20;
-const MOST_THREADS: usize = 8;
 
 /// How many threads `work` multiply-adds split into.
 fn threads_for(work: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(MOST_THREADS));
-    cores.min(work / WORK_PER_THREAD).max(1)
+    cores().min(work / WORK_PER_THREAD).max(1)
+}
+
+/// Runs `work(index, part)` for every part on a thread of its own, and
+/// returns the first error (a panicking thread is one too).
+fn in_parallel<P: Send>(
+    parts: impl Iterator<Item = P>,
+    work: impl Fn(usize, P) -> OpResult<()> + Sync,
+) -> OpResult<()> {
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .enumerate()
+            .map(|(index, part)| scope.spawn(move || work(index, part)))
+            .collect();
+        handles.into_iter().try_for_each(|handle| {
+            handle
+                .join()
+                .unwrap_or_else(|_| Err("a convolution thread panicked".to_string()))
+        })
+    })
+}
+
+/// The `groups` parameter: positive, 1 when absent.
+fn groups(args: &Args<'_>) -> OpResult<usize> {
+    let groups = args.opt_i64("groups")?.unwrap_or(1);
+    usize::try_from(groups)
+        .ok()
+        .filter(|&g| g > 0)
+        .ok_or_else(|| format!("groups must be positive, not {groups}"))
+}
+
+/// Adds the optional `bias` (one value per output channel) to `out`
+/// (`[N, C_out, positions]`).
+fn add_bias(args: &Args<'_>, out: &mut ArrayViewMut3<'_, f32>) -> OpResult<()> {
+    let Some(bias) = args.get("bias")? else {
+        return Ok(());
+    };
+    let bias = bias.to_float()?;
+    let out_channels = out.shape()[1];
+    if bias.shape() != [out_channels] {
+        return Err(format!(
+            "the bias has shape {:?}, the convolution {out_channels} output channels",
+            bias.shape()
+        ));
+    }
+    for mut sample in out.outer_iter_mut() {
+        for (mut channel, &b) in sample.outer_iter_mut().zip(bias.iter()) {
+            channel.mapv_inplace(|v| v + b);
+        }
+    }
+    Ok(())
 }
 
 /// Where the rows of the im2col matrix read.
@@ -201,11 +250,7 @@ pub(super) fn conv(args: &Args<'_>) -> OpResult<Value> {
     let spatial = xs.len() - 2;
     let (batch, channels) = (xs[0], xs[1]);
     let (out_channels, group_channels) = (ws[0], ws[1]);
-    let groups = args.opt_i64("groups")?.unwrap_or(1);
-    let groups = usize::try_from(groups)
-        .ok()
-        .filter(|&g| g > 0)
-        .ok_or_else(|| format!("groups must be positive, not {groups}"))?;
+    let groups = groups(args)?;
     if group_channels * groups != channels || out_channels % groups != 0 {
         return Err(format!(
             "{channels} input channels and a weight of shape {ws:?} do not make {groups} groups"
@@ -277,65 +322,31 @@ pub(super) fn conv(args: &Args<'_>) -> OpResult<Value> {
         } else if groups == 1 {
             // Split the output rows.
             let rows_per_thread = out_rows.div_ceil(threads);
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = out_n
-                    .axis_chunks_iter_mut(Axis(1), rows_per_thread * conv.row_len)
-                    .enumerate()
-                    .map(|(t, mut target)| {
-                        let rows = t * rows_per_thread..((t + 1) * rows_per_thread).min(out_rows);
-                        scope.spawn(move || conv.group(input, 0, rows, &mut target))
-                    })
-                    .collect();
-                handles.into_iter().try_for_each(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err("a convolution thread panicked".to_string()))
-                })
-            })?;
+            in_parallel(
+                out_n.axis_chunks_iter_mut(Axis(1), rows_per_thread * conv.row_len),
+                |t, mut target| {
+                    let rows = t * rows_per_thread..((t + 1) * rows_per_thread).min(out_rows);
+                    conv.group(input, 0, rows, &mut target)
+                },
+            )?;
         } else {
             // Split the groups.
             let groups_per_thread = groups.div_ceil(threads);
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = out_n
-                    .axis_chunks_iter_mut(Axis(0), groups_per_thread * conv.group_out)
-                    .enumerate()
-                    .map(|(t, mut part)| {
-                        scope.spawn(move || {
-                            for (i, mut target) in part
-                                .axis_chunks_iter_mut(Axis(0), conv.group_out)
-                                .enumerate()
-                            {
-                                conv.group(
-                                    input,
-                                    t * groups_per_thread + i,
-                                    0..out_rows,
-                                    &mut target,
-                                )?;
-                            }
-                            Ok(())
-                        })
-                    })
-                    .collect();
-                handles.into_iter().try_for_each(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err("a convolution thread panicked".to_string()))
-                })
-            })?;
+            in_parallel(
+                out_n.axis_chunks_iter_mut(Axis(0), groups_per_thread * conv.group_out),
+                |t, mut part| {
+                    for (i, mut target) in part
+                        .axis_chunks_iter_mut(Axis(0), conv.group_out)
+                        .enumerate()
+                    {
+                        conv.group(input, t * groups_per_thread + i, 0..out_rows, &mut target)?;
+                    }
+                    Ok(())
+                },
+            )?;
         }
     }
-    if let Some(bias) = args.get("bias")? {
-        let bias = bias.to_float()?;
-        if bias.shape() != [out_channels] {
-            return Err(format!(
-                "the bias has shape {:?}, the convolution {out_channels} output channels",
-                bias.shape()
-            ));
-        }
-        for n in 0..batch {
-            for (c, &b) in bias.iter().enumerate() {
-                out3.slice_mut(s![n, c, ..]).mapv_inplace(|v| v + b);
-            }
-        }
-    }
+    add_bias(args, &mut out3)?;
     Ok(Value::Float(out.into_shared()))
 }
 
@@ -357,11 +368,7 @@ pub(super) fn conv_transpose(args: &Args<'_>) -> OpResult<Value> {
     }
     let spatial = xs.len() - 2;
     let (batch, channels) = (xs[0], xs[1]);
-    let groups = args.opt_i64("groups")?.unwrap_or(1);
-    let groups = usize::try_from(groups)
-        .ok()
-        .filter(|&g| g > 0)
-        .ok_or_else(|| format!("groups must be positive, not {groups}"))?;
+    let groups = groups(args)?;
     if ws[0] != channels || channels % groups != 0 {
         return Err(format!(
             "{channels} input channels and a weight of shape {ws:?} do not make {groups} groups"
@@ -499,20 +506,7 @@ pub(super) fn conv_transpose(args: &Args<'_>) -> OpResult<Value> {
             }
         }
     }
-    if let Some(bias) = args.get("bias")? {
-        let bias = bias.to_float()?;
-        if bias.shape() != [out_channels] {
-            return Err(format!(
-                "the bias has shape {:?}, the transposed convolution {out_channels} output channels",
-                bias.shape()
-            ));
-        }
-        for n in 0..batch {
-            for (c, &b) in bias.iter().enumerate() {
-                out3.slice_mut(s![n, c, ..]).mapv_inplace(|v| v + b);
-            }
-        }
-    }
+    add_bias(args, &mut out3)?;
     Ok(Value::Float(out.into_shared()))
 }
 

@@ -68,14 +68,20 @@ pub(super) fn linear(args: &Args<'_>) -> OpResult<Value> {
     Ok(Value::Float(out.into_shared()))
 }
 
+/// The cores an op may split its work over (at most 8: past that, the
+/// memory bandwidth these ops are bound by is spent).
+pub(super) fn cores() -> usize {
+    const MOST_THREADS: usize = 8;
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MOST_THREADS))
+}
+
 /// `y = W x`. A large `W` is split by rows over the machine's cores: a
 /// matrix-vector product reads every weight once, so it is bound by memory
 /// bandwidth, which one core does not saturate.
 fn mat_vec(w: &ArrayView2<'_, f32>, x: &ArrayView1<'_, f32>, y: &mut ArrayViewMut1<'_, f32>) {
     /// Below this many weights, starting threads costs more than it saves.
     const PARALLEL_WEIGHTS: usize = 1 << 20;
-    const MOST_THREADS: usize = 8;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(MOST_THREADS));
+    let threads = cores();
     if threads < 2 || w.len() < PARALLEL_WEIGHTS {
         general_mat_vec_mul(1.0, w, x, 0.0, y);
         return;
