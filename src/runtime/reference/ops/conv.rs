@@ -176,7 +176,8 @@ struct Conv<'a> {
     weight: ArrayView2<'a, f32>,
     group_channels: usize,
     group_out: usize,
-    kernel: Vec<usize>,
+    /// Positions in the kernel.
+    kernel_size: usize,
     plane: usize,
     out_size: usize,
     /// Output positions per output row (the last spatial axis).
@@ -194,7 +195,7 @@ impl Conv<'_> {
         rows: std::ops::Range<usize>,
         target: &mut ArrayViewMut2<'_, f32>,
     ) -> OpResult<()> {
-        let kernel_size: usize = self.kernel.iter().product();
+        let kernel_size = self.kernel_size;
         let (first, end) = (rows.start * self.row_len, rows.end * self.row_len);
         let width = end - first;
         let group_input = &input
@@ -293,7 +294,7 @@ pub(super) fn conv(args: &Args<'_>) -> OpResult<Value> {
             .map_err(|e| e.to_string())?,
         group_channels,
         group_out: out_channels / groups,
-        kernel: window.kernel.clone(),
+        kernel_size,
         plane: window.input.iter().product(),
         out_size,
         row_len: *window.output.last().unwrap_or(&1),
@@ -362,6 +363,9 @@ pub(super) fn conv_transpose(args: &Args<'_>) -> OpResult<Value> {
         return Err(format!(
             "x of shape {xs:?} and weight of shape {ws:?} are not a transposed convolution's [N, C_in, *D] and [C_in, C_out/groups, *K]"
         ));
+    }
+    if xs[2..].contains(&0) {
+        return Err(format!("x of shape {xs:?} has an empty spatial axis"));
     }
     if ws[2..].contains(&0) {
         return Err(format!("the weight of shape {ws:?} has an empty kernel"));
@@ -555,6 +559,22 @@ mod tests {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
         })
+    }
+
+    #[test]
+    fn empty_inputs_are_errors_not_panics() {
+        let zeros = |shape: &[usize]| Value::Float(ArrayD::zeros(IxDyn(shape)).into_shared());
+        for op in ["conv", "conv_transpose"] {
+            let result = run_op(
+                op,
+                vec![
+                    ("x", zeros(&[1, 2, 0, 3])),
+                    ("weight", zeros(&[2, 2, 1, 1])),
+                ],
+                1,
+            );
+            assert!(result.is_err(), "{op}: {result:?}");
+        }
     }
 
     /// Large enough to be split over threads on a machine with several

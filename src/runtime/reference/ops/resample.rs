@@ -11,10 +11,14 @@ use ndarray::{ArcArray, ArrayD, IxDyn};
 use super::{any_tensor, Args};
 use crate::runtime::reference::value::{FloatArray, OpResult, Value};
 
-/// The height and width of `[*D, H, W]`, refusing lower ranks.
+/// The height and width of `[*D, H, W]`, refusing lower ranks and empty
+/// planes (there is nothing to sample from).
 fn spatial(shape: &[usize]) -> OpResult<(usize, usize)> {
     match shape {
-        [.., h, w] if shape.len() >= 3 => Ok((*h, *w)),
+        [.., h, w] if shape.len() >= 3 && *h > 0 && *w > 0 => Ok((*h, *w)),
+        [.., _, _] if shape.len() >= 3 => {
+            Err(format!("x of shape {shape:?} has an empty plane to resize"))
+        }
         _ => Err(format!("x of shape {shape:?} has rank below 3")),
     }
 }
@@ -378,6 +382,14 @@ mod tests {
             [0.1, 0.3, 0.5, 0.7, 0.9]
         );
         assert!(resize_grid(2, 5, "BOGUS").is_err());
+    }
+
+    #[test]
+    fn empty_planes_are_refused_not_sampled() {
+        assert!(spatial(&[1, 3, 0, 4]).is_err());
+        assert!(spatial(&[1, 3, 4, 0]).is_err());
+        assert!(spatial(&[3, 4]).is_err());
+        assert_eq!(spatial(&[1, 3, 2, 4]), Ok((2, 4)));
     }
 
     #[test]
