@@ -299,3 +299,57 @@ fn ops_match_coremltools() {
     check(failures, "space_to_depth", "space_to_depth", vec![("x", f(&[1, 2, 4, 6], &[-0.7345542, -1.2919943, 0.62349147, -0.8998758, -1.7402129, -1.7802601, 0.32690918, -1.9131062, 1.3951684, -1.3784115, 0.42626533, -0.22124788, -0.22859392, -1.7128115, 1.211009, 1.57221, -1.9559333, -1.2855833, 1.6156168, 0.19797446, -1.3998417, -1.1888382, 0.639945, 0.8992673, 0.39770722, 1.8125935, -0.023745585, -0.79891235, -0.09106836, -0.56133485, -1.1023364, -1.816147, -0.59115005, 0.8456374, -1.9262488, -0.24328595, 0.5760376, 0.44161645, 1.1065937, 1.2420789, 0.8468233, -1.5888093, -0.09991022, 0.41362384, -1.0177358, -1.8297927, -1.1056387, -0.1804224])), ("block_size", i(&[], &[2]))], vec![f(&[1, 8, 2, 3], &[-0.7345542, 0.62349147, -1.7402129, -0.22859392, 1.211009, -1.9559333, 0.39770722, -0.023745585, -0.09106836, 0.5760376, 1.1065937, 0.8468233, -1.2919943, -0.8998758, -1.7802601, -1.7128115, 1.57221, -1.2855833, 1.8125935, -0.79891235, -0.56133485, 0.44161645, 1.2420789, -1.5888093, 0.32690918, 1.3951684, 0.42626533, 1.6156168, -1.3998417, 0.639945, -1.1023364, -0.59115005, -1.9262488, -0.09991022, -1.0177358, -1.1056387, -1.9131062, -1.3784115, -0.22124788, 0.19797446, -1.1888382, 0.8992673, -1.816147, 0.8456374, -0.24328595, 0.41362384, -1.8297927, -0.1804224])]);
     assert!(failures.is_empty(), "{} cases differ:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// Every op, given degenerate tensors (empty, scalar, all zeros, negative)
+/// for every parameter at once, returns a result or an error: it never
+/// panics. Control flow, states and constants run elsewhere.
+#[test]
+fn no_op_panics_on_degenerate_inputs() {
+    let shapes: &[&[usize]] = &[&[], &[0], &[2, 0, 3], &[1, 2, 3, 4], &[1, 1, 1, 1], &[3]];
+    let (mut panics, mut computed) = (Vec::new(), 0);
+    for op in supported() {
+        let spec = spec(op).expect("supported ops have a spec");
+        if matches!(
+            spec.kind,
+            Kind::Const
+                | Kind::Constexpr(_)
+                | Kind::ReadState
+                | Kind::WriteState
+                | Kind::WhileLoop
+                | Kind::Cond
+        ) {
+            continue;
+        }
+        for shape in shapes {
+            let count: usize = shape.iter().product();
+            for fill in [0.0f32, 1.0, -1.0, 3.0] {
+                for value in [
+                    f(shape, &vec![fill; count]),
+                    i(shape, &vec![fill as i32; count]),
+                ] {
+                    let inputs: Vec<(&str, Value)> = spec
+                        .required
+                        .iter()
+                        .chain(spec.optional)
+                        .map(|param| (*param, value.clone()))
+                        .collect();
+                    match std::panic::catch_unwind(|| run_op(op, inputs, 3)) {
+                        Err(_) => {
+                            panics.push(format!("{op} on {} {shape:?} of {fill}", value.kind()))
+                        }
+                        Ok(Ok(_)) => computed += 1,
+                        Ok(Err(_)) => {}
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        panics.is_empty(),
+        "{} panics:\n{}",
+        panics.len(),
+        panics.join("\n")
+    );
+    // Not vacuous: most elementwise ops compute on these.
+    assert!(computed > 1000, "only {computed} calls computed anything");
+}
