@@ -7,6 +7,7 @@
 //! about. Tests match on [`Problem`] and [`MergeProblem`] rather than on
 //! message text, so messages can be improved without breaking them.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -165,6 +166,78 @@ pub enum MergeProblem {
         /// Why: the op at fault and what changed.
         reason: String,
     },
+    /// A fixed shape names a function the merge does not have.
+    #[error(
+        "a fixed shape is given for {target:?}, which is not one of the merged functions ({})",
+        quoted_list(targets.iter().map(String::as_str))
+    )]
+    UnknownShapeTarget {
+        /// The function named.
+        target: String,
+        /// The merged functions.
+        targets: Vec<String>,
+    },
+    /// A fixed shape names an input its function does not have.
+    #[error(
+        "function {target:?} (function {source_function:?} of {}) has no input {input:?} to \
+         fix the shape of; its inputs are {}",
+        package.display(),
+        quoted_list(inputs.iter().map(String::as_str))
+    )]
+    UnknownShapeInput {
+        /// The merged function.
+        target: String,
+        /// Its source package.
+        package: PathBuf,
+        /// Its source function.
+        source_function: String,
+        /// The input named.
+        input: String,
+        /// The inputs it has.
+        inputs: Vec<String>,
+    },
+    /// A fixed shape is not one the input allows.
+    #[error(
+        "function {target:?}: input {input:?} of function {source_function:?} of {} cannot \
+         take the shape {}: it allows {allowed}",
+        package.display(),
+        shape_text(shape)
+    )]
+    ShapeNotAllowed {
+        /// The merged function.
+        target: String,
+        /// Its source package.
+        package: PathBuf,
+        /// Its source function.
+        source_function: String,
+        /// The input.
+        input: String,
+        /// The shape asked for.
+        shape: Vec<u64>,
+        /// The shapes the input allows, as its description declares them
+        /// (`[1, 1..=64]`, or `one of [1, 3, 16, 16], [1, 3, 32, 32]`).
+        allowed: String,
+    },
+    /// A fixed-shape function cannot be built from its source: an op's
+    /// type at the fixed shapes cannot be inferred, or contradicts the
+    /// source.
+    #[error(
+        "function {target:?} (function {source_function:?} of {} at {}): {reason}",
+        package.display(),
+        shapes_text(shapes)
+    )]
+    CannotMaterialize {
+        /// The merged function.
+        target: String,
+        /// Its source package.
+        package: PathBuf,
+        /// Its source function.
+        source_function: String,
+        /// The fixed input shapes.
+        shapes: BTreeMap<String, Vec<u64>>,
+        /// What failed, naming the op (its output name and type).
+        reason: String,
+    },
     /// The destination is one of the sources.
     #[error(
         "{}: the destination is also a source; write the merged model elsewhere \
@@ -175,6 +248,21 @@ pub enum MergeProblem {
         /// The destination.
         destination: PathBuf,
     },
+}
+
+/// `[1, 8]`.
+pub(crate) fn shape_text(shape: &[u64]) -> String {
+    let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
+    format!("[{}]", dims.join(", "))
+}
+
+/// `input_ids = [1, 8], mask = [1, 8]`.
+fn shapes_text(shapes: &BTreeMap<String, Vec<u64>>) -> String {
+    shapes
+        .iter()
+        .map(|(input, shape)| format!("{input} = {}", shape_text(shape)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A byte count, displayed the way the CLI shows sizes (`1.5 KiB`).

@@ -19,6 +19,8 @@ pub mod compiled;
 mod data_type;
 mod error;
 #[doc(hidden)]
+pub mod mil;
+#[doc(hidden)]
 pub mod naming;
 pub mod package;
 pub mod proto;

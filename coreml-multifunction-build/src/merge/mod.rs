@@ -29,6 +29,7 @@
 //! [`MultiFunctionDescriptor::merge`].
 
 mod dedup;
+mod fixed_shapes;
 mod opset;
 
 use std::collections::BTreeMap;
@@ -59,6 +60,8 @@ pub struct MultiFunctionDescriptor {
     default_function: Option<String>,
     metadata: Option<Metadata>,
     never_clone: bool,
+    /// Fixed input shapes, by target then input.
+    fixed_shapes: BTreeMap<String, BTreeMap<String, Vec<u64>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +116,40 @@ impl MultiFunctionDescriptor {
         self
     }
 
+    /// Fixes input `input` of function `target` to `shape`, making `target`
+    /// a fixed-shape function of its source: coremltools'
+    /// `materialize_dynamic_shape_mlmodel`. The shape must be one the
+    /// input allows (within its range, or one of its enumerated shapes).
+    /// Every op's type is then inferred at the fixed shapes, shape
+    /// arithmetic becomes constants, and the function shares its weights
+    /// with its source and with every other function made from it. Call
+    /// once per input to fix; inputs not named keep their flexibility.
+    ///
+    /// ```no_run
+    /// use coreml_multifunction_build::merge::MultiFunctionDescriptor;
+    ///
+    /// MultiFunctionDescriptor::new()
+    ///     .add_function("encoder.mlpackage", "seq_8")
+    ///     .fixed_shape("seq_8", "input_ids", [1, 8])
+    ///     .add_function("encoder.mlpackage", "seq_32")
+    ///     .fixed_shape("seq_32", "input_ids", [1, 32])
+    ///     .default_function("seq_8")
+    ///     .merge("encoder_fixed.mlpackage")?;
+    /// # Ok::<(), coreml_multifunction_build::Error>(())
+    /// ```
+    pub fn fixed_shape(
+        &mut self,
+        target: impl Into<String>,
+        input: impl Into<String>,
+        shape: impl Into<Vec<u64>>,
+    ) -> &mut Self {
+        self.fixed_shapes
+            .entry(target.into())
+            .or_default()
+            .insert(input.into(), shape.into());
+        self
+    }
+
     /// Sets the function a plain load of the merged model runs. Required.
     pub fn default_function(&mut self, target: impl Into<String>) -> &mut Self {
         self.default_function = Some(target.into());
@@ -158,6 +195,9 @@ pub struct MergedFunction {
     pub package: PathBuf,
     /// Its name in the source.
     pub source_function: String,
+    /// The inputs fixed to a shape ([`MultiFunctionDescriptor::fixed_shape`]),
+    /// empty for a function copied as it is.
+    pub fixed_shapes: BTreeMap<String, Vec<u64>>,
 }
 
 /// A source package and its size on disk.
@@ -307,6 +347,42 @@ impl<'d> Merger<'d> {
             }
         }
         let targets: Vec<String> = selected.iter().map(|s| s.target.clone()).collect();
+        for (target, shapes) in &descriptor.fixed_shapes {
+            let Some(choice) = selected.iter().find(|s| &s.target == target) else {
+                return Err(Error::merge(MergeProblem::UnknownShapeTarget {
+                    target: target.clone(),
+                    targets,
+                }));
+            };
+            let (path, package) = &packages[choice.package];
+            let view = package.function(&choice.source_function).expect("checked");
+            for (input, shape) in shapes {
+                let Some(feature) = view.description.input.iter().find(|i| &i.name == input) else {
+                    return Err(Error::merge(MergeProblem::UnknownShapeInput {
+                        target: target.clone(),
+                        package: path.clone(),
+                        source_function: choice.source_function.clone(),
+                        input: input.clone(),
+                        inputs: view
+                            .description
+                            .input
+                            .iter()
+                            .map(|i| i.name.clone())
+                            .collect(),
+                    }));
+                };
+                if let Err(not) = fixed_shapes::check_allowed(feature, view.function, shape) {
+                    return Err(Error::merge(MergeProblem::ShapeNotAllowed {
+                        target: target.clone(),
+                        package: path.clone(),
+                        source_function: choice.source_function.clone(),
+                        input: input.clone(),
+                        shape: shape.clone(),
+                        allowed: not.allowed,
+                    }));
+                }
+            }
+        }
         let default_function = match &descriptor.default_function {
             None => return Err(Error::merge(MergeProblem::MissingDefault { targets })),
             Some(name) if !targets.contains(name) => {
@@ -405,6 +481,19 @@ impl<'d> Merger<'d> {
             let package = &self.packages[choice.package].1;
             let view = package.function(&choice.source_function).expect("checked");
             let mut function = view.function.clone();
+            let mut description = view.description.into_owned();
+            if let Some(shapes) = self.descriptor.fixed_shapes.get(&choice.target) {
+                (function, description) = fixed_shapes::fix(&function, &description, shapes)
+                    .map_err(|reason| {
+                        Error::merge(MergeProblem::CannotMaterialize {
+                            target: choice.target.clone(),
+                            package: self.packages[choice.package].0.clone(),
+                            source_function: choice.source_function.clone(),
+                            shapes: shapes.clone(),
+                            reason,
+                        })
+                    })?;
+            }
             if function.opset != self.opset {
                 let body = function
                     .block_specializations
@@ -417,7 +506,7 @@ impl<'d> Merger<'d> {
             }
             descriptions.push(FunctionDescription {
                 name: choice.target.clone(),
-                ..view.description.into_owned()
+                ..description
             });
             functions.push((choice.package, choice.target.clone(), function));
         }
@@ -596,6 +685,12 @@ impl<'d> Merger<'d> {
                     target: s.target.clone(),
                     package: self.packages[s.package].0.clone(),
                     source_function: s.source_function.clone(),
+                    fixed_shapes: self
+                        .descriptor
+                        .fixed_shapes
+                        .get(&s.target)
+                        .cloned()
+                        .unwrap_or_default(),
                 })
                 .collect(),
             default_function: self.default_function.clone(),

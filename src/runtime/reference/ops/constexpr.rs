@@ -27,17 +27,7 @@ use super::elementwise::zip_with;
 use crate::runtime::reference::value::{OpResult, Value};
 use coreml_multifunction_format::package::blob::unpack_sub_byte;
 
-/// The constexpr ops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Constexpr {
-    AffineDequantize,
-    BlockwiseShiftScale,
-    LutToDense,
-    SparseToDense,
-    Cast,
-    LutToSparse,
-    SparseBlockwiseShiftScale,
-}
+pub(crate) use coreml_multifunction_format::mil::ops::Constexpr;
 
 fn get<'a>(args: &'a HashMap<&str, Value>, name: &str) -> OpResult<&'a Value> {
     args.get(name)

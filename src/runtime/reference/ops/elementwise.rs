@@ -5,33 +5,10 @@ use std::cell::Cell;
 
 use ndarray::{ArcArray, IxDyn, Zip};
 
-use super::Args;
+use super::{Args, Binary, Unary};
 use crate::runtime::reference::value::{self, dtype_from_name, FloatArray, OpResult, Value};
 
-/// The shape `a` and `b` broadcast to, numpy's rules.
-pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> OpResult<Vec<usize>> {
-    let rank = a.len().max(b.len());
-    let mut shape = vec![0; rank];
-    for i in 0..rank {
-        let da = if i + a.len() >= rank {
-            a[i + a.len() - rank]
-        } else {
-            1
-        };
-        let db = if i + b.len() >= rank {
-            b[i + b.len() - rank]
-        } else {
-            1
-        };
-        shape[i] = match (da, db) {
-            (x, y) if x == y => x,
-            (1, y) => y,
-            (x, 1) => x,
-            _ => return Err(format!("shapes {a:?} and {b:?} do not broadcast")),
-        };
-    }
-    Ok(shape)
-}
+pub(crate) use coreml_multifunction_format::mil::shapes::broadcast_shape;
 
 /// `f` applied to the elements of `a` and `b` broadcast together.
 pub(crate) fn zip_with<A: Copy, B: Copy, C: Clone>(
@@ -58,95 +35,6 @@ pub(crate) fn zip_with<A: Copy, B: Copy, C: Clone>(
         .map_collect(|&x, &y| f(x, y))
         .into_shared())
 }
-
-macro_rules! named_ops {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident = $op:literal),* $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub(crate) enum $name {
-            $($variant),*
-        }
-
-        impl $name {
-            /// Every op of this family.
-            #[cfg(test)]
-            pub(crate) const ALL: &'static [$name] = &[$($name::$variant),*];
-
-            /// The op of type `op_type`, if it belongs to this family.
-            pub(crate) fn from_op(op_type: &str) -> Option<$name> {
-                match op_type {
-                    $($op => Some($name::$variant),)*
-                    _ => None,
-                }
-            }
-
-            /// The op type.
-            #[cfg(test)]
-            pub(crate) fn name(self) -> &'static str {
-                match self {
-                    $($name::$variant => $op),*
-                }
-            }
-        }
-    };
-}
-
-named_ops!(
-    /// Binary elementwise ops.
-    Binary {
-        Add = "add",
-        Sub = "sub",
-        Mul = "mul",
-        RealDiv = "real_div",
-        Pow = "pow",
-        FloorDiv = "floor_div",
-        Mod = "mod",
-        Maximum = "maximum",
-        Minimum = "minimum",
-        Equal = "equal",
-        NotEqual = "not_equal",
-        Less = "less",
-        LessEqual = "less_equal",
-        Greater = "greater",
-        GreaterEqual = "greater_equal",
-        LogicalAnd = "logical_and",
-        LogicalOr = "logical_or",
-        LogicalXor = "logical_xor",
-    }
-);
-
-named_ops!(
-    /// Unary elementwise ops without parameters.
-    Unary {
-        Relu = "relu",
-        Relu6 = "relu6",
-        Sigmoid = "sigmoid",
-        Silu = "silu",
-        Softplus = "softplus",
-        Softsign = "softsign",
-        Tanh = "tanh",
-        Exp = "exp",
-        Exp2 = "exp2",
-        Sqrt = "sqrt",
-        Abs = "abs",
-        Square = "square",
-        Sign = "sign",
-        Erf = "erf",
-        Sin = "sin",
-        Cos = "cos",
-        Tan = "tan",
-        Asin = "asin",
-        Acos = "acos",
-        Atan = "atan",
-        Sinh = "sinh",
-        Cosh = "cosh",
-        Atanh = "atanh",
-        Floor = "floor",
-        Ceil = "ceil",
-        Round = "round",
-        LogicalNot = "logical_not",
-    }
-);
 
 fn is_integral(v: &Value) -> bool {
     matches!(v, Value::Int(_) | Value::Bool(_))

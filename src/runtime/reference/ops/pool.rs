@@ -8,16 +8,8 @@
 use ndarray::{ArrayD, IxDyn};
 
 use super::window::{Source, Window};
-use super::Args;
+use super::{Args, Pool};
 use crate::runtime::reference::value::{OpResult, Value};
-
-/// The pooling ops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Pool {
-    Max,
-    Average,
-    L2,
-}
 
 pub(super) fn pool(op: Pool, args: &Args<'_>) -> OpResult<Value> {
     let x = args.float("x")?;

@@ -5,60 +5,8 @@
 use ndarray::{ArcArray, ArrayD, ArrayView1, Axis, IxDyn};
 
 use super::elementwise::zip_with;
-use super::{axis, Args};
+use super::{axis, Args, Reduce};
 use crate::runtime::reference::value::{FloatArray, OpResult, Value};
-
-/// Reductions over a set of axes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reduce {
-    Sum,
-    Mean,
-    Max,
-    Min,
-    Prod,
-    L1Norm,
-    L2Norm,
-    LogSum,
-    LogSumExp,
-    SumSquare,
-}
-
-impl Reduce {
-    /// Every reduction.
-    pub(crate) const ALL: &'static [Reduce] = &[
-        Reduce::Sum,
-        Reduce::Mean,
-        Reduce::Max,
-        Reduce::Min,
-        Reduce::Prod,
-        Reduce::L1Norm,
-        Reduce::L2Norm,
-        Reduce::LogSum,
-        Reduce::LogSumExp,
-        Reduce::SumSquare,
-    ];
-
-    /// The op type.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Reduce::Sum => "reduce_sum",
-            Reduce::Mean => "reduce_mean",
-            Reduce::Max => "reduce_max",
-            Reduce::Min => "reduce_min",
-            Reduce::Prod => "reduce_prod",
-            Reduce::L1Norm => "reduce_l1_norm",
-            Reduce::L2Norm => "reduce_l2_norm",
-            Reduce::LogSum => "reduce_log_sum",
-            Reduce::LogSumExp => "reduce_log_sum_exp",
-            Reduce::SumSquare => "reduce_sum_square",
-        }
-    }
-
-    /// The reduction of op type `op_type`, if it is one.
-    pub(crate) fn from_op(op_type: &str) -> Option<Reduce> {
-        Reduce::ALL.iter().copied().find(|r| r.name() == op_type)
-    }
-}
 
 /// Normalized, sorted, distinct axes (`None`: every axis).
 fn axes(given: Option<Vec<i64>>, rank: usize) -> OpResult<Vec<usize>> {

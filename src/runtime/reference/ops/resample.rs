@@ -8,7 +8,7 @@
 
 use ndarray::{ArcArray, ArrayD, IxDyn};
 
-use super::{any_tensor, Args};
+use super::{any_tensor, Args, Rearrange};
 use crate::runtime::reference::value::{FloatArray, OpResult, Value};
 
 /// The height and width of `[*D, H, W]`, refusing lower ranks and empty
@@ -326,15 +326,6 @@ fn rearrange<T: Copy>(
     ArrayD::from_shape_vec(IxDyn(&out_shape), out)
         .map(ArrayD::into_shared)
         .map_err(|e| e.to_string())
-}
-
-/// Which rearrangement an op is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Rearrange {
-    PixelShuffle,
-    PixelUnshuffle,
-    DepthToSpace,
-    SpaceToDepth,
 }
 
 pub(super) fn rearrange_op(op: Rearrange, args: &Args<'_>) -> OpResult<Value> {

@@ -6,6 +6,7 @@ use ndarray::{concatenate, stack as nd_stack, ArcArray, ArrayD, ArrayView, Axis,
 
 use super::{any_tensor, axis, created_count, Args};
 use crate::runtime::reference::value::{OpResult, Value};
+use coreml_multifunction_format::mil::shapes::{reshape_target, resolve_slices, AxisSlice};
 
 fn dims(values: &[i64], what: &str) -> OpResult<Vec<usize>> {
     values
@@ -37,33 +38,7 @@ fn reshaped<T: Copy>(a: &ArcArray<T, IxDyn>, shape: &[usize]) -> OpResult<ArcArr
 pub(super) fn reshape(args: &Args<'_>) -> OpResult<Value> {
     let x = args.required("x")?;
     let current = x.shape();
-    let mut target = args.i64_vec("shape")?;
-    // 0 copies the dimension of x (when the ranks agree); one -1 is inferred.
-    if target.contains(&0) && target.len() == current.len() {
-        for (t, &c) in target.iter_mut().zip(&current) {
-            if *t == 0 {
-                *t = c as i64;
-            }
-        }
-    }
-    let unknown: Vec<usize> = (0..target.len()).filter(|&i| target[i] == -1).collect();
-    if unknown.len() > 1 {
-        return Err(format!("shape {target:?} has more than one -1"));
-    }
-    if let [i] = unknown[..] {
-        let known = target
-            .iter()
-            .enumerate()
-            .filter(|&(j, _)| j != i)
-            .try_fold(1i64, |n, (_, &v)| n.checked_mul(v))
-            .unwrap_or(0);
-        let total: usize = current.iter().product();
-        if known <= 0 || total as i64 % known != 0 {
-            return Err(format!("cannot reshape shape {current:?} to {target:?}"));
-        }
-        target[i] = total as i64 / known;
-    }
-    let shape = dims(&target, "shape")?;
+    let shape = reshape_target(&current, &args.i64_vec("shape")?)?;
     Ok(any_tensor!(x, a => reshaped(a, &shape)))
 }
 
@@ -278,124 +253,18 @@ pub(super) fn split(args: &Args<'_>) -> OpResult<Vec<Value>> {
     Ok(parts)
 }
 
-/// One axis of a numpy-style slice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct AxisSlice {
-    /// The first index taken.
-    pub start: isize,
-    /// The step between indices taken (never 0).
-    pub step: isize,
-    /// How many indices are taken.
-    pub len: usize,
-    /// Whether the axis is indexed (and removed) rather than sliced.
-    pub squeeze: bool,
-}
-
-impl AxisSlice {
-    /// The same selection as an ndarray `Slice`.
-    fn to_slice(self) -> Slice {
-        if self.len == 0 {
-            return Slice::new(0, Some(0), 1);
-        }
-        let last = self.start + (self.len as isize - 1) * self.step;
-        if self.step > 0 {
-            Slice::new(self.start, Some(last + 1), self.step)
-        } else {
-            // ndarray walks a negative step from the end of the range.
-            Slice::new(last, Some(self.start + 1), self.step)
-        }
+/// The same selection as an ndarray `Slice`.
+fn to_slice(slice: AxisSlice) -> Slice {
+    if slice.len == 0 {
+        return Slice::new(0, Some(0), 1);
     }
-}
-
-/// Python's `slice(begin, end, stride).indices(dim)` for each axis, with
-/// the masks of `slice_by_index` (a squeezed axis takes index `begin`).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn resolve_slices(
-    shape: &[usize],
-    begin: &[i64],
-    end: &[i64],
-    stride: Option<&[i64]>,
-    begin_mask: Option<&[bool]>,
-    end_mask: Option<&[bool]>,
-    squeeze_mask: Option<&[bool]>,
-) -> OpResult<Vec<AxisSlice>> {
-    let rank = shape.len();
-    let lengths_ok = begin.len() == rank
-        && end.len() == rank
-        && stride.is_none_or(|s| s.len() == rank)
-        && begin_mask.is_none_or(|m| m.len() == rank)
-        && end_mask.is_none_or(|m| m.len() == rank)
-        && squeeze_mask.is_none_or(|m| m.len() == rank);
-    if !lengths_ok {
-        return Err(format!(
-            "begin, end, stride and masks must each have {rank} entries for a tensor of shape {shape:?}"
-        ));
+    let last = slice.start + (slice.len as isize - 1) * slice.step;
+    if slice.step > 0 {
+        Slice::new(slice.start, Some(last + 1), slice.step)
+    } else {
+        // ndarray walks a negative step from the end of the range.
+        Slice::new(last, Some(slice.start + 1), slice.step)
     }
-    let mut slices = Vec::with_capacity(rank);
-    for i in 0..rank {
-        let dim = shape[i] as isize;
-        let begin_given = !begin_mask.is_some_and(|m| m[i]);
-        let end_given = !end_mask.is_some_and(|m| m[i]);
-        if squeeze_mask.is_some_and(|m| m[i]) {
-            let mut index = if begin_given { begin[i] as isize } else { 0 };
-            if index < 0 {
-                index += dim;
-            }
-            if index < 0 || index >= dim {
-                return Err(format!(
-                    "index {} is out of range for axis {i} of size {dim}",
-                    begin[i]
-                ));
-            }
-            slices.push(AxisSlice {
-                start: index,
-                step: 1,
-                len: 1,
-                squeeze: true,
-            });
-            continue;
-        }
-        let step = stride.map_or(1, |s| s[i]) as isize;
-        if step == 0 {
-            return Err(format!("stride 0 on axis {i}"));
-        }
-        let (lower, upper) = if step > 0 { (0, dim) } else { (-1, dim - 1) };
-        let clamp = |v: isize| {
-            if v < 0 {
-                (v + dim).max(lower)
-            } else {
-                v.min(upper)
-            }
-        };
-        let start = if begin_given {
-            clamp(begin[i] as isize)
-        } else if step > 0 {
-            lower
-        } else {
-            upper
-        };
-        let stop = if end_given {
-            clamp(end[i] as isize)
-        } else if step > 0 {
-            upper
-        } else {
-            lower
-        };
-        let len = if step > 0 && stop > start {
-            ((stop - start - 1) / step + 1) as usize
-        } else if step < 0 && start > stop {
-            ((start - stop - 1) / -step + 1) as usize
-        } else {
-            0
-        };
-        slices.push(AxisSlice {
-            start,
-            step,
-            len,
-            squeeze: false,
-        });
-    }
-    Ok(slices)
 }
 
 fn slice_parameters(args: &Args<'_>, shape: &[usize]) -> OpResult<Vec<AxisSlice>> {
@@ -411,7 +280,7 @@ fn slice_parameters(args: &Args<'_>, shape: &[usize]) -> OpResult<Vec<AxisSlice>
 }
 
 fn take<T: Copy>(a: &ArcArray<T, IxDyn>, slices: &[AxisSlice]) -> OpResult<ArcArray<T, IxDyn>> {
-    let view = a.slice_each_axis(|d| slices[d.axis.index()].to_slice());
+    let view = a.slice_each_axis(|d| to_slice(slices[d.axis.index()]));
     let kept: Vec<usize> = slices
         .iter()
         .filter(|s| !s.squeeze)
@@ -479,7 +348,7 @@ fn update<T: Copy>(
     }
     let with = reshaped(with, &region)?;
     let mut out = a.to_owned();
-    out.slice_each_axis_mut(|d| slices[d.axis.index()].to_slice())
+    out.slice_each_axis_mut(|d| to_slice(slices[d.axis.index()]))
         .assign(&with);
     Ok(out.into_shared())
 }
@@ -1028,7 +897,7 @@ mod tests {
             // ndarray selects the same elements.
             let a = ArrayD::from_shape_vec(IxDyn(&[6]), (0..6).collect::<Vec<isize>>()).unwrap();
             let taken: Vec<isize> = a
-                .slice_each_axis(|_| s[0].to_slice())
+                .slice_each_axis(|_| to_slice(s[0]))
                 .iter()
                 .copied()
                 .collect();

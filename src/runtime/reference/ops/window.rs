@@ -3,14 +3,14 @@
 //! pad types, pooling's ceil mode), and the table of where each window
 //! position reads.
 //!
-//! The output size follows coremltools' `spatial_dimensions_out_shape`:
-//! `floor((in + pad - effective_kernel) / stride) + 1`, or with ceil mode
-//! `floor((in + pad - effective_kernel + stride - 1) / stride) + 1`, less
-//! one when that last window would start in the right padding.
+//! The padding and output size are shape inference's own
+//! ([`sliding_window`]), so a result always has the shape its type
+//! promised.
 
 use super::linalg::unravel;
 use super::Args;
 use crate::runtime::reference::value::OpResult;
+use coreml_multifunction_format::mil::shapes::{sliding_window, Geometry};
 
 /// Where a sliding window goes over the spatial axes of one input plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,58 +63,13 @@ impl Window {
         let custom = args
             .opt_i64_vec("pad")?
             .unwrap_or_else(|| vec![0; 2 * spatial]);
-        let mut before = vec![0; spatial];
-        let mut after = vec![0; spatial];
-        let mut output = vec![0; spatial];
-        for d in 0..spatial {
-            let effective = (kernel[d] - 1) * dilations[d] + 1;
-            let (b, a) = match pad_type {
-                "valid" => (0, 0),
-                "custom" => {
-                    if custom.len() != 2 * spatial || custom.iter().any(|&p| p < 0) {
-                        return Err(format!(
-                            "pad {custom:?} must be {} non-negative numbers",
-                            2 * spatial
-                        ));
-                    }
-                    (custom[2 * d] as usize, custom[2 * d + 1] as usize)
-                }
-                "same" | "same_lower" => {
-                    let total = (input[d].div_ceil(strides[d]).max(1) - 1) * strides[d] + effective;
-                    let total = total.saturating_sub(input[d]);
-                    let small = total / 2;
-                    if pad_type == "same" {
-                        (small, total - small)
-                    } else {
-                        (total - small, small)
-                    }
-                }
-                other => {
-                    return Err(format!(
-                        "unknown pad_type {other:?} (expected valid, same, same_lower or custom)"
-                    ))
-                }
-            };
-            let padded = input[d] + b + a;
-            if padded < effective {
-                return Err(format!(
-                    "the padded input ({padded}) is smaller than the kernel ({effective}) along spatial axis {d}"
-                ));
-            }
-            let mut out = if ceil_mode {
-                (padded - effective).div_ceil(strides[d]) + 1
-            } else {
-                (padded - effective) / strides[d] + 1
-            };
-            // A last window starting in the right padding reads nothing of
-            // the input: coremltools (and torch) drop it.
-            if ceil_mode && b + a > 0 && (out - 1) * strides[d] >= input[d] + b {
-                out -= 1;
-            }
-            before[d] = b;
-            after[d] = a;
-            output[d] = out;
-        }
+        let Geometry {
+            before,
+            after,
+            output,
+        } = sliding_window(
+            input, kernel, &strides, &dilations, pad_type, &custom, ceil_mode,
+        )?;
         Ok(Window {
             input: input.to_vec(),
             kernel: kernel.to_vec(),
