@@ -178,8 +178,11 @@ impl Walker {
         }
     }
 
+    /// The op's inputs by parameter name. The iOS 16 and 17 `constexpr_*`
+    /// ops hold their parameters as attributes, which count as inputs.
     fn inputs(&self, op: &Operation) -> Result<BTreeMap<String, Vec<Operand>>, MaterializeError> {
-        op.inputs
+        let mut inputs: BTreeMap<String, Vec<Operand>> = op
+            .inputs
             .iter()
             .map(|(name, argument)| {
                 let operands = argument
@@ -190,7 +193,17 @@ impl Walker {
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok((name.clone(), operands))
             })
-            .collect()
+            .collect::<Result<_, MaterializeError>>()?;
+        if op.r#type.starts_with("constexpr_") {
+            for (name, value) in &op.attributes {
+                if name != "name" && !inputs.contains_key(name) {
+                    if let Some(operand) = constant_operand(value) {
+                        inputs.insert(name.clone(), vec![operand]);
+                    }
+                }
+            }
+        }
+        Ok(inputs)
     }
 
     fn op(&mut self, op: &mut Operation) -> Result<(), MaterializeError> {
@@ -552,6 +565,28 @@ fn elements_of(tensor: &mil_spec::TensorValue, dtype: DataType) -> Option<Elemen
             ),
             DataType::Int8 => Elements::ints(v.values.iter().map(|&b| i64::from(b as i8))),
             DataType::Uint8 => Elements::ints(v.values.iter().map(|&b| i64::from(b))),
+            DataType::Int16 | DataType::Uint16 => {
+                let signed = dtype == DataType::Int16;
+                Elements::ints(v.values.chunks_exact(2).map(|b| {
+                    let raw = u16::from_le_bytes([b[0], b[1]]);
+                    if signed {
+                        i64::from(raw as i16)
+                    } else {
+                        i64::from(raw)
+                    }
+                }))
+            }
+            DataType::Int32 | DataType::Uint32 => {
+                let signed = dtype == DataType::Int32;
+                Elements::ints(v.values.chunks_exact(4).map(|b| {
+                    let raw = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    if signed {
+                        i64::from(raw as i32)
+                    } else {
+                        i64::from(raw)
+                    }
+                }))
+            }
             _ => return None,
         },
     })

@@ -38,16 +38,17 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
 }
 
 /// The shape `reshape` gives a tensor of shape `current` for its `shape`
-/// parameter `target`: a 0 copies the dimension of `current` at its place
-/// (when the ranks agree), and one -1 takes what the other dimensions
-/// leave.
+/// parameter `target`, as iOS 17 defines it: a 0 copies the dimension of
+/// `current` at the same place counted from the right (1 where `current`
+/// has none), and one -1 takes what the other dimensions leave.
 pub fn reshape_target(current: &[usize], target: &[i64]) -> Result<Vec<usize>, String> {
     let mut target = target.to_vec();
-    if target.contains(&0) && target.len() == current.len() {
-        for (t, &c) in target.iter_mut().zip(current) {
-            if *t == 0 {
-                *t = c as i64;
-            }
+    let (rank, length) = (current.len(), target.len());
+    for (i, t) in target.iter_mut().enumerate() {
+        if *t == 0 {
+            *t = (i + rank)
+                .checked_sub(length)
+                .map_or(1, |j| current[j] as i64);
         }
     }
     let unknown: Vec<usize> = (0..target.len()).filter(|&i| target[i] == -1).collect();

@@ -308,7 +308,10 @@ pub(super) fn select(inputs: &Inputs<'_>) -> Result<Operand, String> {
         inputs.required("a")?,
         inputs.required("b")?,
     );
-    let shape = broadcast(&broadcast(&cond.ty.shape, &a.ty.shape)?, &b.ty.shape)?;
+    // coremltools declares the broadcast of the branches alone (its
+    // type inference does not read cond's shape); a program it wrote
+    // declares that, so that is what inference gives.
+    let shape = broadcast(&a.ty.shape, &b.ty.shape)?;
     let ty = TensorType {
         dtype: promote(a.ty.dtype, b.ty.dtype),
         shape,
@@ -319,6 +322,9 @@ pub(super) fn select(inputs: &Inputs<'_>) -> Result<Operand, String> {
         else {
             return None;
         };
+        if broadcast(&cond.ty.shape, &ty.shape).ok()? != ty.shape {
+            return None;
+        }
         let out = ty.known_shape()?;
         let ci = broadcast_indices(&out, &cond.ty.known_shape()?);
         let ai = broadcast_indices(&out, &a.ty.known_shape()?);

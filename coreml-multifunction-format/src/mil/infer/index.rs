@@ -30,14 +30,17 @@ pub(super) fn gather(inputs: &Inputs<'_>) -> Result<Operand, String> {
         dtype: x.ty.dtype,
         shape,
     };
-    // Gathering from a known vector (a shape, typically).
+    // Gathering from known elements (from a shape, typically).
     let value = (|| {
-        if rank != 1 || batch != 0 {
+        if batch != 0 {
             return None;
         }
-        let size = x.ty.known_shape()?[0] as i64;
-        let picks = indices.value.as_ref()?.to_ints()?;
-        let positions: Vec<usize> = picks
+        let x_shape = x.ty.known_shape()?;
+        let size = x_shape[axis] as i64;
+        let picks: Vec<usize> = indices
+            .value
+            .as_ref()?
+            .to_ints()?
             .into_iter()
             .map(|i| {
                 let i = i?;
@@ -45,6 +48,16 @@ pub(super) fn gather(inputs: &Inputs<'_>) -> Result<Operand, String> {
                 (0..size).contains(&i).then_some(i as usize)
             })
             .collect::<Option<_>>()?;
+        let outer: usize = x_shape[..axis].iter().product::<u64>() as usize;
+        let inner: usize = x_shape[axis + 1..].iter().product::<u64>() as usize;
+        let mut positions = Vec::with_capacity(outer * picks.len() * inner);
+        for o in 0..outer {
+            for &p in &picks {
+                for i in 0..inner {
+                    positions.push((o * size as usize + p) * inner + i);
+                }
+            }
+        }
         Some(x.value.as_ref()?.pick(&positions))
     })();
     Ok(Operand::maybe(ty, value))

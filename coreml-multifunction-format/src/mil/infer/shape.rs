@@ -65,7 +65,11 @@ pub(super) fn reshape(inputs: &Inputs<'_>) -> Result<Operand, String> {
     let mut dims: Vec<Dim> = Vec::with_capacity(target.len());
     for (i, &t) in target.iter().enumerate() {
         dims.push(match t {
-            Some(0) if target.len() == current.len() => current[i],
+            // iOS 17: a 0 copies x's dimension at the same place counted
+            // from the right, 1 where x has none (`shapes::reshape_target`).
+            Some(0) => (i + current.len())
+                .checked_sub(target.len())
+                .map_or(Some(1), |j| current[j]),
             Some(-1) | None => None,
             Some(d) if d < 0 => return Err(format!("shape {target:?} has a negative entry")),
             Some(d) => Some(d as u64),
@@ -189,15 +193,9 @@ pub(super) fn squeeze(inputs: &Inputs<'_>) -> Result<Operand, String> {
             }
             axes
         }
-        None => {
-            if x.ty.shape.iter().any(Option::is_none) {
-                return Err(format!(
-                    "squeezing every axis of size 1 of {} needs every dimension known",
-                    x.ty.describe()
-                ));
-            }
-            (0..rank).filter(|&a| x.ty.shape[a] == Some(1)).collect()
-        }
+        // Every axis of size 1; an unknown dimension is taken not to be
+        // 1, as coremltools takes it.
+        None => (0..rank).filter(|&a| x.ty.shape[a] == Some(1)).collect(),
     };
     let ty = TensorType {
         dtype: x.ty.dtype,
@@ -269,7 +267,24 @@ fn join(parts: &[(&Elements, Vec<u64>)], axis: usize) -> Option<Elements> {
 }
 
 pub(super) fn concat(inputs: &Inputs<'_>) -> Result<Operand, String> {
-    let values = inputs.list("values");
+    let given = inputs.list("values");
+    // Scalars join as vectors of one (coremltools writes such concats for
+    // shapes built from single dimensions).
+    let as_vectors: Vec<Operand> = given
+        .iter()
+        .map(|v| {
+            let mut v = (*v).clone();
+            if v.ty.rank() == 0 {
+                v.ty.shape = vec![Some(1)];
+            }
+            v
+        })
+        .collect();
+    let values: Vec<&Operand> = if given.iter().all(|v| v.ty.rank() == 0) {
+        as_vectors.iter().collect()
+    } else {
+        given
+    };
     let first = values.first().ok_or("concat has no values")?;
     let rank = first.ty.rank();
     let axis = super::axis(inputs.i64("axis")?, rank)?;
@@ -317,9 +332,27 @@ pub(super) fn concat(inputs: &Inputs<'_>) -> Result<Operand, String> {
     }
     let ty = TensorType { dtype, shape };
     let value = (|| {
+        // An integer part computed at run time joins as unknown elements,
+        // so that a shape built from one stays partly known.
+        let unknown: Vec<Elements> = values
+            .iter()
+            .map(|v| {
+                let count = v.ty.element_count()? as usize;
+                Some(Elements::Int(vec![None; count]))
+            })
+            .collect::<Option<_>>()?;
+        let any_known = values.iter().any(|v| v.value.is_some());
         let parts: Vec<(&Elements, Vec<u64>)> = values
             .iter()
-            .map(|v| Some((v.value.as_ref()?, v.ty.known_shape()?)))
+            .zip(&unknown)
+            .map(|(v, u)| {
+                let elements = match &v.value {
+                    Some(e) => e,
+                    None if any_known && !is_float(v.ty.dtype) && v.ty.dtype != DataType::Bool => u,
+                    None => return None,
+                };
+                Some((elements, v.ty.known_shape()?))
+            })
             .collect::<Option<_>>()?;
         join(&parts, axis)
     })();
@@ -412,13 +445,37 @@ pub(super) fn split(inputs: &Inputs<'_>) -> RuleResult {
 /// The slices `slice_by_index` or `slice_update` takes, on known axes; an
 /// unknown axis gives `None` (its length is not known unless squeezed).
 fn slices(inputs: &Inputs<'_>, x: &TensorType) -> Result<Vec<Option<AxisSlice>>, String> {
-    let begin = inputs.i64_vec("begin")?;
-    let end = inputs.i64_vec("end")?;
     let stride = inputs.opt_i64_vec("stride")?;
     let begin_mask = inputs.opt_bool_vec("begin_mask")?;
     let end_mask = inputs.opt_bool_vec("end_mask")?;
     let squeeze_mask = inputs.opt_bool_vec("squeeze_mask")?;
     let rank = x.rank();
+    let runtime = |name: &str| -> Result<bool, String> {
+        Ok(!inputs
+            .required(name)?
+            .value
+            .as_ref()
+            .is_some_and(Elements::is_known))
+    };
+    if runtime("begin")? || runtime("end")? {
+        // Bounds computed at run time: each axis's length is unknown, but
+        // which axes are squeezed is.
+        return Ok((0..rank)
+            .map(|i| {
+                squeeze_mask
+                    .as_ref()
+                    .is_some_and(|m| m.get(i) == Some(&true))
+                    .then_some(AxisSlice {
+                        start: 0,
+                        step: 1,
+                        len: 1,
+                        squeeze: true,
+                    })
+            })
+            .collect());
+    }
+    let begin = inputs.i64_vec("begin")?;
+    let end = inputs.i64_vec("end")?;
     // Resolve each axis on its own, so an unknown axis does not stop the
     // others.
     (0..rank)
@@ -576,6 +633,13 @@ pub(super) fn slice_update(inputs: &Inputs<'_>) -> Result<Operand, String> {
 
 pub(super) fn tile(inputs: &Inputs<'_>) -> Result<Operand, String> {
     let x = inputs.required("x")?;
+    if inputs.required("reps")?.value.is_none() {
+        // Repetitions computed at run time: every dimension is unknown.
+        return Ok(Operand::tensor(TensorType {
+            dtype: x.ty.dtype,
+            shape: vec![None; x.ty.rank()],
+        }));
+    }
     let reps = inputs.i64_vec("reps")?;
     if reps.len() != x.ty.rank() {
         return Err(format!(
@@ -616,8 +680,28 @@ pub(super) fn tile(inputs: &Inputs<'_>) -> Result<Operand, String> {
 
 pub(super) fn pad(inputs: &Inputs<'_>) -> Result<Operand, String> {
     let x = inputs.tensor("x")?;
-    let pad = inputs.i64_vec("pad")?;
     let rank = x.rank();
+    let pad_operand = inputs.required("pad")?;
+    if pad_operand.value.is_none() {
+        // Padding computed at run time: the padded axes are unknown.
+        let padded = pad_operand
+            .ty
+            .shape
+            .first()
+            .copied()
+            .flatten()
+            .unwrap_or(2 * rank as u64) as usize
+            / 2;
+        let mut shape = x.shape.clone();
+        for d in shape.iter_mut().skip(rank.saturating_sub(padded)) {
+            *d = None;
+        }
+        return Ok(Operand::tensor(TensorType {
+            dtype: x.dtype,
+            shape,
+        }));
+    }
+    let pad = inputs.i64_vec("pad")?;
     if pad.len() % 2 != 0 || pad.len() / 2 > rank {
         return Err(format!(
             "pad {pad:?} must hold a (before, after) pair for at most {rank} trailing axes"
@@ -736,11 +820,12 @@ pub(super) fn range_1d(inputs: &Inputs<'_>) -> Result<Operand, String> {
         inputs.required("end")?,
         inputs.required("step")?,
     );
-    let dtype = if is_float(start.ty.dtype) || is_float(end.ty.dtype) || is_float(step.ty.dtype) {
-        DataType::Float32
-    } else {
-        DataType::Int32
-    };
+    // The inputs' type (coremltools requires one for all three).
+    let dtype = [start, end, step]
+        .iter()
+        .map(|o| o.ty.dtype)
+        .find(|&d| is_float(d))
+        .unwrap_or(start.ty.dtype);
     let scalar = |o: &Operand| {
         o.value
             .as_ref()
