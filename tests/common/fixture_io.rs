@@ -116,11 +116,17 @@ pub fn steps(name: &str) -> Vec<Step> {
         .collect()
 }
 
-/// Every `io/<name>` fixture, sorted.
+/// Every `io/<name>` fixture of a source package, sorted (not those of
+/// fixed-shape functions, which `materializations.json` lists).
 pub fn io_fixtures() -> Vec<String> {
+    let fixed: std::collections::BTreeSet<String> = common::materializations()
+        .into_iter()
+        .flat_map(|m| m.targets.into_iter().map(|t| t.io))
+        .collect();
     let mut names: Vec<String> = std::fs::read_dir(common::fixtures().join("io"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !fixed.contains(name))
         .collect();
     names.sort();
     assert!(names.len() >= 18, "io fixtures missing: {names:?}");
@@ -254,4 +260,18 @@ pub fn assert_close(what: &str, got: (&[usize], &[f32]), want: &Npy, tolerance: 
         worst = worst.max(error);
     }
     worst
+}
+
+/// The shape `description` declares for output `name`, if it is a
+/// multi-array with a shape.
+#[allow(dead_code)]
+pub fn declared_shape(description: &FunctionDescription, name: &str) -> Option<Vec<usize>> {
+    use coreml_multifunction::proto::specification::feature_type;
+    let output = description.output.iter().find(|o| o.name == name)?;
+    match output.r#type.as_ref()?.r#type.as_ref()? {
+        feature_type::Type::MultiArrayType(array) if !array.shape.is_empty() => {
+            Some(array.shape.iter().map(|&d| d as usize).collect())
+        }
+        _ => None,
+    }
 }

@@ -152,3 +152,70 @@ pub fn source_path(source: &str) -> PathBuf {
         None => source_package(source),
     }
 }
+
+/// One fixed-shape target of a materialization scenario.
+#[allow(dead_code)]
+#[derive(Debug, Clone)]
+pub struct FixedTarget {
+    pub name: String,
+    /// Input name to shape.
+    pub shapes: std::collections::BTreeMap<String, Vec<u64>>,
+    /// The `io/` directory of torch's outputs at those shapes.
+    pub io: String,
+}
+
+/// One scenario of `tests/fixtures/materializations.json`: fixed-shape
+/// functions made from one flexible function, and coremltools' own
+/// `materialize_dynamic_shape_mlmodel` output.
+#[allow(dead_code)]
+#[derive(Debug, Clone)]
+pub struct Materialization {
+    pub name: String,
+    pub source: PathBuf,
+    pub function: String,
+    pub targets: Vec<FixedTarget>,
+    pub oracle: PathBuf,
+}
+
+/// Every materialization scenario, sorted by name.
+#[allow(dead_code)]
+pub fn materializations() -> Vec<Materialization> {
+    let text = std::fs::read_to_string(fixtures().join("materializations.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut all: Vec<Materialization> = json["scenarios"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, plan)| Materialization {
+            name: name.clone(),
+            source: source_package(plan["source"].as_str().unwrap()),
+            function: plan["function"].as_str().unwrap().to_string(),
+            targets: plan["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| FixedTarget {
+                    name: t["name"].as_str().unwrap().to_string(),
+                    shapes: t["shapes"]
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .map(|(input, shape)| {
+                            let dims = shape
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .map(|d| d.as_u64().unwrap())
+                                .collect();
+                            (input.clone(), dims)
+                        })
+                        .collect(),
+                    io: t["io"].as_str().unwrap().to_string(),
+                })
+                .collect(),
+            oracle: fixtures().join(plan["oracle"].as_str().unwrap()),
+        })
+        .collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    all
+}
