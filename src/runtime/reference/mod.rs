@@ -19,7 +19,8 @@
 //!
 //! # What it runs
 //!
-//! The ops of `ops::TABLE` and its elementwise and reduction families:
+//! The ops of the op table (the format crate's `mil::ops`, which shape
+//! inference reads too) and its elementwise and reduction families:
 //! what coremltools 9.0's torch frontend emits at iOS 18 for torchvision's
 //! classification and segmentation models (ResNet, MobileNet V2/V3,
 //! EfficientNet, RegNet, DenseNet, ConvNeXt, ViT, Swin, DeepLab), UNets and

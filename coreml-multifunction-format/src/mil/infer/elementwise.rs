@@ -282,10 +282,10 @@ pub(super) fn same_as_x(kind: Kind, inputs: &Inputs<'_>) -> Result<Operand, Stri
                 }
             }
         }
-        Kind::BatchNorm | Kind::InstanceNorm | Kind::L2Norm | Kind::LocalResponseNorm => {
-            if x.rank() < 2 {
-                return Err(format!("x of type {} has no channel axis", x.describe()));
-            }
+        Kind::BatchNorm | Kind::InstanceNorm | Kind::L2Norm | Kind::LocalResponseNorm
+            if x.rank() < 2 =>
+        {
+            return Err(format!("x of type {} has no channel axis", x.describe()));
         }
         Kind::Reverse => {
             if let Some(axes) = inputs.opt_i64_vec("axes")? {

@@ -20,7 +20,7 @@ pub(super) fn upsample(inputs: &Inputs<'_>) -> Result<Operand, String> {
         ("scale_factor_width", rank - 1),
     ] {
         let scale = inputs.opt_f64(param)?.unwrap_or(1.0) as f32;
-        if !(scale > 0.0) {
+        if scale.is_nan() || scale <= 0.0 {
             return Err(format!("{param} {scale} is not positive"));
         }
         // In fp32, as coremltools computes it (numpy's float32 times an int).

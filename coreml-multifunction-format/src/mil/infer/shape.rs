@@ -6,6 +6,14 @@ use super::{is_float, unify, Dim, Elements, Inputs, Operand, RuleResult, TensorT
 use crate::mil::shapes::{resolve_slices, AxisSlice};
 use crate::proto::mil_spec::DataType;
 
+/// The most dimensions a shape parameter computed at run time may have
+/// (MIL tensors have at most a handful; a larger count is a damaged model,
+/// refused rather than allocated).
+const MAX_RANK: u64 = 64;
+
+/// The most results `split` may have.
+const MAX_SPLITS: u64 = 1 << 16;
+
 /// Checks that `a` and `b` have the same shape (where known).
 pub(super) fn same_shape(a: &TensorType, b: &TensorType, an: &str, bn: &str) -> Result<(), String> {
     let mismatch = || {
@@ -58,6 +66,9 @@ pub(super) fn reshape(inputs: &Inputs<'_>) -> Result<Operand, String> {
                 .copied()
                 .flatten()
                 .ok_or("the shape parameter's length is not known")?;
+            if length > MAX_RANK {
+                return Err(format!("the shape parameter has {length} entries"));
+            }
             vec![None; length as usize]
         }
     };
@@ -337,8 +348,8 @@ pub(super) fn concat(inputs: &Inputs<'_>) -> Result<Operand, String> {
         let unknown: Vec<Elements> = values
             .iter()
             .map(|v| {
-                let count = v.ty.element_count()? as usize;
-                Some(Elements::Int(vec![None; count]))
+                let count = v.ty.element_count().filter(|&n| n <= MAX_FOLDED as u64)?;
+                Some(Elements::Int(vec![None; count as usize]))
             })
             .collect::<Option<_>>()?;
         let any_known = values.iter().any(|v| v.value.is_some());
@@ -416,6 +427,12 @@ pub(super) fn split(inputs: &Inputs<'_>) -> RuleResult {
         }
         (None, Some(n)) if n > 0 => {
             let n = n as u64;
+            if n > MAX_SPLITS || x.shape[axis].is_some_and(|d| n > d.max(1)) {
+                return Err(format!(
+                    "num_splits {n} does not fit axis {axis} of {}",
+                    x.describe()
+                ));
+            }
             match x.shape[axis] {
                 Some(d) if d % n != 0 => {
                     return Err(format!(
@@ -788,6 +805,9 @@ pub(super) fn fill(inputs: &Inputs<'_>) -> Result<Operand, String> {
                 .copied()
                 .flatten()
                 .ok_or("the shape parameter's length is not known")?;
+            if length > MAX_RANK {
+                return Err(format!("the shape parameter has {length} entries"));
+            }
             vec![None; length as usize]
         }
     };

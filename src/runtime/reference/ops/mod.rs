@@ -1,5 +1,9 @@
-//! The ops: which ones exist, what parameters each takes, and their
-//! implementations on ndarray.
+//! The ops' implementations on ndarray. Which ops exist and what
+//! parameters each takes is the op table the format crate holds
+//! (`coreml_multifunction_format::mil::ops`), which shape inference shares;
+//! the shape arithmetic of reshapes, slices, broadcasting and sliding
+//! windows is its `mil::shapes`, so a result has the shape its type rule
+//! gives.
 //!
 //! Semantics follow coremltools' op definitions
 //! (`coremltools/converters/mil/mil/ops/defs/iOS15..iOS18`): parameter
