@@ -96,3 +96,134 @@ fn fixed_shape_functions_reproduce_torch_and_their_flexible_source() {
     }
     assert!(checked >= 12, "only {checked} outputs checked");
 }
+
+/// A scratch copy of the flexible encoder with `edit` applied to its
+/// program's ops.
+fn edited_encoder(
+    edit: impl FnOnce(&mut Vec<coreml_multifunction::proto::mil_spec::Operation>),
+) -> common::Scratch {
+    use coreml_multifunction::proto::{model, Model};
+    use prost::Message;
+    let scratch = common::Scratch::of(&common::source_package("materialize_encoder"));
+    let mut spec = Model::decode(&*std::fs::read(scratch.spec()).unwrap()).unwrap();
+    let Some(model::Type::MlProgram(program)) = &mut spec.r#type else {
+        unreachable!("an ML Program")
+    };
+    let function = program.functions.get_mut("main").unwrap();
+    let opset = function.opset.clone();
+    edit(
+        &mut function
+            .block_specializations
+            .get_mut(&opset)
+            .unwrap()
+            .operations,
+    );
+    std::fs::write(scratch.spec(), spec.encode_to_vec()).unwrap();
+    scratch
+}
+
+/// Merges `source` with `seq_8` fixed, expecting the merge to fail.
+fn fix_at_8(source: &Path) -> (String, coreml_multifunction_build::Error) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("never.mlpackage");
+    let error = MultiFunctionDescriptor::new()
+        .add_function(source, "seq_8")
+        .fixed_shape("seq_8", "input_ids", [1, 8])
+        .default_function("seq_8")
+        .merge(&out)
+        .unwrap_err();
+    assert!(
+        !out.exists(),
+        "a failed materialization wrote {}",
+        out.display()
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "staging left behind"
+    );
+    (error.to_string(), error)
+}
+
+#[test]
+fn an_op_inference_does_not_know_is_named() {
+    let mut renamed = String::new();
+    let scratch = edited_encoder(|ops| {
+        let op = ops.iter_mut().find(|op| op.r#type == "layer_norm").unwrap();
+        op.r#type = "vendor_norm".to_string();
+        renamed = op.outputs[0].name.clone();
+    });
+    let (message, error) = fix_at_8(&scratch.package);
+    assert!(
+        matches!(
+            error.merge_problem(),
+            Some(coreml_multifunction_build::MergeProblem::CannotMaterialize { .. })
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("op {renamed:?} (vendor_norm)")),
+        "{message}"
+    );
+    assert!(
+        message.contains("seq_8") && message.contains("input_ids = [1, 8]"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_shape_the_program_cannot_take_is_named_at_its_op() {
+    // The first reshape's target shape, computed from the input's length
+    // in the source, replaced by a constant that only fits 32 tokens: at 8
+    // the element count is wrong, an error at that op rather than a
+    // silently wrong type.
+    use coreml_multifunction::proto::mil_spec::{
+        self, argument::binding::Binding, dimension, tensor_value, value, value_type, Dimension,
+        TensorType, ValueType,
+    };
+    let mut reshape = String::new();
+    let scratch = edited_encoder(|ops| {
+        let index = ops.iter().position(|op| op.r#type == "reshape").unwrap();
+        reshape = ops[index].outputs[0].name.clone();
+        let ty = ValueType {
+            r#type: Some(value_type::Type::TensorType(TensorType {
+                data_type: mil_spec::DataType::Int32 as i32,
+                rank: 1,
+                dimensions: vec![Dimension {
+                    dimension: Some(dimension::Dimension::Constant(
+                        dimension::ConstantDimension { size: 4 },
+                    )),
+                }],
+                attributes: Default::default(),
+            })),
+        };
+        let mut constant = ops.iter().find(|op| op.r#type == "const").unwrap().clone();
+        constant.outputs[0].name = "shape_for_32_tokens".to_string();
+        constant.outputs[0].r#type = Some(ty.clone());
+        constant.attributes.insert(
+            "val".to_string(),
+            mil_spec::Value {
+                doc_string: String::new(),
+                r#type: Some(ty),
+                value: Some(value::Value::ImmediateValue(value::ImmediateValue {
+                    value: Some(value::immediate_value::Value::Tensor(
+                        mil_spec::TensorValue {
+                            value: Some(tensor_value::Value::Ints(tensor_value::RepeatedInts {
+                                values: vec![1, 32, 2, 16],
+                            })),
+                        },
+                    )),
+                })),
+            },
+        );
+        ops.insert(index, constant);
+        ops[index + 1].inputs.get_mut("shape").unwrap().arguments[0].binding =
+            Some(Binding::Name("shape_for_32_tokens".to_string()));
+    });
+    let (message, _) = fix_at_8(&scratch.package);
+    assert!(
+        message.contains(&format!("op {reshape:?} (reshape)")),
+        "{message}"
+    );
+    assert!(message.contains("cannot reshape"), "{message}");
+}
