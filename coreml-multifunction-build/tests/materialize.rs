@@ -188,3 +188,18 @@ fn a_shape_outside_the_declared_shapes_names_them_and_writes_nothing() {
         );
     }
 }
+
+#[test]
+fn fixed_shape_merges_are_byte_reproducible() {
+    for scenario in materializations() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (pa, pb) = (a.path().join("x.mlpackage"), b.path().join("x.mlpackage"));
+        descriptor(&scenario).merge(&pa).unwrap();
+        descriptor(&scenario).merge(&pb).unwrap();
+        assert!(
+            common::tree_bytes(&pa) == common::tree_bytes(&pb),
+            "{}: two merges differ",
+            scenario.name
+        );
+    }
+}
