@@ -129,21 +129,32 @@ pub fn materialize(
     }
     let complete = env.values().all(|o| o.ty.known_shape().is_some());
     let opset = function.opset.clone();
-    let block = function
-        .block_specializations
-        .get_mut(&opset)
-        .ok_or_else(|| MaterializeError::function(format!("has no body for its opset {opset}")))?;
-    let mut walker = Walker { env, complete };
-    walker.block(block)?;
-    remove_unread(block);
-    let output_shapes = block
-        .outputs
-        .iter()
-        .map(|name| {
-            let shape = walker.env.get(name).and_then(|o| o.ty.known_shape());
-            (name.clone(), shape)
-        })
-        .collect();
+    if !function.block_specializations.contains_key(&opset) {
+        return Err(MaterializeError::function(format!(
+            "has no body for its opset {opset}"
+        )));
+    }
+    // Every body: Core ML picks one by OS version, so each must be fixed
+    // alike. The output shapes are the function's own opset's.
+    let mut output_shapes = BTreeMap::new();
+    for (name, block) in &mut function.block_specializations {
+        let mut walker = Walker {
+            env: env.clone(),
+            complete,
+        };
+        walker.block(block)?;
+        remove_unread(block);
+        if *name == opset {
+            output_shapes = block
+                .outputs
+                .iter()
+                .map(|output| {
+                    let shape = walker.env.get(output).and_then(|o| o.ty.known_shape());
+                    (output.clone(), shape)
+                })
+                .collect();
+        }
+    }
     Ok(Materialized {
         function,
         output_shapes,
