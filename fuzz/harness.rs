@@ -148,6 +148,7 @@ pub fn codegen(data: &[u8]) {
         package_env_var: "COREML_MULTIFUNCTION_MODEL_FUZZED".to_string(),
         functions,
         default_function: first,
+        fixed_shapes: Default::default(),
     };
     if let Ok(code) = generate(&[model]) {
         // generate() parses its output before returning it; check again here

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use coreml_multifunction_build::config::Config;
 use coreml_multifunction_build::pipeline::{self, CrateInfo};
 use coreml_multifunction_build::Bytes;
+use std::collections::BTreeMap;
 
 const USAGE: &str = "\
 cargo coreml-multifunction: the multifunction Core ML models of a workspace
@@ -18,8 +19,9 @@ cargo coreml-multifunction: the multifunction Core ML models of a workspace
 Usage:
   cargo coreml-multifunction check [--manifest-path PATH]
       Validate every member's [package.metadata.multifunction]: the packages
-      exist and open, the functions exist, names and defaults are valid, and
-      every body can be raised to the merged opset. Writes nothing.
+      exist and open, the functions exist, names and defaults are valid,
+      fixed shapes are ones their inputs allow, and every body can be raised
+      to the merged opset. Writes nothing.
   cargo coreml-multifunction build [--manifest-path PATH] [--out-dir DIR]
       Merge every member's models into DIR/<member>/<model>.mlpackage
       (default DIR: <target dir>/coreml-multifunction), skipping those whose
@@ -168,9 +170,14 @@ fn check(
     let models = pipeline::resolve(config, manifest_dir, crate_info).map_err(|e| e.to_string())?;
     let mut lines = Vec::new();
     for model in models {
-        // Also what the merge itself checks: functions exist, opsets raise.
-        model.descriptor().check().map_err(|e| e.to_string())?;
-        let targets: Vec<&str> = model.functions.iter().map(|f| f.target.as_str()).collect();
+        // Also what the merge itself checks: functions exist, shapes are
+        // allowed, opsets raise.
+        pipeline::check(config, &model).map_err(|e| e.to_string())?;
+        let targets: Vec<String> = model
+            .functions
+            .iter()
+            .map(|f| with_shapes(&f.target, &f.fixed_shapes()))
+            .collect();
         lines.push(format!(
             "{}: ok, {} functions ({}), default {}; would write {}",
             model.name,
@@ -195,9 +202,15 @@ fn build(
         .iter()
         .map(|model| match &model.merge {
             Some(report) => format!(
-                "{}: merged {} functions into {} ({} unique blobs, {} of weights; {} cloned, {} written)",
+                "{}: merged {} functions ({}) into {} ({} unique blobs, {} of weights; {} cloned, {} written)",
                 model.model.name,
                 report.functions.len(),
+                report
+                    .functions
+                    .iter()
+                    .map(|f| with_shapes(&f.target, &f.fixed_shapes))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 model.package.display(),
                 report.unique_blobs,
                 Bytes(report.blob_bytes),
@@ -211,4 +224,17 @@ fn build(
             ),
         })
         .collect())
+}
+
+/// A function's name, with its fixed input shapes if it has any:
+/// `seq_8 with input_ids [1, 8]`.
+fn with_shapes(target: &str, shapes: &BTreeMap<String, Vec<u64>>) -> String {
+    if shapes.is_empty() {
+        return target.to_string();
+    }
+    let fixed: Vec<String> = shapes
+        .iter()
+        .map(|(input, shape)| format!("{input} {shape:?}"))
+        .collect();
+    format!("{target} with {}", fixed.join(" and "))
 }

@@ -22,29 +22,38 @@ fn copy_dir(from: &Path, to: &Path) {
 /// A workspace with members `adapters` (a LoRA pair) and `llm` (the
 /// stateful pair), neither with dependencies.
 fn workspace() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    std::fs::write(
-        root.join("Cargo.toml"),
-        "[workspace]\nmembers = [\"adapters\", \"llm\"]\nresolver = \"2\"\n",
-    )
-    .unwrap();
-    let members = [
+    workspace_of(&[
         (
             "adapters",
-            ["lora_adapter_1", "lora_adapter_2"],
+            &["lora_adapter_1", "lora_adapter_2"],
             "[package.metadata.multifunction.models.combined]\ndefault-function = \"adapter_1\"\n\
              functions.adapter_1 = \"models/lora_adapter_1.mlpackage\"\n\
              functions.adapter_2 = \"models/lora_adapter_2.mlpackage\"\n",
         ),
         (
             "llm",
-            ["stateful_prefill", "stateful_decode"],
+            &["stateful_prefill", "stateful_decode"],
             "[package.metadata.multifunction.models.llm]\ndefault-function = \"decode\"\n\
              functions.prefill = \"models/stateful_prefill.mlpackage\"\n\
              functions.decode = \"models/stateful_decode.mlpackage\"\n",
         ),
-    ];
+    ])
+}
+
+/// A workspace of the given members: (name, fixture packages copied into
+/// its `models/`, its multifunction configuration).
+fn workspace_of(members: &[(&str, &[&str], &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let names: Vec<String> = members.iter().map(|(n, _, _)| format!("{n:?}")).collect();
+    std::fs::write(
+        root.join("Cargo.toml"),
+        format!(
+            "[workspace]\nmembers = [{}]\nresolver = \"2\"\n",
+            names.join(", ")
+        ),
+    )
+    .unwrap();
     for (name, packages, config) in members {
         let member = root.join(name);
         std::fs::create_dir_all(member.join("src")).unwrap();
@@ -56,7 +65,7 @@ fn workspace() -> tempfile::TempDir {
             ),
         )
         .unwrap();
-        for package in packages {
+        for package in *packages {
             copy_dir(
                 &fixtures()
                     .join("packages")
@@ -145,4 +154,44 @@ fn build_merges_every_member_then_finds_them_up_to_date() {
     let (ok, stdout, _) = subcommand(dir.path(), &["build", "--out-dir", out_arg]);
     assert!(ok);
     assert!(stdout.contains("llm: up to date"), "{stdout}");
+}
+
+const FIXED: &str = "[package.metadata.multifunction.models.encoder]\n\
+                     default-function = \"seq_8\"\n\
+                     functions.seq_8 = { package = \"models/flexible_range.mlpackage\", shapes = { tokens = [1, 8, 8] } }\n\
+                     functions.flexible = \"models/flexible_range.mlpackage\"\n";
+
+#[test]
+fn fixed_shapes_are_listed_checked_and_merged() {
+    let dir = workspace_of(&[("encoder", &["flexible_range"], FIXED)]);
+    let (ok, stdout, stderr) = subcommand(dir.path(), &["check"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("encoder: ok, 2 functions (seq_8 with tokens [1, 8, 8], flexible)"),
+        "{stdout}"
+    );
+    let out = dir.path().join("merged");
+    let (ok, stdout, stderr) =
+        subcommand(dir.path(), &["build", "--out-dir", out.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("encoder: merged 2 functions (seq_8 with tokens [1, 8, 8], flexible)"),
+        "{stdout}"
+    );
+
+    // A shape the input does not allow: `check` names the Cargo.toml line
+    // and key of the shape, and the range the input allows.
+    let manifest = dir.path().join("encoder/Cargo.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("[1, 8, 8]", "[1, 32, 8]");
+    std::fs::write(&manifest, text).unwrap();
+    let (ok, _, stderr) = subcommand(dir.path(), &["check"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "encoder/Cargo.toml:8:86: `package.metadata.multifunction.models.encoder.functions.seq_8.shapes.tokens`"
+        ) && stderr.contains("cannot take the shape [1, 32, 8]: it allows [1, 1..=16, 8]"),
+        "{stderr}"
+    );
 }

@@ -31,11 +31,12 @@ use std::path::{Path, PathBuf};
 use crate::codegen;
 use crate::config::{
     Config, ConfigError, FunctionConfig, IncludeConfig, Located, Location, MetadataConfig,
-    ModelConfig,
+    ModelConfig, ShapeConfig,
 };
-use crate::error::{Error, Result};
+use crate::error::{shape_text, Error, Result};
 use crate::pipeline::{self, BuiltModel, CrateInfo};
 use coreml_multifunction_format::compiled;
+use coreml_multifunction_format::naming::quoted_list;
 
 /// Reads `[package.metadata.multifunction]` from the crate's Cargo.toml and
 /// merges every model it lists into `OUT_DIR`.
@@ -329,6 +330,8 @@ pub struct Model {
     name: String,
     default_function: Option<String>,
     functions: Vec<(String, PathBuf, String)>,
+    /// (target, input, shape), in the order given.
+    fixed_shapes: Vec<(String, String, Vec<u64>)>,
     includes: Vec<(PathBuf, Option<String>)>,
     metadata: MetadataConfig,
     copy_to: Option<PathBuf>,
@@ -341,6 +344,7 @@ impl Model {
             name: name.into(),
             default_function: None,
             functions: Vec::new(),
+            fixed_shapes: Vec::new(),
             includes: Vec::new(),
             metadata: MetadataConfig::default(),
             copy_to: None,
@@ -362,6 +366,44 @@ impl Model {
     ) -> Self {
         self.functions
             .push((target.into(), package.into(), source_function.into()));
+        self
+    }
+
+    /// Fixes input `input` of function `target` (added with
+    /// [`Model::function`] or [`Model::function_from`]) to `shape`, making
+    /// `target` a fixed-shape function of its flexible source: what
+    /// `shapes = { <input> = [...] }` does in Cargo.toml. The shape must be
+    /// one the input allows (within its range, or one of its enumerated
+    /// shapes); the merge checks it and reports the input and the shapes
+    /// it allows. Call once per input to fix; fixing the same input again
+    /// replaces its shape. Functions of one source, each at its own
+    /// shapes, share their weights.
+    ///
+    /// ```no_run
+    /// use coreml_multifunction_build::{Builder, Model};
+    ///
+    /// Builder::from_env()?
+    ///     .model(
+    ///         Model::new("encoder")
+    ///             .function("seq_8", "models/encoder.mlpackage")
+    ///             .fixed_shape("seq_8", "input_ids", [1, 8])
+    ///             .function("seq_32", "models/encoder.mlpackage")
+    ///             .fixed_shape("seq_32", "input_ids", [1, 32])
+    ///             .default_function("seq_8"),
+    ///     )
+    ///     .run()?;
+    /// # Ok::<(), coreml_multifunction_build::Error>(())
+    /// ```
+    pub fn fixed_shape(
+        mut self,
+        target: impl Into<String>,
+        input: impl Into<String>,
+        shape: impl Into<Vec<u64>>,
+    ) -> Self {
+        let (target, input) = (target.into(), input.into());
+        self.fixed_shapes
+            .retain(|(t, i, _)| !(t == &target && i == &input));
+        self.fixed_shapes.push((target, input, shape.into()));
         self
     }
 
@@ -402,22 +444,50 @@ impl Model {
             value,
             location: here(key),
         };
-        let default_function = self.default_function.clone().ok_or_else(|| {
+        let error = |key: String, message: String| {
             Error::Config(Box::new(ConfigError {
                 manifest: manifest_dir.join("build.rs"),
-                location: here(base.clone()),
-                message: "no default function; call .default_function(name)".to_string(),
+                location: here(key),
+                message,
             }))
+        };
+        let default_function = self.default_function.clone().ok_or_else(|| {
+            error(
+                base.clone(),
+                "no default function; call .default_function(name)".to_string(),
+            )
         })?;
         if !crate::config::is_model_name(&self.name) {
-            return Err(Error::Config(Box::new(ConfigError {
-                manifest: manifest_dir.join("build.rs"),
-                location: here(base.clone()),
-                message: format!(
+            return Err(error(
+                base.clone(),
+                format!(
                     "{:?} cannot name a model: use letters, digits and `_`",
                     self.name
                 ),
-            })));
+            ));
+        }
+        for (target, input, shape) in &self.fixed_shapes {
+            let key = format!("{base}.fixed_shape({target:?}, {input:?})");
+            if !self.functions.iter().any(|(t, _, _)| t == target) {
+                return Err(error(
+                    key,
+                    format!(
+                        "{target:?} is not a function added with .function or .function_from; \
+                         the functions are {}",
+                        quoted_list(self.functions.iter().map(|(t, _, _)| t.as_str()))
+                    ),
+                ));
+            }
+            if shape.is_empty() || shape.contains(&0) {
+                return Err(error(
+                    key,
+                    format!(
+                        "{} is not a fixed shape: give every dimension's size, at least 1, \
+                         such as [1, 8]",
+                        shape_text(shape)
+                    ),
+                ));
+            }
         }
         Ok(ModelConfig {
             name: located(self.name.clone(), base.clone()),
@@ -427,13 +497,32 @@ impl Model {
                 .iter()
                 .map(|(target, package, source)| {
                     let key = format!("{base}.function({target:?})");
+                    let shapes = self
+                        .fixed_shapes
+                        .iter()
+                        .filter(|(t, _, _)| t == target)
+                        .map(|(_, input, shape)| {
+                            let key = format!("{base}.fixed_shape({target:?}, {input:?})");
+                            ShapeConfig {
+                                input: located(input.clone(), key.clone()),
+                                shape: Located {
+                                    value: shape.clone(),
+                                    location: here(key),
+                                },
+                            }
+                        })
+                        .collect();
                     FunctionConfig {
                         target: located(target.clone(), key.clone()),
                         package: Located {
                             value: package.clone(),
                             location: here(key.clone()),
                         },
-                        source_function: located(source.clone(), key),
+                        source_function: located(source.clone(), key.clone()),
+                        shapes: Located {
+                            value: shapes,
+                            location: here(key),
+                        },
                     }
                 })
                 .collect(),

@@ -5,6 +5,11 @@
 //! default-function = "adapter_1"
 //! functions.adapter_1 = "models/adapter_1.mlpackage"
 //! functions.adapter_2 = { package = "models/adapter_2.mlpackage", source-function = "main" }
+//!
+//! [package.metadata.multifunction.models.encoder]
+//! default-function = "seq_8"
+//! functions.seq_8 = { package = "models/encoder.mlpackage", shapes = { input_ids = [1, 8] } }
+//! functions.seq_32 = { package = "models/encoder.mlpackage", shapes = { input_ids = [1, 32] } }
 //! ```
 //!
 //! Parsing is pure: it takes the text of Cargo.toml and never touches the
@@ -95,7 +100,8 @@ pub struct ModelConfig {
     pub copy_to: Option<Located<PathBuf>>,
 }
 
-/// One function: `functions.<target> = "path"` or `{ package, source-function }`.
+/// One function: `functions.<target> = "path"` or
+/// `{ package, source-function, shapes }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionConfig {
     /// Its name in the merged model (the key).
@@ -104,6 +110,22 @@ pub struct FunctionConfig {
     pub package: Located<PathBuf>,
     /// The function in the source package, `main` unless written.
     pub source_function: Located<String>,
+    /// `shapes`: inputs of the source function fixed to one shape each,
+    /// making this a fixed-shape function of it (in the order written;
+    /// empty when not written). Located at the `shapes` table, or at the
+    /// function when there is none.
+    pub shapes: Located<Vec<ShapeConfig>>,
+}
+
+/// `shapes.<input> = [d0, d1, …]`: an input of a flexible source function
+/// fixed to one of the shapes it allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeConfig {
+    /// The input's name (the key), located at the key.
+    pub input: Located<String>,
+    /// The shape: at least one dimension, each at least 1. Located at the
+    /// array.
+    pub shape: Located<Vec<u64>>,
 }
 
 /// `include = ["path"]` or `[{ package = "path", prefix = "v1_" }]`.
@@ -401,22 +423,30 @@ impl Parser<'_> {
                 ),
             ));
         }
-        let (package, source_function) = match value.get_ref() {
+        let no_shapes = || self.located(&value.span(), &key, Vec::new());
+        let (package, source_function, shapes) = match value.get_ref() {
             DeValue::String(_) => {
                 let path = self.string(value, &key)?;
                 let main = self.located(&value.span(), &key, crate::package::MAIN_FUNCTION.to_string());
-                (path, main)
+                (path, main, no_shapes())
             }
             DeValue::Table(table) => {
                 let mut package = None;
                 let mut source = None;
+                let mut shapes = None;
                 for (entry, inner) in table.iter() {
                     let entry_key = format!("{key}.{}", entry.get_ref());
                     match entry.get_ref().as_ref() {
                         "package" => package = Some(self.string(inner, &entry_key)?),
                         "source-function" => source = Some(self.string(inner, &entry_key)?),
+                        "shapes" => shapes = Some(self.shapes(inner, &entry_key)?),
                         other => {
-                            return Err(self.unknown_key(entry, &key, other, &["package", "source-function"]))
+                            return Err(self.unknown_key(
+                                entry,
+                                &key,
+                                other,
+                                &["package", "source-function", "shapes"],
+                            ))
                         }
                     }
                 }
@@ -431,7 +461,7 @@ impl Parser<'_> {
                 let source = source.unwrap_or_else(|| {
                     self.located(&value.span(), &key, crate::package::MAIN_FUNCTION.to_string())
                 });
-                (package, source)
+                (package, source, shapes.unwrap_or_else(no_shapes))
             }
             other => {
                 return Err(self.error(
@@ -452,7 +482,107 @@ impl Parser<'_> {
                 location: package.location,
             },
             source_function,
+            shapes,
         })
+    }
+
+    /// `shapes = { <input> = [d0, d1, …], … }`.
+    fn shapes(
+        &self,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+    ) -> Result<Located<Vec<ShapeConfig>>, ConfigError> {
+        let DeValue::Table(table) = value.get_ref() else {
+            return Err(self.error(
+                &value.span(),
+                key,
+                format!(
+                    "expected a table of input shapes, such as `shapes = {{ input_ids = [1, 8] }}`, \
+                     found {}",
+                    kind(value.get_ref())
+                ),
+            ));
+        };
+        let mut shapes = Vec::new();
+        for (input, shape) in table.iter() {
+            let input_key = format!("{key}.{}", input.get_ref());
+            shapes.push(ShapeConfig {
+                input: self.located(&input.span(), &input_key, input.get_ref().to_string()),
+                shape: self.shape(shape, &input_key, input.get_ref())?,
+            });
+        }
+        Ok(self.located(&value.span(), key, shapes))
+    }
+
+    /// One fixed shape: a non-empty array of sizes, each at least 1.
+    fn shape(
+        &self,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+        input: &str,
+    ) -> Result<Located<Vec<u64>>, ConfigError> {
+        let example = format!("`{} = [1, 8]`", toml_key(input));
+        let DeValue::Array(items) = value.get_ref() else {
+            return Err(self.error(
+                &value.span(),
+                key,
+                format!(
+                    "expected the shape of input {input:?} as an array of its dimensions, such as \
+                     {example}, found {}",
+                    kind(value.get_ref())
+                ),
+            ));
+        };
+        if items.is_empty() {
+            return Err(self.error(
+                &value.span(),
+                key,
+                format!(
+                    "the shape of input {input:?} is empty; list every dimension, such as {example}"
+                ),
+            ));
+        }
+        let mut shape = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let item_key = format!("{key}[{index}]");
+            let DeValue::Integer(integer) = item.get_ref() else {
+                return Err(self.error(
+                    &item.span(),
+                    &item_key,
+                    format!(
+                        "expected a dimension (a whole number, at least 1), found {}; write the \
+                         shape as {example}",
+                        kind(item.get_ref())
+                    ),
+                ));
+            };
+            match i128::from_str_radix(integer.as_str(), integer.radix()) {
+                Ok(size) if size >= 1 && size <= i64::MAX as i128 => shape.push(size as u64),
+                Ok(size) if size < 1 => {
+                    return Err(self.error(
+                        &item.span(),
+                        &item_key,
+                        format!(
+                            "dimension {index} of input {input:?} is {size}; a fixed shape gives \
+                             every dimension's size, at least 1 (a fixed shape has no flexible \
+                             dimensions)"
+                        ),
+                    ))
+                }
+                _ => {
+                    return Err(self.error(
+                        &item.span(),
+                        &item_key,
+                        format!(
+                            "dimension {index} of input {input:?} is {integer}, too large for a \
+                             Core ML shape (at most {})",
+                            i64::MAX
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(self.located(&value.span(), key, shape))
     }
 
     fn includes(
@@ -577,6 +707,19 @@ pub(crate) fn is_model_name(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && coreml_multifunction_format::naming::snake(name) == name
+}
+
+/// `name` as a TOML key: bare when it can be, quoted otherwise.
+fn toml_key(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        name.to_string()
+    } else {
+        format!("{name:?}")
+    }
 }
 
 fn kind(value: &DeValue<'_>) -> &'static str {
@@ -705,5 +848,205 @@ metadata = { author = "Team", user-defined = { task = "demo" } }
     fn a_function_table_needs_a_package() {
         let e = error(&GOOD.replace("package = \"models/adapter_2.mlpackage\", ", ""));
         assert!(e.message.contains("no `package`"), "{e}");
+    }
+
+    /// A manifest with one model whose function `seq_8` is written as
+    /// `functions.seq_8 = { package = …, <rest> }` on line 3.
+    fn shaped(rest: &str) -> String {
+        format!(
+            "[package.metadata.multifunction.models.encoder]\n\
+             default-function = \"seq_8\"\n\
+             functions.seq_8 = {{ package = \"models/encoder.mlpackage\", {rest} }}\n"
+        )
+    }
+
+    const SHAPES_KEY: &str = "package.metadata.multifunction.models.encoder.functions.seq_8.shapes";
+
+    #[test]
+    fn shapes_parse_in_order_with_their_locations() {
+        let config = parse(&shaped("shapes = { input_ids = [1, 8], mask = [1, 0x8] }")).unwrap();
+        let function = &config.models[0].functions[0];
+        let shapes = &function.shapes;
+        assert_eq!(shapes.location.key, SHAPES_KEY);
+        assert_eq!((shapes.location.line, shapes.location.column), (3, 68));
+        let written: Vec<(&str, &[u64])> = shapes
+            .value
+            .iter()
+            .map(|s| (s.input.value.as_str(), s.shape.value.as_slice()))
+            .collect();
+        assert_eq!(written, [("input_ids", &[1, 8][..]), ("mask", &[1, 8][..])]);
+        let first = &shapes.value[0];
+        assert_eq!(first.input.location.key, format!("{SHAPES_KEY}.input_ids"));
+        assert_eq!(first.shape.location.key, format!("{SHAPES_KEY}.input_ids"));
+        assert_eq!(first.input.location.column, 70);
+        assert_eq!(first.shape.location.column, 82);
+        assert_eq!(function.source_function.value, "main");
+    }
+
+    #[test]
+    fn shapes_may_be_a_dotted_or_separate_table() {
+        let text = "[package.metadata.multifunction.models.encoder]\n\
+                    default-function = \"seq_8\"\n\
+                    functions.seq_8.package = \"models/encoder.mlpackage\"\n\
+                    functions.seq_8.source-function = \"encode\"\n\
+                    functions.seq_8.shapes.input_ids = [1, 8]\n\
+                    functions.seq_32 = \"models/encoder.mlpackage\"\n\
+                    \n\
+                    [package.metadata.multifunction.models.encoder.functions.seq_32.shapes]\n\
+                    input_ids = [1, 32]\n";
+        let error = parse(text).unwrap_err();
+        // A string-form function cannot also be a table: TOML itself says so.
+        assert!(error.message.contains("not valid TOML"), "{error}");
+        let text = text.replace(
+            "functions.seq_32 = \"models/encoder.mlpackage\"\n",
+            "functions.seq_32.package = \"models/encoder.mlpackage\"\n",
+        );
+        let config = parse(&text).unwrap();
+        let functions = &config.models[0].functions;
+        assert_eq!(functions[0].source_function.value, "encode");
+        assert_eq!(functions[0].shapes.value[0].shape.value, [1, 8]);
+        assert_eq!(functions[1].shapes.value[0].shape.value, [1, 32]);
+        assert_eq!(functions[1].shapes.value[0].input.location.line, 9);
+    }
+
+    #[test]
+    fn a_function_without_shapes_has_none_located_at_the_function() {
+        let config = parse(GOOD).unwrap();
+        for function in &config.models[0].functions {
+            assert!(function.shapes.value.is_empty());
+            assert_eq!(function.shapes.location.key, function.target.location.key);
+        }
+        let config = parse(&shaped("shapes = {}")).unwrap();
+        assert!(config.models[0].functions[0].shapes.value.is_empty());
+    }
+
+    #[test]
+    fn shapes_that_are_not_a_table_say_what_to_write() {
+        for (written, found) in [
+            ("shapes = [1, 8]", "an array"),
+            ("shapes = \"1x8\"", "a string"),
+            ("shapes = 8", "an integer"),
+        ] {
+            let e = error(&shaped(written));
+            assert_eq!(e.location.key, SHAPES_KEY, "{written}");
+            assert_eq!((e.location.line, e.location.column), (3, 68), "{written}");
+            assert_eq!(
+                e.message,
+                format!(
+                    "expected a table of input shapes, such as `shapes = {{ input_ids = [1, 8] }}`, \
+                     found {found}"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_shape_that_is_not_an_array_says_what_to_write() {
+        let e = error(&shaped("shapes = { input_ids = \"1x8\" }"));
+        assert_eq!(e.location.key, format!("{SHAPES_KEY}.input_ids"));
+        assert_eq!((e.location.line, e.location.column), (3, 82));
+        assert_eq!(
+            e.message,
+            "expected the shape of input \"input_ids\" as an array of its dimensions, such as \
+             `input_ids = [1, 8]`, found a string"
+        );
+        let e = error(&shaped("shapes = { input_ids = { d0 = 1 } }"));
+        assert!(e.message.ends_with("found a table"), "{e}");
+        // An input name that is no bare key is quoted in the example.
+        let e = error(&shaped("shapes = { \"input ids\" = 8 }"));
+        assert_eq!(e.location.key, format!("{SHAPES_KEY}.input ids"));
+        assert!(e.message.contains("`\"input ids\" = [1, 8]`"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_shape_is_refused() {
+        let e = error(&shaped("shapes = { input_ids = [] }"));
+        assert_eq!(e.location.key, format!("{SHAPES_KEY}.input_ids"));
+        assert_eq!(
+            e.message,
+            "the shape of input \"input_ids\" is empty; list every dimension, such as \
+             `input_ids = [1, 8]`"
+        );
+    }
+
+    #[test]
+    fn dimensions_that_are_not_integers_are_named_by_index() {
+        for (written, found) in [
+            ("[1, 8.0]", "a float"),
+            ("[1, \"8\"]", "a string"),
+            ("[1, true]", "a boolean"),
+            ("[1, [8]]", "an array"),
+        ] {
+            let e = error(&shaped(&format!("shapes = {{ input_ids = {written} }}")));
+            assert_eq!(
+                e.location.key,
+                format!("{SHAPES_KEY}.input_ids[1]"),
+                "{written}"
+            );
+            assert_eq!((e.location.line, e.location.column), (3, 86), "{written}");
+            assert_eq!(
+                e.message,
+                format!(
+                    "expected a dimension (a whole number, at least 1), found {found}; write the \
+                     shape as `input_ids = [1, 8]`"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn zero_and_negative_dimensions_are_refused() {
+        for (written, index, size) in [
+            ("[0, 8]", 0, "0"),
+            ("[1, -1]", 1, "-1"),
+            ("[1, 8, -64]", 2, "-64"),
+        ] {
+            let e = error(&shaped(&format!("shapes = {{ input_ids = {written} }}")));
+            assert_eq!(
+                e.location.key,
+                format!("{SHAPES_KEY}.input_ids[{index}]"),
+                "{written}"
+            );
+            assert_eq!(
+                e.message,
+                format!(
+                    "dimension {index} of input \"input_ids\" is {size}; a fixed shape gives every \
+                     dimension's size, at least 1 (a fixed shape has no flexible dimensions)"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn an_enormous_dimension_is_refused() {
+        let e = error(&shaped("shapes = { input_ids = [1, 0xffffffffffffffff] }"));
+        assert_eq!(e.location.key, format!("{SHAPES_KEY}.input_ids[1]"));
+        assert!(e.message.contains("too large"), "{e}");
+        assert!(e.message.contains("0xffffffffffffffff"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_key_beside_shapes_lists_shapes() {
+        let e = error(&shaped("shape = { input_ids = [1, 8] }"));
+        assert_eq!(
+            e.location.key,
+            "package.metadata.multifunction.models.encoder.functions.seq_8.shape"
+        );
+        assert_eq!(
+            e.message,
+            "unknown key `shape`; the keys here are `package`, `source-function`, `shapes`"
+        );
+    }
+
+    #[test]
+    fn errors_inside_shapes_print_the_file_line_and_full_key() {
+        let e = error(&shaped("shapes = { input_ids = [1, 0] }"));
+        assert!(
+            e.to_string().starts_with(
+                "/crate/Cargo.toml:3:86: `package.metadata.multifunction.models.encoder.functions.\
+                 seq_8.shapes.input_ids[1]`: dimension 1"
+            ),
+            "{e}"
+        );
     }
 }

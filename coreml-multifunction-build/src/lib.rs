@@ -79,5 +79,5 @@ pub use xcrun::compile_with_xcrun;
 /// stable API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::codegen::{generate, rust_literal, ModelInterface};
+    pub use crate::codegen::{generate, rust_literal, FixedShapeOrigin, ModelInterface};
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use crate::codegen;
-use crate::config::{Config, ConfigError, Located, Location, ModelConfig};
+use crate::config::{Config, ConfigError, Located, Location, ModelConfig, ShapeConfig};
 use crate::error::{Error, MergeProblem, Result};
 use crate::merge::{MergeReport, MultiFunctionDescriptor};
 use coreml_multifunction_format::naming;
@@ -49,8 +49,23 @@ pub struct ResolvedFunction {
     pub package: PathBuf,
     /// Its name in the source package.
     pub source_function: String,
+    /// Inputs fixed to a shape (`shapes`), making it a fixed-shape function
+    /// of its source; empty for a function taken as it is. Located where
+    /// Cargo.toml writes them.
+    pub shapes: Located<Vec<ShapeConfig>>,
     /// Where Cargo.toml names it.
     pub location: Location,
+}
+
+impl ResolvedFunction {
+    /// The fixed input shapes, by input.
+    pub fn fixed_shapes(&self) -> BTreeMap<String, Vec<u64>> {
+        self.shapes
+            .value
+            .iter()
+            .map(|s| (s.input.value.clone(), s.shape.value.clone()))
+            .collect()
+    }
 }
 
 /// A model whose functions are all known and checked.
@@ -81,6 +96,13 @@ impl ResolvedModel {
                 &function.source_function,
                 &function.target,
             );
+            for shape in &function.shapes.value {
+                descriptor.fixed_shape(
+                    &function.target,
+                    &shape.input.value,
+                    shape.shape.value.clone(),
+                );
+            }
         }
         descriptor.default_function(&self.default_function);
         descriptor.metadata(self.metadata.clone());
@@ -158,6 +180,7 @@ fn resolve_model(
             target: function.target.value.clone(),
             package: existing_package(config, manifest_dir, &function.package)?,
             source_function: function.source_function.value.clone(),
+            shapes: function.shapes.clone(),
             location: function.target.location.clone(),
         });
     }
@@ -179,6 +202,10 @@ fn resolve_model(
                 target,
                 package: path.clone(),
                 source_function: function.name.to_string(),
+                shapes: Located {
+                    value: Vec::new(),
+                    location: include.package.location.clone(),
+                },
                 location: include.package.location.clone(),
             });
         }
@@ -303,6 +330,17 @@ fn merged_metadata(source: Metadata, crate_info: &CrateInfo, model: &ModelConfig
     }
 }
 
+/// Checks what merging `model` checks (the functions exist, fixed shapes
+/// are ones their inputs allow, every body can be raised to the merged
+/// opset) without writing anything, reporting an error at the Cargo.toml
+/// key it is about, as [`build`] does.
+pub fn check(config: &Config, model: &ResolvedModel) -> Result<()> {
+    model
+        .descriptor()
+        .check()
+        .map_err(|e| locate(config, model, e))
+}
+
 /// Builds every model of `config` into `out_dir`, merging only those whose
 /// inputs changed since the last build.
 pub fn build(
@@ -372,8 +410,12 @@ fn build_model(
 }
 
 /// Attaches the Cargo.toml location of the function or package an error is
-/// about, when there is one.
+/// about, when there is one: for a fixed shape, the input or the `shapes`
+/// table it is about.
 fn locate(config: &Config, model: &ResolvedModel, error: Error) -> Error {
+    if let Some(location) = shape_location(model, error.merge_problem()) {
+        return config_error(config, location, error.to_string());
+    }
     let by_package = |package: &Path| {
         let package = package.canonicalize().ok();
         model
@@ -408,6 +450,38 @@ fn locate(config: &Config, model: &ResolvedModel, error: Error) -> Error {
     }
 }
 
+/// Where Cargo.toml writes the fixed shape a merge problem is about.
+fn shape_location<'m>(
+    model: &'m ResolvedModel,
+    problem: Option<&MergeProblem>,
+) -> Option<&'m Location> {
+    let function = |target: &str| model.functions.iter().find(|f| f.target == target);
+    let input = |target: &str, input: &str| {
+        function(target)?
+            .shapes
+            .value
+            .iter()
+            .find(|s| s.input.value == input)
+    };
+    match problem? {
+        MergeProblem::UnknownShapeInput {
+            target,
+            input: name,
+            ..
+        } => Some(&input(target, name)?.input.location),
+        MergeProblem::ShapeNotAllowed {
+            target,
+            input: name,
+            ..
+        } => Some(&input(target, name)?.shape.location),
+        MergeProblem::CannotMaterialize { target, .. }
+        | MergeProblem::UnknownShapeTarget { target, .. } => {
+            Some(&function(target)?.shapes.location)
+        }
+        _ => None,
+    }
+}
+
 /// What a model was merged from: this crate's version, the resolved
 /// configuration, and the size and modification time of every file of every
 /// source. Cheap to compute whatever the size of the weights, and changed by
@@ -425,6 +499,9 @@ fn fingerprint(model: &ResolvedModel) -> Result<String> {
             function.source_function,
             function.package.display()
         );
+        for (input, shape) in function.fixed_shapes() {
+            text += &format!("  shape {input:?} {shape:?}\n");
+        }
     }
     text += &format!("metadata {:?}\n", model.metadata);
     for source in &model.sources {
@@ -455,10 +532,24 @@ pub(crate) fn generate_api(models: &[BuiltModel], out_dir: &Path) -> Result<Path
     let mut interfaces = Vec::new();
     for model in models {
         let package = Package::open(&model.package)?;
-        interfaces.push(codegen::ModelInterface::of_package(
-            &model.model.name,
-            &package,
-        ));
+        let mut interface = codegen::ModelInterface::of_package(&model.model.name, &package);
+        for function in &model.model.functions {
+            if function.shapes.value.is_empty() {
+                continue;
+            }
+            let origin = codegen::FixedShapeOrigin {
+                package: function
+                    .package
+                    .file_name()
+                    .map_or_else(String::new, |name| name.to_string_lossy().into_owned()),
+                source_function: function.source_function.clone(),
+                shapes: function.fixed_shapes(),
+            };
+            interface
+                .fixed_shapes
+                .insert(function.target.clone(), origin);
+        }
+        interfaces.push(interface);
     }
     let code = codegen::generate(&interfaces).map_err(|e| Error::Codegen(Box::new(e)))?;
     let path = out_dir.join(codegen::GENERATED_FILE);
@@ -481,4 +572,117 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     temp.persist(path)
         .map_err(|e| Error::io(path, "write the input fingerprint", e.error))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(key: &str, line: usize) -> Location {
+        Location {
+            line,
+            column: 1,
+            key: key.to_string(),
+        }
+    }
+
+    /// A model with one fixed-shape function, `seq_8`, whose `shapes` table
+    /// is on line 3 and input `input_ids` on line 4.
+    fn model() -> ResolvedModel {
+        let shape = ShapeConfig {
+            input: Located {
+                value: "input_ids".to_string(),
+                location: at("shapes.input_ids", 4),
+            },
+            shape: Located {
+                value: vec![1, 8],
+                location: at("shapes.input_ids", 5),
+            },
+        };
+        ResolvedModel {
+            name: "encoder".to_string(),
+            functions: vec![ResolvedFunction {
+                target: "seq_8".to_string(),
+                package: PathBuf::from("encoder.mlpackage"),
+                source_function: "main".to_string(),
+                shapes: Located {
+                    value: vec![shape],
+                    location: at("shapes", 3),
+                },
+                location: at("functions.seq_8", 2),
+            }],
+            default_function: "seq_8".to_string(),
+            metadata: Metadata::default(),
+            copy_to: None,
+            sources: vec![PathBuf::from("encoder.mlpackage")],
+        }
+    }
+
+    #[test]
+    fn shape_problems_are_located_at_the_input_the_shape_or_the_table() {
+        let model = model();
+        let line = |problem: MergeProblem| shape_location(&model, Some(&problem)).map(|l| l.line);
+        let shapes: BTreeMap<String, Vec<u64>> = model.functions[0].fixed_shapes();
+        assert_eq!(shapes["input_ids"], [1, 8]);
+        assert_eq!(
+            line(MergeProblem::UnknownShapeInput {
+                target: "seq_8".into(),
+                package: "encoder.mlpackage".into(),
+                source_function: "main".into(),
+                input: "input_ids".into(),
+                inputs: vec!["ids".into()],
+            }),
+            Some(4)
+        );
+        assert_eq!(
+            line(MergeProblem::ShapeNotAllowed {
+                target: "seq_8".into(),
+                package: "encoder.mlpackage".into(),
+                source_function: "main".into(),
+                input: "input_ids".into(),
+                shape: vec![1, 8],
+                allowed: "[1, 1..=4]".into(),
+            }),
+            Some(5)
+        );
+        assert_eq!(
+            line(MergeProblem::CannotMaterialize {
+                target: "seq_8".into(),
+                package: "encoder.mlpackage".into(),
+                source_function: "main".into(),
+                shapes,
+                reason: "an op".into(),
+            }),
+            Some(3)
+        );
+        // Not a shape problem, or about a function the model lacks: none.
+        assert_eq!(line(MergeProblem::NoFunctions), None);
+        assert_eq!(
+            line(MergeProblem::UnknownShapeTarget {
+                target: "seq_9".into(),
+                targets: vec!["seq_8".into()],
+            }),
+            None
+        );
+        let config = Config {
+            manifest: PathBuf::from("/crate/Cargo.toml"),
+            models: Vec::new(),
+        };
+        let located = locate(
+            &config,
+            &model,
+            Error::merge(MergeProblem::CannotMaterialize {
+                target: "seq_8".into(),
+                package: "encoder.mlpackage".into(),
+                source_function: "main".into(),
+                shapes: model.functions[0].fixed_shapes(),
+                reason: "the op `x` cannot be inferred".into(),
+            }),
+        );
+        assert_eq!(
+            located.to_string(),
+            "/crate/Cargo.toml:3:1: `shapes`: function \"seq_8\" (function \"main\" of \
+             encoder.mlpackage at input_ids = [1, 8]): the op `x` cannot be inferred"
+        );
+    }
 }

@@ -269,6 +269,18 @@ fn bad_configurations_name_the_key_and_its_line() {
             "functions.Adapter_1 =",
             "Cargo.toml:17:11: `package.metadata.multifunction.models.combined.functions.Adapter_1`: functions \"adapter_1\" and \"Adapter_1\" of model `combined` would both be the Rust type `Adapter1`",
         ),
+        (
+            "a zero dimension in a fixed shape",
+            "source-function = \"main\"",
+            "source-function = \"main\", shapes = { input_adapter_2 = [1, 0] }",
+            "Cargo.toml:17:129: `package.metadata.multifunction.models.combined.functions.adapter_2.shapes.input_adapter_2[1]`: dimension 1 of input \"input_adapter_2\" is 0",
+        ),
+        (
+            "a fixed shape the input does not allow",
+            "source-function = \"main\"",
+            "source-function = \"main\", shapes = { input_adapter_2 = [1, 65] }",
+            "Cargo.toml:17:125: `package.metadata.multifunction.models.combined.functions.adapter_2.shapes.input_adapter_2`: function \"adapter_2\": input \"input_adapter_2\" of function \"main\"",
+        ),
     ];
     for (what, from, to, expected) in cases {
         krate.set_manifest(&LORA_PAIR.replace(from, to));

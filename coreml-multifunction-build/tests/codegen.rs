@@ -4,7 +4,9 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use coreml_multifunction_build::__private::{generate, rust_literal, ModelInterface};
+use coreml_multifunction_build::__private::{
+    generate, rust_literal, FixedShapeOrigin, ModelInterface,
+};
 use coreml_multifunction_build::package::Package;
 
 /// The interface of a committed merged package, as the build would see it.
@@ -28,6 +30,81 @@ fn snapshots_of_each_kind_of_model() {
         let code = generate(&[interface(scenario, model)]).unwrap();
         insta::assert_snapshot!(scenario, code);
     }
+}
+
+/// A fixed-shape function next to its flexible source: `main` of
+/// flexible_range (`tokens` allows `[1, 1..=16, 8]`) and `len_5`, the same
+/// function with `tokens` fixed to `[1, 5, 8]`, merged into a scratch
+/// directory.
+fn fixed_shape_interface() -> (tempfile::TempDir, ModelInterface) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fixed.mlpackage");
+    coreml_multifunction_build::merge::MultiFunctionDescriptor::new()
+        .add_function(common::source_package("flexible_range"), "main")
+        .add_function(common::source_package("flexible_range"), "len_5")
+        .fixed_shape("len_5", "tokens", [1, 5, 8])
+        .default_function("main")
+        .merge(&out)
+        .unwrap();
+    let interface = ModelInterface::of_package("fixed", &Package::open(&out).unwrap());
+    (dir, interface)
+}
+
+#[test]
+fn a_fixed_shape_function_gets_a_fixed_shape_const() {
+    // From the merged package alone: its description is a fixed one.
+    let (_dir, interface) = fixed_shape_interface();
+    let code = generate(&[interface]).unwrap();
+    let fixed = "    impl Len5Input {\n        /// The shape of `tokens`.\n        \
+                 pub const TOKENS_SHAPE: [usize; 3] = [1, 5, 8];\n    }\n";
+    assert!(code.contains(fixed), "{code}");
+    assert!(
+        code.contains("/// - `tokens`: `MultiArray<fp16> [1, 5, 8]`\n"),
+        "{code}"
+    );
+    // Its output shape is known too, where the flexible source's is not.
+    assert!(
+        code.contains("/// - `projected`: `MultiArray<fp16> [1, 5, 8]`\n"),
+        "{code}"
+    );
+    let flexible = "    impl MainInput {\n        \
+                    /// The shape of `tokens` (its default; the input is flexible).\n        \
+                    pub const TOKENS_SHAPE: [usize; 3] = [1, 4, 8];\n    }\n";
+    assert!(code.contains(flexible), "{code}");
+    assert!(!code.contains("fixed-shape"), "{code}");
+}
+
+#[test]
+fn a_fixed_shape_function_says_where_it_came_from_when_the_build_knows() {
+    // The build knows the configuration it merged from, and says so.
+    let (_dir, mut interface) = fixed_shape_interface();
+    interface.fixed_shapes.insert(
+        "len_5".to_string(),
+        FixedShapeOrigin {
+            package: "flexible_range.mlpackage".to_string(),
+            source_function: "main".to_string(),
+            shapes: [("tokens".to_string(), vec![1, 5, 8])].into(),
+        },
+    );
+    let code = generate(&[interface]).unwrap();
+    insta::assert_snapshot!("fixed_shapes", code);
+    assert!(
+        code.contains(
+            "    /// Function `len_5` of model `fixed`.\n    ///\n    \
+             /// A fixed-shape function: function `main` of `flexible_range.mlpackage` with \
+             `tokens` fixed at `[1, 5, 8]`.\n"
+        ),
+        "{code}"
+    );
+    assert!(
+        code.contains(
+            "        /// The shape of `tokens`: fixed at `[1, 5, 8]` from function `main` of \
+             `flexible_range.mlpackage`, where it is flexible.\n        \
+             pub const TOKENS_SHAPE: [usize; 3] = [1, 5, 8];\n"
+        ),
+        "{code}"
+    );
+    compile_check("fixed", &code);
 }
 
 use coreml_multifunction_build::proto::specification::{
@@ -90,6 +167,7 @@ fn hostile() -> ModelInterface {
             ),
         ],
         default_function: "type".to_string(),
+        fixed_shapes: Default::default(),
     }
 }
 
@@ -127,6 +205,7 @@ fn names_that_collide_after_sanitising_name_both_originals() {
             vec![tensor_feature("y", "")],
         )],
         default_function: "f".to_string(),
+        fixed_shapes: Default::default(),
     };
     let error = generate(&[model]).unwrap_err();
     assert_eq!(error.model, "clash");
@@ -151,6 +230,7 @@ fn names_that_collide_after_sanitising_name_both_originals() {
             ),
         ],
         default_function: "adapter1".to_string(),
+        fixed_shapes: Default::default(),
     };
     let error = generate(&[model]).unwrap_err();
     assert!(
@@ -254,6 +334,7 @@ proptest::proptest! {
             package_env_var: "COREML_MULTIFUNCTION_MODEL_RANDOM".to_string(),
             functions: vec![function_with(&function, &input, &output, &description)],
             default_function: function.clone(),
+            fixed_shapes: Default::default(),
         };
         match generate(&[model]) {
             Ok(code) => {

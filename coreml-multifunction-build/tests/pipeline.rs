@@ -292,3 +292,174 @@ fn concurrent_builds_into_one_out_dir_give_one_valid_result() {
         ]
     );
 }
+
+const FIXED: &str = r#"[package.metadata.multifunction.models.encoder]
+default-function = "seq_8"
+functions.seq_8 = { package = "models/flexible_range.mlpackage", shapes = { tokens = [1, 8, 8] } }
+functions.flexible = "models/flexible_range.mlpackage"
+"#;
+
+/// The input and output shapes of `function` of a merged package, and
+/// whether its input is still flexible.
+fn interface(package: &Path, function: &str) -> (Vec<i64>, Vec<i64>, bool) {
+    use coreml_multifunction_build::proto::specification::feature_type::Type;
+    let package = Package::open(package).unwrap();
+    let description = package
+        .functions()
+        .iter()
+        .find(|f| f.name == function)
+        .unwrap()
+        .description
+        .clone()
+        .into_owned();
+    let array = |feature: &coreml_multifunction_build::proto::FeatureDescription| match feature
+        .r#type
+        .as_ref()
+        .and_then(|t| t.r#type.clone())
+    {
+        Some(Type::MultiArrayType(array)) => array,
+        other => panic!("not a multi-array: {other:?}"),
+    };
+    let input = array(&description.input[0]);
+    let output = array(&description.output[0]);
+    (input.shape, output.shape, input.shape_flexibility.is_some())
+}
+
+#[test]
+fn shapes_in_cargo_toml_make_fixed_shape_functions_and_a_new_shape_merges_again() {
+    let project = Project::new(FIXED, &["flexible_range"]);
+    let (built, _) = project.run().unwrap();
+    let model = &built.models[0];
+    let report = model.merge.as_ref().unwrap();
+    assert_eq!(
+        report.functions[0].fixed_shapes,
+        [("tokens".to_string(), vec![1, 8, 8])].into()
+    );
+    assert!(report.functions[1].fixed_shapes.is_empty());
+    assert_eq!(
+        interface(&model.package, "seq_8"),
+        (vec![1, 8, 8], vec![1, 8, 8], false)
+    );
+    assert!(interface(&model.package, "flexible").2, "still flexible");
+    let generated = std::fs::read_to_string(&built.generated).unwrap();
+    assert!(
+        generated.contains("pub const TOKENS_SHAPE: [usize; 3] = [1, 8, 8];"),
+        "{generated}"
+    );
+
+    // Unchanged: not merged again.
+    let (again, _) = project.run().unwrap();
+    assert!(again.models[0].merge.is_none());
+
+    // Another shape is another model: merged again, whatever the files.
+    std::fs::write(
+        project.root().join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"demo\"\nversion = \"0.3.0\"\n\n{}",
+            FIXED.replace("[1, 8, 8]", "[1, 16, 8]")
+        ),
+    )
+    .unwrap();
+    let (changed, _) = project.run().unwrap();
+    assert!(
+        changed.models[0].merge.is_some(),
+        "a new shape was not merged"
+    );
+    assert_eq!(
+        interface(&changed.models[0].package, "seq_8"),
+        (vec![1, 16, 8], vec![1, 16, 8], false)
+    );
+}
+
+#[test]
+fn shape_errors_point_at_the_shape_in_cargo_toml() {
+    // Line 7 of the manifest (after the four-line [package] header) is the
+    // function; its `shapes` input is at column 77 and the array at 86.
+    let cases = [
+        (
+            "[1, 8, 8]",
+            "[1, 99, 8]",
+            "Cargo.toml:7:86: `package.metadata.multifunction.models.encoder.functions.seq_8.shapes.tokens`: \
+             function \"seq_8\": input \"tokens\" of function \"main\" of ",
+            "cannot take the shape [1, 99, 8]: it allows [1, 1..=16, 8]",
+        ),
+        (
+            "[1, 8, 8]",
+            "[1, 8]",
+            "Cargo.toml:7:86: `package.metadata.multifunction.models.encoder.functions.seq_8.shapes.tokens`",
+            "cannot take the shape [1, 8]: it allows [1, 1..=16, 8]",
+        ),
+        (
+            "tokens = [1, 8, 8]",
+            "token = [1, 8, 8]",
+            "Cargo.toml:7:77: `package.metadata.multifunction.models.encoder.functions.seq_8.shapes.token`",
+            "has no input \"token\" to fix the shape of; its inputs are \"tokens\"",
+        ),
+    ];
+    for (from, to, location, message) in cases {
+        let project = Project::new(&FIXED.replace(from, to), &["flexible_range"]);
+        let error = project.run().unwrap_err().to_string();
+        assert!(error.contains(location), "{to}: {error}");
+        assert!(error.contains(message), "{to}: {error}");
+        assert!(
+            !project.out_dir().join("encoder.mlpackage").exists(),
+            "{to}: wrote a package"
+        );
+    }
+}
+
+#[test]
+fn fixed_shapes_can_be_configured_in_code() {
+    let project = Project::new("", &["flexible_range"]);
+    let model = Model::new("encoder")
+        .function("seq_8", "models/flexible_range.mlpackage")
+        .fixed_shape("seq_8", "tokens", [1, 4, 8])
+        .fixed_shape("seq_8", "tokens", [1, 8, 8])
+        .function_from("seq_16", "models/flexible_range.mlpackage", "main")
+        .fixed_shape("seq_16", "tokens", vec![1, 16, 8])
+        .default_function("seq_8");
+    let built = project
+        .builder()
+        .model(model.clone())
+        .run_with_output(&mut Vec::new())
+        .unwrap();
+    let package = &built.models[0].package;
+    assert_eq!(
+        interface(package, "seq_8").0,
+        [1, 8, 8],
+        "the last call wins"
+    );
+    assert_eq!(interface(package, "seq_16").0, [1, 16, 8]);
+
+    // Errors name the call.
+    let error = project
+        .builder()
+        .model(model.clone().fixed_shape("seq_32", "tokens", [1, 32, 8]))
+        .run()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("`Model::new(\"encoder\").fixed_shape(\"seq_32\", \"tokens\")`")
+            && error.contains("\"seq_32\" is not a function added with .function")
+            && error.contains("\"seq_8\", \"seq_16\""),
+        "{error}"
+    );
+    let error = project
+        .builder()
+        .model(model.clone().fixed_shape("seq_8", "tokens", [1, 0, 8]))
+        .run()
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("[1, 0, 8] is not a fixed shape"), "{error}");
+    let error = project
+        .builder()
+        .model(model.fixed_shape("seq_16", "tokens", [1, 17, 8]))
+        .run()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("`Model::new(\"encoder\").fixed_shape(\"seq_16\", \"tokens\")`")
+            && error.contains("it allows [1, 1..=16, 8]"),
+        "{error}"
+    );
+}

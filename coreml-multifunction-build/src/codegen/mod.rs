@@ -39,6 +39,25 @@ pub struct ModelInterface {
     pub functions: Vec<FunctionDescription>,
     /// The default function.
     pub default_function: String,
+    /// How each fixed-shape function was made, by function name, for its
+    /// docs: the merged package describes its inputs as plain fixed ones
+    /// and keeps no record of the flexible source. Empty when unknown
+    /// ([`ModelInterface::of_package`]); the build fills it from the
+    /// configuration the package was merged from.
+    pub fixed_shapes: BTreeMap<String, FixedShapeOrigin>,
+}
+
+/// Where a fixed-shape function came from: a flexible source function with
+/// some inputs fixed to one shape each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixedShapeOrigin {
+    /// The source package's file name, such as `encoder.mlpackage` (never
+    /// a path, so the generated text does not depend on where it is).
+    pub package: String,
+    /// The function of the source package.
+    pub source_function: String,
+    /// The inputs fixed, with their shapes.
+    pub shapes: BTreeMap<String, Vec<u64>>,
 }
 
 impl ModelInterface {
@@ -56,6 +75,7 @@ impl ModelInterface {
                 .map(|f| f.description.clone().into_owned())
                 .collect(),
             default_function: package.default_function().to_string(),
+            fixed_shapes: BTreeMap::new(),
         }
     }
 }
@@ -145,7 +165,7 @@ struct FeatureContext {
     shape: Option<String>,
     rank: usize,
     shape_const: String,
-    flexible: bool,
+    shape_doc: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -288,6 +308,7 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
     for (index, function) in model.functions.iter().enumerate() {
         let type_name = function_types[index].clone();
         let is_default = function.name == model.default_function;
+        let origin = model.fixed_shapes.get(&function.name);
         let mut docs = vec![format!(
             "Function {} of model {}{}.",
             code_doc(&function.name),
@@ -298,6 +319,26 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
                 ""
             }
         )];
+        if let Some(origin) = origin {
+            let fixed: Vec<String> = origin
+                .shapes
+                .iter()
+                .map(|(input, shape)| {
+                    format!(
+                        "{} fixed at {}",
+                        code_doc(input),
+                        code_doc(&format!("{shape:?}"))
+                    )
+                })
+                .collect();
+            docs.push(String::new());
+            docs.push(format!(
+                "A fixed-shape function: function {} of {} with {}.",
+                code_doc(&origin.source_function),
+                code_doc(&origin.package),
+                fixed.join(" and ")
+            ));
+        }
         for (title, features) in [
             ("Inputs", &function.input),
             ("Outputs", &function.output),
@@ -329,8 +370,8 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
             output_type: format!("{type_name}Output"),
             type_name,
             docs,
-            inputs: features(&model.name, &function.input, true)?,
-            outputs: features(&model.name, &function.output, false)?,
+            inputs: features(&model.name, &function.input, true, origin)?,
+            outputs: features(&model.name, &function.output, false, None)?,
             state_type: state_type_of.get(&index).cloned(),
         });
     }
@@ -371,6 +412,7 @@ fn features(
     model: &str,
     descriptions: &[FeatureDescription],
     inputs: bool,
+    origin: Option<&FixedShapeOrigin>,
 ) -> Result<Vec<FeatureContext>, CodegenError> {
     let mut fields = Names::new(model, if inputs { "inputs" } else { "outputs" });
     let mut out = Vec::new();
@@ -402,6 +444,17 @@ fn features(
         let rank = report.shape.as_ref().map_or(0, Vec::len);
         // `r#type` → `TYPE_SHAPE`, `_2nd` → `_2ND_SHAPE`: distinct as the fields are.
         let constant = field.trim_start_matches("r#").to_ascii_uppercase();
+        let fixed_from = origin.filter(|o| o.shapes.contains_key(&description.name));
+        let shape_doc = match (flexible, fixed_from) {
+            (true, _) => format!("The shape of `{field}` (its default; the input is flexible)."),
+            (false, Some(origin)) => format!(
+                "The shape of `{field}`: fixed at {} from function {} of {}, where it is flexible.",
+                shape.as_deref().map_or_else(String::new, code_doc),
+                code_doc(&origin.source_function),
+                code_doc(&origin.package)
+            ),
+            (false, None) => format!("The shape of `{field}`."),
+        };
         out.push(FeatureContext {
             shape_const: format!("{constant}_SHAPE"),
             field,
@@ -411,7 +464,7 @@ fn features(
             optional,
             shape,
             rank,
-            flexible,
+            shape_doc,
         });
     }
     Ok(out)
