@@ -23,9 +23,13 @@ Usage:
       Print the spec version, functions (opset, inputs, outputs, states),
       metadata and weight storage of an .mlpackage.
   coreml-multifunction merge -o OUT.mlpackage --function PKG[:SRC]=TARGET ... --default TARGET
+                       [--shape TARGET:INPUT=D0xD1x... ...]
       Merge functions of ML Program packages into one multifunction package,
       storing equal weights once. SRC defaults to main. --function repeats;
-      --all PKG adds every function of PKG under its own name.
+      --all PKG adds every function of PKG under its own name. --shape fixes
+      flexible input INPUT of function TARGET to one shape it allows (such as
+      --shape seq_8:input_ids=1x8), making TARGET a fixed-shape function of
+      its source; it repeats, once per input to fix.
   coreml-multifunction compare LEFT RIGHT [--ignore-metadata]
                        [--ignore-program-attributes] [--ignore-spec-version]
                        [--ignore-op-names]
@@ -202,6 +206,11 @@ fn merge_command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
             Long("default") => {
                 descriptor.default_function(parser.value()?.string()?);
             }
+            Long("shape") => {
+                let spec = parser.value()?.string()?;
+                let (target, input, shape) = parse_shape_spec(&spec)?;
+                descriptor.fixed_shape(target, input, shape);
+            }
             other => return Err(other.unexpected().into()),
         }
     }
@@ -228,11 +237,20 @@ fn merge_command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
         .unwrap_or(0);
     for function in &report.functions {
         text += &format!(
-            "  {:width$}  <- {} ({})\n",
+            "  {:width$}  <- {} ({})",
             function.target,
             function.package.display(),
             function.source_function
         );
+        let fixed: Vec<String> = function
+            .fixed_shapes
+            .iter()
+            .map(|(input, shape)| format!("{input} {shape:?}"))
+            .collect();
+        if !fixed.is_empty() {
+            text += &format!(", fixed shape: {}", fixed.join(", "));
+        }
+        text.push('\n');
     }
     text += &format!(
         "weights: {} references, {} unique blobs, {} stored, {} shared instead of stored again\n",
@@ -288,6 +306,45 @@ fn parse_function_spec(spec: &str) -> Result<(PathBuf, String, String), Failure>
         _ => (left.to_string(), "main".to_string()),
     };
     Ok((PathBuf::from(package), source, target.to_string()))
+}
+
+/// Splits `TARGET:INPUT=D0xD1x...`. The target is a function name, which
+/// holds no `:`; the shape holds no `=`; the input name is what is between.
+fn parse_shape_spec(spec: &str) -> Result<(String, String, Vec<u64>), Failure> {
+    let malformed = |why: &str| {
+        Failure::usage(format!(
+            "--shape {spec:?} {why}; write TARGET:INPUT=D0xD1x..., such as \
+             --shape seq_8:input_ids=1x8"
+        ))
+    };
+    let (left, dims) = spec
+        .rsplit_once('=')
+        .ok_or_else(|| malformed("has no `=` before the shape"))?;
+    let (target, input) = left
+        .split_once(':')
+        .ok_or_else(|| malformed("has no `:` between the function and the input"))?;
+    if target.is_empty() {
+        return Err(malformed("names no function before `:`"));
+    }
+    if input.is_empty() {
+        return Err(malformed("names no input between `:` and `=`"));
+    }
+    if dims.is_empty() {
+        return Err(malformed("gives no shape after `=`"));
+    }
+    let mut shape = Vec::new();
+    for (index, dim) in dims.split('x').enumerate() {
+        match dim.parse::<u64>() {
+            Ok(size) if size >= 1 => shape.push(size),
+            _ => {
+                return Err(malformed(&format!(
+                    "has {dim:?} as dimension {index}, which is not a size (a whole number, at \
+                     least 1)"
+                )))
+            }
+        }
+    }
+    Ok((target.to_string(), input.to_string(), shape))
 }
 
 fn compare_command(parser: &mut lexopt::Parser) -> Result<(), Failure> {

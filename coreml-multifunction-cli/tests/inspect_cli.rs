@@ -429,3 +429,173 @@ fn merge_errors_name_the_function_and_leave_no_output() {
     let output = cli(&["merge", "-o", out.to_str().unwrap(), "-f", "no-equals-sign"]);
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn merge_fixes_a_flexible_input_with_shape_and_says_so() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("fixed.mlpackage");
+    let source = common::source_package("flexible_range");
+    let output = cli(&[
+        "merge",
+        "-o",
+        out.to_str().unwrap(),
+        "--function",
+        &format!("{}=main", source.display()),
+        "--function",
+        &format!("{}:main=len_5", source.display()),
+        "--shape",
+        "len_5:tokens=1x5x8",
+        "--default",
+        "main",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "  len_5  <- {} (main), fixed shape: tokens [1, 5, 8]\n",
+            source.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("  main   <- {} (main)\n", source.display())),
+        "the flexible function is listed without shapes: {text}"
+    );
+
+    let report = inspect_json(&out);
+    let fixed = &function(&report, "len_5")["inputs"][0];
+    assert_eq!(fixed["shape"], serde_json::json!([1, 5, 8]));
+    assert!(fixed.get("shape_range").is_none(), "{fixed}");
+    let output = &function(&report, "len_5")["outputs"][0];
+    assert_eq!(output["shape"], serde_json::json!([1, 5, 8]));
+    let flexible = &function(&report, "main")["inputs"][0];
+    assert!(flexible.get("shape_range").is_some(), "{flexible}");
+}
+
+#[test]
+fn a_shape_the_input_does_not_allow_names_the_input_and_writes_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("fixed.mlpackage");
+    let source = common::source_package("flexible_range");
+    let output = cli(&[
+        "merge",
+        "-o",
+        out.to_str().unwrap(),
+        "-f",
+        &format!("{}=len_99", source.display()),
+        "--shape",
+        "len_99:tokens=1x99x8",
+        "--default",
+        "len_99",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("input \"tokens\"")
+            && stderr.contains("cannot take the shape [1, 99, 8]: it allows [1, 1..=16, 8]"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one clear message: {stderr}");
+    assert!(output.stdout.is_empty());
+    assert!(!out.exists());
+    assert_eq!(
+        std::fs::read_dir(scratch.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
+
+    // An input the function does not have lists the inputs it has.
+    let output = cli(&[
+        "merge",
+        "-o",
+        out.to_str().unwrap(),
+        "-f",
+        &format!("{}=len_8", source.display()),
+        "--shape",
+        "len_8:token=1x8x8",
+        "--default",
+        "len_8",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("has no input \"token\"") && stderr.contains("its inputs are \"tokens\""),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn malformed_shape_arguments_are_usage_errors_showing_the_form() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("fixed.mlpackage");
+    let function = format!(
+        "{}=len_5",
+        common::source_package("flexible_range").display()
+    );
+    for (shape, why) in [
+        ("len_5:tokens", "has no `=` before the shape"),
+        (
+            "tokens=1x5x8",
+            "has no `:` between the function and the input",
+        ),
+        (":tokens=1x5x8", "names no function before `:`"),
+        ("len_5:=1x5x8", "names no input between `:` and `=`"),
+        ("len_5:tokens=", "gives no shape after `=`"),
+        (
+            "len_5:tokens=1x0x8",
+            "has \"0\" as dimension 1, which is not a size",
+        ),
+        (
+            "len_5:tokens=1,5,8",
+            "has \"1,5,8\" as dimension 0, which is not a size",
+        ),
+        (
+            "len_5:tokens=1x-5x8",
+            "has \"-5\" as dimension 1, which is not a size",
+        ),
+        (
+            "len_5:tokens=1x5x",
+            "has \"\" as dimension 2, which is not a size",
+        ),
+    ] {
+        let output = cli(&[
+            "merge",
+            "-o",
+            out.to_str().unwrap(),
+            "-f",
+            &function,
+            "--shape",
+            shape,
+            "--default",
+            "len_5",
+        ]);
+        assert_eq!(output.status.code(), Some(2), "{shape}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        let first = stderr.lines().next().unwrap();
+        assert!(
+            first.starts_with(&format!("error: --shape {shape:?} {why}")),
+            "{shape}: {first}"
+        );
+        assert!(
+            first.ends_with("write TARGET:INPUT=D0xD1x..., such as --shape seq_8:input_ids=1x8"),
+            "{shape}: {first}"
+        );
+        assert!(stderr.contains("Usage:"), "{shape}");
+        assert!(!out.exists(), "{shape}");
+    }
+    // `--shape` needs its value.
+    let output = cli(&[
+        "merge",
+        "-o",
+        out.to_str().unwrap(),
+        "-f",
+        &function,
+        "--shape",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+}
