@@ -1,7 +1,7 @@
 //! Exercises the generated API of four merged models: a LoRA pair, a
 //! stateful prefill/decode pair sharing a KV cache, a model mixing several
-//! input and output types, an image and a flexible shape, and two
-//! fixed-shape functions made from that flexible one; a loaded
+//! input and output types, an image and a flexible shape, and an encoder's
+//! fixed-shape functions beside its flexible one; a loaded
 //! function moved to another thread, a load from a compiled `.mlmodelc`
 //! path, and awaited `predict_async` futures. CI compiles it for the host
 //! and type-checks it for Apple targets; run on the host it predicts with
@@ -198,38 +198,49 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_err();
     assert!(error.to_string().contains("1..=16"), "{error}");
 
-    // Fixed-shape functions of that flexible function (`shapes` in
-    // Cargo.toml): each input's shape is a constant, the output's shape is
-    // fixed with it, and the results are the flexible function's.
-    const _: () = assert!(fixed::Seq8Input::TOKENS_SHAPE[1] == 8);
-    assert_eq!(fixed::Seq8Input::TOKENS_SHAPE, [1, 8, 8]);
-    assert_eq!(fixed::Seq16Input::TOKENS_SHAPE, [1, 16, 8]);
-    let seq_8 = fixed::Seq8::load()?;
-    let tokens = f16_tensor(&fixed::Seq8Input::TOKENS_SHAPE, |i| (i % 5) as f32 / 5.0)?;
-    let fixed_8 = seq_8.predict(&fixed::Seq8Input {
-        tokens: tokens.clone(),
+    // Fixed-shape functions of a flexible encoder (`shapes` in Cargo.toml):
+    // each input's shape is a constant, the outputs' shapes are fixed with
+    // it, and the results are the flexible function's.
+    const _: () = assert!(encoder::Seq8Input::INPUT_IDS_SHAPE[1] == 8);
+    assert_eq!(encoder::Seq8Input::INPUT_IDS_SHAPE, [1, 8]);
+    assert_eq!(encoder::Seq32Input::INPUT_IDS_SHAPE, [1, 32]);
+    let ids = |shape: [usize; 2]| {
+        Tensor::new(
+            shape,
+            (0..shape[1])
+                .map(|i| (i * 7 % 50) as i32)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let seq_8 = encoder::Seq8::load()?;
+    let fixed_8 = seq_8.predict(&encoder::Seq8Input {
+        input_ids: ids(encoder::Seq8Input::INPUT_IDS_SHAPE)?,
     })?;
-    assert_eq!(fixed_8.projected.shape(), &[1, 8, 8]);
-    let flexible_8 = flexible.predict(&mixed::FlexibleInput { tokens })?;
-    assert_close(&fixed_8.projected, &flexible_8.projected);
-    let seq_16 = fixed::Seq16::load()?;
-    let fixed_16 = seq_16.predict(&fixed::Seq16Input {
-        tokens: f16_tensor(&fixed::Seq16Input::TOKENS_SHAPE, |_| 0.25)?,
+    assert_eq!(fixed_8.hidden_states.shape(), &[1, 8, 32]);
+    assert_eq!(fixed_8.pooled.shape(), &[1, 32]);
+    let flexible_8 = encoder::Flexible::load()?.predict(&encoder::FlexibleInput {
+        input_ids: ids(encoder::Seq8Input::INPUT_IDS_SHAPE)?,
     })?;
-    assert_eq!(fixed_16.projected.shape(), &[1, 16, 8]);
+    assert_close(&fixed_8.hidden_states, &flexible_8.hidden_states);
+    assert_close(&fixed_8.pooled, &flexible_8.pooled);
+    let seq_32 = encoder::Seq32::load()?;
+    let fixed_32 = seq_32.predict(&encoder::Seq32Input {
+        input_ids: ids(encoder::Seq32Input::INPUT_IDS_SHAPE)?,
+    })?;
+    assert_eq!(fixed_32.hidden_states.shape(), &[1, 32, 32]);
     // Any other shape, even one the flexible source allows, is refused.
     let error = seq_8
-        .predict(&fixed::Seq8Input {
-            tokens: f16_tensor(&[1, 5, 8], |_| 0.5)?,
+        .predict(&encoder::Seq8Input {
+            input_ids: ids([1, 5])?,
         })
         .unwrap_err();
-    assert!(error.to_string().contains("[1, 8, 8]"), "{error}");
+    assert!(error.to_string().contains("[1, 8]"), "{error}");
     println!(
-        "fixed shapes: seq_8 {:?} -> {:?}, seq_16 {:?} -> {:?}",
-        fixed::Seq8Input::TOKENS_SHAPE,
-        fixed_8.projected.shape(),
-        fixed::Seq16Input::TOKENS_SHAPE,
-        fixed_16.projected.shape()
+        "fixed shapes: seq_8 {:?} -> {:?}, seq_32 {:?} -> {:?}",
+        encoder::Seq8Input::INPUT_IDS_SHAPE,
+        fixed_8.hidden_states.shape(),
+        encoder::Seq32Input::INPUT_IDS_SHAPE,
+        fixed_32.hidden_states.shape()
     );
 
     println!(
