@@ -29,10 +29,34 @@ pub fn manifest(data: &[u8]) {
     }
 }
 
-/// Strict decoding of model.mlmodel.
+/// Strict decoding of model.mlmodel, then shape inference over every
+/// function that decodes: at its declared shapes, and with every unknown
+/// dimension of its inputs fixed to 2.
 pub fn spec(data: &[u8]) {
+    use coreml_multifunction_build::__private::{declared_dims, materialize};
+    use coreml_multifunction_build::proto::{mil_spec::value_type, model};
     let _ = spec::model_type_name(data);
-    let _ = spec::decode_ml_program(data);
+    let Ok(model) = spec::decode_ml_program(data) else {
+        return;
+    };
+    let Some(model::Type::MlProgram(program)) = &model.r#type else {
+        return;
+    };
+    for function in program.functions.values() {
+        let _ = materialize(function, &Default::default());
+        let fixed = function
+            .inputs
+            .iter()
+            .filter_map(|input| match input.r#type.as_ref()?.r#type.as_ref()? {
+                value_type::Type::TensorType(t) => Some((
+                    input.name.clone(),
+                    declared_dims(t).iter().map(|d| d.unwrap_or(2)).collect(),
+                )),
+                _ => None,
+            })
+            .collect();
+        let _ = materialize(function, &fixed);
+    }
 }
 
 /// Reading a weight file: header, record walk, every record's data.

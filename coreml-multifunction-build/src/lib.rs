@@ -75,9 +75,10 @@ pub use coreml_multifunction_format::{package, proto};
 pub use error::{Bytes, CodegenError, Error, MergeProblem, Problem, Result};
 pub use xcrun::compile_with_xcrun;
 
-/// Code generation, for the fuzz targets and the snapshot tests: not a
-/// stable API.
+/// Code generation and materialization, for the fuzz targets and the
+/// snapshot tests: not a stable API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::codegen::{generate, rust_literal, FixedShapeOrigin, ModelInterface};
+    pub use coreml_multifunction_format::mil::materialize::{declared_dims, materialize};
 }
