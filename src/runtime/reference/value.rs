@@ -356,25 +356,9 @@ pub(crate) fn cast(value: &Value, data_type: DataType) -> OpResult<Value> {
     }
 }
 
-/// The MIL element type named by a `dtype` string parameter ("fp16", ...).
-pub(crate) fn dtype_from_name(name: &str) -> Option<DataType> {
-    Some(match name {
-        "fp16" => DataType::Float16,
-        "fp32" => DataType::Float32,
-        "fp64" => DataType::Float64,
-        "bf16" => DataType::Bfloat16,
-        "int8" => DataType::Int8,
-        "int16" => DataType::Int16,
-        "int32" => DataType::Int32,
-        "int64" => DataType::Int64,
-        "uint8" => DataType::Uint8,
-        "uint16" => DataType::Uint16,
-        "uint32" => DataType::Uint32,
-        "uint64" => DataType::Uint64,
-        "bool" => DataType::Bool,
-        _ => return None,
-    })
-}
+/// The MIL element type named by a `dtype` string parameter ("fp16", ...):
+/// shape inference's reading, so both give a cast the same type.
+pub(crate) use coreml_multifunction_format::mil::infer::dtype_from_name;
 
 #[cfg(test)]
 mod tests {

@@ -90,34 +90,8 @@ pub fn shape_text(shape: &[Dim]) -> String {
     format!("[{}]", dims.join(", "))
 }
 
-/// The name coremltools gives a data type (`fp32`, `int32`, `bool`).
-pub fn dtype_name(dtype: DataType) -> &'static str {
-    match dtype {
-        DataType::Bool => "bool",
-        DataType::String => "str",
-        DataType::Float8e4m3fn => "fp8e4m3fn",
-        DataType::Float8e5m2 => "fp8e5m2",
-        DataType::Float16 => "fp16",
-        DataType::Float32 => "fp32",
-        DataType::Float64 => "fp64",
-        DataType::Bfloat16 => "bf16",
-        DataType::Int8 => "int8",
-        DataType::Int16 => "int16",
-        DataType::Int32 => "int32",
-        DataType::Int64 => "int64",
-        DataType::Int4 => "int4",
-        DataType::Uint8 => "uint8",
-        DataType::Uint16 => "uint16",
-        DataType::Uint32 => "uint32",
-        DataType::Uint64 => "uint64",
-        DataType::Uint4 => "uint4",
-        DataType::Uint2 => "uint2",
-        DataType::Uint1 => "uint1",
-        DataType::Uint6 => "uint6",
-        DataType::Uint3 => "uint3",
-        DataType::UnusedType => "unused",
-    }
-}
+/// The name MIL gives a data type (`fp32`, `int32`, `bool`).
+pub use crate::package::blob::mil_type_name as dtype_name;
 
 /// The data type coremltools names `name` (`cast`'s `dtype`, the
 /// `output_dtype` parameters).
@@ -127,6 +101,7 @@ pub fn dtype_from_name(name: &str) -> Option<DataType> {
         "fp16" => DataType::Float16,
         "fp32" => DataType::Float32,
         "fp64" => DataType::Float64,
+        "bf16" => DataType::Bfloat16,
         "int8" => DataType::Int8,
         "int16" => DataType::Int16,
         "int32" => DataType::Int32,

@@ -52,26 +52,32 @@ fn gather_positions(shape: &[u64], select: &[Vec<usize>]) -> Vec<usize> {
     out
 }
 
+/// The entries of a `shape` parameter (`reshape`'s, `fill`'s), `None`
+/// where not known; all unknown when it is computed at run time, its
+/// length then giving the rank.
+fn shape_entries(shape_param: &Operand) -> Result<Vec<Option<i64>>, String> {
+    if let Some(v) = &shape_param.value {
+        return v
+            .to_ints()
+            .ok_or_else(|| "shape is not integers".to_string());
+    }
+    let length = shape_param
+        .ty
+        .shape
+        .first()
+        .copied()
+        .flatten()
+        .ok_or("the shape parameter's length is not known")?;
+    if length > MAX_RANK {
+        return Err(format!("the shape parameter has {length} entries"));
+    }
+    Ok(vec![None; length as usize])
+}
+
 pub(super) fn reshape(inputs: &Inputs<'_>) -> Result<Operand, String> {
     let x = inputs.required("x")?;
     let shape_param = inputs.required("shape")?;
-    let target: Vec<Option<i64>> = match &shape_param.value {
-        Some(v) => v.to_ints().ok_or("shape is not integers")?,
-        None => {
-            // A shape computed at run time: its length gives the rank.
-            let length = shape_param
-                .ty
-                .shape
-                .first()
-                .copied()
-                .flatten()
-                .ok_or("the shape parameter's length is not known")?;
-            if length > MAX_RANK {
-                return Err(format!("the shape parameter has {length} entries"));
-            }
-            vec![None; length as usize]
-        }
-    };
+    let target = shape_entries(shape_param)?;
     let current = &x.ty.shape;
     let mut dims: Vec<Dim> = Vec::with_capacity(target.len());
     for (i, &t) in target.iter().enumerate() {
@@ -787,30 +793,13 @@ fn repeated(value: &Elements, count: u64) -> Option<Elements> {
 
 pub(super) fn fill(inputs: &Inputs<'_>) -> Result<Operand, String> {
     let shape_param = inputs.required("shape")?;
-    let shape: Vec<Dim> = match &shape_param.value {
-        Some(v) => v
-            .to_ints()
-            .ok_or("shape is not integers")?
-            .into_iter()
-            .map(|d| match d {
-                Some(d) if d < 0 => Err(format!("shape has a negative entry {d}")),
-                d => Ok(d.map(|d| d as u64)),
-            })
-            .collect::<Result<_, _>>()?,
-        None => {
-            let length = shape_param
-                .ty
-                .shape
-                .first()
-                .copied()
-                .flatten()
-                .ok_or("the shape parameter's length is not known")?;
-            if length > MAX_RANK {
-                return Err(format!("the shape parameter has {length} entries"));
-            }
-            vec![None; length as usize]
-        }
-    };
+    let shape: Vec<Dim> = shape_entries(shape_param)?
+        .into_iter()
+        .map(|d| match d {
+            Some(d) if d < 0 => Err(format!("shape has a negative entry {d}")),
+            d => Ok(d.map(|d| d as u64)),
+        })
+        .collect::<Result<_, _>>()?;
     let (dtype, value) = fill_value(inputs)?;
     let ty = TensorType { dtype, shape };
     let folded = value.and_then(|v| repeated(&v, ty.element_count()?));
