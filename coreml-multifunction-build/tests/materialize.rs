@@ -7,6 +7,8 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+#[path = "../../tests/common/materialization.rs"]
+mod materialization;
 
 use std::collections::BTreeSet;
 
@@ -15,20 +17,8 @@ use coreml_multifunction_build::package::Package;
 use coreml_multifunction_build::proto::mil_spec::{self, dimension, value_type};
 use coreml_multifunction_build::MergeProblem;
 
-use common::{materializations, Materialization};
-
-fn descriptor(scenario: &Materialization) -> MultiFunctionDescriptor {
-    let mut descriptor = MultiFunctionDescriptor::new();
-    descriptor.add_function_from(&scenario.source, &scenario.function, "main");
-    for target in &scenario.targets {
-        descriptor.add_function_from(&scenario.source, &scenario.function, &target.name);
-        for (input, shape) in &target.shapes {
-            descriptor.fixed_shape(&target.name, input, shape.clone());
-        }
-    }
-    descriptor.default_function("main");
-    descriptor
-}
+use common::materializations;
+use materialization::descriptor;
 
 fn visit(block: &mil_spec::Block, f: &mut dyn FnMut(&mil_spec::Operation)) {
     for op in &block.operations {

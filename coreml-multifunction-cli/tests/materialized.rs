@@ -8,6 +8,8 @@ mod common;
 
 #[path = "../../tests/common/fixture_io.rs"]
 mod fixture_io;
+#[path = "../../tests/common/materialization.rs"]
+mod materialization;
 
 use std::path::{Path, PathBuf};
 
@@ -26,20 +28,10 @@ fn load(package: &Path, function: &str) -> Function {
     .unwrap_or_else(|e| panic!("{} {function}: {e}", package.display()))
 }
 
-/// Our merge of a scenario: the flexible source as `main`, then every
-/// fixed-shape target.
+/// Our merge of a scenario.
 fn merged(scenario: &Materialization, dir: &Path) -> PathBuf {
     let out = dir.join(format!("{}.mlpackage", scenario.name));
-    let mut descriptor = MultiFunctionDescriptor::new();
-    descriptor.add_function_from(&scenario.source, &scenario.function, "main");
-    for target in &scenario.targets {
-        descriptor.add_function_from(&scenario.source, &scenario.function, &target.name);
-        for (input, shape) in &target.shapes {
-            descriptor.fixed_shape(&target.name, input, shape.clone());
-        }
-    }
-    descriptor.default_function("main");
-    descriptor.merge(&out).unwrap();
+    materialization::descriptor(scenario).merge(&out).unwrap();
     out
 }
 
@@ -126,12 +118,15 @@ fn edited_encoder(
 fn fix_at_8(source: &Path) -> (String, coreml_multifunction_build::Error) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("never.mlpackage");
-    let error = MultiFunctionDescriptor::new()
+    let mut descriptor = MultiFunctionDescriptor::new();
+    descriptor
         .add_function(source, "seq_8")
         .fixed_shape("seq_8", "input_ids", [1, 8])
-        .default_function("seq_8")
-        .merge(&out)
-        .unwrap_err();
+        .default_function("seq_8");
+    // A check finds it too, writing nothing.
+    let checked = descriptor.check().unwrap_err();
+    let error = descriptor.merge(&out).unwrap_err();
+    assert_eq!(checked.to_string(), error.to_string());
     assert!(
         !out.exists(),
         "a failed materialization wrote {}",

@@ -87,13 +87,9 @@ pub(super) fn check_allowed(
                 .zip(shape)
                 .all(|(d, &s)| d.is_none_or(|d| d == s));
         if !agrees {
-            let text: Vec<String> = dims
-                .iter()
-                .map(|d| d.map_or("?".to_string(), |d| d.to_string()))
-                .collect();
             return not(format!(
                 "{} (the program's declared input type)",
-                format_args!("[{}]", text.join(", "))
+                coreml_multifunction_format::mil::infer::shape_text(&dims)
             ));
         }
     }

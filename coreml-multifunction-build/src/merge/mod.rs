@@ -180,7 +180,8 @@ impl MultiFunctionDescriptor {
 
     /// Checks the descriptor against its sources without writing anything:
     /// the packages open, the functions exist, the names and default are
-    /// valid, and every body can be raised to the merged opset.
+    /// valid, every body can be raised to the merged opset, and every
+    /// fixed-shape function can be built.
     pub fn check(&self) -> Result<()> {
         Merger::open(self).map(|_| ())
     }
@@ -261,6 +262,9 @@ struct Merger<'d> {
     default_function: String,
     specification_version: i32,
     opset: String,
+    /// The fixed-shape functions, built when the merge is checked: each
+    /// target's body and description.
+    fixed: BTreeMap<String, (mil_spec::Function, FunctionDescription)>,
 }
 
 struct Selected {
@@ -401,18 +405,47 @@ impl<'d> Merger<'d> {
             .unwrap_or(MULTIFUNCTION_VERSION)
             .max(MULTIFUNCTION_VERSION);
         let opset = opset::opset_for_version(specification_version).expect("version 9 or later");
-        let merger = Merger {
+        let mut merger = Merger {
             descriptor,
             packages,
             selected,
             default_function,
             specification_version,
             opset,
+            fixed: BTreeMap::new(),
         };
         for choice in &merger.selected {
             merger.check_raise(choice)?;
         }
+        merger.fixed = merger.fixed_functions()?;
         Ok(merger)
+    }
+
+    /// Builds every fixed-shape function from its source (see
+    /// `fixed_shapes.rs`), refusing one that cannot be built.
+    fn fixed_functions(
+        &self,
+    ) -> Result<BTreeMap<String, (mil_spec::Function, FunctionDescription)>> {
+        let mut fixed = BTreeMap::new();
+        for choice in &self.selected {
+            let Some(shapes) = self.descriptor.fixed_shapes.get(&choice.target) else {
+                continue;
+            };
+            let (path, package) = &self.packages[choice.package];
+            let view = package.function(&choice.source_function).expect("checked");
+            let built =
+                fixed_shapes::fix(view.function, &view.description, shapes).map_err(|reason| {
+                    Error::merge(MergeProblem::CannotMaterialize {
+                        target: choice.target.clone(),
+                        package: path.clone(),
+                        source_function: choice.source_function.clone(),
+                        shapes: shapes.clone(),
+                        reason,
+                    })
+                })?;
+            fixed.insert(choice.target.clone(), built);
+        }
+        Ok(fixed)
     }
 
     /// Refuses a body that cannot be relabelled to the merged opset.
@@ -480,20 +513,10 @@ impl<'d> Merger<'d> {
         for choice in &self.selected {
             let package = &self.packages[choice.package].1;
             let view = package.function(&choice.source_function).expect("checked");
-            let mut function = view.function.clone();
-            let mut description = view.description.into_owned();
-            if let Some(shapes) = self.descriptor.fixed_shapes.get(&choice.target) {
-                (function, description) = fixed_shapes::fix(&function, &description, shapes)
-                    .map_err(|reason| {
-                        Error::merge(MergeProblem::CannotMaterialize {
-                            target: choice.target.clone(),
-                            package: self.packages[choice.package].0.clone(),
-                            source_function: choice.source_function.clone(),
-                            shapes: shapes.clone(),
-                            reason,
-                        })
-                    })?;
-            }
+            let (mut function, description) = match self.fixed.get(&choice.target) {
+                Some((function, description)) => (function.clone(), description.clone()),
+                None => (view.function.clone(), view.description.into_owned()),
+            };
             if function.opset != self.opset {
                 let body = function
                     .block_specializations

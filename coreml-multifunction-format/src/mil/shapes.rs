@@ -186,6 +186,24 @@ pub fn resolve_slices(
     Ok(slices)
 }
 
+/// One positive number per spatial axis from parameter `name` (`strides`,
+/// `dilations`, `kernel_sizes`): `given`, or `default` for each axis when
+/// absent.
+pub fn per_axis(
+    name: &str,
+    given: Option<Vec<i64>>,
+    spatial: usize,
+    default: i64,
+) -> Result<Vec<usize>, String> {
+    let values = given.unwrap_or_else(|| vec![default; spatial]);
+    if values.len() != spatial || values.iter().any(|&v| v < 1) {
+        return Err(format!(
+            "{name} {values:?} must be {spatial} positive numbers"
+        ));
+    }
+    Ok(values.into_iter().map(|v| v as usize).collect())
+}
+
 /// Where a sliding window (`conv`, the pools) goes along each spatial
 /// axis: the padding before and after, and the output extent.
 #[derive(Debug, Clone, PartialEq, Eq)]

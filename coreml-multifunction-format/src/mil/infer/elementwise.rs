@@ -329,30 +329,12 @@ pub(super) fn select(inputs: &Inputs<'_>) -> Result<Operand, String> {
         let ci = broadcast_indices(&out, &cond.ty.known_shape()?);
         let ai = broadcast_indices(&out, &a.ty.known_shape()?);
         let bi = broadcast_indices(&out, &b.ty.known_shape()?);
-        if is_float(ty.dtype) {
-            let (af, bf) = (av.to_floats()?, bv.to_floats()?);
-            Some(Elements::Float(
-                (0..ci.len())
-                    .map(|k| if c[ci[k]] { af[ai[k]] } else { bf[bi[k]] })
-                    .collect(),
-            ))
-        } else if ty.dtype == DataType::Bool {
-            let (Elements::Bool(ab), Elements::Bool(bb)) = (av, bv) else {
-                return None;
-            };
-            Some(Elements::Bool(
-                (0..ci.len())
-                    .map(|k| if c[ci[k]] { ab[ai[k]] } else { bb[bi[k]] })
-                    .collect(),
-            ))
-        } else {
-            let (ai_, bi_) = (av.to_ints()?, bv.to_ints()?);
-            Some(Elements::Int(
-                (0..ci.len())
-                    .map(|k| if c[ci[k]] { ai_[ai[k]] } else { bi_[bi[k]] })
-                    .collect(),
-            ))
-        }
+        // a's elements then b's: pick from one or the other.
+        let both = Elements::joined(ty.dtype, &[av, bv])?;
+        let picks: Vec<usize> = (0..ci.len())
+            .map(|k| if c[ci[k]] { ai[k] } else { av.len() + bi[k] })
+            .collect();
+        Some(both.pick(&picks))
     })();
     Ok(Operand::maybe(ty, value))
 }

@@ -3,7 +3,7 @@
 
 use super::elementwise::broadcast;
 use super::{unify, Dim, Inputs, Operand, TensorType};
-use crate::mil::shapes::sliding_window;
+use crate::mil::shapes::{self, sliding_window};
 
 pub(super) fn linear(inputs: &Inputs<'_>) -> Result<Operand, String> {
     let x = inputs.tensor("x")?;
@@ -119,15 +119,7 @@ fn per_axis(
     spatial: usize,
     default: i64,
 ) -> Result<Vec<usize>, String> {
-    let values = inputs
-        .opt_i64_vec(name)?
-        .unwrap_or_else(|| vec![default; spatial]);
-    if values.len() != spatial || values.iter().any(|&v| v < 1) {
-        return Err(format!(
-            "{name} {values:?} must be {spatial} positive numbers"
-        ));
-    }
-    Ok(values.into_iter().map(|v| v as usize).collect())
+    shapes::per_axis(name, inputs.opt_i64_vec(name)?, spatial, default)
 }
 
 /// The spatial output extents of a window over `input` (each known or

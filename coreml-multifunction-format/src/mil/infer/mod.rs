@@ -196,6 +196,29 @@ impl Elements {
         }
     }
 
+    /// The elements of `parts` one after another, as elements of `dtype`
+    /// (`None` when one cannot be: strings, or an unknown float).
+    fn joined(dtype: DataType, parts: &[&Elements]) -> Option<Elements> {
+        Some(if dtype == DataType::Bool {
+            let bools: Option<Vec<Vec<bool>>> = parts
+                .iter()
+                .map(|e| match e {
+                    Elements::Bool(b) => Some(b.clone()),
+                    _ => None,
+                })
+                .collect();
+            Elements::Bool(bools?.concat())
+        } else if is_float(dtype) {
+            let floats: Option<Vec<Vec<f64>>> = parts.iter().map(|e| e.to_floats()).collect();
+            Elements::Float(floats?.concat())
+        } else if dtype == DataType::String {
+            return None;
+        } else {
+            let ints: Option<Vec<Vec<Option<i64>>>> = parts.iter().map(|e| e.to_ints()).collect();
+            Elements::Int(ints?.concat())
+        })
+    }
+
     /// The elements at `indices` (each in bounds).
     fn pick(&self, indices: &[usize]) -> Elements {
         fn at<T: Clone>(v: &[T], indices: &[usize]) -> Vec<T> {

@@ -224,63 +224,22 @@ pub(super) fn squeeze(inputs: &Inputs<'_>) -> Result<Operand, String> {
     Ok(Operand::maybe(ty, x.value.clone()))
 }
 
-/// Joins known element lists along `axis` of tensors of known `shapes`.
-fn join(parts: &[(&Elements, Vec<u64>)], axis: usize) -> Option<Elements> {
+/// Joins known element lists along `axis` of tensors of known shapes,
+/// as elements of `dtype`.
+fn join(dtype: DataType, parts: &[(&Elements, Vec<u64>)], axis: usize) -> Option<Elements> {
+    let elements: Vec<&Elements> = parts.iter().map(|(e, _)| *e).collect();
+    let all = Elements::joined(dtype, &elements)?;
     let outer: usize = parts.first()?.1[..axis].iter().product::<u64>() as usize;
-    let mut indices_per_part: Vec<Vec<usize>> = vec![Vec::new(); parts.len()];
-    let mut order: Vec<(usize, usize)> = Vec::new();
+    let mut positions = Vec::with_capacity(all.len());
     for o in 0..outer {
-        for (p, (_, shape)) in parts.iter().enumerate() {
+        let mut offset = 0;
+        for (part, shape) in parts {
             let inner: usize = shape[axis..].iter().product::<u64>() as usize;
-            for i in 0..inner {
-                order.push((p, indices_per_part[p].len()));
-                indices_per_part[p].push(o * inner + i);
-            }
+            positions.extend((0..inner).map(|i| offset + o * inner + i));
+            offset += part.len();
         }
     }
-    // Concatenate kinds: all parts must agree.
-    match parts[0].0 {
-        Elements::Int(_) => {
-            let ints: Vec<Vec<Option<i64>>> = parts
-                .iter()
-                .map(|(e, _)| e.to_ints())
-                .collect::<Option<_>>()?;
-            Some(Elements::Int(
-                order
-                    .iter()
-                    .map(|&(p, k)| ints[p][indices_per_part[p][k]])
-                    .collect(),
-            ))
-        }
-        Elements::Float(_) => {
-            let floats: Vec<Vec<f64>> = parts
-                .iter()
-                .map(|(e, _)| e.to_floats())
-                .collect::<Option<_>>()?;
-            Some(Elements::Float(
-                order
-                    .iter()
-                    .map(|&(p, k)| floats[p][indices_per_part[p][k]])
-                    .collect(),
-            ))
-        }
-        Elements::Bool(_) => {
-            let bools: Vec<&Vec<bool>> = parts
-                .iter()
-                .map(|(e, _)| match e {
-                    Elements::Bool(b) => Some(b),
-                    _ => None,
-                })
-                .collect::<Option<_>>()?;
-            Some(Elements::Bool(
-                order
-                    .iter()
-                    .map(|&(p, k)| bools[p][indices_per_part[p][k]])
-                    .collect(),
-            ))
-        }
-        Elements::Str(_) => None,
-    }
+    Some(all.pick(&positions))
 }
 
 pub(super) fn concat(inputs: &Inputs<'_>) -> Result<Operand, String> {
@@ -371,7 +330,7 @@ pub(super) fn concat(inputs: &Inputs<'_>) -> Result<Operand, String> {
                 Some((elements, v.ty.known_shape()?))
             })
             .collect::<Option<_>>()?;
-        join(&parts, axis)
+        join(ty.dtype, &parts, axis)
     })();
     Ok(Operand::maybe(ty, value))
 }
@@ -399,7 +358,7 @@ pub(super) fn stack(inputs: &Inputs<'_>) -> Result<Operand, String> {
             .iter()
             .map(|v| Some((v.value.as_ref()?, known_shape.clone())))
             .collect::<Option<_>>()?;
-        join(&parts, axis)
+        join(ty.dtype, &parts, axis)
     })();
     Ok(Operand::maybe(ty, value))
 }

@@ -10,7 +10,7 @@
 use super::linalg::unravel;
 use super::Args;
 use crate::runtime::reference::value::OpResult;
-use coreml_multifunction_format::mil::shapes::{sliding_window, Geometry};
+use coreml_multifunction_format::mil::shapes::{self, sliding_window, Geometry};
 
 /// Where a sliding window goes over the spatial axes of one input plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,15 +36,7 @@ pub(super) fn per_axis(
     spatial: usize,
     default: i64,
 ) -> OpResult<Vec<usize>> {
-    let values = args
-        .opt_i64_vec(name)?
-        .unwrap_or_else(|| vec![default; spatial]);
-    if values.len() != spatial || values.iter().any(|&v| v < 1) {
-        return Err(format!(
-            "{name} {values:?} must be {spatial} positive numbers"
-        ));
-    }
-    Ok(values.into_iter().map(|v| v as usize).collect())
+    shapes::per_axis(name, args.opt_i64_vec(name)?, spatial, default)
 }
 
 impl Window {
