@@ -291,10 +291,6 @@ fn every_fixture_function_infers_to_its_declared_types() {
             for function in package.functions() {
                 let name = format!("{}:{}", path.display(), function.name);
                 match materialize(function.function, &BTreeMap::new()) {
-                    Err(e) if e.message.contains("is not an op shape inference knows") => {
-                        // Ops the interpreter lacks too (older opsets'
-                        // forms); inspect reports them.
-                    }
                     Err(e) => failures.push(format!("{name}: {e}")),
                     Ok(m) => {
                         checked += 1;
