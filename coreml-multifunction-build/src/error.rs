@@ -238,6 +238,50 @@ pub enum MergeProblem {
         /// What failed, naming the op (its output name and type).
         reason: String,
     },
+    /// Chunks are asked for a function the merge does not have.
+    #[error(
+        "chunks are asked for {target:?}, which is not one of the merged functions ({})",
+        quoted_list(targets.iter().map(String::as_str))
+    )]
+    UnknownChunkTarget {
+        /// The function named.
+        target: String,
+        /// The merged functions.
+        targets: Vec<String>,
+    },
+    /// One op's own weights exceed the chunk budget, so no split can keep
+    /// every chunk within it.
+    #[error(
+        "function {target:?} cannot be split within max-chunk-bytes {}: op {op:?} ({op_type}) \
+         alone holds {} of weights; raise the budget to at least that, or split the op's \
+         weights in the model",
+        Bytes(*budget),
+        Bytes(*bytes)
+    )]
+    OpOverBudget {
+        /// The function being split.
+        target: String,
+        /// The op's first output name.
+        op: String,
+        /// The op's type.
+        op_type: String,
+        /// Its weight bytes, as stored.
+        bytes: u64,
+        /// The budget.
+        budget: u64,
+    },
+    /// A function cannot be split as asked.
+    #[error("function {target:?} (function {source_function:?} of {}) cannot be split: {reason}", package.display())]
+    CannotSplit {
+        /// The function being split.
+        target: String,
+        /// Its source package.
+        package: PathBuf,
+        /// Its source function.
+        source_function: String,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// The destination is one of the sources.
     #[error(
         "{}: the destination is also a source; write the merged model elsewhere \

@@ -62,6 +62,19 @@ pub struct MultiFunctionDescriptor {
     never_clone: bool,
     /// Fixed input shapes, by target then input.
     fixed_shapes: BTreeMap<String, BTreeMap<String, Vec<u64>>>,
+    /// The functions split into chunks, by target.
+    chunks: BTreeMap<String, Chunks>,
+}
+
+/// How to split a function into chunks ([`MultiFunctionDescriptor::chunks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Chunks {
+    /// Into this many chunks, balancing their weight bytes.
+    Count(usize),
+    /// Into as few chunks as keep each one's weight bytes at or under this
+    /// budget (coremltools' docs give about 1 GB as the Neural Engine's
+    /// limit on iOS).
+    MaxBytes(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -150,7 +163,40 @@ impl MultiFunctionDescriptor {
         self
     }
 
+    /// Splits function `target` into consecutive chunks, each a function of
+    /// the merged model named `<target>_chunk1` … `<target>_chunkN`, so
+    /// that a model too big for the Neural Engine in one piece can run on
+    /// it chunk by chunk. Cuts fall between ops of the function's top-level
+    /// block, where the fewest and smallest values cross; a value computed
+    /// before a cut and used after it becomes an output of the earlier
+    /// chunk and an input of the later one, under its own name and type.
+    /// Each chunk declares the states its ops use, with their descriptions
+    /// unchanged, so one state serves every chunk. Weights are counted as
+    /// stored, and stored once. Functions with the same weights in the same
+    /// order (an LLM's prefill and decode) are cut at the same weights, so
+    /// their chunks `k` share every weight. A fixed-shape function is
+    /// materialized first, then split.
+    ///
+    /// ```no_run
+    /// use coreml_multifunction_build::merge::{Chunks, MultiFunctionDescriptor};
+    ///
+    /// MultiFunctionDescriptor::new()
+    ///     .add_function("decoder_prefill.mlpackage", "prefill")
+    ///     .chunks("prefill", Chunks::MaxBytes(900 << 20))
+    ///     .add_function("decoder_decode.mlpackage", "decode")
+    ///     .chunks("decode", Chunks::MaxBytes(900 << 20))
+    ///     .default_function("decode")
+    ///     .merge("decoder.mlpackage")?;
+    /// # Ok::<(), coreml_multifunction_build::Error>(())
+    /// ```
+    pub fn chunks(&mut self, target: impl Into<String>, chunks: Chunks) -> &mut Self {
+        self.chunks.insert(target.into(), chunks);
+        self
+    }
+
     /// Sets the function a plain load of the merged model runs. Required.
+    /// It may name a split function; the package's default is then its
+    /// first chunk.
     pub fn default_function(&mut self, target: impl Into<String>) -> &mut Self {
         self.default_function = Some(target.into());
         self
@@ -199,6 +245,37 @@ pub struct MergedFunction {
     /// The inputs fixed to a shape ([`MultiFunctionDescriptor::fixed_shape`]),
     /// empty for a function copied as it is.
     pub fixed_shapes: BTreeMap<String, Vec<u64>>,
+    /// Bytes of the weights it references, as stored (compressed weights
+    /// count their compressed bytes; a weight used twice counts once).
+    pub weight_bytes: u64,
+    /// The chunks it was split into ([`MultiFunctionDescriptor::chunks`]),
+    /// in the order they run; empty for a function merged whole, which is
+    /// then a function of the merged model under `target`.
+    pub chunks: Vec<Chunk>,
+}
+
+/// One chunk of a split function: a function of the merged model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// Its name in the merged model, `<target>_chunk<k>`.
+    pub name: String,
+    /// Bytes of the weights it references, as stored.
+    pub weight_bytes: u64,
+    /// The values earlier chunks computed that it takes as inputs.
+    pub crossing_inputs: Vec<CrossingValue>,
+}
+
+/// A value computed in one chunk and used in a later one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrossingValue {
+    /// Its name, in the program and as a feature.
+    pub name: String,
+    /// The chunk computing it, counted from 1.
+    pub from_chunk: usize,
+    /// Its type, as MIL writes it (`fp16[1, 8, 64]`).
+    pub type_text: String,
+    /// Its size in bytes, where its shape is fixed.
+    pub bytes: Option<u64>,
 }
 
 /// A source package and its size on disk.
@@ -714,6 +791,8 @@ impl<'d> Merger<'d> {
                         .get(&s.target)
                         .cloned()
                         .unwrap_or_default(),
+                    weight_bytes: 0,
+                    chunks: Vec::new(),
                 })
                 .collect(),
             default_function: self.default_function.clone(),
