@@ -28,6 +28,7 @@
 //! Nothing here knows about cargo: the build script and the CLI both call
 //! [`MultiFunctionDescriptor::merge`].
 
+mod chunks;
 mod dedup;
 mod fixed_shapes;
 mod opset;
@@ -342,6 +343,9 @@ struct Merger<'d> {
     /// The fixed-shape functions, built when the merge is checked: each
     /// target's body and description.
     fixed: BTreeMap<String, (mil_spec::Function, FunctionDescription)>,
+    /// The split functions' chunks, built when the merge is checked, by
+    /// target.
+    split: BTreeMap<String, Vec<chunks::Built>>,
 }
 
 struct Selected {
@@ -464,6 +468,14 @@ impl<'d> Merger<'d> {
                 }
             }
         }
+        for target in descriptor.chunks.keys() {
+            if !targets.contains(target) {
+                return Err(Error::merge(MergeProblem::UnknownChunkTarget {
+                    target: target.clone(),
+                    targets,
+                }));
+            }
+        }
         let default_function = match &descriptor.default_function {
             None => return Err(Error::merge(MergeProblem::MissingDefault { targets })),
             Some(name) if !targets.contains(name) => {
@@ -490,12 +502,128 @@ impl<'d> Merger<'d> {
             specification_version,
             opset,
             fixed: BTreeMap::new(),
+            split: BTreeMap::new(),
         };
         for choice in &merger.selected {
             merger.check_raise(choice)?;
         }
         merger.fixed = merger.fixed_functions()?;
+        merger.split = merger.split_functions()?;
         Ok(merger)
+    }
+
+    /// The body and description a target is merged from: its fixed-shape
+    /// function if it has one, else its source's.
+    fn source_of(&self, choice: &Selected) -> (&mil_spec::Function, FunctionDescription) {
+        match self.fixed.get(&choice.target) {
+            Some((function, description)) => (function, description.clone()),
+            None => {
+                let view = self.packages[choice.package]
+                    .1
+                    .function(&choice.source_function)
+                    .expect("checked");
+                (view.function, view.description.into_owned())
+            }
+        }
+    }
+
+    /// The stored bytes of a weight reference of source `package`.
+    fn weight_size(&self, package: usize, value: &mil_spec::Value) -> Option<u64> {
+        let Some(value::Value::BlobFileValue(blob)) = &value.value else {
+            return None;
+        };
+        let file = self.packages[package].1.blob_file(&blob.file_name)?;
+        file.record(blob.offset).ok().map(|record| record.size)
+    }
+
+    /// Bytes of the distinct weights a function references, as stored.
+    fn function_weight_bytes(
+        &self,
+        package: usize,
+        name: &str,
+        function: &mil_spec::Function,
+    ) -> u64 {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut bytes = 0;
+        values::for_each_function_value(name, function, &mut |_, value| {
+            if let Some(value::Value::BlobFileValue(blob)) = &value.value {
+                if seen.insert((blob.file_name.clone(), blob.offset)) {
+                    bytes += self.weight_size(package, value).unwrap_or(0);
+                }
+            }
+        });
+        bytes
+    }
+
+    /// Splits every function asked to be split (see `chunks.rs`), after
+    /// its fixed shapes, refusing a split that cannot be made and chunk
+    /// names that another function has.
+    fn split_functions(&self) -> Result<BTreeMap<String, Vec<chunks::Built>>> {
+        let chosen: Vec<(&Selected, Chunks)> = self
+            .selected
+            .iter()
+            .filter_map(|s| self.descriptor.chunks.get(&s.target).map(|&c| (s, c)))
+            .collect();
+        let sources: Vec<(mil_spec::Function, FunctionDescription)> = chosen
+            .iter()
+            .map(|(choice, _)| {
+                let (function, description) = self.source_of(choice);
+                (function.clone(), description)
+            })
+            .collect();
+        let requests: Vec<chunks::Request<'_>> = chosen
+            .iter()
+            .zip(&sources)
+            .map(
+                |((choice, chunking), (function, description))| chunks::Request {
+                    target: &choice.target,
+                    function,
+                    description,
+                    chunks: *chunking,
+                    weight_size: Box::new(move |value| self.weight_size(choice.package, value)),
+                },
+            )
+            .collect();
+        let mut split = BTreeMap::new();
+        for ((choice, _), result) in chosen.iter().zip(chunks::split_all(&requests)) {
+            let (path, _) = &self.packages[choice.package];
+            let built = result.map_err(|error| match error {
+                chunks::SplitError::OpOverBudget {
+                    op,
+                    op_type,
+                    bytes,
+                    budget,
+                } => Error::merge(MergeProblem::OpOverBudget {
+                    target: choice.target.clone(),
+                    op,
+                    op_type,
+                    bytes,
+                    budget,
+                }),
+                chunks::SplitError::Cannot(reason) => Error::merge(MergeProblem::CannotSplit {
+                    target: choice.target.clone(),
+                    package: path.clone(),
+                    source_function: choice.source_function.clone(),
+                    reason,
+                }),
+            })?;
+            for chunk in &built {
+                if let Some(other) = self.selected.iter().find(|s| s.target == chunk.report.name) {
+                    return Err(Error::merge(MergeProblem::CannotSplit {
+                        target: choice.target.clone(),
+                        package: path.clone(),
+                        source_function: choice.source_function.clone(),
+                        reason: format!(
+                            "its chunk {:?} would have the name of function {:?} of the merge; \
+                             rename that function",
+                            chunk.report.name, other.target
+                        ),
+                    }));
+                }
+            }
+            split.insert(choice.target.clone(), built);
+        }
+        Ok(split)
     }
 
     /// Builds every fixed-shape function from its source (see
@@ -587,13 +715,25 @@ impl<'d> Merger<'d> {
         // The functions, copied and relabelled.
         let mut functions: Vec<(usize, String, mil_spec::Function)> = Vec::new();
         let mut descriptions = Vec::new();
+        let mut parts: Vec<(usize, mil_spec::Function, FunctionDescription)> = Vec::new();
         for choice in &self.selected {
-            let package = &self.packages[choice.package].1;
-            let view = package.function(&choice.source_function).expect("checked");
-            let (mut function, description) = match self.fixed.get(&choice.target) {
-                Some((function, description)) => (function.clone(), description.clone()),
-                None => (view.function.clone(), view.description.into_owned()),
-            };
+            match self.split.get(&choice.target) {
+                Some(chunks) => parts.extend(
+                    chunks
+                        .iter()
+                        .map(|c| (choice.package, c.function.clone(), c.description.clone())),
+                ),
+                None => {
+                    let (function, description) = self.source_of(choice);
+                    let description = FunctionDescription {
+                        name: choice.target.clone(),
+                        ..description
+                    };
+                    parts.push((choice.package, function.clone(), description));
+                }
+            }
+        }
+        for (package, mut function, description) in parts {
             if function.opset != self.opset {
                 let body = function
                     .block_specializations
@@ -604,11 +744,8 @@ impl<'d> Merger<'d> {
                     .insert(self.opset.clone(), body);
                 function.opset = self.opset.clone();
             }
-            descriptions.push(FunctionDescription {
-                name: choice.target.clone(),
-                ..description
-            });
-            functions.push((choice.package, choice.target.clone(), function));
+            functions.push((package, description.name.clone(), function));
+            descriptions.push(description);
         }
 
         // Program attributes: the default function's source's first, then
@@ -766,7 +903,7 @@ impl<'d> Merger<'d> {
             specification_version: self.specification_version,
             description: Some(ModelDescription {
                 functions: descriptions,
-                default_function_name: self.default_function.clone(),
+                default_function_name: self.default_function_name(),
                 metadata,
                 ..Default::default()
             }),
@@ -791,11 +928,18 @@ impl<'d> Merger<'d> {
                         .get(&s.target)
                         .cloned()
                         .unwrap_or_default(),
-                    weight_bytes: 0,
-                    chunks: Vec::new(),
+                    weight_bytes: {
+                        let (function, _) = self.source_of(s);
+                        self.function_weight_bytes(s.package, &s.target, function)
+                    },
+                    chunks: self
+                        .split
+                        .get(&s.target)
+                        .map(|chunks| chunks.iter().map(|c| c.report.clone()).collect())
+                        .unwrap_or_default(),
                 })
                 .collect(),
-            default_function: self.default_function.clone(),
+            default_function: self.default_function_name(),
             specification_version: self.specification_version,
             opset: self.opset.clone(),
             sources: self
@@ -933,6 +1077,15 @@ impl<'d> Merger<'d> {
             .1
             .blob_file(file_name)
             .expect("weight references are validated when a package opens")
+    }
+
+    /// The merged model's default function: the default target, or the
+    /// first chunk of a split one.
+    fn default_function_name(&self) -> String {
+        match self.split.get(&self.default_function) {
+            Some(chunks) => chunks[0].report.name.clone(),
+            None => self.default_function.clone(),
+        }
     }
 
     fn target_index(&self, target: &str) -> usize {
