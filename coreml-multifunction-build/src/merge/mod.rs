@@ -536,25 +536,6 @@ impl<'d> Merger<'d> {
         file.record(blob.offset).ok().map(|record| record.size)
     }
 
-    /// Bytes of the distinct weights a function references, as stored.
-    fn function_weight_bytes(
-        &self,
-        package: usize,
-        name: &str,
-        function: &mil_spec::Function,
-    ) -> u64 {
-        let mut seen = std::collections::BTreeSet::new();
-        let mut bytes = 0;
-        values::for_each_function_value(name, function, &mut |_, value| {
-            if let Some(value::Value::BlobFileValue(blob)) = &value.value {
-                if seen.insert((blob.file_name.clone(), blob.offset)) {
-                    bytes += self.weight_size(package, value).unwrap_or(0);
-                }
-            }
-        });
-        bytes
-    }
-
     /// Splits every function asked to be split (see `chunks.rs`), after
     /// its fixed shapes, refusing a split that cannot be made and chunk
     /// names that another function has.
@@ -861,6 +842,71 @@ impl<'d> Merger<'d> {
                 unshared_bytes += file.record(c.offset)?.size;
             }
         }
+        // Each merged function's distinct blobs, for its weight bytes as
+        // the merged file stores them.
+        let mut blob_size = Vec::with_capacity(plan.representatives.len());
+        for &representative in &plan.representatives {
+            let c = &candidates[representative];
+            blob_size.push(
+                self.blob_file(c.package, &c.file_name)
+                    .record(c.offset)?
+                    .size,
+            );
+        }
+        let blobs_of: BTreeMap<&str, std::collections::BTreeSet<usize>> = functions
+            .iter()
+            .zip(&used_by)
+            .map(|((_, name, _), used)| {
+                (
+                    name.as_str(),
+                    used.iter().map(|&slot| plan.blob_of[slot]).collect(),
+                )
+            })
+            .collect();
+        let stored_bytes = |names: &[&str]| -> u64 {
+            let blobs: std::collections::BTreeSet<usize> = names
+                .iter()
+                .flat_map(|name| blobs_of.get(name).into_iter().flatten().copied())
+                .collect();
+            blobs.iter().map(|&blob| blob_size[blob]).sum()
+        };
+        let merged_functions: Vec<MergedFunction> = self
+            .selected
+            .iter()
+            .map(|s| {
+                let chunks: Vec<Chunk> = self
+                    .split
+                    .get(&s.target)
+                    .map(|chunks| {
+                        chunks
+                            .iter()
+                            .map(|c| Chunk {
+                                weight_bytes: stored_bytes(&[c.report.name.as_str()]),
+                                ..c.report.clone()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let names: Vec<&str> = if chunks.is_empty() {
+                    vec![s.target.as_str()]
+                } else {
+                    chunks.iter().map(|c| c.name.as_str()).collect()
+                };
+                MergedFunction {
+                    target: s.target.clone(),
+                    package: self.packages[s.package].0.clone(),
+                    source_function: s.source_function.clone(),
+                    fixed_shapes: self
+                        .descriptor
+                        .fixed_shapes
+                        .get(&s.target)
+                        .cloned()
+                        .unwrap_or_default(),
+                    weight_bytes: stored_bytes(&names),
+                    chunks,
+                }
+            })
+            .collect();
 
         // Point every reference at its blob in the merged file.
         let relink = |package: usize, value: &mut mil_spec::Value| {
@@ -915,30 +961,7 @@ impl<'d> Merger<'d> {
         Ok(MergeReport {
             merged_bytes: directory_size(&destination)?,
             destination,
-            functions: self
-                .selected
-                .iter()
-                .map(|s| MergedFunction {
-                    target: s.target.clone(),
-                    package: self.packages[s.package].0.clone(),
-                    source_function: s.source_function.clone(),
-                    fixed_shapes: self
-                        .descriptor
-                        .fixed_shapes
-                        .get(&s.target)
-                        .cloned()
-                        .unwrap_or_default(),
-                    weight_bytes: {
-                        let (function, _) = self.source_of(s);
-                        self.function_weight_bytes(s.package, &s.target, function)
-                    },
-                    chunks: self
-                        .split
-                        .get(&s.target)
-                        .map(|chunks| chunks.iter().map(|c| c.report.clone()).collect())
-                        .unwrap_or_default(),
-                })
-                .collect(),
+            functions: merged_functions,
             default_function: self.default_function_name(),
             specification_version: self.specification_version,
             opset: self.opset.clone(),
