@@ -67,6 +67,7 @@ fn core_ml(cache: &Path) -> Configuration {
         compute_units: ComputeUnits::CpuOnly,
         backend: Backend::CoreMl,
         cache_dir: Some(cache.to_path_buf()),
+        ..Default::default()
     }
 }
 
