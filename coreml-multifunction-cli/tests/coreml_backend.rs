@@ -117,6 +117,12 @@ fn every_fixture_function_matches_torch_on_the_cpu() {
         if fixture == "stateful" {
             continue; // the pair shares one state: see below
         }
+        if fixture == "fp16_overflow" {
+            // Its first step overflows fp16 between ops: torch's finite
+            // value or a device's inf, depending on whether Core ML's CPU
+            // runs the fp16 program in fp32 or fp16.
+            continue;
+        }
         let package = common::source_package(&fixture);
         for step in steps(&fixture) {
             let function = load(&package, &step.function, &configuration);
