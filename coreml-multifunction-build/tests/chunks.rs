@@ -545,3 +545,59 @@ fn one_chunk_is_the_function_under_its_chunk_name() {
         original.block().operations.len()
     );
 }
+
+/// Every function of every committed package (control flow, compressed
+/// weights, images, states, flexible shapes, several functions), split in
+/// two and three and under a budget: a split either is made, and then has
+/// the shape every split must have, or is refused with a split error;
+/// never a panic or another error.
+#[test]
+fn every_fixture_function_splits_or_is_refused_with_a_reason() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (mut made, mut refused) = (0, 0);
+    for (index, path) in common::all_packages().into_iter().enumerate() {
+        let source = Package::open(&path).unwrap();
+        if source.model().specification_version < 7 {
+            continue; // not mergeable at all (checked by the merge tests)
+        }
+        for function in source.functions() {
+            let total: u64 = blobs_by_function(&source)
+                .get(function.name)
+                .map_or(0, |b| b.values().sum());
+            for chunks in [
+                Chunks::Count(2),
+                Chunks::Count(3),
+                Chunks::MaxBytes(total / 2 + 1),
+            ] {
+                let destination = scratch.path().join(format!("{index}.mlpackage"));
+                let result = MultiFunctionDescriptor::new()
+                    .add_function_from(&path, function.name, "split")
+                    .chunks("split", chunks)
+                    .default_function("split")
+                    .merge(&destination);
+                match result {
+                    Ok(report) => {
+                        let merged = Package::open(&destination).unwrap();
+                        check_chunks(&report, &merged, "split", &source, function.name);
+                        made += 1;
+                    }
+                    Err(error) => match error.merge_problem() {
+                        Some(MergeProblem::CannotSplit { reason, .. }) => {
+                            assert!(
+                                reason.contains("ask for") || reason.contains("raise"),
+                                "{reason}"
+                            );
+                            refused += 1;
+                        }
+                        Some(MergeProblem::OpOverBudget { .. }) => refused += 1,
+                        // Sources the merge refuses whole (their opset).
+                        Some(MergeProblem::OpsetCannotBeRaised { .. }) => {}
+                        _ => panic!("{} {}: {error}", path.display(), function.name),
+                    },
+                }
+            }
+        }
+    }
+    eprintln!("{made} splits made, {refused} refused with a reason");
+    assert!(made >= 100, "only {made} splits made");
+}

@@ -347,3 +347,55 @@ fn chunks_reproduce_torch() {
         }
     }
 }
+
+/// Every fixture with torch's outputs whose function can be cut in two
+/// (control flow, compressed weights, images, several inputs and outputs
+/// among them): its chunks, with fp16 ops rounded, compute bit for bit what
+/// it computes.
+#[test]
+fn every_splittable_fixture_runs_as_its_unsplit_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ran, mut refused) = (Vec::new(), Vec::new());
+    for io in fixture_io::io_fixtures() {
+        let source = source_package(&io);
+        if !source.exists() {
+            continue;
+        }
+        let function = steps(&io)[0].function.clone();
+        let package = dir.path().join(format!("{io}.mlpackage"));
+        let mut descriptor = MultiFunctionDescriptor::new();
+        descriptor
+            .add_function_from(&source, &function, &function)
+            .chunks(&function, Chunks::Count(2))
+            .default_function(&function);
+        let report = match descriptor.merge(&package) {
+            Ok(report) => report,
+            Err(error) => {
+                refused.push(format!("{io}: {error}"));
+                continue;
+            }
+        };
+        let whole = Runner::Whole(load(&source, &function, true));
+        let split = Runner::chunks(&package, &report, &function, true);
+        for (step, ((want, want_state), (got, got_state))) in
+            whole.run(&io).into_iter().zip(split.run(&io)).enumerate()
+        {
+            for (name, value) in want.iter().chain(&want_state) {
+                let other = got.get(name).or_else(|| got_state.get(name)).unwrap();
+                match value {
+                    FeatureValue::Tensor(_) => {
+                        assert!(bits(value) == bits(other), "{io} step {step}: {name}")
+                    }
+                    _ => assert_eq!(value, other, "{io} step {step}: {name}"),
+                }
+            }
+        }
+        ran.push(io);
+    }
+    eprintln!("split and ran: {ran:?}\nrefused: {refused:#?}");
+    assert!(
+        ran.len() >= 25,
+        "only {} fixtures split: {ran:?}",
+        ran.len()
+    );
+}
