@@ -46,6 +46,7 @@ Usage:
       blobs, with content-derived manifest identifiers (byte-reproducible).
   coreml-multifunction predict PACKAGE [--function NAME] --input NAME=FILE.npy ...
                        [--state NAME=FILE.npy ...] --output-dir DIR [--repeat N]
+                       [--fp16-ops]
       Run a function on the reference CPU backend. NAME defaults to the
       package's default function. Each --input is a .npy array, converted to
       the input's declared type (fp16 inputs accept fp32 files); an image input is a uint8 [H, W, C] array
@@ -53,7 +54,9 @@ Usage:
       (zeros otherwise). Writes DIR/<output>.npy for every output and
       DIR/<state>.npy with every state's final value. --repeat N runs the
       prediction N times from the same inputs and state, and prints the load
-      time and the median prediction time.
+      time and the median prediction time. --fp16-ops rounds every fp16
+      value to fp16 after every op, as the GPU and the Neural Engine do, so
+      fp16 overflow (inf, NaN) and precision loss show up as on a device.
   coreml-multifunction --help | --version
 ";
 
