@@ -240,6 +240,9 @@ impl Analysis {
                 }
             }
         }
+        let states = StateValues::of(function);
+        let unit_of: BTreeMap<usize, usize> =
+            units.iter().enumerate().map(|(u, &i)| (i, u)).collect();
         let mut count_delta = vec![0i64; units.len() + 2];
         let mut bytes_delta = vec![0i128; units.len() + 2];
         let mut forbidden_delta = vec![0i64; units.len() + 2];
@@ -248,17 +251,23 @@ impl Analysis {
                 let Some(&last) = last_reader.get(output.name.as_str()) else {
                     continue;
                 };
-                if last <= u {
+                // A state's value is read again after a cut, not passed,
+                // until the state is next written.
+                let from = match states.valid_until(&output.name) {
+                    Some(write) => unit_of.get(&write).map_or(last, |&w| w.min(last)),
+                    None => u,
+                };
+                if last <= from {
                     continue;
                 }
-                // Crosses every position u+1 ..= last.
+                // Crosses every position from+1 ..= last.
                 let (bytes, passable) = crossing_size(output);
-                count_delta[u + 1] += 1;
+                count_delta[from + 1] += 1;
                 count_delta[last + 1] -= 1;
-                bytes_delta[u + 1] += bytes as i128;
+                bytes_delta[from + 1] += bytes as i128;
                 bytes_delta[last + 1] -= bytes as i128;
                 if !passable {
-                    forbidden_delta[u + 1] += 1;
+                    forbidden_delta[from + 1] += 1;
                     forbidden_delta[last + 1] -= 1;
                 }
             }
@@ -558,13 +567,9 @@ fn build(
             output_type.insert(output.name.as_str(), output);
         }
     }
-    let mut read_by: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
     let mut chunk_refs: Vec<BTreeSet<String>> = vec![BTreeSet::new(); chunk_count];
     for (&i, &k) in &chunk_of_op {
-        for name in references(&ops[i]) {
-            read_by.entry(name.clone()).or_default().insert(k);
-            chunk_refs[k].insert(name);
-        }
+        chunk_refs[k].extend(references(&ops[i]));
     }
     // The function's outputs: each goes to the chunk computing it; one that
     // no unit computes (a constant, or an input passed through) to the last.
@@ -580,19 +585,70 @@ fn build(
             chunk_refs[k].insert(name.clone());
         }
     }
+    // What each chunk takes from earlier chunks (by producing op), and the
+    // states' values it reads again instead.
+    let states = StateValues::of(function);
+    let mut crossing_in: Vec<Vec<(usize, &mil_spec::NamedValueType)>> =
+        vec![Vec::new(); chunk_count];
+    let mut read_again: Vec<Vec<&mil_spec::NamedValueType>> = vec![Vec::new(); chunk_count];
+    for k in 0..chunk_count {
+        for r in &chunk_refs[k] {
+            let Some(&p) = producer.get(r.as_str()) else {
+                continue;
+            };
+            if !chunk_of_op.get(&p).is_some_and(|&from| from < k) {
+                continue;
+            }
+            let value = output_type[r.as_str()];
+            let valid_here = states.valid_until(r).is_some_and(|write| {
+                chunk_of_op
+                    .get(&write)
+                    .is_none_or(|&written_in| written_in >= k)
+            });
+            if valid_here {
+                read_again[k].push(value);
+            } else {
+                crossing_in[k].push((p, value));
+            }
+        }
+        crossing_in[k].sort_by(|(p, a), (q, b)| (p, &a.name).cmp(&(q, &b.name)));
+        for value in &read_again[k] {
+            let (state, _) = &states.values[&value.name];
+            chunk_refs[k].insert(state.clone());
+        }
+    }
+    // The chunks reading each crossing value.
+    let mut readers: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (k, values) in crossing_in.iter().enumerate() {
+        for (_, value) in values {
+            readers.entry(value.name.as_str()).or_default().push(k);
+        }
+    }
+    let names = |chunks: &[usize]| -> String {
+        chunks
+            .iter()
+            .map(|&c| chunk_name(request.target, c + 1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
 
     let mut built = Vec::with_capacity(chunk_count);
     for k in 0..chunk_count {
         let name = chunk_name(request.target, k + 1);
         let refs = &chunk_refs[k];
-        // Ops: this chunk's units and every constant they reach, in order.
+        // Ops: the states' values read again first, then this chunk's units
+        // and every constant they reach, in order.
         let mut keep: BTreeSet<usize> = chunk_of_op
             .iter()
             .filter(|(_, &c)| c == k)
             .map(|(&i, _)| i)
             .collect();
         keep.extend(constant_closure(ops, &producer, &constant, refs));
-        let operations: Vec<mil_spec::Operation> = keep.iter().map(|&i| ops[i].clone()).collect();
+        let operations: Vec<mil_spec::Operation> = read_again[k]
+            .iter()
+            .map(|value| states.read_again(value))
+            .chain(keep.iter().map(|&i| ops[i].clone()))
+            .collect();
 
         // Inputs: the function's, in its order, then values from earlier
         // chunks, in the order they were computed.
@@ -602,17 +658,8 @@ fn build(
             .filter(|i| refs.contains(&i.name))
             .cloned()
             .collect();
-        let mut crossing_in: Vec<(usize, &mil_spec::NamedValueType)> = refs
-            .iter()
-            .filter_map(|r| {
-                let &p = producer.get(r.as_str())?;
-                let &from = chunk_of_op.get(&p)?;
-                (from < k).then(|| (p, output_type[r.as_str()]))
-            })
-            .collect();
-        crossing_in.sort_by_key(|&(p, v)| (p, v.name.clone()));
         let mut crossing_inputs = Vec::new();
-        for &(p, value) in &crossing_in {
+        for &(p, value) in &crossing_in[k] {
             inputs.push(value.clone());
             crossing_inputs.push(CrossingValue {
                 name: value.name.clone(),
@@ -623,23 +670,20 @@ fn build(
         }
 
         // Outputs: the function's computed here, then values later chunks
-        // read.
+        // take.
         let mut outputs: Vec<String> = function_outputs[k].iter().map(|s| s.to_string()).collect();
-        let mut crossing_out: Vec<(usize, &mil_spec::NamedValueType)> = Vec::new();
+        let mut crossing_out: Vec<&mil_spec::NamedValueType> = Vec::new();
         for (&i, &c) in &chunk_of_op {
             if c != k {
                 continue;
             }
             for output in &ops[i].outputs {
-                let later = read_by
-                    .get(&output.name)
-                    .is_some_and(|chunks| chunks.iter().any(|&r| r > k));
-                if later && !outputs.contains(&output.name) {
-                    crossing_out.push((i, output));
+                if readers.contains_key(output.name.as_str()) && !outputs.contains(&output.name) {
+                    crossing_out.push(output);
                 }
             }
         }
-        for (_, value) in &crossing_out {
+        for value in &crossing_out {
             outputs.push(value.name.clone());
         }
         if outputs.is_empty() {
@@ -666,26 +710,26 @@ fn build(
         };
 
         let description = request.description;
-        let crossing_feature = |value: &mil_spec::NamedValueType, role: &str| FeatureDescription {
-            name: value.name.clone(),
-            short_description: format!(
-                "{role} (a value split function {:?} passes between its chunks)",
-                request.target
-            ),
-            r#type: Some(feature_type_of(value)),
-        };
+        let crossing_feature =
+            |value: &mil_spec::NamedValueType, text: String| FeatureDescription {
+                name: value.name.clone(),
+                short_description: text,
+                r#type: Some(feature_type_of(value)),
+            };
         let mut input_features: Vec<FeatureDescription> = description
             .input
             .iter()
             .filter(|f| refs.contains(&f.name))
             .cloned()
             .collect();
-        for &(p, value) in &crossing_in {
+        for &(p, value) in &crossing_in[k] {
             input_features.push(crossing_feature(
                 value,
-                &format!(
-                    "Computed by {}",
-                    chunk_name(request.target, chunk_of_op[&p] + 1)
+                format!(
+                    "Computed by {}, chunk {} of {}.",
+                    chunk_name(request.target, chunk_of_op[&p] + 1),
+                    chunk_of_op[&p] + 1,
+                    request.target
                 ),
             ));
         }
@@ -695,8 +739,15 @@ fn build(
                 output_features.push(feature.clone());
             }
         }
-        for (_, value) in &crossing_out {
-            output_features.push(crossing_feature(value, "Read by a later chunk"));
+        for value in &crossing_out {
+            output_features.push(crossing_feature(
+                value,
+                format!(
+                    "Passed on to {} of {}.",
+                    names(&readers[value.name.as_str()]),
+                    request.target
+                ),
+            ));
         }
         let keeps = |name: &str| outputs.iter().any(|o| o == name);
         let chunk_description = FunctionDescription {
@@ -756,6 +807,114 @@ fn producers(block: &mil_spec::Block) -> BTreeMap<&str, usize> {
         }
     }
     producer
+}
+
+/// The values that are a state's content: the outputs of `read_state` and
+/// `coreml_update_state`, each valid until the state is next written. A
+/// later chunk reads such a value from the state again instead of taking
+/// it as an input, so a KV cache never crosses a cut.
+struct StateValues {
+    /// For each such value, its state and the op producing it.
+    values: BTreeMap<String, (String, usize)>,
+    /// For each state, the ops writing it, in order.
+    writes: BTreeMap<String, Vec<usize>>,
+}
+
+impl StateValues {
+    fn of(function: &mil_spec::Function) -> StateValues {
+        let states: BTreeSet<&str> = function
+            .inputs
+            .iter()
+            .filter(|i| {
+                matches!(
+                    i.r#type.as_ref().and_then(|t| t.r#type.as_ref()),
+                    Some(value_type::Type::StateType(_))
+                )
+            })
+            .map(|i| i.name.as_str())
+            .collect();
+        let mut values = BTreeMap::new();
+        let mut writes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, op) in body(function).operations.iter().enumerate() {
+            let (parameter, writes_it) = match op.r#type.as_str() {
+                "read_state" => ("input", false),
+                "write_state" => ("input", true),
+                "coreml_update_state" => ("state", true),
+                _ => continue,
+            };
+            let state = op
+                .inputs
+                .get(parameter)
+                .and_then(|a| a.arguments.first())
+                .and_then(|b| match &b.binding {
+                    Some(binding::Binding::Name(name)) => Some(name.as_str()),
+                    _ => None,
+                })
+                .filter(|name| states.contains(name));
+            let Some(state) = state else { continue };
+            if writes_it {
+                writes.entry(state.to_string()).or_default().push(i);
+            }
+            if let [output] = op.outputs.as_slice() {
+                values.insert(output.name.clone(), (state.to_string(), i));
+            }
+        }
+        StateValues { values, writes }
+    }
+
+    /// For a state's value, the op that next writes its state (`usize::MAX`
+    /// for none): until then, reading the state again gives the value.
+    fn valid_until(&self, value: &str) -> Option<usize> {
+        let (state, producer) = self.values.get(value)?;
+        let writes = &self.writes[state.as_str()];
+        Some(
+            writes
+                .get(writes.partition_point(|&w| w <= *producer))
+                .copied()
+                .unwrap_or(usize::MAX),
+        )
+    }
+
+    /// A `read_state` op giving `value` from its state.
+    fn read_again(&self, value: &mil_spec::NamedValueType) -> mil_spec::Operation {
+        let (state, _) = &self.values[&value.name];
+        let name = format!("{}_read_again", value.name);
+        mil_spec::Operation {
+            r#type: "read_state".to_string(),
+            inputs: BTreeMap::from([(
+                "input".to_string(),
+                mil_spec::Argument {
+                    arguments: vec![mil_spec::argument::Binding {
+                        binding: Some(binding::Binding::Name(state.clone())),
+                    }],
+                },
+            )]),
+            outputs: vec![value.clone()],
+            blocks: Vec::new(),
+            attributes: BTreeMap::from([("name".to_string(), string_value(name))]),
+        }
+    }
+}
+
+/// A MIL string scalar, as op `name` attributes hold.
+fn string_value(text: String) -> mil_spec::Value {
+    use mil_spec::{tensor_value, value::immediate_value, TensorType, TensorValue, ValueType};
+    mil_spec::Value {
+        doc_string: String::new(),
+        r#type: Some(ValueType {
+            r#type: Some(value_type::Type::TensorType(TensorType {
+                data_type: mil_spec::DataType::String as i32,
+                ..Default::default()
+            })),
+        }),
+        value: Some(value::Value::ImmediateValue(value::ImmediateValue {
+            value: Some(immediate_value::Value::Tensor(TensorValue {
+                value: Some(tensor_value::Value::Strings(
+                    tensor_value::RepeatedStrings { values: vec![text] },
+                )),
+            })),
+        })),
+    }
 }
 
 /// `name`, borrowed from the op that produces it.
