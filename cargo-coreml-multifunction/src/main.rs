@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use coreml_multifunction_build::config::Config;
+use coreml_multifunction_build::merge::Chunks;
 use coreml_multifunction_build::pipeline::{self, CrateInfo};
 use coreml_multifunction_build::Bytes;
 use std::collections::BTreeMap;
@@ -20,8 +21,8 @@ Usage:
   cargo coreml-multifunction check [--manifest-path PATH]
       Validate every member's [package.metadata.multifunction]: the packages
       exist and open, the functions exist, names and defaults are valid,
-      fixed shapes are ones their inputs allow, and every body can be raised
-      to the merged opset. Writes nothing.
+      fixed shapes are ones their inputs allow, every body can be raised
+      to the merged opset, and split functions can be split. Writes nothing.
   cargo coreml-multifunction build [--manifest-path PATH] [--out-dir DIR]
       Merge every member's models into DIR/<member>/<model>.mlpackage
       (default DIR: <target dir>/coreml-multifunction), skipping those whose
@@ -176,7 +177,17 @@ fn check(
         let targets: Vec<String> = model
             .functions
             .iter()
-            .map(|f| with_shapes(&f.target, &f.fixed_shapes()))
+            .map(|f| {
+                let mut text = with_shapes(&f.target, &f.fixed_shapes());
+                match f.chunks.as_ref().map(|c| c.value) {
+                    Some(Chunks::Count(n)) => text += &format!(" in {n} chunks"),
+                    Some(Chunks::MaxBytes(bytes)) => {
+                        text += &format!(" in chunks of at most {}", Bytes(bytes))
+                    }
+                    None => {}
+                }
+                text
+            })
             .collect();
         lines.push(format!(
             "{}: ok, {} functions ({}), default {}; would write {}",
@@ -208,7 +219,18 @@ fn build(
                 report
                     .functions
                     .iter()
-                    .map(|f| with_shapes(&f.target, &f.fixed_shapes))
+                    .map(|f| {
+                        let mut text = with_shapes(&f.target, &f.fixed_shapes);
+                        if !f.chunks.is_empty() {
+                            let chunks: Vec<String> = f
+                                .chunks
+                                .iter()
+                                .map(|c| format!("{} {}", c.name, Bytes(c.weight_bytes)))
+                                .collect();
+                            text += &format!(" in chunks {}", chunks.join(", "));
+                        }
+                        text
+                    })
                     .collect::<Vec<_>>()
                     .join(", "),
                 model.package.display(),

@@ -195,3 +195,51 @@ fn fixed_shapes_are_listed_checked_and_merged() {
         "{stderr}"
     );
 }
+
+const SPLIT: &str = "[package.metadata.multifunction.models.encoder]\n\
+                     default-function = \"split\"\n\
+                     functions.split = { package = \"models/chunk_encoder.mlpackage\", chunks = 2 }\n\
+                     functions.budgeted = { package = \"models/chunk_encoder.mlpackage\", chunks = { max-bytes = \"40K\" } }\n\
+                     functions.whole = \"models/chunk_encoder.mlpackage\"\n";
+
+#[test]
+fn split_functions_are_listed_checked_and_merged() {
+    let dir = workspace_of(&[("encoder", &["chunk_encoder"], SPLIT)]);
+    let (ok, stdout, stderr) = subcommand(dir.path(), &["check"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(
+            "encoder: ok, 3 functions (split in 2 chunks, budgeted in chunks of at most 40.0 KiB, \
+             whole), default split"
+        ),
+        "{stdout}"
+    );
+    let out = dir.path().join("merged");
+    let (ok, stdout, stderr) =
+        subcommand(dir.path(), &["build", "--out-dir", out.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("encoder: merged 3 functions (split in chunks split_chunk1 "),
+        "{stdout}"
+    );
+    assert!(stdout.contains(", split_chunk2 "), "{stdout}");
+    assert!(
+        stdout.contains("budgeted in chunks budgeted_chunk1 "),
+        "{stdout}"
+    );
+
+    // A budget no op fits: `check` names the Cargo.toml line and key.
+    let manifest = dir.path().join("encoder/Cargo.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("\"40K\"", "1");
+    std::fs::write(&manifest, text).unwrap();
+    let (ok, _, stderr) = subcommand(dir.path(), &["check"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "encoder/Cargo.toml:9:77: `package.metadata.multifunction.models.encoder.functions.budgeted.chunks`"
+        ) && stderr.contains("cannot be split within max-chunk-bytes 1 B"),
+        "{stderr}"
+    );
+}

@@ -7,6 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use coreml_multifunction_build::config::MetadataConfig;
+use coreml_multifunction_build::merge::Chunks;
 use coreml_multifunction_build::package::Package;
 use coreml_multifunction_build::pipeline::CrateInfo;
 use coreml_multifunction_build::{Builder, Error, Model};
@@ -462,4 +463,196 @@ fn fixed_shapes_can_be_configured_in_code() {
             && error.contains("it allows [1, 1..=16, 8]"),
         "{error}"
     );
+}
+
+const SPLIT: &str = r#"[package.metadata.multifunction.models.encoder]
+default-function = "split"
+functions.split = { package = "models/chunk_encoder.mlpackage", chunks = 2 }
+functions.whole = "models/chunk_encoder.mlpackage"
+"#;
+
+fn write_manifest(project: &Project, multifunction: &str) {
+    std::fs::write(
+        project.root().join("Cargo.toml"),
+        format!("[package]\nname = \"demo\"\nversion = \"0.3.0\"\n\n{multifunction}"),
+    )
+    .unwrap();
+}
+
+/// The chunk names of function `target` of a built model, and the
+/// package's function names and default.
+fn split_of(
+    built: &coreml_multifunction_build::Built,
+    target: &str,
+) -> (Vec<String>, Vec<String>, String) {
+    let model = &built.models[0];
+    let report = model.merge.as_ref().expect("merged");
+    let function = report
+        .functions
+        .iter()
+        .find(|f| f.target == target)
+        .unwrap();
+    let package = Package::open(&model.package).unwrap();
+    (
+        function.chunks.iter().map(|c| c.name.clone()).collect(),
+        package
+            .functions()
+            .iter()
+            .map(|f| f.name.to_string())
+            .collect(),
+        package.default_function().to_string(),
+    )
+}
+
+#[test]
+fn chunks_in_cargo_toml_split_the_function_and_a_new_split_merges_again() {
+    let project = Project::new(SPLIT, &["chunk_encoder"]);
+    let (built, _) = project.run().unwrap();
+    let (chunks, functions, default) = split_of(&built, "split");
+    assert_eq!(chunks, ["split_chunk1", "split_chunk2"]);
+    assert_eq!(functions, ["split_chunk1", "split_chunk2", "whole"]);
+    assert_eq!(
+        default, "split_chunk1",
+        "the default names the split function"
+    );
+    assert_eq!(
+        built.models[0].model.functions[0]
+            .chunks
+            .as_ref()
+            .unwrap()
+            .value,
+        Chunks::Count(2)
+    );
+
+    // Unchanged: not merged again.
+    let (again, _) = project.run().unwrap();
+    assert!(again.models[0].merge.is_none());
+
+    // Another split is another model: merged again.
+    write_manifest(&project, &SPLIT.replace("chunks = 2", "chunks = 3"));
+    let (three, _) = project.run().unwrap();
+    assert_eq!(split_of(&three, "split").0.len(), 3);
+    let budget = 40 << 10;
+    write_manifest(
+        &project,
+        &SPLIT.replace("chunks = 2", "chunks = { max-bytes = \"40K\" }"),
+    );
+    let (budgeted, _) = project.run().unwrap();
+    let report = budgeted.models[0]
+        .merge
+        .as_ref()
+        .expect("a new budget merges again");
+    let split = &report.functions[0];
+    assert!(split.chunks.len() >= 2, "{split:?}");
+    assert!(
+        split.chunks.iter().all(|c| c.weight_bytes <= budget),
+        "{split:?}"
+    );
+    // Merged whole again: the chunks are gone.
+    write_manifest(&project, &SPLIT.replace(", chunks = 2", ""));
+    let (whole, _) = project.run().unwrap();
+    assert_eq!(split_of(&whole, "split").1, ["split", "whole"]);
+}
+
+#[test]
+fn split_errors_point_at_chunks_in_cargo_toml() {
+    // Line 7 of the manifest (after the four-line [package] header) is the
+    // split function; `chunks` is its value.
+    for (chunks, message) in [
+        (
+            "{ max-bytes = 1 }",
+            "cannot be split within max-chunk-bytes 1 B: op ",
+        ),
+        ("1000000", "cannot be split"),
+    ] {
+        let text = SPLIT.replace("chunks = 2", &format!("chunks = {chunks}"));
+        let line = text.lines().nth(2).unwrap();
+        let column = line.find(chunks).unwrap() + 1;
+        let project = Project::new(&text, &["chunk_encoder"]);
+        let error = project.run().unwrap_err().to_string();
+        let location = format!(
+            "Cargo.toml:7:{column}: `package.metadata.multifunction.models.encoder.functions.split.chunks`: \
+             function \"split\""
+        );
+        assert!(error.contains(&location), "{chunks}: {error}");
+        assert!(error.contains(message), "{chunks}: {error}");
+        assert!(
+            !project.out_dir().join("encoder.mlpackage").exists(),
+            "{chunks}: wrote a package"
+        );
+    }
+
+    // A chunk's name taken by another function.
+    let text = format!("{SPLIT}functions.split_chunk2 = \"models/chunk_encoder.mlpackage\"\n");
+    let project = Project::new(&text, &["chunk_encoder"]);
+    let error = project.run().unwrap_err().to_string();
+    assert!(
+        error.contains("Cargo.toml:7:74: `package.metadata.multifunction.models.encoder.functions.split.chunks`"),
+        "{error}"
+    );
+    assert!(
+        error.contains(
+            "is split into chunks named split_chunk1, split_chunk2, …, and function \"main\" of "
+        ),
+        "{error}"
+    );
+    assert!(
+        error.contains("is already named \"split_chunk2\""),
+        "{error}"
+    );
+    // Beyond the count, the name is free.
+    let project = Project::new(
+        &text.replace("chunks = 2", "chunks = 1"),
+        &["chunk_encoder"],
+    );
+    let (built, _) = project.run().unwrap();
+    assert_eq!(
+        split_of(&built, "split").1,
+        ["split_chunk1", "whole", "split_chunk2"]
+    );
+}
+
+#[test]
+fn chunks_can_be_configured_in_code() {
+    let project = Project::new("", &["chunk_encoder"]);
+    let model = Model::new("encoder")
+        .function("split", "models/chunk_encoder.mlpackage")
+        .chunks("split", Chunks::Count(3))
+        .chunks("split", Chunks::Count(2))
+        .default_function("split");
+    let built = project
+        .builder()
+        .model(model.clone())
+        .run_with_output(&mut Vec::new())
+        .unwrap();
+    assert_eq!(
+        split_of(&built, "split").0,
+        ["split_chunk1", "split_chunk2"],
+        "the last call wins"
+    );
+
+    // Errors name the call.
+    for (model, message) in [
+        (
+            model.clone().chunks("other", Chunks::Count(2)),
+            "Model::new(\"encoder\").chunks(\"other\")`: \"other\" is not a function added with \
+             .function or .function_from; the functions are \"split\"",
+        ),
+        (
+            model.clone().chunks("split", Chunks::Count(0)),
+            "Model::new(\"encoder\").chunks(\"split\")`: Chunks::Count(0) splits into no chunks",
+        ),
+        (
+            model.clone().chunks("split", Chunks::MaxBytes(0)),
+            "Model::new(\"encoder\").chunks(\"split\")`: Chunks::MaxBytes(0) fits no weights",
+        ),
+    ] {
+        let error = project
+            .builder()
+            .model(model)
+            .run()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(message), "{error}");
+    }
 }

@@ -321,7 +321,11 @@ fn chunks_text(function: &MergedFunction) -> String {
     if function.chunks.is_empty() {
         return String::new();
     }
-    let mut text = format!(", split into {} chunks:", function.chunks.len());
+    let count = function.chunks.len();
+    let mut text = format!(
+        ", split into {count} {}:",
+        if count == 1 { "chunk" } else { "chunks" }
+    );
     let width = function
         .chunks
         .iter()

@@ -856,5 +856,70 @@ fn merge_lists_every_function_with_its_weight_bytes() {
         text.contains(&format!("  whole  <- {} (main); ", source.display())),
         "{text}"
     );
-    assert!(text.contains(" of weights\n"), "{text}");
+    // Every function's weight bytes, and each chunk's with the values it
+    // takes from earlier chunks, agree with what inspect finds stored.
+    let report = inspect_json(&out);
+    assert_eq!(report["default_function"], "split_chunk1");
+    let bytes = |name: &str| {
+        coreml_multifunction_build::Bytes(function(&report, name)["weight_bytes"].as_u64().unwrap())
+    };
+    assert!(
+        text.contains(&format!(
+            "  whole  <- {} (main); {} of weights\n",
+            source.display(),
+            bytes("whole")
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "  split  <- {} (main); {} of weights, split into 1 chunk:\n      split_chunk1  {} of \
+             weights\n",
+            source.display(),
+            bytes("whole"),
+            bytes("split_chunk1")
+        )),
+        "{text}"
+    );
+    let scratch_two = scratch.path().join("two.mlpackage");
+    let output = cli(&[
+        "merge",
+        "-o",
+        scratch_two.to_str().unwrap(),
+        "-f",
+        &format!("{}=split", source.display()),
+        "--chunks",
+        "split=2",
+        "--default",
+        "split",
+    ]);
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let report = inspect_json(&scratch_two);
+    let bytes = |name: &str| {
+        coreml_multifunction_build::Bytes(function(&report, name)["weight_bytes"].as_u64().unwrap())
+    };
+    assert!(text.contains(", split into 2 chunks:\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "\n      split_chunk1  {} of weights\n",
+            bytes("split_chunk1")
+        )),
+        "{text}"
+    );
+    let second = text
+        .lines()
+        .find(|l| l.starts_with("      split_chunk2  "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        second.starts_with(&format!(
+            "      split_chunk2  {} of weights; takes ",
+            bytes("split_chunk2")
+        )),
+        "{second}"
+    );
+    assert!(
+        second.contains(" (fp16[") && second.ends_with(" from chunk 1"),
+        "{second}"
+    );
 }
