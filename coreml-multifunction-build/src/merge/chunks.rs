@@ -596,7 +596,7 @@ fn build(
             let Some(&p) = producer.get(r.as_str()) else {
                 continue;
             };
-            if !chunk_of_op.get(&p).is_some_and(|&from| from < k) {
+            if chunk_of_op.get(&p).is_none_or(|&from| from >= k) {
                 continue;
             }
             let value = output_type[r.as_str()];
