@@ -673,5 +673,21 @@ fn the_decoders_prefill_and_decode_chunks_share_every_weight() {
             2 * n,
             "every layer reads the cache: {stateful:?}"
         );
+        // The cache itself never crosses a cut: a later chunk reads the
+        // state again.
+        let cache_bytes = 8 * 32 * 32 * 2;
+        for function in &report.functions {
+            for chunk in &function.chunks {
+                for value in &chunk.crossing_inputs {
+                    assert!(
+                        value.bytes.unwrap() < cache_bytes,
+                        "{}: {} crosses ({:?} bytes)",
+                        chunk.name,
+                        value.name,
+                        value.bytes
+                    );
+                }
+            }
+        }
     }
 }
