@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use coreml_multifunction_build::__private::{generate, ModelInterface};
-use coreml_multifunction_build::merge::MultiFunctionDescriptor;
+use coreml_multifunction_build::merge::{Chunks, MultiFunctionDescriptor};
 use coreml_multifunction_build::package::blob::BlobFile;
 use coreml_multifunction_build::package::manifest::Manifest;
 use coreml_multifunction_build::package::{spec, Package};
@@ -132,6 +132,22 @@ pub fn merge(data: &[u8]) {
             Package::open(&output).expect("a successful merge writes a valid package");
         }
         Err(_) => assert!(!output.exists(), "a failed merge left output behind"),
+    }
+    // The damaged function split into chunks: made, or refused, never a
+    // panic or a half-written output.
+    let split = dir.path().join("split.mlpackage");
+    let chunks =
+        [Chunks::Count(2), Chunks::Count(3), Chunks::MaxBytes(4096)][usize::from(which / 3) % 3];
+    let result = MultiFunctionDescriptor::new()
+        .add_function(&damaged, "b")
+        .chunks("b", chunks)
+        .default_function("b")
+        .merge(&split);
+    match result {
+        Ok(_) => {
+            Package::open(&split).expect("a successful split writes a valid package");
+        }
+        Err(_) => assert!(!split.exists(), "a failed split left output behind"),
     }
 }
 
