@@ -238,6 +238,50 @@ pub enum MergeProblem {
         /// What failed, naming the op (its output name and type).
         reason: String,
     },
+    /// Chunks are asked for a function the merge does not have.
+    #[error(
+        "chunks are asked for {target:?}, which is not one of the merged functions ({})",
+        quoted_list(targets.iter().map(String::as_str))
+    )]
+    UnknownChunkTarget {
+        /// The function named.
+        target: String,
+        /// The merged functions.
+        targets: Vec<String>,
+    },
+    /// One op's own weights exceed the chunk budget, so no split can keep
+    /// every chunk within it.
+    #[error(
+        "function {target:?} cannot be split within max-chunk-bytes {}: op {op:?} ({op_type}) \
+         alone holds {} of weights; raise the budget to at least that, or split the op's \
+         weights in the model",
+        Bytes(*budget),
+        Bytes(*bytes)
+    )]
+    OpOverBudget {
+        /// The function being split.
+        target: String,
+        /// The op's first output name.
+        op: String,
+        /// The op's type.
+        op_type: String,
+        /// Its weight bytes, as stored.
+        bytes: u64,
+        /// The budget.
+        budget: u64,
+    },
+    /// A function cannot be split as asked.
+    #[error("function {target:?} (function {source_function:?} of {}) cannot be split: {reason}", package.display())]
+    CannotSplit {
+        /// The function being split.
+        target: String,
+        /// Its source package.
+        package: PathBuf,
+        /// Its source function.
+        source_function: String,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// The destination is one of the sources.
     #[error(
         "{}: the destination is also a source; write the merged model elsewhere \
@@ -287,9 +331,61 @@ impl fmt::Display for Bytes {
     }
 }
 
+impl std::str::FromStr for Bytes {
+    type Err = String;
+
+    /// Reads a size as written in Cargo.toml and on the command line: a
+    /// whole number of bytes, optionally followed by `K`, `M` or `G`
+    /// (powers of 1024, either case): `"900M"`, `"1G"`, `"512K"`,
+    /// `"4096"`. The error says what was wrong and what to write.
+    fn from_str(text: &str) -> Result<Bytes, String> {
+        const FORM: &str = "write a whole number of bytes, optionally followed by K, M or G \
+                            (powers of 1024), such as \"900M\"";
+        let (digits, shift) = match text.char_indices().last() {
+            None => return Err(format!("the size is empty; {FORM}")),
+            Some((at, 'k' | 'K')) => (&text[..at], 10),
+            Some((at, 'm' | 'M')) => (&text[..at], 20),
+            Some((at, 'g' | 'G')) => (&text[..at], 30),
+            Some(_) => (text, 0),
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("{text:?} is not a size; {FORM}"));
+        }
+        digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(1 << shift))
+            .map(Bytes)
+            .ok_or_else(|| format!("{text:?} is too large a size (at most {} bytes)", u64::MAX))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_as_bytes_or_with_binary_suffixes() {
+        let parse = |text: &str| text.parse::<Bytes>().map(|b| b.0);
+        assert_eq!(parse("900M"), Ok(900 << 20));
+        assert_eq!(parse("1G"), Ok(1 << 30));
+        assert_eq!(parse("1g"), Ok(1 << 30));
+        assert_eq!(parse("512K"), Ok(512 << 10));
+        assert_eq!(parse("4096"), Ok(4096));
+        assert_eq!(parse("0"), Ok(0));
+        for bad in [
+            "900MB", "-1", "1.5G", "G", "M1", " 1M", "1 M", "+1", "0x10", "1T",
+        ] {
+            let error = parse(bad).unwrap_err();
+            assert!(error.contains("is not a size"), "{bad}: {error}");
+            assert!(error.contains("such as \"900M\""), "{bad}: {error}");
+        }
+        assert!(parse("").unwrap_err().starts_with("the size is empty"));
+        assert!(parse("99999999999G").unwrap_err().contains("too large"));
+        assert!(parse("99999999999999999999")
+            .unwrap_err()
+            .contains("too large"));
+    }
 
     #[test]
     fn byte_counts_read_naturally() {
