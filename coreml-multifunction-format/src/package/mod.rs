@@ -117,10 +117,9 @@ pub struct BlobReference {
     pub record: BlobRecord,
 }
 
-#[doc(hidden)]
 /// Bytes of the distinct blobs `references` point to, as stored: a blob
 /// (a record of one weight file) referenced several times counts once.
-pub fn distinct_blob_bytes<'a>(references: impl IntoIterator<Item = &'a BlobReference>) -> u64 {
+fn distinct_blob_bytes<'a>(references: impl IntoIterator<Item = &'a BlobReference>) -> u64 {
     let mut seen = BTreeSet::new();
     references
         .into_iter()
@@ -364,9 +363,8 @@ impl Package {
     /// Bytes of the weights each function references, by function name:
     /// each distinct blob its values point to (in every block, nested ones
     /// included), counted once at its stored size, so a compressed weight
-    /// counts its compressed bytes. Records are read, data is not. What a
-    /// chunk budget ([`distinct_blob_bytes`] of a chunk's references) is
-    /// measured against.
+    /// counts its compressed bytes. Records are read, data is not. A chunk
+    /// budget is measured in these bytes.
     pub fn function_weight_bytes(&self) -> Result<BTreeMap<String, u64>> {
         let references = self.blob_references()?;
         let mut by_function: BTreeMap<&str, Vec<&BlobReference>> = self
