@@ -67,6 +67,7 @@ fn core_ml(cache: &Path) -> Configuration {
         compute_units: ComputeUnits::CpuOnly,
         backend: Backend::CoreMl,
         cache_dir: Some(cache.to_path_buf()),
+        ..Default::default()
     }
 }
 
@@ -115,6 +116,12 @@ fn every_fixture_function_matches_torch_on_the_cpu() {
     for fixture in io_fixtures() {
         if fixture == "stateful" {
             continue; // the pair shares one state: see below
+        }
+        if fixture == "fp16_overflow" {
+            // Its first step overflows fp16 between ops: torch's finite
+            // value or a device's inf, depending on whether Core ML's CPU
+            // runs the fp16 program in fp32 or fp16.
+            continue;
         }
         let package = common::source_package(&fixture);
         for step in steps(&fixture) {

@@ -121,6 +121,43 @@ pub struct Configuration {
     /// the temporary directory when that cannot be written). Ignored by
     /// the reference backend.
     pub cache_dir: Option<PathBuf>,
+    /// Compute fp16 as the device computes it (reference backend; `false`
+    /// by default).
+    ///
+    /// By default the reference backend computes fp16 programs in f32 and
+    /// rounds to fp16 only where the program says a value is fp16 at a
+    /// boundary: a `cast` to fp16, an fp16 input, output or state, an
+    /// fp16 constant. The GPU and the Neural Engine round every fp16 value
+    /// after every op. With `fp16_ops`, the reference backend does too:
+    /// every value an op computes whose MIL type is fp16 (in the nested
+    /// blocks of `cond` and `while_loop` too) is rounded to fp16, to
+    /// nearest with ties to even, right after the op. So an fp16
+    /// intermediate that overflows becomes infinity (and what follows
+    /// from it, NaN), and precision lost in one op is lost for the next:
+    /// the classic failure of LLMs and diffusion models on the Neural
+    /// Engine shows up on Linux before a device sees it. Which outputs to
+    /// round is decided when the function loads; the default mode does no
+    /// extra work.
+    ///
+    /// The rounding is the one fp16 inputs and outputs already have, so
+    /// it is idempotent with it: a function split into chunks, whose fp16
+    /// values crossing a boundary become fp16 outputs and inputs, gives in
+    /// this mode bit for bit what the unsplit function gives.
+    ///
+    /// What it does not model: Core ML's own fused kernels (attention,
+    /// layer norm, softmax computed inside one kernel at another
+    /// precision), the accumulation width inside `matmul`, `linear`,
+    /// `conv` and reductions (the device may accumulate in fp32 or in
+    /// fp16; here it is f32, rounded once at the op's output), and the
+    /// device's implementations of transcendental functions (`exp`,
+    /// `tanh`, `erf`: computed here in f32, then rounded). It tells you
+    /// an fp16 model's values fit fp16 between ops, not what a given
+    /// device returns bit for bit.
+    ///
+    /// The Core ML backend ignores it: Core ML's GPU and Neural Engine
+    /// already round after every op, and its CPU compute unit may run
+    /// fp16 models in fp32 whatever this says.
+    pub fp16_ops: bool,
 }
 
 impl Configuration {
@@ -218,9 +255,9 @@ impl Function {
         let backend = configuration.backend.resolve();
         let inner = match backend {
             #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
-            Backend::Reference | Backend::Auto => {
-                FunctionImpl::Reference(Box::new(reference::Function::load(&opened, function)?))
-            }
+            Backend::Reference | Backend::Auto => FunctionImpl::Reference(Box::new(
+                reference::Function::load(&opened, function, configuration.fp16_ops)?,
+            )),
             #[cfg(all(target_vendor = "apple", not(feature = "reference-backend")))]
             Backend::Reference | Backend::Auto => return Err(no_reference_backend()),
             #[cfg(target_vendor = "apple")]

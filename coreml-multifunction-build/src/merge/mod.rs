@@ -28,6 +28,7 @@
 //! Nothing here knows about cargo: the build script and the CLI both call
 //! [`MultiFunctionDescriptor::merge`].
 
+mod chunks;
 mod dedup;
 mod fixed_shapes;
 mod opset;
@@ -342,6 +343,9 @@ struct Merger<'d> {
     /// The fixed-shape functions, built when the merge is checked: each
     /// target's body and description.
     fixed: BTreeMap<String, (mil_spec::Function, FunctionDescription)>,
+    /// The split functions' chunks, built when the merge is checked, by
+    /// target.
+    split: BTreeMap<String, Vec<chunks::Built>>,
 }
 
 struct Selected {
@@ -464,6 +468,14 @@ impl<'d> Merger<'d> {
                 }
             }
         }
+        for target in descriptor.chunks.keys() {
+            if !targets.contains(target) {
+                return Err(Error::merge(MergeProblem::UnknownChunkTarget {
+                    target: target.clone(),
+                    targets,
+                }));
+            }
+        }
         let default_function = match &descriptor.default_function {
             None => return Err(Error::merge(MergeProblem::MissingDefault { targets })),
             Some(name) if !targets.contains(name) => {
@@ -490,12 +502,109 @@ impl<'d> Merger<'d> {
             specification_version,
             opset,
             fixed: BTreeMap::new(),
+            split: BTreeMap::new(),
         };
         for choice in &merger.selected {
             merger.check_raise(choice)?;
         }
         merger.fixed = merger.fixed_functions()?;
+        merger.split = merger.split_functions()?;
         Ok(merger)
+    }
+
+    /// The body and description a target is merged from: its fixed-shape
+    /// function if it has one, else its source's.
+    fn source_of(&self, choice: &Selected) -> (&mil_spec::Function, FunctionDescription) {
+        match self.fixed.get(&choice.target) {
+            Some((function, description)) => (function, description.clone()),
+            None => {
+                let view = self.packages[choice.package]
+                    .1
+                    .function(&choice.source_function)
+                    .expect("checked");
+                (view.function, view.description.into_owned())
+            }
+        }
+    }
+
+    /// The stored bytes of a weight reference of source `package`.
+    fn weight_size(&self, package: usize, value: &mil_spec::Value) -> Option<u64> {
+        let Some(value::Value::BlobFileValue(blob)) = &value.value else {
+            return None;
+        };
+        let file = self.packages[package].1.blob_file(&blob.file_name)?;
+        file.record(blob.offset).ok().map(|record| record.size)
+    }
+
+    /// Splits every function asked to be split (see `chunks.rs`), after
+    /// its fixed shapes, refusing a split that cannot be made and chunk
+    /// names that another function has.
+    fn split_functions(&self) -> Result<BTreeMap<String, Vec<chunks::Built>>> {
+        let chosen: Vec<(&Selected, Chunks)> = self
+            .selected
+            .iter()
+            .filter_map(|s| self.descriptor.chunks.get(&s.target).map(|&c| (s, c)))
+            .collect();
+        let sources: Vec<(mil_spec::Function, FunctionDescription)> = chosen
+            .iter()
+            .map(|(choice, _)| {
+                let (function, description) = self.source_of(choice);
+                (function.clone(), description)
+            })
+            .collect();
+        let requests: Vec<chunks::Request<'_>> = chosen
+            .iter()
+            .zip(&sources)
+            .map(
+                |((choice, chunking), (function, description))| chunks::Request {
+                    target: &choice.target,
+                    function,
+                    description,
+                    chunks: *chunking,
+                    weight_size: Box::new(move |value| self.weight_size(choice.package, value)),
+                },
+            )
+            .collect();
+        let mut split = BTreeMap::new();
+        for ((choice, _), result) in chosen.iter().zip(chunks::split_all(&requests)) {
+            let (path, _) = &self.packages[choice.package];
+            let built = result.map_err(|error| match error {
+                chunks::SplitError::OpOverBudget {
+                    op,
+                    op_type,
+                    bytes,
+                    budget,
+                } => Error::merge(MergeProblem::OpOverBudget {
+                    target: choice.target.clone(),
+                    op,
+                    op_type,
+                    bytes,
+                    budget,
+                }),
+                chunks::SplitError::Cannot(reason) => Error::merge(MergeProblem::CannotSplit {
+                    target: choice.target.clone(),
+                    package: path.clone(),
+                    source_function: choice.source_function.clone(),
+                    reason,
+                }),
+            })?;
+            for chunk in &built {
+                if let Some(other) = self.selected.iter().find(|s| s.target == chunk.report.name) {
+                    return Err(Error::merge(MergeProblem::CannotSplit {
+                        target: choice.target.clone(),
+                        package: path.clone(),
+                        source_function: choice.source_function.clone(),
+                        reason: format!(
+                            "its chunk {:?} would have the name of function {:?} of the merge; \
+                             rename that function",
+                            chunk.report.name, other.target
+                        ),
+                    }));
+                }
+            }
+            split.insert(choice.target.clone(), built);
+        }
+        Ok(split)
     }
 
     /// Builds every fixed-shape function from its source (see
@@ -587,13 +696,25 @@ impl<'d> Merger<'d> {
         // The functions, copied and relabelled.
         let mut functions: Vec<(usize, String, mil_spec::Function)> = Vec::new();
         let mut descriptions = Vec::new();
+        let mut parts: Vec<(usize, mil_spec::Function, FunctionDescription)> = Vec::new();
         for choice in &self.selected {
-            let package = &self.packages[choice.package].1;
-            let view = package.function(&choice.source_function).expect("checked");
-            let (mut function, description) = match self.fixed.get(&choice.target) {
-                Some((function, description)) => (function.clone(), description.clone()),
-                None => (view.function.clone(), view.description.into_owned()),
-            };
+            match self.split.get(&choice.target) {
+                Some(chunks) => parts.extend(
+                    chunks
+                        .iter()
+                        .map(|c| (choice.package, c.function.clone(), c.description.clone())),
+                ),
+                None => {
+                    let (function, description) = self.source_of(choice);
+                    let description = FunctionDescription {
+                        name: choice.target.clone(),
+                        ..description
+                    };
+                    parts.push((choice.package, function.clone(), description));
+                }
+            }
+        }
+        for (package, mut function, description) in parts {
             if function.opset != self.opset {
                 let body = function
                     .block_specializations
@@ -604,11 +725,8 @@ impl<'d> Merger<'d> {
                     .insert(self.opset.clone(), body);
                 function.opset = self.opset.clone();
             }
-            descriptions.push(FunctionDescription {
-                name: choice.target.clone(),
-                ..description
-            });
-            functions.push((choice.package, choice.target.clone(), function));
+            functions.push((package, description.name.clone(), function));
+            descriptions.push(description);
         }
 
         // Program attributes: the default function's source's first, then
@@ -724,6 +842,71 @@ impl<'d> Merger<'d> {
                 unshared_bytes += file.record(c.offset)?.size;
             }
         }
+        // Each merged function's distinct blobs, for its weight bytes as
+        // the merged file stores them.
+        let mut blob_size = Vec::with_capacity(plan.representatives.len());
+        for &representative in &plan.representatives {
+            let c = &candidates[representative];
+            blob_size.push(
+                self.blob_file(c.package, &c.file_name)
+                    .record(c.offset)?
+                    .size,
+            );
+        }
+        let blobs_of: BTreeMap<&str, std::collections::BTreeSet<usize>> = functions
+            .iter()
+            .zip(&used_by)
+            .map(|((_, name, _), used)| {
+                (
+                    name.as_str(),
+                    used.iter().map(|&slot| plan.blob_of[slot]).collect(),
+                )
+            })
+            .collect();
+        let stored_bytes = |names: &[&str]| -> u64 {
+            let blobs: std::collections::BTreeSet<usize> = names
+                .iter()
+                .flat_map(|name| blobs_of.get(name).into_iter().flatten().copied())
+                .collect();
+            blobs.iter().map(|&blob| blob_size[blob]).sum()
+        };
+        let merged_functions: Vec<MergedFunction> = self
+            .selected
+            .iter()
+            .map(|s| {
+                let chunks: Vec<Chunk> = self
+                    .split
+                    .get(&s.target)
+                    .map(|chunks| {
+                        chunks
+                            .iter()
+                            .map(|c| Chunk {
+                                weight_bytes: stored_bytes(&[c.report.name.as_str()]),
+                                ..c.report.clone()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let names: Vec<&str> = if chunks.is_empty() {
+                    vec![s.target.as_str()]
+                } else {
+                    chunks.iter().map(|c| c.name.as_str()).collect()
+                };
+                MergedFunction {
+                    target: s.target.clone(),
+                    package: self.packages[s.package].0.clone(),
+                    source_function: s.source_function.clone(),
+                    fixed_shapes: self
+                        .descriptor
+                        .fixed_shapes
+                        .get(&s.target)
+                        .cloned()
+                        .unwrap_or_default(),
+                    weight_bytes: stored_bytes(&names),
+                    chunks,
+                }
+            })
+            .collect();
 
         // Point every reference at its blob in the merged file.
         let relink = |package: usize, value: &mut mil_spec::Value| {
@@ -766,7 +949,7 @@ impl<'d> Merger<'d> {
             specification_version: self.specification_version,
             description: Some(ModelDescription {
                 functions: descriptions,
-                default_function_name: self.default_function.clone(),
+                default_function_name: self.default_function_name(),
                 metadata,
                 ..Default::default()
             }),
@@ -778,24 +961,8 @@ impl<'d> Merger<'d> {
         Ok(MergeReport {
             merged_bytes: directory_size(&destination)?,
             destination,
-            functions: self
-                .selected
-                .iter()
-                .map(|s| MergedFunction {
-                    target: s.target.clone(),
-                    package: self.packages[s.package].0.clone(),
-                    source_function: s.source_function.clone(),
-                    fixed_shapes: self
-                        .descriptor
-                        .fixed_shapes
-                        .get(&s.target)
-                        .cloned()
-                        .unwrap_or_default(),
-                    weight_bytes: 0,
-                    chunks: Vec::new(),
-                })
-                .collect(),
-            default_function: self.default_function.clone(),
+            functions: merged_functions,
+            default_function: self.default_function_name(),
             specification_version: self.specification_version,
             opset: self.opset.clone(),
             sources: self
@@ -933,6 +1100,15 @@ impl<'d> Merger<'d> {
             .1
             .blob_file(file_name)
             .expect("weight references are validated when a package opens")
+    }
+
+    /// The merged model's default function: the default target, or the
+    /// first chunk of a split one.
+    fn default_function_name(&self) -> String {
+        match self.split.get(&self.default_function) {
+            Some(chunks) => chunks[0].report.name.clone(),
+            None => self.default_function.clone(),
+        }
     }
 
     fn target_index(&self, target: &str) -> usize {

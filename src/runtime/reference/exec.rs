@@ -13,7 +13,7 @@
 use super::super::error::{Error, Result};
 use super::ops::{self, Args, Kind};
 use super::program::{Block, Program, Slot, Step};
-use super::value::{conform, round_float, Declared, OpResult, Value};
+use super::value::{conform, round_float, round_fp16_in_place, Declared, OpResult, Value};
 
 /// The current value of each state a program reads, in the program's state
 /// order, and what the prediction wrote to them.
@@ -106,6 +106,12 @@ impl Run<'_> {
             }
             for (value, (slot, declared)) in results.into_iter().zip(&step.outputs) {
                 self.env[*slot] = Some(declared_value(value, declared).map_err(fail)?);
+            }
+            // fp16_ops: the device's rounding after the op (empty otherwise).
+            for slot in &step.round_fp16 {
+                if let Some(Value::Float(array)) = &mut self.env[*slot] {
+                    round_fp16_in_place(array);
+                }
             }
             for slot in &step.release {
                 self.env[*slot] = None;

@@ -50,7 +50,16 @@
 //! decompressed once to the precision their op declares). Values are
 //! rounded to fp16 only where the program itself says a value *is* fp16:
 //! a `cast` to fp16, a decompressed fp16 weight, a write to an fp16 state,
-//! and an fp16 output.
+//! an fp16 input and an fp16 output.
+//!
+//! With `Configuration::fp16_ops` it rounds as the GPU and the Neural
+//! Engine do: every fp16 value an op computes, rounded to fp16 right after
+//! the op. `program` marks which step outputs are fp16 when the function
+//! loads (leaving out the ops that only move elements, whose fp16 outputs
+//! are fp16 values already); `exec` rounds them in place after the step.
+//! Loaded without it, no step is marked and nothing extra runs. What the
+//! mode leaves unmodelled (fused kernels, accumulation widths,
+//! transcendental implementations) is in the field's documentation.
 //!
 //! - **Against Core ML.** Core ML runs fp16 models in fp16 on the GPU and
 //!   the Neural Engine, rounding after every op, so its outputs differ from
@@ -219,14 +228,17 @@ impl Function {
     /// Prepares `function` of `package`: compiles its body, decodes its
     /// weights (sharing them with the package's other loaded functions) and
     /// checks that every op is implemented and has its required inputs.
-    pub fn load(package: &Package, function: &str) -> Result<Function> {
+    /// With `fp16_ops`, every fp16 value an op computes is rounded to fp16
+    /// right after it, as the GPU and the Neural Engine compute
+    /// (`Configuration::fp16_ops`).
+    pub fn load(package: &Package, function: &str, fp16_ops: bool) -> Result<Function> {
         let view = view(package, function)?;
         let invalid = |detail: String| Error::InvalidModel {
             function: function.to_string(),
             detail,
         };
         let store = weights::store_for(package);
-        let program = program::compile(package, &view, &store)?;
+        let program = program::compile(package, &view, &store, fp16_ops)?;
 
         let mut outputs = Vec::new();
         for output in &view.description.output {
@@ -722,8 +734,8 @@ mod tests {
     fn functions_of_one_package_share_decoded_weights() {
         let merged = fixture("merged", "lora_pair");
         let package = Package::open(&merged).unwrap();
-        let one = Function::load(&package, "adapter_1").unwrap();
-        let two = Function::load(&package, "adapter_2").unwrap();
+        let one = Function::load(&package, "adapter_1", false).unwrap();
+        let two = Function::load(&package, "adapter_2", false).unwrap();
         let base = "base_model_model_linear1_base_layer_weight_to_fp16";
         let (a, b) = (one.weight(base).unwrap(), two.weight(base).unwrap());
         assert!(Arc::ptr_eq(&a, &b), "the base weight is decoded twice");
@@ -736,25 +748,25 @@ mod tests {
         ));
         // A second load of the package shares them too, while the first lives.
         let again = Package::open(&merged).unwrap();
-        let three = Function::load(&again, "adapter_1").unwrap();
+        let three = Function::load(&again, "adapter_1", false).unwrap();
         assert!(Arc::ptr_eq(&a, &three.weight(base).unwrap()));
         // Another package's copy of the same bytes is another weight.
         let separate = Package::open(fixture("packages", "lora_adapter_1")).unwrap();
-        let source = Function::load(&separate, "main").unwrap();
+        let source = Function::load(&separate, "main", false).unwrap();
         assert!(!Arc::ptr_eq(&source.weight(base).unwrap(), &a));
     }
 
     #[test]
     fn compressed_weights_share_their_decompression() {
         let package = Package::open(fixture("merged", "compressed")).unwrap();
-        let int8 = Function::load(&package, "int8").unwrap();
-        let again = Function::load(&package, "int8").unwrap();
+        let int8 = Function::load(&package, "int8", false).unwrap();
+        let again = Function::load(&package, "int8", false).unwrap();
         let name = "linear1_weight_to_fp16_quantized";
         assert!(Arc::ptr_eq(
             &int8.weight(name).unwrap(),
             &again.weight(name).unwrap()
         ));
-        let palettized = Function::load(&package, "palettized").unwrap();
+        let palettized = Function::load(&package, "palettized", false).unwrap();
         assert_eq!(
             palettized
                 .weight("linear1_weight_to_fp16_palettized")

@@ -62,6 +62,10 @@ pub(crate) struct Step {
     pub blocks: Vec<Block>,
     /// Slots no later step reads, emptied after this step.
     pub release: Vec<Slot>,
+    /// The slots of its fp16 outputs, rounded to fp16 after it runs, when
+    /// the function was loaded with `fp16_ops` (see [`rounds_fp16`]);
+    /// empty otherwise, so the default mode pays nothing.
+    pub round_fp16: Vec<Slot>,
 }
 
 impl Step {
@@ -115,10 +119,15 @@ pub(crate) struct Program {
 }
 
 /// Compiles function `view` of `package`, sharing weights through `store`.
+///
+/// With `fp16_ops`, every step's fp16 outputs are marked to be rounded
+/// to fp16 after it (its [`Step::round_fp16`]), as the GPU and the Neural
+/// Engine round every fp16 value after every op.
 pub(crate) fn compile(
     package: &Package,
     view: &FunctionView<'_>,
     store: &WeightStore,
+    fp16_ops: bool,
 ) -> Result<Program> {
     let function = view.name;
     let invalid = |detail: String| Error::InvalidModel {
@@ -128,6 +137,7 @@ pub(crate) fn compile(
     let mut compiler = Compiler {
         package,
         store,
+        fp16_ops,
         names: HashMap::new(),
         enclosing: Vec::new(),
         keys: HashMap::new(),
@@ -221,6 +231,8 @@ pub(crate) fn missing_ops(block: &mil_spec::Block) -> Vec<String> {
 struct Compiler<'a> {
     package: &'a Package,
     store: &'a WeightStore,
+    /// Whether fp16 op outputs are rounded after every op.
+    fp16_ops: bool,
     /// Value name → slot, for the block being compiled.
     names: HashMap<String, Slot>,
     /// The same for the blocks enclosing it, innermost last.
@@ -454,8 +466,12 @@ impl Compiler<'_> {
                     Vec::new()
                 };
                 let mut slots = Vec::with_capacity(outputs.len());
+                let mut round_fp16 = Vec::new();
                 for (output, declared) in outputs {
                     let slot = self.define(output).map_err(invalid)?;
+                    if self.fp16_ops && rounds_fp16(kind, &declared) {
+                        round_fp16.push(slot);
+                    }
                     slots.push((slot, declared));
                 }
                 self.program.steps.push(Step {
@@ -466,6 +482,7 @@ impl Compiler<'_> {
                     outputs: slots,
                     blocks,
                     release: Vec::new(),
+                    round_fp16,
                 });
             }
         }
@@ -644,6 +661,54 @@ impl Compiler<'_> {
 enum Binding<'a> {
     Name(&'a str),
     Value(&'a mil_spec::Value),
+}
+
+/// Whether an output of an op of `kind`, declared `declared`, needs
+/// rounding to fp16 after the op in `fp16_ops` mode: when it is declared
+/// fp16 and the op may compute a value fp16 cannot hold.
+///
+/// In that mode every fp16 value in a slot already holds an fp16 value:
+/// inputs declared fp16 are rounded when bound, constants declared fp16
+/// are stored as fp16 (and decompressed ones rounded at load), an fp16
+/// state holds what was rounded when written, and every op computing
+/// one is rounded here. So the ops that only move or pick elements (and
+/// `cast`, which rounds itself) give fp16 values already, and are not
+/// rounded again: a reshape or `read_state` of a large tensor costs no
+/// pass over it, nor the copy a shared array would take. Nor are the
+/// outputs of `cond` and `while_loop`, which are values their blocks'
+/// ops made (or loop variables, which were). Rounding an fp16 value
+/// again would change nothing: this only saves the work.
+pub(crate) fn rounds_fp16(kind: Kind, declared: &Declared) -> bool {
+    if declared.data_type != mil_spec::DataType::Float16 {
+        return false;
+    }
+    !matches!(
+        kind,
+        Kind::Reshape
+            | Kind::Transpose
+            | Kind::ExpandDims
+            | Kind::Squeeze
+            | Kind::Concat
+            | Kind::Split
+            | Kind::Stack
+            | Kind::SliceByIndex
+            | Kind::SliceBySize
+            | Kind::SliceUpdate
+            | Kind::Tile
+            | Kind::Reverse
+            | Kind::ReverseSequence
+            | Kind::Crop
+            | Kind::Gather
+            | Kind::GatherAlongAxis
+            | Kind::GatherNd
+            | Kind::Rearrange(_)
+            | Kind::Select
+            | Kind::Identity
+            | Kind::Cast
+            | Kind::ReadState
+            | Kind::WhileLoop
+            | Kind::Cond
+    )
 }
 
 /// A constexpr result as the program declares it: of the declared shape,

@@ -287,6 +287,14 @@ pub(crate) fn round_float(array: FloatArray, data_type: DataType) -> FloatArray 
     }
 }
 
+/// Rounds every element of `array` to the nearest fp16 value (ties to
+/// even, overflow to infinity), in place: the device's rounding of an fp16
+/// op result. Idempotent: an fp16 value widened to f32 rounds to itself.
+/// An array shared with another slot is copied first (`ArcArray`).
+pub(crate) fn round_fp16_in_place(array: &mut FloatArray) {
+    array.mapv_inplace(|v| f16::from_f32(v).to_f32());
+}
+
 /// Wraps an integer into the range of `data_type`, as a C cast (numpy's
 /// `astype`) does.
 pub(crate) fn wrap_int(v: i64, data_type: DataType) -> i32 {

@@ -298,17 +298,17 @@ fn mlp_loop() -> mil_spec::Block {
 fn a_loop_runs_its_body_until_the_condition_fails_with_weights_inside() {
     let dir = tempfile::tempdir().unwrap();
     let package = package_with(dir.path(), mlp_loop());
-    let looped = Function::load(&package, "main").unwrap();
+    let looped = Function::load(&package, "main", false).unwrap();
     // The body's weights were decoded at load, into the package's store.
     let weight = looped.weight("linear1_weight").unwrap();
     assert_eq!(weight.shape(), vec![32, 32]);
-    let again = Function::load(&package, "main").unwrap();
+    let again = Function::load(&package, "main", false).unwrap();
     assert!(std::sync::Arc::ptr_eq(
         &weight,
         &again.weight("linear1_weight").unwrap()
     ));
 
-    let mlp = Function::load(&Package::open(fixture()).unwrap(), "main").unwrap();
+    let mlp = Function::load(&Package::open(fixture()).unwrap(), "main", false).unwrap();
     let x = sample(1);
     let mut want = x.clone();
     for _ in 0..3 {
@@ -363,7 +363,7 @@ fn cond_runs_the_branch_its_predicate_picks() {
         &["y"],
     );
     let dir = tempfile::tempdir().unwrap();
-    let function = Function::load(&package_with(dir.path(), program), "main").unwrap();
+    let function = Function::load(&package_with(dir.path(), program), "main", false).unwrap();
     let positive: Vec<f32> = (0..32).map(|k| k as f32 / 8.0).collect();
     let negative: Vec<f32> = positive.iter().map(|p| -p).collect();
     let doubled: Vec<f32> = positive.iter().map(|p| p * 2.0).collect();
@@ -518,7 +518,7 @@ fn nested_by_hand(x: &[f32]) -> (Vec<f32>, [usize; 2]) {
 #[test]
 fn nested_loops_and_conds_read_the_values_around_them() {
     let dir = tempfile::tempdir().unwrap();
-    let function = Function::load(&package_with(dir.path(), nested()), "main").unwrap();
+    let function = Function::load(&package_with(dir.path(), nested()), "main", false).unwrap();
     let mut taken = [0; 2];
     for seed in 0..4 {
         let x = sample(seed);
@@ -557,7 +557,7 @@ fn all_steps(steps: &[Step]) -> Vec<&Step> {
 #[test]
 fn loops_keep_what_they_read_again_and_release_what_they_define() {
     let dir = tempfile::tempdir().unwrap();
-    let function = Function::load(&package_with(dir.path(), nested()), "main").unwrap();
+    let function = Function::load(&package_with(dir.path(), nested()), "main", false).unwrap();
     let steps = &function.program.steps;
     let (_, scale_step) = step_named(steps, "scale");
     let scale = scale_step.outputs[0].0;
@@ -601,7 +601,7 @@ fn loops_keep_what_they_read_again_and_release_what_they_define() {
 
 fn load_error(program: mil_spec::Block) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let error = Function::load(&package_with(dir.path(), program), "main").unwrap_err();
+    let error = Function::load(&package_with(dir.path(), program), "main", false).unwrap_err();
     assert!(matches!(error, Error::InvalidModel { .. }), "{error:?}");
     error.to_string()
 }
@@ -667,11 +667,188 @@ fn a_loop_variable_leaving_its_declared_type_fails_naming_the_loop() {
         block.inputs[1].r#type = Some(tensor(DataType::Float32, &[1, 16]));
     }
     let dir = tempfile::tempdir().unwrap();
-    let function = Function::load(&package_with(dir.path(), program), "main").unwrap();
+    let function = Function::load(&package_with(dir.path(), program), "main", false).unwrap();
     let error = function.predict(&input(&sample(0)), None).unwrap_err();
     let message = error.to_string();
     assert!(
         message.contains("while_loop") && message.contains("loop variable 1"),
         "{message}"
     );
+}
+
+// ------------------------------------------------ fp16 as the device computes it
+
+fn half_row() -> mil_spec::ValueType {
+    tensor(DataType::Float16, &[1, 32])
+}
+
+/// The fixture with fp16 `x` and `y` (in the description and the program)
+/// and its main function's body replaced by `body`, written under `dir`.
+fn fp16_package_with(dir: &Path, body: mil_spec::Block) -> Package {
+    use coreml_multifunction_format::proto::specification::{
+        array_feature_type::ArrayDataType, feature_type,
+    };
+    let shell = package_with(dir, body);
+    let mut model = shell.model().clone();
+    let description = model.description.as_mut().unwrap();
+    for feature in description.input.iter_mut().chain(&mut description.output) {
+        let Some(feature_type::Type::MultiArrayType(array)) =
+            feature.r#type.as_mut().and_then(|t| t.r#type.as_mut())
+        else {
+            unreachable!("the fixture's x and y are arrays")
+        };
+        array.data_type = ArrayDataType::Float16 as i32;
+    }
+    let Some(model::Type::MlProgram(program)) = &mut model.r#type else {
+        unreachable!("the fixture is an ML Program")
+    };
+    program.functions.get_mut("main").unwrap().inputs[0].r#type = Some(half_row());
+    let destination = dir.join("fp16.mlpackage");
+    let mut builder = PackageBuilder::new(&destination).unwrap();
+    builder
+        .copy_weights_file(
+            "weight.bin",
+            &shell.weights_dir().unwrap().join("weight.bin"),
+        )
+        .unwrap();
+    builder.finish(&model).unwrap();
+    Package::open(destination).unwrap()
+}
+
+fn half_input(x: &[f32]) -> Features {
+    let x: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v)).collect();
+    Features::from([("x".to_string(), Tensor::new([1, 32], x).unwrap().into())])
+}
+
+/// `y`'s elements as bits, so that comparisons are bit for bit.
+fn output_bits(features: &Features) -> Vec<u32> {
+    output(features).iter().map(|v| v.to_bits()).collect()
+}
+
+fn predict_both(package: &Package, x: &[f32]) -> (Features, Features) {
+    let default = Function::load(package, "main", false).unwrap();
+    let fp16_ops = Function::load(package, "main", true).unwrap();
+    (
+        default.predict(&half_input(x), None).unwrap(),
+        fp16_ops.predict(&half_input(x), None).unwrap(),
+    )
+}
+
+#[test]
+fn fp16_ops_rounds_after_every_op_in_nested_blocks_too() {
+    // y = (x * x) / x inside a branch: x * x overflows fp16 for x = 300.
+    let program = block(
+        &[],
+        vec![
+            simple(
+                "reduce_sum",
+                vec![("x", Name("x")), ("keep_dims", v(bool_value(false)))],
+                ("total", tensor(DataType::Float16, &[])),
+            ),
+            simple(
+                "greater",
+                vec![("x", Name("total")), ("y", Name("total"))],
+                ("never", boolean()),
+            ),
+            cond(
+                "never",
+                &[("y", half_row())],
+                block(&[], Vec::new(), &["x"]),
+                block(
+                    &[],
+                    vec![
+                        simple(
+                            "mul",
+                            vec![("x", Name("x")), ("y", Name("x"))],
+                            ("square", half_row()),
+                        ),
+                        simple(
+                            "real_div",
+                            vec![("x", Name("square")), ("y", Name("x"))],
+                            ("back", half_row()),
+                        ),
+                    ],
+                    &["back"],
+                ),
+            ),
+        ],
+        &["y"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let package = fp16_package_with(dir.path(), program);
+    let x: Vec<f32> = (0..32).map(|k| 300.0 + k as f32).collect();
+    let (default, fp16_ops) = predict_both(&package, &x);
+    // f32 intermediates hide the overflow; the device's rounding does not.
+    assert_eq!(output(&default), x);
+    assert!(
+        output(&fp16_ops).iter().all(|v| v.is_infinite()),
+        "{:?}",
+        output(&fp16_ops)
+    );
+    // Below the overflow, x * x loses bits in fp16 that f32 keeps: the
+    // modes differ without an infinity too.
+    let small: Vec<f32> = (0..32)
+        .map(|k| 1.0 + k as f32 / 64.0 + 1.0 / 512.0)
+        .collect();
+    let (default, fp16_ops) = predict_both(&package, &small);
+    assert!(output(&fp16_ops).iter().all(|v| v.is_finite()));
+    assert_ne!(output_bits(&default), output_bits(&fp16_ops));
+}
+
+#[test]
+fn a_function_split_at_an_fp16_value_gives_bit_for_bit_what_it_gives_whole() {
+    // whole: y = exp(x * x)²; chunk 1: t = exp(x * x); chunk 2: y = t².
+    // The value crossing the split, t, becomes chunk 1's fp16 output and
+    // chunk 2's fp16 input.
+    let square = |from: &'static str, to: &'static str| {
+        simple(
+            "mul",
+            vec![("x", Name(from)), ("y", Name(from))],
+            (to, half_row()),
+        )
+    };
+    let exp = simple("exp", vec![("x", Name("sq"))], ("t", half_row()));
+    let whole = block(
+        &[],
+        vec![square("x", "sq"), exp.clone(), square("t", "y")],
+        &["y"],
+    );
+    let first = block(
+        &[],
+        vec![square("x", "sq"), {
+            let mut exp = exp.clone();
+            exp.outputs[0].name = "y".to_string();
+            exp
+        }],
+        &["y"],
+    );
+    let second = block(&[], vec![square("x", "y")], &["y"]);
+    let dir = tempfile::tempdir().unwrap();
+    let packages = [whole, first, second].map(|body| {
+        let dir = tempfile::tempdir_in(dir.path()).unwrap().keep();
+        fp16_package_with(&dir, body)
+    });
+    let run = |package: &Package, fp16_ops: bool, x: &[f32]| {
+        output(
+            &Function::load(package, "main", fp16_ops)
+                .unwrap()
+                .predict(&half_input(x), None)
+                .unwrap(),
+        )
+    };
+    let x = sample(3);
+    let mut differs_by_default = false;
+    for fp16_ops in [false, true] {
+        let whole = run(&packages[0], fp16_ops, &x);
+        let split = run(&packages[2], fp16_ops, &run(&packages[1], fp16_ops, &x));
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        if fp16_ops {
+            assert_eq!(bits(&whole), bits(&split));
+        } else {
+            differs_by_default = bits(&whole) != bits(&split);
+        }
+    }
+    // Without the mode the split adds a rounding the whole lacks, so the
+    // equality above is the mode's doing.
+    assert!(differs_by_default);
 }

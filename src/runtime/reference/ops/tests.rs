@@ -63,6 +63,7 @@ pub(crate) fn run_op(
         outputs: (0..outputs).map(|_| (0, declared.clone())).collect(),
         blocks: Vec::new(),
         release: Vec::new(),
+        round_fp16: Vec::new(),
     };
     run(
         spec.kind,

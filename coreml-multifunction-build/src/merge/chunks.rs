@@ -1,0 +1,922 @@
+//! Chunked functions: one function of the merged model split into
+//! consecutive chunks, each a function of its own, for models too big for
+//! the Neural Engine in one piece (coremltools' `bisect_model`, N-way,
+//! stateful and multifunction).
+//!
+//! A split is planned over the function's top-level ops, leaving out the
+//! constants (`const` and `constexpr_*`): those are emitted again in every
+//! chunk that uses them, and their weights stay the source's blob
+//! references, so the merge stores them once like any shared weight. A cut
+//! between two ops makes every value computed before it and used after it
+//! an output of the earlier chunk and an input of the later one, under its
+//! own name and declared type. Cuts are chosen in two steps:
+//!
+//! 1. **Which weights go together.** A chunk's weight bytes depend only on
+//!    which weights its ops use, so candidate cuts are the boundaries
+//!    between weights in order of first use. A dynamic program picks the
+//!    boundaries: every chunk within the limit (the budget, or the
+//!    balanced share plus the largest op's weights), then the fewest and
+//!    smallest crossing values, then the smallest largest chunk.
+//! 2. **Where between two weights.** Between the last op using weight `w -
+//!    1` first and the op using weight `w` first, any position splits the
+//!    weights the same way; the one with the fewest and smallest crossing
+//!    values is taken (between transformer layers, one residual-stream
+//!    tensor).
+//!
+//! Functions with the same weights in the same order (an LLM's prefill and
+//! decode) are planned together over those boundaries, so chunk `k` of each
+//! uses the same weights as the other's chunk `k`.
+//!
+//! Nothing here reads a file: the merge passes each weight reference's
+//! stored size in.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use coreml_multifunction_format::mil::infer::shape_text;
+use coreml_multifunction_format::mil::materialize::declared_dims;
+use coreml_multifunction_format::package::values;
+use coreml_multifunction_format::proto::mil_spec::{self, argument::binding, value, value_type};
+use coreml_multifunction_format::proto::specification::{
+    array_feature_type::{self, ArrayDataType, ShapeFlexibility},
+    feature_type, ArrayFeatureType, FeatureType, SizeRange,
+};
+use coreml_multifunction_format::proto::{FeatureDescription, FunctionDescription};
+
+use super::{Chunk, Chunks, CrossingValue};
+
+/// The stored size of a weight reference (a blob file value), given by the
+/// merge, which knows the blob files.
+pub(super) type WeightSize<'a> = dyn Fn(&mil_spec::Value) -> Option<u64> + 'a;
+
+/// A function to split, as the merge has it (fixed shapes already applied).
+pub(super) struct Request<'a> {
+    /// The target name.
+    pub target: &'a str,
+    pub function: &'a mil_spec::Function,
+    pub description: &'a FunctionDescription,
+    pub chunks: Chunks,
+    /// The stored size of each of its weight references.
+    pub weight_size: Box<WeightSize<'a>>,
+}
+
+/// One chunk, built: its body, its description and its report.
+#[derive(Debug, Clone)]
+pub(super) struct Built {
+    pub function: mil_spec::Function,
+    pub description: FunctionDescription,
+    pub report: Chunk,
+}
+
+/// Why a split failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum SplitError {
+    /// One op's own weights exceed the budget.
+    OpOverBudget {
+        op: String,
+        op_type: String,
+        bytes: u64,
+        budget: u64,
+    },
+    /// Anything else, in words that say what to do.
+    Cannot(String),
+}
+
+/// The name of chunk `index` (from 1) of `target`.
+pub(super) fn chunk_name(target: &str, index: usize) -> String {
+    format!("{target}_chunk{index}")
+}
+
+/// Splits every request, planning together those whose weights are the
+/// same in the same order and whose chunking is the same. Returns each
+/// request's chunks, in request order.
+pub(super) fn split_all(requests: &[Request<'_>]) -> Vec<Result<Vec<Built>, SplitError>> {
+    let analyses: Vec<Result<Analysis, SplitError>> = requests
+        .iter()
+        .map(|r| Analysis::of(r.function, &*r.weight_size))
+        .collect();
+    let mut results: Vec<Option<Result<Vec<Built>, SplitError>>> = vec![None; requests.len()];
+    let mut done = vec![false; requests.len()];
+    for first in 0..requests.len() {
+        if done[first] {
+            continue;
+        }
+        let lead = match &analyses[first] {
+            Ok(lead) => lead,
+            Err(error) => {
+                results[first] = Some(Err(error.clone()));
+                done[first] = true;
+                continue;
+            }
+        };
+        // The group: this request and every later one with the same weights
+        // in the same order and the same chunking.
+        let mut group = vec![first];
+        for other in first + 1..requests.len() {
+            if done[other] || requests[other].chunks != requests[first].chunks {
+                continue;
+            }
+            if let Ok(analysis) = &analyses[other] {
+                if analysis.signature() == lead.signature() {
+                    group.push(other);
+                }
+            }
+        }
+        let members: Vec<&Analysis> = group
+            .iter()
+            .map(|&i| analyses[i].as_ref().expect("grouped analyses are Ok"))
+            .collect();
+        let planned = plan(&members, requests[first].chunks);
+        for (slot, &index) in group.iter().enumerate() {
+            done[index] = true;
+            results[index] = Some(planned.clone().and_then(|cuts| {
+                build(
+                    &requests[index],
+                    analyses[index].as_ref().expect("ok"),
+                    &cuts[slot],
+                )
+            }));
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.expect("every request planned"))
+        .collect()
+}
+
+/// The crossing values at one position between two top-level ops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct CrossingCost {
+    count: usize,
+    bytes: u64,
+}
+
+/// What a split needs to know of a function.
+#[derive(Debug, Clone)]
+struct Analysis {
+    /// Indices into the body's ops of the ops that compute (everything but
+    /// constants), in order: "units".
+    units: Vec<usize>,
+    /// Each unit's first output name and op type, for messages.
+    unit_ops: Vec<(String, String)>,
+    /// Each unit's weights (indices into `weights`), sorted.
+    unit_weights: Vec<Vec<usize>>,
+    /// The distinct weight references, in order of first use by a unit:
+    /// (a description that is the same for the same weight in another
+    /// function, stored bytes).
+    weights: Vec<(String, u64)>,
+    /// For each weight, the units using it, in order.
+    users: Vec<Vec<usize>>,
+    /// For each position `p` (a cut before unit `p`, 0 ..= units), the
+    /// number of weights first used by units before it.
+    first_used_before: Vec<usize>,
+    /// For each position, its crossing values' cost, or `None` where a
+    /// value Core ML cannot pass between functions would cross.
+    crossing: Vec<Option<CrossingCost>>,
+}
+
+impl Analysis {
+    fn of(
+        function: &mil_spec::Function,
+        weight_size: &WeightSize<'_>,
+    ) -> Result<Analysis, SplitError> {
+        if function.block_specializations.len() != 1 {
+            return Err(SplitError::Cannot(format!(
+                "it has {} bodies (one per opset), and only a function with one body can be \
+                 split",
+                function.block_specializations.len()
+            )));
+        }
+        let block = body(function);
+        let ops = &block.operations;
+        let producer = producers(block);
+        let constant: Vec<bool> = ops.iter().map(is_constant).collect();
+        let units: Vec<usize> = (0..ops.len()).filter(|&i| !constant[i]).collect();
+        let unit_ops = units.iter().map(|&i| describe_op(&ops[i])).collect();
+
+        // Weights: the blob references of the constants each unit reaches.
+        let mut weight_index: BTreeMap<(String, u64), usize> = BTreeMap::new();
+        let mut weights: Vec<(String, u64)> = Vec::new();
+        let mut users: Vec<Vec<usize>> = Vec::new();
+        let mut unit_weights = Vec::with_capacity(units.len());
+        let mut first_used_before = Vec::with_capacity(units.len() + 1);
+        for (u, &i) in units.iter().enumerate() {
+            first_used_before.push(weights.len());
+            let mut mine = BTreeSet::new();
+            for c in constant_closure(ops, &producer, &constant, &references(&ops[i])) {
+                for (key, signature, bytes) in blob_references(&ops[c], weight_size) {
+                    let next = weights.len();
+                    let w = *weight_index.entry(key).or_insert(next);
+                    if w == next {
+                        weights.push((signature, bytes));
+                        users.push(Vec::new());
+                    }
+                    if mine.insert(w) {
+                        users[w].push(u);
+                    }
+                }
+            }
+            unit_weights.push(mine.into_iter().collect());
+        }
+        first_used_before.push(weights.len());
+
+        // Crossing values: every unit output read by a later unit.
+        let mut last_reader: BTreeMap<&str, usize> = BTreeMap::new();
+        for (u, &i) in units.iter().enumerate() {
+            for name in references(&ops[i]) {
+                if let Some(&p) = producer.get(name.as_str()) {
+                    if !constant[p] {
+                        last_reader.insert(producer_output(ops, p, &name), u);
+                    }
+                }
+            }
+        }
+        let mut count_delta = vec![0i64; units.len() + 2];
+        let mut bytes_delta = vec![0i128; units.len() + 2];
+        let mut forbidden_delta = vec![0i64; units.len() + 2];
+        for (u, &i) in units.iter().enumerate() {
+            for output in &ops[i].outputs {
+                let Some(&last) = last_reader.get(output.name.as_str()) else {
+                    continue;
+                };
+                if last <= u {
+                    continue;
+                }
+                // Crosses every position u+1 ..= last.
+                let (bytes, passable) = crossing_size(output);
+                count_delta[u + 1] += 1;
+                count_delta[last + 1] -= 1;
+                bytes_delta[u + 1] += bytes as i128;
+                bytes_delta[last + 1] -= bytes as i128;
+                if !passable {
+                    forbidden_delta[u + 1] += 1;
+                    forbidden_delta[last + 1] -= 1;
+                }
+            }
+        }
+        let mut crossing = Vec::with_capacity(units.len() + 1);
+        let (mut count, mut bytes, mut forbidden) = (0i64, 0i128, 0i64);
+        for p in 0..=units.len() {
+            count += count_delta[p];
+            bytes += bytes_delta[p];
+            forbidden += forbidden_delta[p];
+            crossing.push((forbidden == 0).then_some(CrossingCost {
+                count: count as usize,
+                bytes: bytes as u64,
+            }));
+        }
+        Ok(Analysis {
+            units,
+            unit_ops,
+            unit_weights,
+            weights,
+            users,
+            first_used_before,
+            crossing,
+        })
+    }
+
+    /// What must be equal for two functions to be cut at the same weights.
+    fn signature(&self) -> &[(String, u64)] {
+        &self.weights
+    }
+
+    /// Bytes of the distinct weights units `from..to` use.
+    fn bytes(&self, from: usize, to: usize) -> u64 {
+        self.users
+            .iter()
+            .zip(&self.weights)
+            .filter(|(users, _)| {
+                let first = users.partition_point(|&u| u < from);
+                first < users.len() && users[first] < to
+            })
+            .map(|(_, (_, bytes))| bytes)
+            .sum()
+    }
+
+    fn total_bytes(&self) -> u64 {
+        self.weights.iter().map(|(_, b)| b).sum()
+    }
+
+    /// Bytes of one unit's own weights.
+    fn unit_bytes(&self, unit: usize) -> u64 {
+        self.unit_weights[unit]
+            .iter()
+            .map(|&w| self.weights[w].1)
+            .sum()
+    }
+
+    /// Whether weights `w - 1` and `w` are first used by the same op, so
+    /// that no cut falls between them.
+    fn is_first_use_together(&self, w: usize) -> bool {
+        self.users[w - 1].first() == self.users[w].first()
+    }
+
+    /// The best position to cut with exactly `w` weights before it: the
+    /// one with the cheapest crossing values, the earliest on a tie.
+    fn best_position(&self, w: usize) -> Option<(usize, CrossingCost)> {
+        let start = self.first_used_before.partition_point(|&n| n < w);
+        let end = self.first_used_before.partition_point(|&n| n <= w);
+        (start..end)
+            .filter_map(|p| self.crossing[p].map(|cost| (p, cost)))
+            .min_by_key(|&(p, cost)| (cost, p))
+    }
+}
+
+/// Plans a group's cuts: for each member, the positions (in units) of its
+/// cuts, starting with 0 and ending with its unit count.
+fn plan(group: &[&Analysis], chunks: Chunks) -> Result<Vec<Vec<usize>>, SplitError> {
+    let lead = group[0];
+    let weights = lead.weights.len();
+    let largest_op = group
+        .iter()
+        .flat_map(|a| (0..a.units.len()).map(move |u| (a, u)))
+        .max_by_key(|(a, u)| a.unit_bytes(*u));
+    let largest_op_bytes = largest_op.map_or(0, |(a, u)| a.unit_bytes(u));
+    match chunks {
+        Chunks::Count(0) => {
+            return Err(SplitError::Cannot(
+                "it is asked for 0 chunks; ask for 1 or more".to_string(),
+            ))
+        }
+        Chunks::Count(1) => return Ok(group.iter().map(|a| vec![0, a.units.len()]).collect()),
+        Chunks::MaxBytes(budget) if largest_op_bytes > budget => {
+            let (analysis, unit) = largest_op.expect("an op holds the weights");
+            let (op, op_type) = analysis.unit_ops[unit].clone();
+            return Err(SplitError::OpOverBudget {
+                op,
+                op_type,
+                bytes: largest_op_bytes,
+                budget,
+            });
+        }
+        _ => {}
+    }
+
+    // Candidate boundaries: 0 (the start), each weight boundary every
+    // member can cut at (some position between the weights lets only
+    // values Core ML can pass cross), and `weights` (the end).
+    let mut candidates: Vec<(Vec<usize>, CrossingCost)> =
+        vec![(vec![0; group.len()], CrossingCost::default())];
+    let mut blocked = 0;
+    for w in 1..weights {
+        if group.iter().any(|a| a.is_first_use_together(w)) {
+            continue;
+        }
+        let positions: Option<Vec<(usize, CrossingCost)>> =
+            group.iter().map(|a| a.best_position(w)).collect();
+        match positions {
+            Some(positions) => {
+                let cost = positions
+                    .iter()
+                    .fold(CrossingCost::default(), |sum, (_, c)| CrossingCost {
+                        count: sum.count + c.count,
+                        bytes: sum.bytes + c.bytes,
+                    });
+                candidates.push((positions.into_iter().map(|(p, _)| p).collect(), cost));
+            }
+            None => blocked += 1,
+        }
+    }
+    candidates.push((
+        group.iter().map(|a| a.units.len()).collect(),
+        CrossingCost::default(),
+    ));
+    let blocked_note = if blocked == 0 {
+        String::new()
+    } else {
+        format!(
+            " ({blocked} other place{} between weights would pass a value Core ML cannot pass \
+             between functions: only fp16, fp32 and int32 tensors of rank 1 or more cross)",
+            if blocked == 1 { "" } else { "s" }
+        )
+    };
+    let most = candidates.len() - 1;
+    if let Chunks::Count(n) = chunks {
+        if n > most {
+            return Err(SplitError::Cannot(format!(
+                "it is asked for {n} chunks, but it can be cut in {} place{} that leave weights \
+                 on both sides{blocked_note}; ask for at most {most}",
+                most - 1,
+                if most == 2 { "" } else { "s" }
+            )));
+        }
+    }
+    let chunk_bytes = |a: usize, b: usize| -> u64 {
+        group
+            .iter()
+            .enumerate()
+            .map(|(m, analysis)| analysis.bytes(candidates[a].0[m], candidates[b].0[m]))
+            .max()
+            .unwrap_or(0)
+    };
+
+    let found = match chunks {
+        // Balanced: the tightest limit over the balanced share that some
+        // cuts meet, at most the share plus the largest op's weights.
+        Chunks::Count(n) => {
+            let total = group.iter().map(|a| a.total_bytes()).max().unwrap_or(0);
+            let share = total.div_ceil(n as u64);
+            [8, 4, 2, 1].iter().find_map(|&fraction| {
+                let limit = share + largest_op_bytes / fraction;
+                cheapest(&candidates, &chunk_bytes, limit, Some(n))
+            })
+        }
+        Chunks::MaxBytes(budget) => cheapest(&candidates, &chunk_bytes, budget, None),
+    };
+    let Some(path) = found else {
+        return Err(SplitError::Cannot(match chunks {
+            Chunks::Count(n) => format!(
+                "no {n} chunks keep every chunk within its balanced share plus the largest \
+                 op's weights{blocked_note}; ask for fewer chunks"
+            ),
+            Chunks::MaxBytes(_) => format!(
+                "no cuts keep every chunk within the budget{blocked_note}; raise the budget"
+            ),
+        }));
+    };
+    Ok((0..group.len())
+        .map(|m| path.iter().map(|&c| candidates[c].0[m]).collect())
+        .collect())
+}
+
+/// The cheapest path from the first candidate to the last (candidate
+/// indices) whose every chunk is within `limit`: in exactly `count` chunks,
+/// or in the fewest. Paths compare by chunk count (when free), then
+/// crossing values' count, their bytes, and the largest chunk.
+fn cheapest(
+    candidates: &[(Vec<usize>, CrossingCost)],
+    chunk_bytes: &dyn Fn(usize, usize) -> u64,
+    limit: u64,
+    count: Option<usize>,
+) -> Option<Vec<usize>> {
+    type Key = (usize, usize, u64, u64);
+    let last = candidates.len() - 1;
+    let steps = count.unwrap_or(last);
+    // best[k][j]: the cheapest way to reach candidate j in k chunks, and
+    // the candidate before it.
+    let mut best: Vec<Vec<Option<(Key, usize)>>> = vec![vec![None; candidates.len()]; steps + 1];
+    best[0][0] = Some(((0, 0, 0, 0), usize::MAX));
+    for k in 0..steps {
+        for j in 0..last {
+            let Some((key, _)) = best[k][j] else { continue };
+            for next in j + 1..=last {
+                let bytes = chunk_bytes(j, next);
+                if bytes > limit {
+                    break;
+                }
+                let cost = candidates[next].1;
+                let candidate_key = (
+                    if count.is_some() { 0 } else { k + 1 },
+                    key.1 + cost.count,
+                    key.2 + cost.bytes,
+                    key.3.max(bytes),
+                );
+                let slot = &mut best[k + 1][next];
+                if slot.is_none_or(|(old, _)| candidate_key < old) {
+                    *slot = Some((candidate_key, j));
+                }
+            }
+        }
+    }
+    let (k, _) = match count {
+        Some(n) => best[n][last].map(|(key, _)| (n, key)),
+        None => (1..=steps)
+            .filter_map(|k| best[k][last].map(|(key, _)| (k, key)))
+            .min_by_key(|&(k, key)| (k, key)),
+    }?;
+    let mut path = vec![last];
+    let (mut level, mut at) = (k, last);
+    while level > 0 {
+        let (_, previous) = best[level][at].expect("on the path");
+        path.push(previous);
+        at = previous;
+        level -= 1;
+    }
+    path.reverse();
+    Some(path)
+}
+
+/// Builds the chunks of one function at `cuts` (positions in units, from 0
+/// to the unit count).
+fn build(
+    request: &Request<'_>,
+    analysis: &Analysis,
+    cuts: &[usize],
+) -> Result<Vec<Built>, SplitError> {
+    let function = request.function;
+    let block = body(function);
+    let ops = &block.operations;
+    let producer = producers(block);
+    let constant: Vec<bool> = ops.iter().map(is_constant).collect();
+    let chunk_count = cuts.len() - 1;
+    // The chunk of each unit op, by op index.
+    let mut chunk_of_op: BTreeMap<usize, usize> = BTreeMap::new();
+    for k in 0..chunk_count {
+        for u in cuts[k]..cuts[k + 1] {
+            chunk_of_op.insert(analysis.units[u], k);
+        }
+    }
+    // Every unit output: its type, and the chunks reading it.
+    let mut output_type: BTreeMap<&str, &mil_spec::NamedValueType> = BTreeMap::new();
+    for &i in &analysis.units {
+        for output in &ops[i].outputs {
+            output_type.insert(output.name.as_str(), output);
+        }
+    }
+    let mut read_by: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+    let mut chunk_refs: Vec<BTreeSet<String>> = vec![BTreeSet::new(); chunk_count];
+    for (&i, &k) in &chunk_of_op {
+        for name in references(&ops[i]) {
+            read_by.entry(name.clone()).or_default().insert(k);
+            chunk_refs[k].insert(name);
+        }
+    }
+    // The function's outputs: each goes to the chunk computing it; one that
+    // no unit computes (a constant, or an input passed through) to the last.
+    let mut function_outputs: Vec<Vec<&str>> = vec![Vec::new(); chunk_count];
+    for name in &block.outputs {
+        let k = producer
+            .get(name.as_str())
+            .and_then(|p| chunk_of_op.get(p))
+            .copied()
+            .unwrap_or(chunk_count - 1);
+        function_outputs[k].push(name);
+        if producer.get(name.as_str()).is_none_or(|&p| constant[p]) {
+            chunk_refs[k].insert(name.clone());
+        }
+    }
+
+    let mut built = Vec::with_capacity(chunk_count);
+    for k in 0..chunk_count {
+        let name = chunk_name(request.target, k + 1);
+        let refs = &chunk_refs[k];
+        // Ops: this chunk's units and every constant they reach, in order.
+        let mut keep: BTreeSet<usize> = chunk_of_op
+            .iter()
+            .filter(|(_, &c)| c == k)
+            .map(|(&i, _)| i)
+            .collect();
+        keep.extend(constant_closure(ops, &producer, &constant, refs));
+        let operations: Vec<mil_spec::Operation> = keep.iter().map(|&i| ops[i].clone()).collect();
+
+        // Inputs: the function's, in its order, then values from earlier
+        // chunks, in the order they were computed.
+        let mut inputs: Vec<mil_spec::NamedValueType> = function
+            .inputs
+            .iter()
+            .filter(|i| refs.contains(&i.name))
+            .cloned()
+            .collect();
+        let mut crossing_in: Vec<(usize, &mil_spec::NamedValueType)> = refs
+            .iter()
+            .filter_map(|r| {
+                let &p = producer.get(r.as_str())?;
+                let &from = chunk_of_op.get(&p)?;
+                (from < k).then(|| (p, output_type[r.as_str()]))
+            })
+            .collect();
+        crossing_in.sort_by_key(|&(p, v)| (p, v.name.clone()));
+        let mut crossing_inputs = Vec::new();
+        for &(p, value) in &crossing_in {
+            inputs.push(value.clone());
+            crossing_inputs.push(CrossingValue {
+                name: value.name.clone(),
+                from_chunk: chunk_of_op[&p] + 1,
+                type_text: type_text(value),
+                bytes: crossing_bytes(value),
+            });
+        }
+
+        // Outputs: the function's computed here, then values later chunks
+        // read.
+        let mut outputs: Vec<String> = function_outputs[k].iter().map(|s| s.to_string()).collect();
+        let mut crossing_out: Vec<(usize, &mil_spec::NamedValueType)> = Vec::new();
+        for (&i, &c) in &chunk_of_op {
+            if c != k {
+                continue;
+            }
+            for output in &ops[i].outputs {
+                let later = read_by
+                    .get(&output.name)
+                    .is_some_and(|chunks| chunks.iter().any(|&r| r > k));
+                if later && !outputs.contains(&output.name) {
+                    crossing_out.push((i, output));
+                }
+            }
+        }
+        for (_, value) in &crossing_out {
+            outputs.push(value.name.clone());
+        }
+        if outputs.is_empty() {
+            return Err(SplitError::Cannot(format!(
+                "chunk {} would compute nothing that a later chunk or the caller reads; ask \
+                 for fewer chunks",
+                k + 1
+            )));
+        }
+
+        let chunk_function = mil_spec::Function {
+            inputs,
+            opset: function.opset.clone(),
+            block_specializations: BTreeMap::from([(
+                function.opset.clone(),
+                mil_spec::Block {
+                    inputs: Vec::new(),
+                    outputs: outputs.clone(),
+                    operations,
+                    attributes: block.attributes.clone(),
+                },
+            )]),
+            attributes: function.attributes.clone(),
+        };
+
+        let description = request.description;
+        let crossing_feature = |value: &mil_spec::NamedValueType, role: &str| FeatureDescription {
+            name: value.name.clone(),
+            short_description: format!(
+                "{role} (a value split function {:?} passes between its chunks)",
+                request.target
+            ),
+            r#type: Some(feature_type_of(value)),
+        };
+        let mut input_features: Vec<FeatureDescription> = description
+            .input
+            .iter()
+            .filter(|f| refs.contains(&f.name))
+            .cloned()
+            .collect();
+        for &(p, value) in &crossing_in {
+            input_features.push(crossing_feature(
+                value,
+                &format!(
+                    "Computed by {}",
+                    chunk_name(request.target, chunk_of_op[&p] + 1)
+                ),
+            ));
+        }
+        let mut output_features: Vec<FeatureDescription> = Vec::new();
+        for name in &function_outputs[k] {
+            if let Some(feature) = description.output.iter().find(|f| f.name == *name) {
+                output_features.push(feature.clone());
+            }
+        }
+        for (_, value) in &crossing_out {
+            output_features.push(crossing_feature(value, "Read by a later chunk"));
+        }
+        let keeps = |name: &str| outputs.iter().any(|o| o == name);
+        let chunk_description = FunctionDescription {
+            name: name.clone(),
+            input: input_features,
+            output: output_features,
+            state: description
+                .state
+                .iter()
+                .filter(|s| refs.contains(&s.name))
+                .cloned()
+                .collect(),
+            predicted_feature_name: if keeps(&description.predicted_feature_name) {
+                description.predicted_feature_name.clone()
+            } else {
+                String::new()
+            },
+            predicted_probabilities_name: if keeps(&description.predicted_probabilities_name) {
+                description.predicted_probabilities_name.clone()
+            } else {
+                String::new()
+            },
+        };
+        built.push(Built {
+            function: chunk_function,
+            description: chunk_description,
+            report: Chunk {
+                name,
+                weight_bytes: analysis.bytes(cuts[k], cuts[k + 1]),
+                crossing_inputs,
+            },
+        });
+    }
+    Ok(built)
+}
+
+/// The body of a function with one.
+fn body(function: &mil_spec::Function) -> &mil_spec::Block {
+    function
+        .block_specializations
+        .get(&function.opset)
+        .or_else(|| function.block_specializations.values().next())
+        .expect("a validated function has a body")
+}
+
+/// Constants are emitted in every chunk that uses them, never cut between.
+fn is_constant(op: &mil_spec::Operation) -> bool {
+    op.r#type == "const" || op.r#type.starts_with("constexpr_")
+}
+
+/// The op index producing each top-level value.
+fn producers(block: &mil_spec::Block) -> BTreeMap<&str, usize> {
+    let mut producer = BTreeMap::new();
+    for (i, op) in block.operations.iter().enumerate() {
+        for output in &op.outputs {
+            producer.insert(output.name.as_str(), i);
+        }
+    }
+    producer
+}
+
+/// `name`, borrowed from the op that produces it.
+fn producer_output<'o>(ops: &'o [mil_spec::Operation], producer: usize, name: &str) -> &'o str {
+    ops[producer]
+        .outputs
+        .iter()
+        .find(|o| o.name == name)
+        .map(|o| o.name.as_str())
+        .expect("the producer has the output")
+}
+
+/// Every name an op reads, its nested blocks included (their own values
+/// too, which no top-level op produces, so they never match one).
+fn references(op: &mil_spec::Operation) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    fn walk(op: &mil_spec::Operation, names: &mut BTreeSet<String>) {
+        for argument in op.inputs.values() {
+            for b in &argument.arguments {
+                if let Some(binding::Binding::Name(name)) = &b.binding {
+                    names.insert(name.clone());
+                }
+            }
+        }
+        for block in &op.blocks {
+            for nested in &block.operations {
+                walk(nested, names);
+            }
+            names.extend(block.outputs.iter().cloned());
+        }
+    }
+    walk(op, &mut names);
+    names
+}
+
+/// The constants (op indices) `names` reach, through constants reading
+/// constants (`constexpr_*` of `const`s).
+fn constant_closure(
+    ops: &[mil_spec::Operation],
+    producer: &BTreeMap<&str, usize>,
+    constant: &[bool],
+    names: &BTreeSet<String>,
+) -> BTreeSet<usize> {
+    let mut found = BTreeSet::new();
+    let mut pending: Vec<usize> = names
+        .iter()
+        .filter_map(|n| producer.get(n.as_str()).copied())
+        .filter(|&p| constant[p])
+        .collect();
+    while let Some(op) = pending.pop() {
+        if found.insert(op) {
+            pending.extend(
+                references(&ops[op])
+                    .iter()
+                    .filter_map(|n| producer.get(n.as_str()).copied())
+                    .filter(|&p| constant[p]),
+            );
+        }
+    }
+    found
+}
+
+/// The blob references of one constant op: (identity, a description that
+/// is equal for equal weights in another package, stored bytes).
+fn blob_references(
+    op: &mil_spec::Operation,
+    weight_size: &WeightSize<'_>,
+) -> Vec<((String, u64), String, u64)> {
+    let mut found = Vec::new();
+    let mut visit = |value: &mil_spec::Value| {
+        if let Some(value::Value::BlobFileValue(blob)) = &value.value {
+            let bytes = weight_size(value).unwrap_or(0);
+            let shape = value
+                .r#type
+                .as_ref()
+                .map(|t| format!("{t:?}"))
+                .unwrap_or_default();
+            found.push(((blob.file_name.clone(), blob.offset), shape, bytes));
+        }
+    };
+    for value in op.attributes.values() {
+        visit(value);
+    }
+    for argument in op.inputs.values() {
+        for b in &argument.arguments {
+            if let Some(binding::Binding::Value(value)) = &b.binding {
+                visit(value);
+            }
+        }
+    }
+    found
+}
+
+/// A tensor value's element type and dimensions, if it is a tensor.
+fn tensor_of(value: &mil_spec::NamedValueType) -> Option<&mil_spec::TensorType> {
+    match value.r#type.as_ref()?.r#type.as_ref()? {
+        value_type::Type::TensorType(tensor) => Some(tensor),
+        _ => None,
+    }
+}
+
+/// The multi-array type Core ML passes a MIL element type as, if any.
+fn array_type_of(data_type: i32) -> Option<ArrayDataType> {
+    match mil_spec::DataType::try_from(data_type).ok()? {
+        mil_spec::DataType::Float16 => Some(ArrayDataType::Float16),
+        mil_spec::DataType::Float32 => Some(ArrayDataType::Float32),
+        mil_spec::DataType::Int32 => Some(ArrayDataType::Int32),
+        _ => None,
+    }
+}
+
+/// The bytes a crossing value takes (unknown dimensions counted as 1, for
+/// ranking cuts only), and whether Core ML can pass it between functions.
+fn crossing_size(value: &mil_spec::NamedValueType) -> (u64, bool) {
+    let Some(tensor) = tensor_of(value) else {
+        return (0, false);
+    };
+    let dims = declared_dims(tensor);
+    let elements: u64 = dims.iter().map(|d| d.unwrap_or(1)).product();
+    let passable = array_type_of(tensor.data_type).is_some() && !dims.is_empty();
+    let width = match mil_spec::DataType::try_from(tensor.data_type) {
+        Ok(mil_spec::DataType::Float16) => 2,
+        _ => 4,
+    };
+    (elements * width, passable)
+}
+
+/// The bytes of a crossing value with a fixed shape.
+fn crossing_bytes(value: &mil_spec::NamedValueType) -> Option<u64> {
+    let tensor = tensor_of(value)?;
+    let dims = declared_dims(tensor);
+    dims.iter()
+        .all(Option::is_some)
+        .then(|| crossing_size(value).0)
+}
+
+/// `fp16[1, 8, 64]`.
+fn type_text(value: &mil_spec::NamedValueType) -> String {
+    match tensor_of(value) {
+        Some(tensor) => {
+            let dtype = mil_spec::DataType::try_from(tensor.data_type)
+                .map(|d| d.as_str_name().to_ascii_lowercase())
+                .unwrap_or_else(|_| "unknown".to_string());
+            let dtype = match dtype.as_str() {
+                "float16" => "fp16".to_string(),
+                "float32" => "fp32".to_string(),
+                _ => dtype,
+            };
+            format!("{dtype}{}", shape_text(&declared_dims(tensor)))
+        }
+        None => "not a tensor".to_string(),
+    }
+}
+
+/// The feature type of a crossing value: a multi-array of its element type
+/// and shape, a flexible dimension taking any size from 1.
+fn feature_type_of(value: &mil_spec::NamedValueType) -> FeatureType {
+    let tensor = tensor_of(value).expect("only tensors cross");
+    let dims = declared_dims(tensor);
+    let shape: Vec<i64> = dims.iter().map(|d| d.map_or(1, |d| d as i64)).collect();
+    let shape_flexibility = dims.iter().any(Option::is_none).then(|| {
+        ShapeFlexibility::ShapeRange(array_feature_type::ShapeRange {
+            size_ranges: dims
+                .iter()
+                .map(|d| match d {
+                    Some(d) => SizeRange {
+                        lower_bound: *d,
+                        upper_bound: *d as i64,
+                    },
+                    None => SizeRange {
+                        lower_bound: 1,
+                        upper_bound: -1,
+                    },
+                })
+                .collect(),
+        })
+    });
+    FeatureType {
+        is_optional: false,
+        r#type: Some(feature_type::Type::MultiArrayType(ArrayFeatureType {
+            shape,
+            data_type: array_type_of(tensor.data_type).expect("only passable values cross") as i32,
+            shape_flexibility,
+            default_optional_value: None,
+        })),
+    }
+}
+
+/// An op's first output name (or its `name` attribute) and its type, for
+/// messages.
+fn describe_op(op: &mil_spec::Operation) -> (String, String) {
+    let name = op
+        .outputs
+        .first()
+        .map(|o| o.name.clone())
+        .or_else(|| values::op_name(op).map(str::to_string))
+        .unwrap_or_else(|| "unnamed".to_string());
+    (name, op.r#type.clone())
+}
