@@ -168,6 +168,7 @@ fn hostile() -> ModelInterface {
         ],
         default_function: "type".to_string(),
         fixed_shapes: Default::default(),
+        splits: Default::default(),
     }
 }
 
@@ -206,6 +207,7 @@ fn names_that_collide_after_sanitising_name_both_originals() {
         )],
         default_function: "f".to_string(),
         fixed_shapes: Default::default(),
+        splits: Default::default(),
     };
     let error = generate(&[model]).unwrap_err();
     assert_eq!(error.model, "clash");
@@ -231,6 +233,7 @@ fn names_that_collide_after_sanitising_name_both_originals() {
         ],
         default_function: "adapter1".to_string(),
         fixed_shapes: Default::default(),
+        splits: Default::default(),
     };
     let error = generate(&[model]).unwrap_err();
     assert!(
@@ -335,6 +338,7 @@ proptest::proptest! {
             functions: vec![function_with(&function, &input, &output, &description)],
             default_function: function.clone(),
             fixed_shapes: Default::default(),
+            splits: Default::default(),
         };
         match generate(&[model]) {
             Ok(code) => {
