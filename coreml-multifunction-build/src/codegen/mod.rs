@@ -656,7 +656,8 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
             .enumerate()
             .map(|(s, split)| {
                 format!(
-                    "[`{}`] (chunks {})",
+                    "[`{}::{}`] (chunks {})",
+                    module,
                     pipeline_type(s),
                     split
                         .chunks
