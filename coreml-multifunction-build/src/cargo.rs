@@ -34,6 +34,7 @@ use crate::config::{
     ModelConfig, ShapeConfig,
 };
 use crate::error::{shape_text, Error, Result};
+use crate::merge::Chunks;
 use crate::pipeline::{self, BuiltModel, CrateInfo};
 use coreml_multifunction_format::compiled;
 use coreml_multifunction_format::naming::quoted_list;
@@ -332,6 +333,8 @@ pub struct Model {
     functions: Vec<(String, PathBuf, String)>,
     /// (target, input, shape), in the order given.
     fixed_shapes: Vec<(String, String, Vec<u64>)>,
+    /// (target, how), in the order given.
+    chunks: Vec<(String, Chunks)>,
     includes: Vec<(PathBuf, Option<String>)>,
     metadata: MetadataConfig,
     copy_to: Option<PathBuf>,
@@ -345,6 +348,7 @@ impl Model {
             default_function: None,
             functions: Vec::new(),
             fixed_shapes: Vec::new(),
+            chunks: Vec::new(),
             includes: Vec::new(),
             metadata: MetadataConfig::default(),
             copy_to: None,
@@ -404,6 +408,36 @@ impl Model {
         self.fixed_shapes
             .retain(|(t, i, _)| !(t == &target && i == &input));
         self.fixed_shapes.push((target, input, shape.into()));
+        self
+    }
+
+    /// Splits function `target` (added with [`Model::function`] or
+    /// [`Model::function_from`]) into chunks, each a function of the merged
+    /// model named `<target>_chunk1` … `<target>_chunkN`: what
+    /// `chunks = N` or `chunks = { max-bytes = "900M" }` does in Cargo.toml
+    /// (see [`MultiFunctionDescriptor::chunks`](crate::merge::MultiFunctionDescriptor::chunks)).
+    /// Splitting the same function again replaces how.
+    ///
+    /// ```no_run
+    /// use coreml_multifunction_build::merge::Chunks;
+    /// use coreml_multifunction_build::{Builder, Model};
+    ///
+    /// Builder::from_env()?
+    ///     .model(
+    ///         Model::new("llm")
+    ///             .function("prefill", "models/prefill.mlpackage")
+    ///             .chunks("prefill", Chunks::MaxBytes(900 << 20))
+    ///             .function("decode", "models/decode.mlpackage")
+    ///             .chunks("decode", Chunks::MaxBytes(900 << 20))
+    ///             .default_function("decode"),
+    ///     )
+    ///     .run()?;
+    /// # Ok::<(), coreml_multifunction_build::Error>(())
+    /// ```
+    pub fn chunks(mut self, target: impl Into<String>, chunks: Chunks) -> Self {
+        let target = target.into();
+        self.chunks.retain(|(t, _)| t != &target);
+        self.chunks.push((target, chunks));
         self
     }
 
@@ -489,6 +523,36 @@ impl Model {
                 ));
             }
         }
+        for (target, chunks) in &self.chunks {
+            let key = format!("{base}.chunks({target:?})");
+            if !self.functions.iter().any(|(t, _, _)| t == target) {
+                return Err(error(
+                    key,
+                    format!(
+                        "{target:?} is not a function added with .function or .function_from; \
+                         the functions are {}",
+                        quoted_list(self.functions.iter().map(|(t, _, _)| t.as_str()))
+                    ),
+                ));
+            }
+            match chunks {
+                Chunks::Count(0) => {
+                    return Err(error(
+                        key,
+                        "Chunks::Count(0) splits into no chunks; give at least 1".to_string(),
+                    ))
+                }
+                Chunks::MaxBytes(0) => {
+                    return Err(error(
+                        key,
+                        "Chunks::MaxBytes(0) fits no weights; give at least 1 byte, such as \
+                         Chunks::MaxBytes(900 << 20)"
+                            .to_string(),
+                    ))
+                }
+                _ => {}
+            }
+        }
         Ok(ModelConfig {
             name: located(self.name.clone(), base.clone()),
             default_function: located(default_function, format!("{base}.default_function")),
@@ -523,6 +587,14 @@ impl Model {
                             value: shapes,
                             location: here(key),
                         },
+                        chunks: self
+                            .chunks
+                            .iter()
+                            .find(|(t, _)| t == target)
+                            .map(|(_, chunks)| Located {
+                                value: *chunks,
+                                location: here(format!("{base}.chunks({target:?})")),
+                            }),
                     }
                 })
                 .collect(),

@@ -10,6 +10,11 @@
 //! default-function = "seq_8"
 //! functions.seq_8 = { package = "models/encoder.mlpackage", shapes = { input_ids = [1, 8] } }
 //! functions.seq_32 = { package = "models/encoder.mlpackage", shapes = { input_ids = [1, 32] } }
+//!
+//! [package.metadata.multifunction.models.llm]
+//! default-function = "decode"
+//! functions.prefill = { package = "models/prefill.mlpackage", chunks = 2 }
+//! functions.decode = { package = "models/decode.mlpackage", chunks = { max-bytes = "900M" } }
 //! ```
 //!
 //! Parsing is pure: it takes the text of Cargo.toml and never touches the
@@ -26,6 +31,8 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use crate::error::Bytes;
+use crate::merge::Chunks;
 use coreml_multifunction_format::naming::is_mil_identifier;
 
 /// The table this crate reads, under `[package.metadata]`.
@@ -101,7 +108,7 @@ pub struct ModelConfig {
 }
 
 /// One function: `functions.<target> = "path"` or
-/// `{ package, source-function, shapes }`.
+/// `{ package, source-function, shapes, chunks }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionConfig {
     /// Its name in the merged model (the key).
@@ -115,6 +122,10 @@ pub struct FunctionConfig {
     /// empty when not written). Located at the `shapes` table, or at the
     /// function when there is none.
     pub shapes: Located<Vec<ShapeConfig>>,
+    /// `chunks = N` or `chunks = { max-bytes = SIZE }`: split into chunks,
+    /// each a function of the merged model (`<target>_chunk1` …). Located
+    /// at the `chunks` value; `None` when not written.
+    pub chunks: Option<Located<Chunks>>,
 }
 
 /// `shapes.<input> = [d0, d1, …]`: an input of a flexible source function
@@ -424,28 +435,30 @@ impl Parser<'_> {
             ));
         }
         let no_shapes = || self.located(&value.span(), &key, Vec::new());
-        let (package, source_function, shapes) = match value.get_ref() {
+        let (package, source_function, shapes, chunks) = match value.get_ref() {
             DeValue::String(_) => {
                 let path = self.string(value, &key)?;
                 let main = self.located(&value.span(), &key, crate::package::MAIN_FUNCTION.to_string());
-                (path, main, no_shapes())
+                (path, main, no_shapes(), None)
             }
             DeValue::Table(table) => {
                 let mut package = None;
                 let mut source = None;
                 let mut shapes = None;
+                let mut chunks = None;
                 for (entry, inner) in table.iter() {
                     let entry_key = format!("{key}.{}", entry.get_ref());
                     match entry.get_ref().as_ref() {
                         "package" => package = Some(self.string(inner, &entry_key)?),
                         "source-function" => source = Some(self.string(inner, &entry_key)?),
                         "shapes" => shapes = Some(self.shapes(inner, &entry_key)?),
+                        "chunks" => chunks = Some(self.chunks(inner, &entry_key)?),
                         other => {
                             return Err(self.unknown_key(
                                 entry,
                                 &key,
                                 other,
-                                &["package", "source-function", "shapes"],
+                                &["package", "source-function", "shapes", "chunks"],
                             ))
                         }
                     }
@@ -461,7 +474,7 @@ impl Parser<'_> {
                 let source = source.unwrap_or_else(|| {
                     self.located(&value.span(), &key, crate::package::MAIN_FUNCTION.to_string())
                 });
-                (package, source, shapes.unwrap_or_else(no_shapes))
+                (package, source, shapes.unwrap_or_else(no_shapes), chunks)
             }
             other => {
                 return Err(self.error(
@@ -483,7 +496,135 @@ impl Parser<'_> {
             },
             source_function,
             shapes,
+            chunks,
         })
+    }
+
+    /// `chunks = N` or `chunks = { max-bytes = SIZE }`.
+    fn chunks(
+        &self,
+        value: &Spanned<DeValue<'_>>,
+        key: &str,
+    ) -> Result<Located<Chunks>, ConfigError> {
+        const FORM: &str = "write a number of chunks, such as `chunks = 2`, or a budget of weight \
+                            bytes per chunk, such as `chunks = { max-bytes = \"900M\" }`";
+        let chunks = match value.get_ref() {
+            DeValue::Integer(integer) => {
+                match i128::from_str_radix(integer.as_str(), integer.radix()) {
+                    Ok(count) if count >= 1 => match usize::try_from(count) {
+                        Ok(count) => Chunks::Count(count),
+                        Err(_) => {
+                            return Err(self.error(
+                                &value.span(),
+                                key,
+                                format!("{integer} chunks is too many; {FORM}"),
+                            ))
+                        }
+                    },
+                    Ok(count) => {
+                        return Err(self.error(
+                            &value.span(),
+                            key,
+                            format!(
+                                "a function cannot be split into {count} chunks; give at least \
+                                 1, or {FORM}"
+                            ),
+                        ))
+                    }
+                    Err(_) => {
+                        return Err(self.error(
+                            &value.span(),
+                            key,
+                            format!("{integer} chunks is too many; {FORM}"),
+                        ))
+                    }
+                }
+            }
+            DeValue::Table(table) => {
+                let mut max_bytes = None;
+                for (entry, inner) in table.iter() {
+                    let entry_key = format!("{key}.{}", entry.get_ref());
+                    match entry.get_ref().as_ref() {
+                        "max-bytes" => max_bytes = Some(self.size(inner, &entry_key)?),
+                        other => return Err(self.unknown_key(entry, key, other, &["max-bytes"])),
+                    }
+                }
+                match max_bytes {
+                    Some(bytes) => Chunks::MaxBytes(bytes),
+                    None => {
+                        return Err(self.error(
+                            &value.span(),
+                            key,
+                            format!("this chunks table has no `max-bytes`; {FORM}"),
+                        ))
+                    }
+                }
+            }
+            other => {
+                return Err(self.error(
+                    &value.span(),
+                    key,
+                    format!(
+                        "expected a number of chunks or a table, found {}; {FORM}",
+                        kind(other)
+                    ),
+                ))
+            }
+        };
+        Ok(self.located(&value.span(), key, chunks))
+    }
+
+    /// A size of at least 1 byte: an integer, or a string such as `"900M"`
+    /// ([`Bytes`]'s `FromStr`).
+    fn size(&self, value: &Spanned<DeValue<'_>>, key: &str) -> Result<u64, ConfigError> {
+        let bytes = match value.get_ref() {
+            DeValue::Integer(integer) => {
+                match i128::from_str_radix(integer.as_str(), integer.radix()) {
+                    Ok(bytes) if (0..=u64::MAX as i128).contains(&bytes) => bytes as u64,
+                    Ok(bytes) if bytes < 0 => {
+                        return Err(self.error(
+                            &value.span(),
+                            key,
+                            format!(
+                                "{bytes} is not a size; give a whole number of bytes, at least \
+                                 1, or a string such as \"900M\""
+                            ),
+                        ))
+                    }
+                    _ => {
+                        return Err(self.error(
+                            &value.span(),
+                            key,
+                            format!("{integer} is too large a size (at most {} bytes)", u64::MAX),
+                        ))
+                    }
+                }
+            }
+            DeValue::String(text) => {
+                text.parse::<Bytes>()
+                    .map_err(|message| self.error(&value.span(), key, message))?
+                    .0
+            }
+            other => {
+                return Err(self.error(
+                    &value.span(),
+                    key,
+                    format!(
+                        "expected a size, such as \"900M\", \"1G\" or 943718400, found {}",
+                        kind(other)
+                    ),
+                ))
+            }
+        };
+        if bytes == 0 {
+            return Err(self.error(
+                &value.span(),
+                key,
+                "a budget of 0 bytes fits no weights; give at least 1 byte, such as \"900M\""
+                    .to_string(),
+            ));
+        }
+        Ok(bytes)
     }
 
     /// `shapes = { <input> = [d0, d1, …], … }`.
@@ -1034,7 +1175,7 @@ metadata = { author = "Team", user-defined = { task = "demo" } }
         );
         assert_eq!(
             e.message,
-            "unknown key `shape`; the keys here are `package`, `source-function`, `shapes`"
+            "unknown key `shape`; the keys here are `package`, `source-function`, `shapes`, `chunks`"
         );
     }
 
@@ -1047,6 +1188,180 @@ metadata = { author = "Team", user-defined = { task = "demo" } }
                  seq_8.shapes.input_ids[1]`: dimension 1"
             ),
             "{e}"
+        );
+    }
+
+    const CHUNKS_KEY: &str = "package.metadata.multifunction.models.encoder.functions.seq_8.chunks";
+
+    fn chunks(rest: &str) -> Located<Chunks> {
+        parse(&shaped(rest)).unwrap().models[0].functions[0]
+            .chunks
+            .clone()
+            .expect("chunks written")
+    }
+
+    #[test]
+    fn chunks_are_a_count_or_a_budget_located_at_the_value() {
+        let count = chunks("chunks = 2");
+        assert_eq!(count.value, Chunks::Count(2));
+        assert_eq!(count.location.key, CHUNKS_KEY);
+        assert_eq!((count.location.line, count.location.column), (3, 68));
+        assert_eq!(chunks("chunks = 1").value, Chunks::Count(1));
+        for (written, bytes) in [
+            ("\"900M\"", 900u64 << 20),
+            ("\"1G\"", 1 << 30),
+            ("\"512K\"", 512 << 10),
+            ("\"4096\"", 4096),
+            ("943718400", 943718400),
+            ("0x400", 1024),
+        ] {
+            let budget = chunks(&format!("chunks = {{ max-bytes = {written} }}"));
+            assert_eq!(budget.value, Chunks::MaxBytes(bytes), "{written}");
+            assert_eq!(budget.location.key, CHUNKS_KEY);
+        }
+        // With shapes too: materialized, then split.
+        let config = parse(&shaped("shapes = { input_ids = [1, 8] }, chunks = 3")).unwrap();
+        let function = &config.models[0].functions[0];
+        assert_eq!(function.shapes.value.len(), 1);
+        assert_eq!(function.chunks.as_ref().unwrap().value, Chunks::Count(3));
+        // Not written: merged whole.
+        assert!(parse(GOOD).unwrap().models[0]
+            .functions
+            .iter()
+            .all(|f| f.chunks.is_none()));
+    }
+
+    #[test]
+    fn chunks_may_be_a_dotted_or_separate_table() {
+        let text = "[package.metadata.multifunction.models.llm]\n\
+                    default-function = \"decode\"\n\
+                    functions.prefill.package = \"models/prefill.mlpackage\"\n\
+                    functions.prefill.chunks.max-bytes = \"1G\"\n\
+                    functions.decode.package = \"models/decode.mlpackage\"\n\
+                    \n\
+                    [package.metadata.multifunction.models.llm.functions.decode.chunks]\n\
+                    max-bytes = 1024\n";
+        let config = parse(text).unwrap();
+        let functions = &config.models[0].functions;
+        assert_eq!(
+            functions[0].chunks.as_ref().unwrap().value,
+            Chunks::MaxBytes(1 << 30)
+        );
+        assert_eq!(
+            functions[1].chunks.as_ref().unwrap().value,
+            Chunks::MaxBytes(1024)
+        );
+    }
+
+    #[test]
+    fn the_default_may_name_a_split_function() {
+        let config = parse(&shaped("chunks = 2")).unwrap();
+        assert_eq!(config.models[0].default_function.value, "seq_8");
+    }
+
+    #[test]
+    fn counts_that_are_not_at_least_one_are_refused_at_chunks() {
+        for written in ["0", "-1", "-64"] {
+            let e = error(&shaped(&format!("chunks = {written}")));
+            assert_eq!(e.location.key, CHUNKS_KEY, "{written}");
+            assert_eq!((e.location.line, e.location.column), (3, 68), "{written}");
+            assert!(
+                e.message.starts_with("a function cannot be split into -")
+                    || e.message
+                        .starts_with("a function cannot be split into 0 chunks"),
+                "{written}: {e}"
+            );
+            assert!(e.message.contains("`chunks = 2`"), "{e}");
+        }
+    }
+
+    #[test]
+    fn chunks_that_are_no_count_or_table_say_what_to_write() {
+        for (written, found) in [
+            ("2.0", "a float"),
+            ("\"2\"", "a string"),
+            ("\"900M\"", "a string"),
+            ("true", "a boolean"),
+            ("[2]", "an array"),
+        ] {
+            let e = error(&shaped(&format!("chunks = {written}")));
+            assert_eq!(e.location.key, CHUNKS_KEY, "{written}");
+            assert_eq!((e.location.line, e.location.column), (3, 68), "{written}");
+            assert_eq!(
+                e.message,
+                format!(
+                    "expected a number of chunks or a table, found {found}; write a number of \
+                     chunks, such as `chunks = 2`, or a budget of weight bytes per chunk, such \
+                     as `chunks = {{ max-bytes = \"900M\" }}`"
+                ),
+                "{written}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_chunks_table_takes_max_bytes_only() {
+        let e = error(&shaped("chunks = { max_bytes = \"900M\" }"));
+        assert_eq!(e.location.key, format!("{CHUNKS_KEY}.max_bytes"));
+        assert_eq!((e.location.line, e.location.column), (3, 70));
+        assert_eq!(
+            e.message,
+            "unknown key `max_bytes`; the keys here are `max-bytes`"
+        );
+        let e = error(&shaped("chunks = { max-bytes = \"1G\", count = 2 }"));
+        assert_eq!(e.location.key, format!("{CHUNKS_KEY}.count"));
+        let e = error(&shaped("chunks = {}"));
+        assert_eq!(e.location.key, CHUNKS_KEY);
+        assert_eq!((e.location.line, e.location.column), (3, 68));
+        assert!(
+            e.message
+                .starts_with("this chunks table has no `max-bytes`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_sizes_are_refused_at_max_bytes() {
+        let key = format!("{CHUNKS_KEY}.max-bytes");
+        for (written, message) in [
+            ("\"900MB\"", "\"900MB\" is not a size"),
+            ("\"-1\"", "\"-1\" is not a size"),
+            ("\"1.5G\"", "\"1.5G\" is not a size"),
+            ("\"\"", "the size is empty"),
+            ("\"0\"", "a budget of 0 bytes fits no weights"),
+            ("\"0M\"", "a budget of 0 bytes fits no weights"),
+            ("0", "a budget of 0 bytes fits no weights"),
+            ("-1", "-1 is not a size"),
+            (
+                "1.5",
+                "expected a size, such as \"900M\", \"1G\" or 943718400, found a float",
+            ),
+            ("true", "expected a size"),
+            ("\"99999999999G\"", "\"99999999999G\" is too large a size"),
+        ] {
+            let e = error(&shaped(&format!("chunks = {{ max-bytes = {written} }}")));
+            assert_eq!(e.location.key, key, "{written}");
+            assert_eq!((e.location.line, e.location.column), (3, 82), "{written}");
+            assert!(e.message.starts_with(message), "{written}: {e}");
+        }
+        let e = error(&shaped("chunks = { max-bytes = \"900MB\" }"));
+        assert!(
+            e.to_string().starts_with(
+                "/crate/Cargo.toml:3:82: `package.metadata.multifunction.models.encoder.functions.\
+                 seq_8.chunks.max-bytes`: \"900MB\" is not a size; write a whole number of bytes, \
+                 optionally followed by K, M or G (powers of 1024), such as \"900M\""
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_beside_chunks_lists_chunks() {
+        let e = error(&shaped("chunk = 2"));
+        assert_eq!(
+            e.message,
+            "unknown key `chunk`; the keys here are `package`, `source-function`, `shapes`, \
+             `chunks`"
         );
     }
 }

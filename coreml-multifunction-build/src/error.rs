@@ -331,9 +331,61 @@ impl fmt::Display for Bytes {
     }
 }
 
+impl std::str::FromStr for Bytes {
+    type Err = String;
+
+    /// Reads a size as written in Cargo.toml and on the command line: a
+    /// whole number of bytes, optionally followed by `K`, `M` or `G`
+    /// (powers of 1024, either case): `"900M"`, `"1G"`, `"512K"`,
+    /// `"4096"`. The error says what was wrong and what to write.
+    fn from_str(text: &str) -> Result<Bytes, String> {
+        const FORM: &str = "write a whole number of bytes, optionally followed by K, M or G \
+                            (powers of 1024), such as \"900M\"";
+        let (digits, shift) = match text.char_indices().last() {
+            None => return Err(format!("the size is empty; {FORM}")),
+            Some((at, 'k' | 'K')) => (&text[..at], 10),
+            Some((at, 'm' | 'M')) => (&text[..at], 20),
+            Some((at, 'g' | 'G')) => (&text[..at], 30),
+            Some(_) => (text, 0),
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("{text:?} is not a size; {FORM}"));
+        }
+        digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(1 << shift))
+            .map(Bytes)
+            .ok_or_else(|| format!("{text:?} is too large a size (at most {} bytes)", u64::MAX))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_as_bytes_or_with_binary_suffixes() {
+        let parse = |text: &str| text.parse::<Bytes>().map(|b| b.0);
+        assert_eq!(parse("900M"), Ok(900 << 20));
+        assert_eq!(parse("1G"), Ok(1 << 30));
+        assert_eq!(parse("1g"), Ok(1 << 30));
+        assert_eq!(parse("512K"), Ok(512 << 10));
+        assert_eq!(parse("4096"), Ok(4096));
+        assert_eq!(parse("0"), Ok(0));
+        for bad in [
+            "900MB", "-1", "1.5G", "G", "M1", " 1M", "1 M", "+1", "0x10", "1T",
+        ] {
+            let error = parse(bad).unwrap_err();
+            assert!(error.contains("is not a size"), "{bad}: {error}");
+            assert!(error.contains("such as \"900M\""), "{bad}: {error}");
+        }
+        assert!(parse("").unwrap_err().starts_with("the size is empty"));
+        assert!(parse("99999999999G").unwrap_err().contains("too large"));
+        assert!(parse("99999999999999999999")
+            .unwrap_err()
+            .contains("too large"));
+    }
 
     #[test]
     fn byte_counts_read_naturally() {

@@ -50,6 +50,10 @@ pub struct FunctionReport {
     pub is_default: bool,
     /// Number of operations in its body (nested blocks not counted).
     pub operation_count: usize,
+    /// Bytes of the weights it references, as stored: each distinct blob
+    /// once, compressed weights at their compressed size. What a chunk
+    /// budget (`chunks = { max-bytes = … }`) is measured against.
+    pub weight_bytes: u64,
     /// Its inputs.
     pub inputs: Vec<FeatureReport>,
     /// Its outputs.
@@ -181,6 +185,7 @@ pub struct WeightFileReport {
 pub fn report(package: &Package, shown_path: &str) -> Result<Report> {
     let model = package.model();
     let default_function = package.default_function().to_string();
+    let weight_bytes = package.function_weight_bytes()?;
     let functions = package
         .functions()
         .iter()
@@ -192,6 +197,7 @@ pub fn report(package: &Package, shown_path: &str) -> Result<Report> {
                 opset: function.opset().to_string(),
                 is_default: function.name == default_function,
                 operation_count: function.block().operations.len(),
+                weight_bytes: weight_bytes.get(function.name).copied().unwrap_or(0),
                 inputs: description.input.iter().map(feature).collect(),
                 outputs: description.output.iter().map(feature).collect(),
                 states: description.state.iter().map(feature).collect(),
@@ -486,6 +492,12 @@ pub fn to_text(report: &Report) -> String {
             out,
             "    {}{default}: opset {}, {} operations",
             function.name, function.opset, function.operation_count
+        );
+        let _ = writeln!(
+            out,
+            "      weights: {} as stored ({} bytes)",
+            Bytes(function.weight_bytes),
+            function.weight_bytes
         );
         match function.reference_backend_missing_ops.as_deref() {
             None => {}

@@ -16,7 +16,7 @@ use std::time::UNIX_EPOCH;
 use crate::codegen;
 use crate::config::{Config, ConfigError, Located, Location, ModelConfig, ShapeConfig};
 use crate::error::{Error, MergeProblem, Result};
-use crate::merge::{MergeReport, MultiFunctionDescriptor};
+use crate::merge::{Chunks, MergeReport, MultiFunctionDescriptor};
 use coreml_multifunction_format::naming;
 use coreml_multifunction_format::naming::{is_mil_identifier, quoted_list};
 use coreml_multifunction_format::package::{self, Package};
@@ -53,6 +53,10 @@ pub struct ResolvedFunction {
     /// of its source; empty for a function taken as it is. Located where
     /// Cargo.toml writes them.
     pub shapes: Located<Vec<ShapeConfig>>,
+    /// How it is split into chunks (`chunks`), each a function of the
+    /// merged model named `<target>_chunk1` …; `None` for a function merged
+    /// whole. Located where Cargo.toml writes it.
+    pub chunks: Option<Located<Chunks>>,
     /// Where Cargo.toml names it.
     pub location: Location,
 }
@@ -102,6 +106,9 @@ impl ResolvedModel {
                     &shape.input.value,
                     shape.shape.value.clone(),
                 );
+            }
+            if let Some(chunks) = &function.chunks {
+                descriptor.chunks(&function.target, chunks.value);
             }
         }
         descriptor.default_function(&self.default_function);
@@ -181,6 +188,7 @@ fn resolve_model(
             package: existing_package(config, manifest_dir, &function.package)?,
             source_function: function.source_function.value.clone(),
             shapes: function.shapes.clone(),
+            chunks: function.chunks.clone(),
             location: function.target.location.clone(),
         });
     }
@@ -206,6 +214,7 @@ fn resolve_model(
                     value: Vec::new(),
                     location: include.package.location.clone(),
                 },
+                chunks: None,
                 location: include.package.location.clone(),
             });
         }
@@ -241,6 +250,37 @@ fn resolve_model(
                     function.target,
                     model.name.value,
                     naming::upper_camel(&function.target)
+                ),
+            ));
+        }
+    }
+    // A split function's chunks are functions of the merged model too.
+    for function in &functions {
+        let Some(chunks) = &function.chunks else {
+            continue;
+        };
+        let prefix = format!("{}_chunk", function.target);
+        let clash = functions.iter().find(|other| {
+            other
+                .target
+                .strip_prefix(&prefix)
+                .and_then(|k| k.parse::<usize>().ok().filter(|n| n.to_string() == k))
+                .is_some_and(|k| match chunks.value {
+                    Chunks::Count(count) => (1..=count).contains(&k),
+                    Chunks::MaxBytes(_) => k >= 1,
+                })
+        });
+        if let Some(other) = clash {
+            return Err(config_error(
+                config,
+                &chunks.location,
+                format!(
+                    "function {:?} of model `{}` is split into chunks named {prefix}1, \
+                     {prefix}2, …, and {} is already named {:?}; rename one of them",
+                    function.target,
+                    model.name.value,
+                    describe(other),
+                    other.target
                 ),
             ));
         }
@@ -411,7 +451,7 @@ fn build_model(
 
 /// Attaches the Cargo.toml location of the function or package an error is
 /// about, when there is one: for a fixed shape, the input or the `shapes`
-/// table it is about.
+/// table it is about; for a split, the `chunks` value.
 fn locate(config: &Config, model: &ResolvedModel, error: Error) -> Error {
     if let Some(location) = shape_location(model, error.merge_problem()) {
         return config_error(config, location, error.to_string());
@@ -450,7 +490,8 @@ fn locate(config: &Config, model: &ResolvedModel, error: Error) -> Error {
     }
 }
 
-/// Where Cargo.toml writes the fixed shape a merge problem is about.
+/// Where Cargo.toml writes the fixed shape or the split a merge problem is
+/// about.
 fn shape_location<'m>(
     model: &'m ResolvedModel,
     problem: Option<&MergeProblem>,
@@ -478,6 +519,11 @@ fn shape_location<'m>(
         | MergeProblem::UnknownShapeTarget { target, .. } => {
             Some(&function(target)?.shapes.location)
         }
+        MergeProblem::UnknownChunkTarget { target, .. }
+        | MergeProblem::OpOverBudget { target, .. }
+        | MergeProblem::CannotSplit { target, .. } => {
+            Some(&function(target)?.chunks.as_ref()?.location)
+        }
         _ => None,
     }
 }
@@ -501,6 +547,9 @@ fn fingerprint(model: &ResolvedModel) -> Result<String> {
         );
         for (input, shape) in function.fixed_shapes() {
             text += &format!("  shape {input:?} {shape:?}\n");
+        }
+        if let Some(chunks) = &function.chunks {
+            text += &format!("  chunks {:?}\n", chunks.value);
         }
     }
     text += &format!("metadata {:?}\n", model.metadata);
@@ -625,7 +674,8 @@ mod tests {
     }
 
     /// A model with one fixed-shape function, `seq_8`, whose `shapes` table
-    /// is on line 3 and input `input_ids` on line 4.
+    /// is on line 3 and input `input_ids` on line 4, split in two by
+    /// `chunks` on line 6.
     fn model() -> ResolvedModel {
         let shape = ShapeConfig {
             input: Located {
@@ -647,6 +697,10 @@ mod tests {
                     value: vec![shape],
                     location: at("shapes", 3),
                 },
+                chunks: Some(Located {
+                    value: Chunks::Count(2),
+                    location: at("chunks", 6),
+                }),
                 location: at("functions.seq_8", 2),
             }],
             default_function: "seq_8".to_string(),
@@ -722,5 +776,73 @@ mod tests {
             "/crate/Cargo.toml:3:1: `shapes`: function \"seq_8\" (function \"main\" of \
              encoder.mlpackage at input_ids = [1, 8]): the op `x` cannot be inferred"
         );
+    }
+
+    #[test]
+    fn split_problems_are_located_at_chunks() {
+        let mut model = model();
+        let line = |model: &ResolvedModel, problem: MergeProblem| {
+            shape_location(model, Some(&problem)).map(|l| l.line)
+        };
+        let over = || MergeProblem::OpOverBudget {
+            target: "seq_8".into(),
+            op: "linear_0".into(),
+            op_type: "linear".into(),
+            bytes: 2048,
+            budget: 1024,
+        };
+        let cannot = || MergeProblem::CannotSplit {
+            target: "seq_8".into(),
+            package: "encoder.mlpackage".into(),
+            source_function: "main".into(),
+            reason: "it has 1 op".into(),
+        };
+        let unknown = |target: &str| MergeProblem::UnknownChunkTarget {
+            target: target.into(),
+            targets: vec!["seq_8".into()],
+        };
+        assert_eq!(line(&model, over()), Some(6));
+        assert_eq!(line(&model, cannot()), Some(6));
+        assert_eq!(line(&model, unknown("seq_8")), Some(6));
+        assert_eq!(line(&model, unknown("seq_9")), None);
+        let config = Config {
+            manifest: PathBuf::from("/crate/Cargo.toml"),
+            models: Vec::new(),
+        };
+        let located = locate(&config, &model, Error::merge(over()));
+        assert!(
+            located
+                .to_string()
+                .starts_with("/crate/Cargo.toml:6:1: `chunks`: function \"seq_8\" cannot be split"),
+            "{located}"
+        );
+        // A function merged whole has no `chunks` to point at.
+        model.functions[0].chunks = None;
+        assert_eq!(line(&model, over()), None);
+    }
+
+    #[test]
+    fn chunks_reach_the_descriptor_and_the_fingerprint() {
+        let mut model = model();
+        model.sources.clear();
+        let descriptor = format!("{:?}", model.descriptor());
+        assert!(
+            descriptor.contains("chunks: {\"seq_8\": Count(2)}"),
+            "{descriptor}"
+        );
+        let two = fingerprint(&model).unwrap();
+        assert!(two.contains("  chunks Count(2)\n"), "{two}");
+        model.functions[0].chunks.as_mut().unwrap().value = Chunks::MaxBytes(900 << 20);
+        let budget = fingerprint(&model).unwrap();
+        assert!(
+            budget.contains("  chunks MaxBytes(943718400)\n"),
+            "{budget}"
+        );
+        model.functions[0].chunks = None;
+        let whole = fingerprint(&model).unwrap();
+        assert!(!whole.contains("chunks"), "{whole}");
+        assert!(!format!("{:?}", model.descriptor()).contains("Count("));
+        assert_ne!(two, budget);
+        assert_ne!(two, whole);
     }
 }

@@ -545,3 +545,133 @@ fn one_chunk_is_the_function_under_its_chunk_name() {
         original.block().operations.len()
     );
 }
+
+/// Every function of every committed package (control flow, compressed
+/// weights, images, states, flexible shapes, several functions), split in
+/// two and three and under a budget: a split either is made, and then has
+/// the shape every split must have, or is refused with a split error;
+/// never a panic or another error.
+#[test]
+fn every_fixture_function_splits_or_is_refused_with_a_reason() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (mut made, mut refused) = (0, 0);
+    for (index, path) in common::all_packages().into_iter().enumerate() {
+        let source = Package::open(&path).unwrap();
+        if source.model().specification_version < 7 {
+            continue; // not mergeable at all (checked by the merge tests)
+        }
+        for function in source.functions() {
+            let total: u64 = blobs_by_function(&source)
+                .get(function.name)
+                .map_or(0, |b| b.values().sum());
+            for chunks in [
+                Chunks::Count(2),
+                Chunks::Count(3),
+                Chunks::MaxBytes(total / 2 + 1),
+            ] {
+                let destination = scratch.path().join(format!("{index}.mlpackage"));
+                let result = MultiFunctionDescriptor::new()
+                    .add_function_from(&path, function.name, "split")
+                    .chunks("split", chunks)
+                    .default_function("split")
+                    .merge(&destination);
+                match result {
+                    Ok(report) => {
+                        let merged = Package::open(&destination).unwrap();
+                        check_chunks(&report, &merged, "split", &source, function.name);
+                        made += 1;
+                    }
+                    Err(error) => match error.merge_problem() {
+                        Some(MergeProblem::CannotSplit { reason, .. }) => {
+                            assert!(
+                                reason.contains("ask for") || reason.contains("raise"),
+                                "{reason}"
+                            );
+                            refused += 1;
+                        }
+                        Some(MergeProblem::OpOverBudget { .. }) => refused += 1,
+                        // Sources the merge refuses whole (their opset).
+                        Some(MergeProblem::OpsetCannotBeRaised { .. }) => {}
+                        _ => panic!("{} {}: {error}", path.display(), function.name),
+                    },
+                }
+            }
+        }
+    }
+    eprintln!("{made} splits made, {refused} refused with a reason");
+    assert!(made >= 100, "only {made} splits made");
+}
+
+/// The Llama-style decoder's prefill (8 tokens) and decode (1 token),
+/// converted apart from one module: split in two and three, chunk `k` of
+/// each references exactly the weights of the other's chunk `k`, and the
+/// merge stores no more than merging them whole.
+#[test]
+fn the_decoders_prefill_and_decode_chunks_share_every_weight() {
+    let scratch = tempfile::tempdir().unwrap();
+    let prefill = source_package("chunk_decoder_prefill");
+    let decode = source_package("chunk_decoder_decode");
+    let descriptor = |chunks: Option<usize>| {
+        let mut descriptor = MultiFunctionDescriptor::new();
+        descriptor
+            .add_function(&prefill, "prefill")
+            .add_function(&decode, "decode")
+            .default_function("decode");
+        if let Some(n) = chunks {
+            descriptor
+                .chunks("prefill", Chunks::Count(n))
+                .chunks("decode", Chunks::Count(n));
+        }
+        descriptor
+    };
+    let whole = descriptor(None)
+        .merge(scratch.path().join("whole.mlpackage"))
+        .unwrap();
+    for n in [2, 3] {
+        let destination = scratch.path().join(format!("split_{n}.mlpackage"));
+        let report = descriptor(Some(n)).merge(&destination).unwrap();
+        let merged = Package::open(&destination).unwrap();
+        for (target, source) in [("prefill", &prefill), ("decode", &decode)] {
+            check_chunks(
+                &report,
+                &merged,
+                target,
+                &Package::open(source).unwrap(),
+                "main",
+            );
+        }
+        let blobs = blobs_by_function(&merged);
+        for k in 1..=n {
+            let of = |target: &str| -> BTreeSet<u64> {
+                blobs[&format!("{target}_chunk{k}")]
+                    .keys()
+                    .copied()
+                    .collect()
+            };
+            assert!(!of("prefill").is_empty());
+            assert_eq!(of("prefill"), of("decode"), "{n} chunks: chunk {k}");
+        }
+        assert_eq!(report.unique_blobs, whole.unique_blobs, "{n} chunks");
+        assert_eq!(report.blob_bytes, whole.blob_bytes, "{n} chunks");
+        // Every chunk that touches the cache declares it as the sources do.
+        let state = &Package::open(&decode)
+            .unwrap()
+            .function("main")
+            .unwrap()
+            .description
+            .state
+            .clone();
+        let stateful: Vec<String> = merged
+            .functions()
+            .iter()
+            .filter(|f| !f.description.state.is_empty())
+            .inspect(|f| assert_eq!(&f.description.state, state, "{}", f.name))
+            .map(|f| f.name.to_string())
+            .collect();
+        assert_eq!(
+            stateful.len(),
+            2 * n,
+            "every layer reads the cache: {stateful:?}"
+        );
+    }
+}

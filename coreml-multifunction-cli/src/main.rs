@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use coreml_multifunction::package::{self, Package};
 use coreml_multifunction_build::compare::{self, CompareOptions};
-use coreml_multifunction_build::merge::MultiFunctionDescriptor;
+use coreml_multifunction_build::merge::{Chunks, MergedFunction, MultiFunctionDescriptor};
 use coreml_multifunction_build::{inspect, Bytes};
 
 const USAGE: &str = "\
@@ -24,12 +24,18 @@ Usage:
       metadata and weight storage of an .mlpackage.
   coreml-multifunction merge -o OUT.mlpackage --function PKG[:SRC]=TARGET ... --default TARGET
                        [--shape TARGET:INPUT=D0xD1x... ...]
+                       [--chunks TARGET=N ...] [--max-chunk-bytes TARGET=SIZE ...]
       Merge functions of ML Program packages into one multifunction package,
       storing equal weights once. SRC defaults to main. --function repeats;
       --all PKG adds every function of PKG under its own name. --shape fixes
       flexible input INPUT of function TARGET to one shape it allows (such as
       --shape seq_8:input_ids=1x8), making TARGET a fixed-shape function of
-      its source; it repeats, once per input to fix.
+      its source; it repeats, once per input to fix. --chunks splits function
+      TARGET into N consecutive chunks (functions TARGET_chunk1 ...
+      TARGET_chunkN), balancing their weight bytes; --max-chunk-bytes splits
+      it into as few as keep each chunk's weights within SIZE (bytes, or
+      with a K, M or G suffix, powers of 1024: --max-chunk-bytes
+      decode=900M). Each repeats, once per function to split.
   coreml-multifunction compare LEFT RIGHT [--ignore-metadata]
                        [--ignore-program-attributes] [--ignore-spec-version]
                        [--ignore-op-names]
@@ -40,6 +46,7 @@ Usage:
       blobs, with content-derived manifest identifiers (byte-reproducible).
   coreml-multifunction predict PACKAGE [--function NAME] --input NAME=FILE.npy ...
                        [--state NAME=FILE.npy ...] --output-dir DIR [--repeat N]
+                       [--fp16-ops]
       Run a function on the reference CPU backend. NAME defaults to the
       package's default function. Each --input is a .npy array, converted to
       the input's declared type (fp16 inputs accept fp32 files); an image input is a uint8 [H, W, C] array
@@ -47,7 +54,9 @@ Usage:
       (zeros otherwise). Writes DIR/<output>.npy for every output and
       DIR/<state>.npy with every state's final value. --repeat N runs the
       prediction N times from the same inputs and state, and prints the load
-      time and the median prediction time.
+      time and the median prediction time. --fp16-ops rounds every fp16
+      value to fp16 after every op, as the GPU and the Neural Engine do, so
+      fp16 overflow (inf, NaN) and precision loss show up as on a device.
   coreml-multifunction --help | --version
 ";
 
@@ -190,6 +199,8 @@ fn merge_command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
     let mut descriptor = MultiFunctionDescriptor::new();
     let mut output: Option<PathBuf> = None;
     let mut any = false;
+    // The flag that split each function, to refuse splitting one twice.
+    let mut split: Vec<(String, String)> = Vec::new();
     while let Some(arg) = parser.next()? {
         match arg {
             Short('o') | Long("output") => output = Some(parser.value()?.into()),
@@ -210,6 +221,19 @@ fn merge_command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
                 let spec = parser.value()?.string()?;
                 let (target, input, shape) = parse_shape_spec(&spec)?;
                 descriptor.fixed_shape(target, input, shape);
+            }
+            Long(flag @ ("chunks" | "max-chunk-bytes")) => {
+                let flag = format!("--{flag}");
+                let spec = parser.value()?.string()?;
+                let (target, chunks) = parse_chunks_spec(&flag, &spec)?;
+                if let Some((_, first)) = split.iter().find(|(t, _)| t == &target) {
+                    return Err(Failure::usage(format!(
+                        "{flag} {spec:?} splits function {target:?} again (after {first}); give \
+                         one --chunks or --max-chunk-bytes per function"
+                    )));
+                }
+                split.push((target.clone(), format!("{flag} {spec}")));
+                descriptor.chunks(target, chunks);
             }
             other => return Err(other.unexpected().into()),
         }
@@ -250,6 +274,8 @@ fn merge_command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
         if !fixed.is_empty() {
             text += &format!(", fixed shape: {}", fixed.join(", "));
         }
+        text += &format!("; {} of weights", Bytes(function.weight_bytes));
+        text += &chunks_text(function);
         text.push('\n');
     }
     text += &format!(
@@ -286,6 +312,96 @@ fn merge_command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
         Bytes(report.written_bytes())
     );
     write_stdout(&text)
+}
+
+/// A split function's chunks, as the merge summary lists them: after the
+/// function's line, one line per chunk with its weight bytes and the values
+/// it takes from earlier chunks. Empty for a function merged whole.
+fn chunks_text(function: &MergedFunction) -> String {
+    if function.chunks.is_empty() {
+        return String::new();
+    }
+    let mut text = format!(", split into {} chunks:", function.chunks.len());
+    let width = function
+        .chunks
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0);
+    for chunk in &function.chunks {
+        text += &format!(
+            "\n      {:width$}  {} of weights",
+            chunk.name,
+            Bytes(chunk.weight_bytes)
+        );
+        let crossing: Vec<String> = chunk
+            .crossing_inputs
+            .iter()
+            .map(|value| {
+                let bytes = value
+                    .bytes
+                    .map_or_else(String::new, |b| format!(", {}", Bytes(b)));
+                format!(
+                    "{} ({}{bytes}) from chunk {}",
+                    value.name, value.type_text, value.from_chunk
+                )
+            })
+            .collect();
+        if !crossing.is_empty() {
+            text += &format!("; takes {}", crossing.join(", "));
+        }
+    }
+    text
+}
+
+/// Splits `TARGET=N` (`--chunks`) or `TARGET=SIZE` (`--max-chunk-bytes`).
+/// The target is a function name, which holds no `=`.
+fn parse_chunks_spec(flag: &str, spec: &str) -> Result<(String, Chunks), Failure> {
+    let (form, example) = if flag == "--chunks" {
+        ("TARGET=N", "--chunks decode=2")
+    } else {
+        ("TARGET=SIZE", "--max-chunk-bytes decode=900M")
+    };
+    let malformed = |why: &str| {
+        Failure::usage(format!(
+            "{flag} {spec:?} {why}; write {form}, such as {example}"
+        ))
+    };
+    let (target, value) = spec
+        .split_once('=')
+        .ok_or_else(|| malformed("has no `=` after the function"))?;
+    if target.is_empty() {
+        return Err(malformed("names no function before `=`"));
+    }
+    if value.is_empty() {
+        return Err(malformed(if flag == "--chunks" {
+            "gives no number of chunks after `=`"
+        } else {
+            "gives no size after `=`"
+        }));
+    }
+    let chunks = if flag == "--chunks" {
+        match value.parse::<usize>() {
+            Ok(count) if count >= 1 => Chunks::Count(count),
+            _ => {
+                return Err(malformed(&format!(
+                    "has {value:?} as the number of chunks, which is not a whole number of at \
+                     least 1"
+                )))
+            }
+        }
+    } else {
+        match value.parse::<Bytes>() {
+            Ok(Bytes(0)) => {
+                return Err(malformed(
+                    "gives a budget of 0 bytes, which fits no weights",
+                ))
+            }
+            Ok(Bytes(bytes)) => Chunks::MaxBytes(bytes),
+            Err(why) => return Err(malformed(&format!("has a size that does not read ({why})"))),
+        }
+    };
+    Ok((target.to_string(), chunks))
 }
 
 /// Splits `PKG[:SRC]=TARGET`. The source function follows `.mlpackage:`,

@@ -54,6 +54,7 @@ pub(super) fn command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
     let mut states: Vec<(String, PathBuf)> = Vec::new();
     let mut output_dir: Option<PathBuf> = None;
     let mut repeat = 1usize;
+    let mut fp16_ops = false;
     while let Some(arg) = parser.next()? {
         match arg {
             Long("function") | Short('f') => function = Some(parser.value()?.string()?),
@@ -62,6 +63,7 @@ pub(super) fn command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
             }
             Long("state") => states.push(assignment("--state", &parser.value()?.string()?)?),
             Long("output-dir") | Short('o') => output_dir = Some(parser.value()?.into()),
+            Long("fp16-ops") => fp16_ops = true,
             Long("repeat") => {
                 let text = parser.value()?.string()?;
                 repeat = text
@@ -84,7 +86,10 @@ pub(super) fn command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
         None => Package::open(&package)?.default_function().to_string(),
     };
     let started = Instant::now();
-    let configuration = Configuration::with_backend(Backend::Reference);
+    let configuration = Configuration {
+        fp16_ops,
+        ..Configuration::with_backend(Backend::Reference)
+    };
     let loaded = runtime::Function::load(&package, &function, &configuration)?;
     let load_time = started.elapsed();
     let description = loaded.description().clone();

@@ -347,3 +347,289 @@ fn chunks_reproduce_torch() {
         }
     }
 }
+
+/// Every fixture with torch's outputs whose function can be cut in two
+/// (control flow, compressed weights, images, several inputs and outputs
+/// among them): its chunks, with fp16 ops rounded, compute bit for bit what
+/// it computes.
+#[test]
+fn every_splittable_fixture_runs_as_its_unsplit_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ran, mut refused) = (Vec::new(), Vec::new());
+    for io in fixture_io::io_fixtures() {
+        let source = source_package(&io);
+        if !source.exists() {
+            continue;
+        }
+        let function = steps(&io)[0].function.clone();
+        let package = dir.path().join(format!("{io}.mlpackage"));
+        let mut descriptor = MultiFunctionDescriptor::new();
+        descriptor
+            .add_function_from(&source, &function, &function)
+            .chunks(&function, Chunks::Count(2))
+            .default_function(&function);
+        let report = match descriptor.merge(&package) {
+            Ok(report) => report,
+            Err(error) => {
+                refused.push(format!("{io}: {error}"));
+                continue;
+            }
+        };
+        let whole = Runner::Whole(load(&source, &function, true));
+        let split = Runner::chunks(&package, &report, &function, true);
+        for (step, ((want, want_state), (got, got_state))) in
+            whole.run(&io).into_iter().zip(split.run(&io)).enumerate()
+        {
+            for (name, value) in want.iter().chain(&want_state) {
+                let other = got.get(name).or_else(|| got_state.get(name)).unwrap();
+                match value {
+                    FeatureValue::Tensor(_) => {
+                        assert!(bits(value) == bits(other), "{io} step {step}: {name}")
+                    }
+                    _ => assert_eq!(value, other, "{io} step {step}: {name}"),
+                }
+            }
+        }
+        ran.push(io);
+    }
+    eprintln!("split and ran: {ran:?}\nrefused: {refused:#?}");
+    assert!(
+        ran.len() >= 25,
+        "only {} fixtures split: {ran:?}",
+        ran.len()
+    );
+}
+
+/// The chunks of every function of `package` split into `target`'s
+/// chunks, or the function itself, by name.
+fn runners(package: &Path, report: &MergeReport, fp16_ops: bool) -> BTreeMap<String, Runner> {
+    report
+        .functions
+        .iter()
+        .map(|f| {
+            let runner = if f.chunks.is_empty() {
+                Runner::Whole(load(package, &f.target, fp16_ops))
+            } else {
+                Runner::chunks(package, report, &f.target, fp16_ops)
+            };
+            (f.target.clone(), runner)
+        })
+        .collect()
+}
+
+impl Runner {
+    fn functions(&self) -> Vec<&Function> {
+        match self {
+            Runner::Whole(function) => vec![function],
+            Runner::Chunks(chunks, _) => chunks.iter().collect(),
+        }
+    }
+
+    /// One step on `state`.
+    fn step(
+        &self,
+        step: &fixture_io::Step,
+        state: &mut coreml_multifunction::runtime::State,
+    ) -> Features {
+        let mut values = self.convert(step);
+        for chunk in self.functions() {
+            let description = chunk.description();
+            let features: Features = description
+                .input
+                .iter()
+                .map(|i| (i.name.clone(), values[&i.name].clone()))
+                .collect();
+            let computed = if description.state.is_empty() {
+                chunk.predict(&features).unwrap()
+            } else {
+                chunk.predict_with_state(&features, state).unwrap()
+            };
+            values.extend(computed);
+        }
+        values
+    }
+}
+
+/// An LLM-style conversation: prefill of 8 tokens, then decode steps, on
+/// one KV cache, with prefill and decode each split (and, the fixture's
+/// own functions, sharing every weight).
+#[test]
+fn a_split_prefill_and_decode_hold_one_conversation_on_one_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefill = source_package("chunk_decoder_prefill");
+    let decode = source_package("chunk_decoder_decode");
+    let merge = |chunks: Option<usize>, name: &str| {
+        let mut descriptor = MultiFunctionDescriptor::new();
+        descriptor
+            .add_function(&prefill, "prefill")
+            .add_function(&decode, "decode");
+        if let Some(n) = chunks {
+            descriptor
+                .chunks("prefill", Chunks::Count(n))
+                .chunks("decode", Chunks::Count(n));
+        }
+        descriptor.default_function("decode");
+        let package = dir.path().join(name);
+        let report = descriptor.merge(&package).unwrap();
+        (package, report)
+    };
+    let (whole_package, whole_report) = merge(None, "whole.mlpackage");
+    let conversation = steps("chunk_decoder");
+    assert!(conversation.iter().any(|s| s.function == "prefill"));
+    assert!(conversation.iter().any(|s| s.function == "decode"));
+    for n in [2, 3] {
+        let (package, report) = merge(Some(n), &format!("split_{n}.mlpackage"));
+        for fp16_ops in [false, true] {
+            let whole = runners(&whole_package, &whole_report, fp16_ops);
+            let split = runners(&package, &report, fp16_ops);
+            let state_of = |runners: &BTreeMap<String, Runner>| {
+                runners["decode"]
+                    .functions()
+                    .into_iter()
+                    .find(|f| !f.description().state.is_empty())
+                    .unwrap()
+                    .new_state()
+                    .unwrap()
+            };
+            let (mut whole_state, mut split_state) = (state_of(&whole), state_of(&split));
+            for (index, step) in conversation.iter().enumerate() {
+                let what = format!(
+                    "{n} chunks, fp16_ops {fp16_ops}, step {index} ({})",
+                    step.function
+                );
+                let want = whole[&step.function].step(step, &mut whole_state);
+                let got = split[&step.function].step(step, &mut split_state);
+                let want_cache = FeatureValue::Tensor(whole_state.read("kv_cache").unwrap());
+                let got_cache = FeatureValue::Tensor(split_state.read("kv_cache").unwrap());
+                if fp16_ops {
+                    assert!(
+                        bits(&want["logits"]) == bits(&got["logits"]),
+                        "{what}: logits"
+                    );
+                    assert!(bits(&want_cache) == bits(&got_cache), "{what}: kv_cache");
+                }
+                // Against torch, in both modes; rounding after every op
+                // loses more, as a device does.
+                let against_torch = if fp16_ops {
+                    fixture_io::DEEP_FP16
+                } else {
+                    tolerance("chunk_decoder")
+                };
+                for (name, npy) in &step.outputs {
+                    let (shape, values) = values(&got[name]);
+                    assert_close(&what, (&shape, &values), npy, against_torch);
+                }
+                for (name, npy) in &step.states {
+                    assert_eq!(name, "kv_cache");
+                    let (shape, values) = values(&got_cache);
+                    assert_close(&what, (&shape, &values), npy, against_torch);
+                }
+            }
+        }
+    }
+}
+
+/// coremltools' own `bisect_model` chunks, committed as the oracle, run on
+/// the reference backend too, and agree with ours; how the two cuts differ
+/// is printed.
+#[test]
+fn coremltools_bisect_chunks_run_and_agree_with_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut compared = 0;
+    for name in ["chunk_cnn", "chunk_encoder"] {
+        let bisected = common::fixtures().join("bisected").join(name);
+        let theirs: Vec<Function> = (1..=2)
+            .map(|k| {
+                load(
+                    &bisected.join(format!("{name}_chunk{k}.mlpackage")),
+                    "main",
+                    false,
+                )
+            })
+            .collect();
+        let outputs: Vec<String> =
+            coreml_multifunction::package::Package::open(source_package(name))
+                .unwrap()
+                .function("main")
+                .unwrap()
+                .description
+                .output
+                .iter()
+                .map(|o| o.name.clone())
+                .collect();
+        let theirs = Runner::Chunks(theirs, outputs);
+        let package = dir.path().join(format!("{name}.mlpackage"));
+        let report = MultiFunctionDescriptor::new()
+            .add_function(source_package(name), "main")
+            .chunks("main", Chunks::Count(2))
+            .default_function("main")
+            .merge(&package)
+            .unwrap();
+        let ours = Runner::chunks(&package, &report, "main", false);
+        for (step, ((their_out, _), (our_out, _))) in steps(name)
+            .iter()
+            .zip(theirs.run(name).into_iter().zip(ours.run(name)))
+        {
+            for (output, want) in &step.outputs {
+                let (shape, got) = values(&their_out[output]);
+                assert_close(
+                    &format!("{name} bisect_model"),
+                    (&shape, &got),
+                    want,
+                    tolerance(name),
+                );
+                let (our_shape, ours_values) = values(&our_out[output]);
+                assert_eq!(our_shape, shape);
+                let (atol, rtol) = tolerance(name);
+                for (a, b) in got.iter().zip(&ours_values) {
+                    assert!(
+                        (a - b).abs() <= 2.0 * (atol + rtol * b.abs()),
+                        "{name} {output}: {a} vs {b}"
+                    );
+                }
+            }
+            compared += 1;
+        }
+        // How the cuts differ: each chunk's weight bytes, and the values
+        // crossing.
+        let Runner::Chunks(their_chunks, _) = &theirs else {
+            unreachable!()
+        };
+        let their_crossing = their_chunks[1]
+            .description()
+            .input
+            .iter()
+            .filter(|i| {
+                !their_chunks[0]
+                    .description()
+                    .input
+                    .iter()
+                    .any(|j| j.name == i.name)
+            })
+            .count();
+        let our_chunks = &report.functions[0].chunks;
+        eprintln!(
+            "{name}: ours {} + {} weight bytes, {} crossing; bisect_model's chunks {} + {} bytes of \
+             weight files, {their_crossing} crossing",
+            our_chunks[0].weight_bytes,
+            our_chunks[1].weight_bytes,
+            our_chunks[1].crossing_inputs.len(),
+            weight_file_bytes(&bisected.join(format!("{name}_chunk1.mlpackage"))),
+            weight_file_bytes(&bisected.join(format!("{name}_chunk2.mlpackage"))),
+        );
+    }
+    assert!(compared >= 4);
+}
+
+/// The blob bytes a package stores.
+fn weight_file_bytes(package: &Path) -> u64 {
+    coreml_multifunction::package::Package::open(package)
+        .unwrap()
+        .blob_references()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.record.record_offset, r.record.size))
+        .collect::<BTreeMap<_, _>>()
+        .values()
+        .sum()
+}

@@ -456,13 +456,13 @@ fn merge_fixes_a_flexible_input_with_shape_and_says_so() {
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(
         text.contains(&format!(
-            "  len_5  <- {} (main), fixed shape: tokens [1, 5, 8]\n",
+            "  len_5  <- {} (main), fixed shape: tokens [1, 5, 8]; ",
             source.display()
         )),
         "{text}"
     );
     assert!(
-        text.contains(&format!("  main   <- {} (main)\n", source.display())),
+        text.contains(&format!("  main   <- {} (main); ", source.display())),
         "the flexible function is listed without shapes: {text}"
     );
 
@@ -598,4 +598,263 @@ fn malformed_shape_arguments_are_usage_errors_showing_the_form() {
         "--shape",
     ]);
     assert_eq!(output.status.code(), Some(2));
+}
+
+/// The sizes of every blob of a weight file, read here from its bytes
+/// (blob storage v2: a 64-byte header with the count, then per blob a
+/// 64-byte record with the size at 8 and the data offset at 16, the next
+/// record at the next multiple of 64 after the data).
+fn blob_sizes(weight_file: &Path) -> Vec<u64> {
+    let bytes = std::fs::read(weight_file).unwrap();
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+    let mut sizes = Vec::new();
+    let mut record = 64;
+    for _ in 0..u32_at(0) {
+        assert_eq!(u32_at(record), 0xDEAD_BEEF, "a record at {record}");
+        let (size, data) = (u64_at(record + 8), u64_at(record + 16));
+        sizes.push(size as u64);
+        record = (data + size).div_ceil(64) * 64;
+    }
+    sizes
+}
+
+#[test]
+fn inspect_gives_each_function_its_weight_bytes_as_stored() {
+    // Single-function sources reference each of their blobs once, so a
+    // function's weight bytes are all its weight file holds; the compressed
+    // ones count their packed (compressed) bytes.
+    for name in [
+        "lora_adapter_1",
+        "compressed_int4",
+        "compressed_palettized",
+        "gpt2",
+    ] {
+        let package = common::source_package(name);
+        let weights = package.join("Data/com.apple.CoreML/weights/weight.bin");
+        let sizes = blob_sizes(&weights);
+        assert!(!sizes.is_empty(), "{name}");
+        let report = inspect_json(&package);
+        let main = function(&report, "main");
+        assert_eq!(
+            main["weight_bytes"].as_u64(),
+            Some(sizes.iter().sum::<u64>()),
+            "{name}"
+        );
+        assert_eq!(report["weights"]["bytes"], main["weight_bytes"], "{name}");
+    }
+    // A merged LoRA pair stores the base once, but each adapter references
+    // it: every function counts all it uses.
+    let merged = inspect_json(&common::merged_package("lora_pair"));
+    let stored = merged["weights"]["bytes"].as_u64().unwrap();
+    let functions = merged["functions"].as_array().unwrap();
+    let total: u64 = functions
+        .iter()
+        .map(|f| f["weight_bytes"].as_u64().unwrap())
+        .sum();
+    assert!(functions.len() >= 2);
+    assert!(
+        total > stored,
+        "shared blobs count in each function: {total} vs {stored}"
+    );
+    for function in functions {
+        let bytes = function["weight_bytes"].as_u64().unwrap();
+        assert!(bytes > 0 && bytes <= stored, "{function}");
+    }
+
+    let package = common::source_package("lora_adapter_1");
+    let output = cli(&["inspect", package.to_str().unwrap()]);
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let bytes: u64 = blob_sizes(&package.join("Data/com.apple.CoreML/weights/weight.bin"))
+        .iter()
+        .sum();
+    assert!(
+        text.contains(&format!(
+            "      weights: {} as stored ({bytes} bytes)\n",
+            coreml_multifunction_build::Bytes(bytes)
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn malformed_chunk_arguments_are_usage_errors_showing_the_form() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("split.mlpackage");
+    let function = format!(
+        "{}=adapter",
+        common::source_package("lora_adapter_1").display()
+    );
+    let count_form = "write TARGET=N, such as --chunks decode=2";
+    let size_form = "write TARGET=SIZE, such as --max-chunk-bytes decode=900M";
+    for (flag, value, why, form) in [
+        (
+            "--chunks",
+            "adapter",
+            "has no `=` after the function",
+            count_form,
+        ),
+        ("--chunks", "=2", "names no function before `=`", count_form),
+        (
+            "--chunks",
+            "adapter=",
+            "gives no number of chunks after `=`",
+            count_form,
+        ),
+        (
+            "--chunks",
+            "adapter=0",
+            "has \"0\" as the number of chunks, which is not a whole number of at least 1",
+            count_form,
+        ),
+        (
+            "--chunks",
+            "adapter=-1",
+            "has \"-1\" as the number of chunks",
+            count_form,
+        ),
+        (
+            "--chunks",
+            "adapter=1.5",
+            "has \"1.5\" as the number of chunks",
+            count_form,
+        ),
+        (
+            "--chunks",
+            "adapter=two",
+            "has \"two\" as the number of chunks",
+            count_form,
+        ),
+        (
+            "--max-chunk-bytes",
+            "adapter",
+            "has no `=` after the function",
+            size_form,
+        ),
+        (
+            "--max-chunk-bytes",
+            "=1G",
+            "names no function before `=`",
+            size_form,
+        ),
+        (
+            "--max-chunk-bytes",
+            "adapter=",
+            "gives no size after `=`",
+            size_form,
+        ),
+        (
+            "--max-chunk-bytes",
+            "adapter=900MB",
+            "has a size that does not read (\"900MB\" is not a size;",
+            size_form,
+        ),
+        (
+            "--max-chunk-bytes",
+            "adapter=-1",
+            "has a size that does not read (\"-1\"",
+            size_form,
+        ),
+        (
+            "--max-chunk-bytes",
+            "adapter=1.5G",
+            "has a size that does not read (\"1.5G\"",
+            size_form,
+        ),
+        (
+            "--max-chunk-bytes",
+            "adapter=0",
+            "gives a budget of 0 bytes, which fits no weights",
+            size_form,
+        ),
+        (
+            "--max-chunk-bytes",
+            "adapter=0K",
+            "gives a budget of 0 bytes",
+            size_form,
+        ),
+    ] {
+        let output = cli(&[
+            "merge",
+            "-o",
+            out.to_str().unwrap(),
+            "-f",
+            &function,
+            flag,
+            value,
+            "--default",
+            "adapter",
+        ]);
+        assert_eq!(output.status.code(), Some(2), "{flag} {value}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        let first = stderr.lines().next().unwrap();
+        assert!(
+            first.starts_with(&format!("error: {flag} {value:?} {why}")),
+            "{flag} {value}: {first}"
+        );
+        assert!(first.ends_with(form), "{flag} {value}: {first}");
+        assert!(stderr.contains("Usage:"), "{flag} {value}");
+        assert!(!out.exists(), "{flag} {value}");
+    }
+    // One split per function.
+    let output = cli(&[
+        "merge",
+        "-o",
+        out.to_str().unwrap(),
+        "-f",
+        &function,
+        "--chunks",
+        "adapter=2",
+        "--max-chunk-bytes",
+        "adapter=1M",
+        "--default",
+        "adapter",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.starts_with(
+            "error: --max-chunk-bytes \"adapter=1M\" splits function \"adapter\" again (after \
+             --chunks adapter=2); give one --chunks or --max-chunk-bytes per function"
+        ),
+        "{stderr}"
+    );
+    // Both need their value.
+    for flag in ["--chunks", "--max-chunk-bytes"] {
+        let output = cli(&["merge", "-o", out.to_str().unwrap(), "-f", &function, flag]);
+        assert_eq!(output.status.code(), Some(2), "{flag}");
+    }
+    assert!(!out.exists());
+}
+
+#[test]
+fn merge_lists_every_function_with_its_weight_bytes() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = scratch.path().join("split.mlpackage");
+    let source = common::source_package("lora_adapter_1");
+    let output = cli(&[
+        "merge",
+        "-o",
+        out.to_str().unwrap(),
+        "-f",
+        &format!("{}=whole", source.display()),
+        "-f",
+        &format!("{}=split", source.display()),
+        "--max-chunk-bytes",
+        "split=1G",
+        "--default",
+        "split",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains(&format!("  whole  <- {} (main); ", source.display())),
+        "{text}"
+    );
+    assert!(text.contains(" of weights\n"), "{text}");
 }

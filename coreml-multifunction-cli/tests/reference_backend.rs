@@ -1071,3 +1071,136 @@ fn a_batch_gives_what_single_predictions_give() {
         "different inputs, different outputs"
     );
 }
+
+// ------------------------------------- 5. fp16 as the device computes it
+
+fn fp16_ops() -> Configuration {
+    Configuration {
+        fp16_ops: true,
+        ..reference()
+    }
+}
+
+/// Every output's elements, as f32 bits: equal maps are equal bit for bit.
+fn bits(outputs: &Features) -> BTreeMap<String, Vec<u32>> {
+    outputs
+        .iter()
+        .map(|(name, value)| {
+            let (_, data) = values(value);
+            (name.clone(), data.iter().map(|v| v.to_bits()).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn fp16_ops_moves_fp16_fixtures_within_torchs_tolerance_deterministically() {
+    for fixture in ["resnet", "llama", "precision_fp16"] {
+        let package = common::source_package(fixture);
+        let tolerance = tolerance(fixture);
+        let mut changed = 0;
+        for step in steps(fixture) {
+            let default = load(&package, &step.function);
+            let rounded = Function::load(&package, &step.function, &fp16_ops()).unwrap();
+            let features = inputs(rounded.description(), &step);
+            let before = default.predict(&features).unwrap();
+            let after = rounded.predict(&features).unwrap();
+            // Deterministic: a second prediction, and a second load, give
+            // the same bits.
+            assert_eq!(bits(&after), bits(&rounded.predict(&features).unwrap()));
+            let again = Function::load(&package, &step.function, &fp16_ops()).unwrap();
+            assert_eq!(bits(&after), bits(&again.predict(&features).unwrap()));
+            for (name, want) in &step.outputs {
+                let (shape, got) = values(&after[name]);
+                let worst = assert_close(
+                    &format!("{fixture}.{name} with fp16_ops"),
+                    (&shape, &got),
+                    want,
+                    tolerance,
+                );
+                let (_, plain) = values(&before[name]);
+                let differing = plain
+                    .iter()
+                    .zip(&got)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                eprintln!(
+                    "{fixture}.{name} with fp16_ops: max error {worst:.2e}, \
+                     {differing} of {} elements differ from the default mode",
+                    got.len()
+                );
+                changed += differing;
+            }
+        }
+        // Rounding every op changes some bits: the mode is on.
+        assert!(changed > 0, "{fixture}: fp16_ops changed nothing");
+    }
+}
+
+/// `io/fp16_overflow`'s step 0 overflows fp16 between ops, step 1 fits.
+fn overflow_steps() -> (PathBuf, Vec<fixture_io::Step>) {
+    let steps = steps("fp16_overflow");
+    assert_eq!(steps.len(), 2);
+    (common::source_package("fp16_overflow"), steps)
+}
+
+#[test]
+fn fp16_ops_turns_an_overflow_the_default_mode_hides_into_the_devices_inf() {
+    let (package, steps) = overflow_steps();
+    let default = load(&package, "main");
+    let rounded = Function::load(&package, "main", &fp16_ops()).unwrap();
+    for (index, step) in steps.iter().enumerate() {
+        let features = inputs(default.description(), step);
+        let want = &step.outputs["energy"];
+        // torch's value is finite and fits fp16 (its sum of squares does
+        // not, in step 0).
+        assert!(want
+            .to_f32()
+            .iter()
+            .all(|v| v.is_finite() && v.abs() < 65504.0));
+        let (shape, plain) = values(&default.predict(&features).unwrap()["energy"]);
+        assert_close("default", (&shape, &plain), want, FP16);
+        let (shape, device) = values(&rounded.predict(&features).unwrap()["energy"]);
+        if index == 0 {
+            assert!(
+                device.iter().all(|v| *v == f32::INFINITY),
+                "step 0 with fp16_ops: {device:?}"
+            );
+        } else {
+            assert_close("fp16_ops, no overflow", (&shape, &device), want, FP16);
+        }
+    }
+}
+
+#[test]
+fn cli_predict_fp16_ops_gives_the_devices_inf() {
+    let (package, _) = overflow_steps();
+    let dir = io_dir("fp16_overflow");
+    let out = tempfile::tempdir().unwrap();
+    let run = |flag: Option<&str>, target: &Path| {
+        let input = format!("x={}", dir.join("step0.input.x.npy").display());
+        let mut args = vec![
+            os("predict"),
+            package.as_os_str(),
+            os("--input"),
+            os(&input),
+            os("--output-dir"),
+            target.as_os_str(),
+        ];
+        args.extend(flag.map(os));
+        let result = cli(&args);
+        assert!(
+            result.status.success(),
+            "{flag:?}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let Npy::F16(energy) = Npy::read(&target.join("energy.npy")) else {
+            panic!("energy is declared fp16")
+        };
+        energy.iter().map(|v| v.to_f32()).collect::<Vec<_>>()
+    };
+    let plain = run(None, &out.path().join("default"));
+    let want = &steps("fp16_overflow")[0].outputs["energy"];
+    assert_close("cli default", (&[1, 1], &plain), want, FP16);
+    let device = run(Some("--fp16-ops"), &out.path().join("fp16_ops"));
+    assert_eq!(device, [f32::INFINITY]);
+}

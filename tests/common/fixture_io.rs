@@ -117,12 +117,15 @@ pub fn steps(name: &str) -> Vec<Step> {
 }
 
 /// Every `io/<name>` fixture of a source package, sorted (not those of
-/// fixed-shape functions, which `materializations.json` lists).
+/// fixed-shape functions, which `materializations.json` lists, nor the
+/// conversations of stateful chunk fixtures, which `chunks.json` lists:
+/// their steps name functions of a merge).
 pub fn io_fixtures() -> Vec<String> {
-    let fixed: std::collections::BTreeSet<String> = common::materializations()
+    let mut fixed: std::collections::BTreeSet<String> = common::materializations()
         .into_iter()
         .flat_map(|m| m.targets.into_iter().map(|t| t.io))
         .collect();
+    fixed.extend(stateful_chunk_conversations());
     let mut names: Vec<String> = std::fs::read_dir(common::fixtures().join("io"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -131,6 +134,21 @@ pub fn io_fixtures() -> Vec<String> {
     names.sort();
     assert!(names.len() >= 18, "io fixtures missing: {names:?}");
     names
+}
+
+/// The `io` of every stateful fixture of `chunks.json` (none without it).
+fn stateful_chunk_conversations() -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(common::fixtures().join("chunks.json")) else {
+        return Vec::new();
+    };
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    json["fixtures"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|fixture| fixture["stateful"].as_bool() == Some(true))
+        .map(|fixture| fixture["io"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// The input `npy` as the declared feature wants it: arrays converted to
@@ -202,9 +220,8 @@ pub fn tolerance(fixture: &str) -> (f32, f32) {
         "precision_fp32" | "tensor_ops" | "indexing_ops" | "control_flow" => FP32,
         "densenet" | "efficientnet" | "regnet" | "convnext" | "swin" | "vit" | "unet"
         | "deeplab" | "bert" | "gpt2" | "t5" | "whisper_encoder" => DEEP_FP32,
-        "resnet" | "mobilenet_v3" | "diffusion_unet" | "vae_decoder" | "vae_encoder" | "llama" => {
-            DEEP_FP16
-        }
+        "resnet" | "mobilenet_v3" | "diffusion_unet" | "vae_decoder" | "vae_encoder" | "llama"
+        | "chunk_cnn" => DEEP_FP16,
         "lstm" | "gru" | "rnn" => RECURRENT_FP16,
         "compressed_int8" | "target_ios17_int8" => INT8,
         "compressed_int4" | "compressed_palettized" | "target_ios17_palettized" => FOUR_BIT,

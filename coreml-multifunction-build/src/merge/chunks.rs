@@ -27,6 +27,11 @@
 //! decode) are planned together over those boundaries, so chunk `k` of each
 //! uses the same weights as the other's chunk `k`.
 //!
+//! Planning counts a weight by its reference in the source: one the
+//! source stores twice counts twice, though the merge stores it once. So a
+//! chunk holds at most the bytes planned, and a budget met here is met in
+//! the merged file (whose bytes the merge report gives).
+//!
 //! Nothing here reads a file: the merge passes each weight reference's
 //! stored size in.
 
@@ -166,6 +171,11 @@ struct Analysis {
     weights: Vec<(String, u64)>,
     /// For each weight, the units using it, in order.
     users: Vec<Vec<usize>>,
+    /// The weights more than one unit uses.
+    shared_weights: Vec<usize>,
+    /// For each position, the bytes of the weights that only one unit
+    /// uses, used by the units before it.
+    unshared_before: Vec<u64>,
     /// For each position `p` (a cut before unit `p`, 0 ..= units), the
     /// number of weights first used by units before it.
     first_used_before: Vec<usize>,
@@ -197,7 +207,7 @@ impl Analysis {
         let mut weight_index: BTreeMap<(String, u64), usize> = BTreeMap::new();
         let mut weights: Vec<(String, u64)> = Vec::new();
         let mut users: Vec<Vec<usize>> = Vec::new();
-        let mut unit_weights = Vec::with_capacity(units.len());
+        let mut unit_weights: Vec<Vec<usize>> = Vec::with_capacity(units.len());
         let mut first_used_before = Vec::with_capacity(units.len() + 1);
         for (u, &i) in units.iter().enumerate() {
             first_used_before.push(weights.len());
@@ -264,9 +274,22 @@ impl Analysis {
                 bytes: bytes as u64,
             }));
         }
+        let shared_weights: Vec<usize> =
+            (0..weights.len()).filter(|&w| users[w].len() > 1).collect();
+        let mut unshared_before = vec![0u64; units.len() + 1];
+        for u in 0..units.len() {
+            let own: u64 = unit_weights[u]
+                .iter()
+                .filter(|&&w| users[w].len() == 1)
+                .map(|&w| weights[w].1)
+                .sum();
+            unshared_before[u + 1] = unshared_before[u] + own;
+        }
         Ok(Analysis {
             units,
             unit_ops,
+            shared_weights,
+            unshared_before,
             unit_weights,
             weights,
             users,
@@ -280,17 +303,21 @@ impl Analysis {
         &self.weights
     }
 
-    /// Bytes of the distinct weights units `from..to` use.
+    /// Bytes of the distinct weights units `from..to` use: a weight one
+    /// unit uses is counted by prefix sums, a weight several use by
+    /// looking its users up.
     fn bytes(&self, from: usize, to: usize) -> u64 {
-        self.users
+        let shared: u64 = self
+            .shared_weights
             .iter()
-            .zip(&self.weights)
-            .filter(|(users, _)| {
+            .filter(|&&w| {
+                let users = &self.users[w];
                 let first = users.partition_point(|&u| u < from);
                 first < users.len() && users[first] < to
             })
-            .map(|(_, (_, bytes))| bytes)
-            .sum()
+            .map(|&w| self.weights[w].1)
+            .sum();
+        self.unshared_before[to] - self.unshared_before[from] + shared
     }
 
     fn total_bytes(&self) -> u64 {
@@ -451,46 +478,54 @@ fn cheapest(
 ) -> Option<Vec<usize>> {
     type Key = (usize, usize, u64, u64);
     let last = candidates.len() - 1;
-    let steps = count.unwrap_or(last);
-    // best[k][j]: the cheapest way to reach candidate j in k chunks, and
-    // the candidate before it.
-    let mut best: Vec<Vec<Option<(Key, usize)>>> = vec![vec![None; candidates.len()]; steps + 1];
-    best[0][0] = Some(((0, 0, 0, 0), usize::MAX));
-    for k in 0..steps {
+    // With a count, layer k holds the paths of k chunks; without, one
+    // layer holds them all, and the count is the key's first part.
+    let layers = count.map_or(1, |n| n + 1);
+    let layer_after = |layer: usize| if count.is_some() { layer + 1 } else { layer };
+    // best[layer][j]: the cheapest path reaching candidate j, and the
+    // candidate before j on it.
+    let mut best: Vec<Vec<Option<(Key, usize)>>> = vec![vec![None; candidates.len()]; layers];
+    best[0][0] = Some(((0, 0, 0, 0), 0));
+    for layer in 0..layers {
+        if layer_after(layer) >= layers {
+            break;
+        }
+        // Candidates in order: every path into j is final before j extends.
         for j in 0..last {
-            let Some((key, _)) = best[k][j] else { continue };
+            let Some((key, _)) = best[layer][j] else {
+                continue;
+            };
             for next in j + 1..=last {
                 let bytes = chunk_bytes(j, next);
+                // Chunks only grow with `next`: past the limit, stop.
                 if bytes > limit {
                     break;
                 }
                 let cost = candidates[next].1;
-                let candidate_key = (
-                    if count.is_some() { 0 } else { k + 1 },
+                let extended = (
+                    key.0 + 1,
                     key.1 + cost.count,
                     key.2 + cost.bytes,
                     key.3.max(bytes),
                 );
-                let slot = &mut best[k + 1][next];
-                if slot.is_none_or(|(old, _)| candidate_key < old) {
-                    *slot = Some((candidate_key, j));
+                let slot = &mut best[layer_after(layer)][next];
+                if slot.is_none_or(|(old, _)| extended < old) {
+                    *slot = Some((extended, j));
                 }
             }
         }
     }
-    let (k, _) = match count {
-        Some(n) => best[n][last].map(|(key, _)| (n, key)),
-        None => (1..=steps)
-            .filter_map(|k| best[k][last].map(|(key, _)| (k, key)))
-            .min_by_key(|&(k, key)| (k, key)),
-    }?;
+    let mut layer = layers - 1;
+    best[layer][last]?;
     let mut path = vec![last];
-    let (mut level, mut at) = (k, last);
-    while level > 0 {
-        let (_, previous) = best[level][at].expect("on the path");
+    let mut at = last;
+    while at != 0 {
+        let (_, previous) = best[layer][at].expect("on the path");
         path.push(previous);
         at = previous;
-        level -= 1;
+        if count.is_some() {
+            layer -= 1;
+        }
     }
     path.reverse();
     Some(path)
@@ -919,4 +954,93 @@ fn describe_op(op: &mil_spec::Operation) -> (String, String) {
         .or_else(|| values::op_name(op).map(str::to_string))
         .unwrap_or_else(|| "unnamed".to_string());
     (name, op.r#type.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Candidates at unit positions 0..=n, with the given crossing counts
+    /// (one byte each), over units of the given weight bytes.
+    fn line(weights: &[u64], crossing: &[usize]) -> (Vec<(Vec<usize>, CrossingCost)>, Vec<u64>) {
+        let candidates = (0..=weights.len())
+            .map(|p| {
+                let count = if p == 0 || p == weights.len() {
+                    0
+                } else {
+                    crossing[p - 1]
+                };
+                (
+                    vec![p],
+                    CrossingCost {
+                        count,
+                        bytes: count as u64,
+                    },
+                )
+            })
+            .collect();
+        let mut prefix = vec![0];
+        for w in weights {
+            prefix.push(prefix.last().unwrap() + w);
+        }
+        (candidates, prefix)
+    }
+
+    fn run(
+        weights: &[u64],
+        crossing: &[usize],
+        limit: u64,
+        count: Option<usize>,
+    ) -> Option<Vec<usize>> {
+        let (candidates, prefix) = line(weights, crossing);
+        let bytes = |a: usize, b: usize| prefix[b] - prefix[a];
+        cheapest(&candidates, &bytes, limit, count)
+    }
+
+    #[test]
+    fn a_count_gives_exactly_that_many_chunks_at_the_cheapest_cuts() {
+        // Four equal units; cutting after the second crosses one value,
+        // after the first or third, three.
+        assert_eq!(
+            run(&[10, 10, 10, 10], &[3, 1, 3], 20, Some(2)),
+            Some(vec![0, 2, 4])
+        );
+        // With room for an uneven split, the cheaper crossing still wins.
+        assert_eq!(
+            run(&[10, 10, 10, 10], &[1, 3, 3], 30, Some(2)),
+            Some(vec![0, 1, 4])
+        );
+        assert_eq!(
+            run(&[10, 10, 10, 10], &[1, 1, 1], 10, Some(4)),
+            Some(vec![0, 1, 2, 3, 4])
+        );
+        // Not possible within the limit.
+        assert_eq!(run(&[10, 10, 10, 10], &[1, 1, 1], 15, Some(2)), None);
+    }
+
+    #[test]
+    fn a_budget_gives_the_fewest_chunks_then_the_cheapest_cuts() {
+        assert_eq!(
+            run(&[10, 10, 10, 10], &[1, 1, 1], 40, None),
+            Some(vec![0, 4])
+        );
+        assert_eq!(
+            run(&[10, 10, 10, 10], &[1, 5, 1], 30, None),
+            Some(vec![0, 1, 4])
+        );
+        assert_eq!(
+            run(&[10, 10, 10, 10], &[1, 1, 1], 20, None).map(|p| p.len()),
+            Some(3)
+        );
+        // A unit over the budget can never fit.
+        assert_eq!(run(&[10, 50, 10], &[1, 1], 40, None), None);
+    }
+
+    #[test]
+    fn ties_in_crossing_go_to_the_smaller_largest_chunk() {
+        assert_eq!(
+            run(&[10, 10, 10, 10], &[1, 1, 1], 30, Some(2)),
+            Some(vec![0, 2, 4])
+        );
+    }
 }

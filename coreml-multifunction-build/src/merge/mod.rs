@@ -246,8 +246,9 @@ pub struct MergedFunction {
     /// The inputs fixed to a shape ([`MultiFunctionDescriptor::fixed_shape`]),
     /// empty for a function copied as it is.
     pub fixed_shapes: BTreeMap<String, Vec<u64>>,
-    /// Bytes of the weights it references, as stored (compressed weights
-    /// count their compressed bytes; a weight used twice counts once).
+    /// Bytes of the distinct weights it references (its chunks'
+    /// together), as the merged file stores them: compressed weights count
+    /// their compressed bytes, and a weight used twice counts once.
     pub weight_bytes: u64,
     /// The chunks it was split into ([`MultiFunctionDescriptor::chunks`]),
     /// in the order they run; empty for a function merged whole, which is
@@ -260,7 +261,8 @@ pub struct MergedFunction {
 pub struct Chunk {
     /// Its name in the merged model, `<target>_chunk<k>`.
     pub name: String,
-    /// Bytes of the weights it references, as stored.
+    /// Bytes of the distinct weights it references, as the merged file
+    /// stores them.
     pub weight_bytes: u64,
     /// The values earlier chunks computed that it takes as inputs.
     pub crossing_inputs: Vec<CrossingValue>,

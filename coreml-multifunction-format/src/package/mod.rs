@@ -117,6 +117,18 @@ pub struct BlobReference {
     pub record: BlobRecord,
 }
 
+#[doc(hidden)]
+/// Bytes of the distinct blobs `references` point to, as stored: a blob
+/// (a record of one weight file) referenced several times counts once.
+pub fn distinct_blob_bytes<'a>(references: impl IntoIterator<Item = &'a BlobReference>) -> u64 {
+    let mut seen = BTreeSet::new();
+    references
+        .into_iter()
+        .filter(|r| seen.insert((r.file_name.as_str(), r.record.record_offset)))
+        .map(|r| r.record.size)
+        .sum()
+}
+
 impl Package {
     /// Opens and validates the package at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Package> {
@@ -347,6 +359,30 @@ impl Package {
             }
         }
         Ok(stats)
+    }
+
+    /// Bytes of the weights each function references, by function name:
+    /// each distinct blob its values point to (in every block, nested ones
+    /// included), counted once at its stored size, so a compressed weight
+    /// counts its compressed bytes. Records are read, data is not. What a
+    /// chunk budget ([`distinct_blob_bytes`] of a chunk's references) is
+    /// measured against.
+    pub fn function_weight_bytes(&self) -> Result<BTreeMap<String, u64>> {
+        let references = self.blob_references()?;
+        let mut by_function: BTreeMap<&str, Vec<&BlobReference>> = self
+            .functions()
+            .iter()
+            .map(|f| (f.name, Vec::new()))
+            .collect();
+        for reference in &references {
+            if let Some(list) = by_function.get_mut(reference.site.function.as_str()) {
+                list.push(reference);
+            }
+        }
+        Ok(by_function
+            .into_iter()
+            .map(|(name, references)| (name.to_string(), distinct_blob_bytes(references)))
+            .collect())
     }
 
     #[doc(hidden)]
