@@ -79,6 +79,8 @@ pub use xcrun::compile_with_xcrun;
 /// snapshot tests: not a stable API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::codegen::{generate, rust_literal, FixedShapeOrigin, ModelInterface};
+    pub use crate::codegen::{
+        generate, rust_literal, FixedShapeOrigin, ModelInterface, SplitOrigin,
+    };
     pub use coreml_multifunction_format::mil::materialize::{declared_dims, materialize};
 }

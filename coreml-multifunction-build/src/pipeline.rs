@@ -583,6 +583,29 @@ pub(crate) fn generate_api(models: &[BuiltModel], out_dir: &Path) -> Result<Path
         let package = Package::open(&model.package)?;
         let mut interface = codegen::ModelInterface::of_package(&model.model.name, &package);
         for function in &model.model.functions {
+            if let Some(chunks) = split_chunks(&package, &function.target) {
+                let source = Package::open(&function.package)?;
+                let description = source
+                    .function(&function.source_function)
+                    .map(|view| view.description.into_owned())
+                    .ok_or_else(|| {
+                        Error::Codegen(Box::new(crate::error::CodegenError {
+                            model: model.model.name.clone(),
+                            message: format!(
+                                "{}: has no function {:?}",
+                                function.package.display(),
+                                function.source_function
+                            ),
+                        }))
+                    })?;
+                interface.splits.insert(
+                    function.target.clone(),
+                    codegen::SplitOrigin {
+                        chunks,
+                        description,
+                    },
+                );
+            }
             if function.shapes.value.is_empty() {
                 continue;
             }
@@ -610,6 +633,21 @@ pub(crate) fn generate_api(models: &[BuiltModel], out_dir: &Path) -> Result<Path
         write_atomically(&path, code.as_bytes())?;
     }
     Ok(path)
+}
+
+/// The chunks function `target` was split into, when it was: the merged
+/// package's functions `<target>_chunk1`, `<target>_chunk2`, … (consecutive)
+/// with no function `target` itself. Read from the package, so it holds
+/// also when the merge was skipped as up to date.
+fn split_chunks(package: &Package, target: &str) -> Option<Vec<String>> {
+    if package.function(target).is_some() {
+        return None;
+    }
+    let chunks: Vec<String> = (1..)
+        .map(|k| format!("{target}_chunk{k}"))
+        .take_while(|name| package.function(name).is_some())
+        .collect();
+    (!chunks.is_empty()).then_some(chunks)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -5,7 +5,7 @@
 mod common;
 
 use coreml_multifunction_build::__private::{
-    generate, rust_literal, FixedShapeOrigin, ModelInterface,
+    generate, rust_literal, FixedShapeOrigin, ModelInterface, SplitOrigin,
 };
 use coreml_multifunction_build::package::Package;
 
@@ -168,6 +168,7 @@ fn hostile() -> ModelInterface {
         ],
         default_function: "type".to_string(),
         fixed_shapes: Default::default(),
+        splits: Default::default(),
     }
 }
 
@@ -206,6 +207,7 @@ fn names_that_collide_after_sanitising_name_both_originals() {
         )],
         default_function: "f".to_string(),
         fixed_shapes: Default::default(),
+        splits: Default::default(),
     };
     let error = generate(&[model]).unwrap_err();
     assert_eq!(error.model, "clash");
@@ -231,6 +233,7 @@ fn names_that_collide_after_sanitising_name_both_originals() {
         ],
         default_function: "adapter1".to_string(),
         fixed_shapes: Default::default(),
+        splits: Default::default(),
     };
     let error = generate(&[model]).unwrap_err();
     assert!(
@@ -335,6 +338,7 @@ proptest::proptest! {
             functions: vec![function_with(&function, &input, &output, &description)],
             default_function: function.clone(),
             fixed_shapes: Default::default(),
+            splits: Default::default(),
         };
         match generate(&[model]) {
             Ok(code) => {
@@ -356,4 +360,155 @@ fn function_with(name: &str, input: &str, output: &str, description: &str) -> Fu
         vec![tensor_feature(input, description)],
         vec![tensor_feature(output, description)],
     )
+}
+
+fn state_feature(name: &str) -> FeatureDescription {
+    use coreml_multifunction_build::proto::specification::{state_feature_type, StateFeatureType};
+    FeatureDescription {
+        name: name.to_string(),
+        short_description: String::new(),
+        r#type: Some(FeatureType {
+            r#type: Some(feature_type::Type::StateType(StateFeatureType {
+                r#type: Some(state_feature_type::Type::ArrayType(ArrayFeatureType {
+                    shape: vec![1, 4],
+                    data_type: array_feature_type::ArrayDataType::Float16 as i32,
+                    ..Default::default()
+                })),
+            })),
+            is_optional: false,
+        }),
+    }
+}
+
+/// `decode` (input_ids, position → logits, on state kv) split into two
+/// chunks passing `hidden` on, beside an unsplit `prefill` on the same
+/// state. The chunks have the fixed shape `[1, 1]` where the source's
+/// `input_ids` is `[1, 2]`; `position` is used by no chunk.
+fn split_interface() -> ModelInterface {
+    let kv = state_feature("kv");
+    let mut fixed = tensor_feature("input_ids", "");
+    if let Some(FeatureType {
+        r#type: Some(feature_type::Type::MultiArrayType(array)),
+        ..
+    }) = &mut fixed.r#type
+    {
+        array.shape = vec![1, 1];
+    }
+    let chunk1 = FunctionDescription {
+        state: vec![kv.clone()],
+        ..function(
+            "decode_chunk1",
+            vec![fixed],
+            vec![tensor_feature("hidden", "")],
+        )
+    };
+    let chunk2 = FunctionDescription {
+        state: vec![kv.clone()],
+        ..function(
+            "decode_chunk2",
+            vec![tensor_feature("hidden", "")],
+            vec![tensor_feature("logits", "")],
+        )
+    };
+    let prefill = FunctionDescription {
+        state: vec![kv.clone()],
+        ..function(
+            "prefill",
+            vec![tensor_feature("input_ids", "")],
+            vec![tensor_feature("logits", "")],
+        )
+    };
+    let source = FunctionDescription {
+        state: vec![kv],
+        ..function(
+            "main",
+            vec![
+                tensor_feature("input_ids", "The tokens."),
+                tensor_feature("position", "Unused."),
+            ],
+            vec![tensor_feature("logits", "Scores.")],
+        )
+    };
+    ModelInterface {
+        name: "split".to_string(),
+        package_env_var: "COREML_MULTIFUNCTION_MODEL_SPLIT".to_string(),
+        functions: vec![prefill, chunk1, chunk2],
+        default_function: "prefill".to_string(),
+        fixed_shapes: Default::default(),
+        splits: [(
+            "decode".to_string(),
+            SplitOrigin {
+                chunks: vec!["decode_chunk1".to_string(), "decode_chunk2".to_string()],
+                description: source,
+            },
+        )]
+        .into(),
+    }
+}
+
+#[test]
+fn a_split_function_gets_a_pipeline_struct_with_its_own_api() {
+    let code = generate(&[split_interface()]).unwrap();
+    insta::assert_snapshot!("split", code);
+    // The pipeline has the unsplit function's name, types and state type.
+    for expected in [
+        "pub struct Decode {\n        pipeline: rt::Pipeline,\n    }",
+        "pub struct DecodeInput {",
+        "pub struct DecodeOutput {",
+        "pub const CHUNKS: [&'static str; 2] = [DecodeChunk1::NAME, DecodeChunk2::NAME];",
+        "rt::Pipeline::new(Self::NAME, chunks, &Self::OUTPUTS)?",
+        "pub fn new_state(&self) -> rt::Result<State>",
+        "input: &DecodeInput,\n            state: &mut State,\n        ) -> rt::Result<DecodeOutput>",
+        // Docs and order from the source, types from the chunks.
+        "/// The tokens.\n        pub input_ids: rt::Tensor<f32>,",
+        "pub const INPUT_IDS_SHAPE: [usize; 2] = [1, 1];",
+        "/// Function `decode_chunk1`: chunk 1 of 2 of [`Decode`].",
+        "Chunk 2 of 2 of function `decode`, which the merge split",
+        "[`split::Decode`] (chunks `decode_chunk1`, `decode_chunk2`)",
+        // One state type serves the pipeline, its chunks and prefill.
+        "of [`Prefill`], [`DecodeChunk1`], [`DecodeChunk2`], [`Decode`]: one value",
+    ] {
+        assert!(code.contains(expected), "{expected}\n---\n{code}");
+    }
+    // The chunks stay functions of the enum; the pipeline is none.
+    assert!(code.contains("pub const ALL: [Function; 3]"), "{code}");
+    // An input no chunk takes is a field, never passed on.
+    assert!(code.contains("pub position: rt::Tensor<f32>"), "{code}");
+    assert!(!code.contains("features.insert(\"position\""), "{code}");
+    compile_check("split", &code);
+}
+
+#[test]
+fn a_split_function_is_checked_against_the_model() {
+    // A function named as the split one collides with its pipeline.
+    let mut model = split_interface();
+    let mut decode = model.functions[0].clone();
+    decode.name = "decode".to_string();
+    model.functions.push(decode);
+    let error = generate(&[model]).unwrap_err();
+    assert!(
+        error
+            .message
+            .contains("\"decode\" and \"decode (split into chunks)\" would both become `Decode`"),
+        "{error}"
+    );
+    // A chunk the model lacks, and an output no chunk computes.
+    let mut model = split_interface();
+    model.splits.get_mut("decode").unwrap().chunks[1] = "decode_chunk3".to_string();
+    let error = generate(&[model]).unwrap_err();
+    assert!(
+        error
+            .message
+            .contains("split function \"decode\": its chunk \"decode_chunk3\" is not a function"),
+        "{error}"
+    );
+    let mut model = split_interface();
+    model.splits.get_mut("decode").unwrap().description.output[0].name = "probs".to_string();
+    let error = generate(&[model]).unwrap_err();
+    assert!(
+        error
+            .message
+            .contains("no chunk outputs its output \"probs\""),
+        "{error}"
+    );
 }

@@ -136,6 +136,18 @@ pub enum Error {
         #[source]
         underlying: Option<Box<Error>>,
     },
+    /// A chunk of a [`super::Pipeline`] failed: the pipeline (the split
+    /// function's name), the chunk (a function of the package) and why.
+    #[error("pipeline {pipeline:?}, chunk {chunk:?}: {source}")]
+    Pipeline {
+        /// The pipeline: the name of the function split into the chunks.
+        pipeline: String,
+        /// The chunk that failed.
+        chunk: String,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
     /// A file system operation failed.
     #[error("{}: could not {action}: {source}", path.display())]
     Io {

@@ -24,6 +24,7 @@ mod compile_cache;
 #[cfg(target_vendor = "apple")]
 mod coreml;
 mod error;
+mod pipeline;
 mod prediction;
 #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
 mod reference;
@@ -39,6 +40,7 @@ use std::sync::Arc;
 
 pub use coreml_multifunction_format::DataType;
 pub use error::{Error, Result};
+pub use pipeline::Pipeline;
 pub use prediction::Prediction;
 pub use tensor::{AnyTensor, Element, Tensor};
 pub use value::{Dictionary, FeatureValue, Features, Image, PixelFormat};
@@ -411,7 +413,13 @@ impl Function {
     /// borrow of the function; several may run at once. An error (a bad
     /// input, a failed prediction) is the future's output.
     pub fn predict_async(&self, inputs: &Features) -> Prediction<'static> {
-        let started = match self.check_stateless(inputs) {
+        Prediction::new(self.start(inputs), self.description.clone())
+    }
+
+    /// Starts a stateless prediction: what [`Function::predict_async`]
+    /// wraps.
+    fn start(&self, inputs: &Features) -> Started {
+        match self.check_stateless(inputs) {
             Err(error) => Started::Done(Err(error)),
             Ok(()) => match &self.inner {
                 #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
@@ -419,8 +427,7 @@ impl Function {
                 #[cfg(target_vendor = "apple")]
                 FunctionImpl::CoreMl(function) => function.predict_async(inputs, None),
             },
-        };
-        Prediction::new(started, self.description.clone())
+        }
     }
 
     fn check_stateless(&self, inputs: &Features) -> Result<()> {
@@ -464,7 +471,8 @@ impl Function {
     }
 
     /// A fresh state for this function (every buffer zero), usable with
-    /// every function of the package whose state descriptions are the same.
+    /// every function of the package whose states it holds with the same
+    /// descriptions.
     pub fn new_state(&self) -> Result<State> {
         let inner = match &self.inner {
             #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
@@ -509,36 +517,53 @@ impl Function {
         inputs: &Features,
         state: &'s mut State,
     ) -> Prediction<'s> {
-        let started =
-            match check::inputs(&self.description, inputs).and_then(|()| self.check_state(state)) {
-                Err(error) => Started::Done(Err(error)),
-                Ok(()) => match (&self.inner, &mut state.inner) {
-                    #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
-                    (FunctionImpl::Reference(function), StateImpl::Reference(state)) => {
-                        Started::Done(function.predict(inputs, Some(state)))
-                    }
-                    #[cfg(target_vendor = "apple")]
-                    (FunctionImpl::CoreMl(function), StateImpl::CoreMl(state)) => {
-                        function.predict_async(inputs, Some(state))
-                    }
-                    #[cfg(all(target_vendor = "apple", feature = "reference-backend"))]
-                    _ => Started::Done(Err(
-                        self.wrong_state("it was made by another backend".to_string())
-                    )),
-                },
-            };
-        Prediction::new(started, self.description.clone())
+        Prediction::new(
+            self.start_with_state(inputs, state),
+            self.description.clone(),
+        )
+    }
+
+    /// Starts a prediction on `state`: what
+    /// [`Function::predict_with_state_async`] wraps. What it returns holds
+    /// no borrow of the state (the backends keep what they need, and Core
+    /// ML's claim on the state makes its next use wait for this one), so a
+    /// [`Pipeline`] can run its chunks one after the other on one state.
+    fn start_with_state(&self, inputs: &Features, state: &mut State) -> Started {
+        match check::inputs(&self.description, inputs).and_then(|()| self.check_state(state)) {
+            Err(error) => Started::Done(Err(error)),
+            Ok(()) => match (&self.inner, &mut state.inner) {
+                #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
+                (FunctionImpl::Reference(function), StateImpl::Reference(state)) => {
+                    Started::Done(function.predict(inputs, Some(state)))
+                }
+                #[cfg(target_vendor = "apple")]
+                (FunctionImpl::CoreMl(function), StateImpl::CoreMl(state)) => {
+                    function.predict_async(inputs, Some(state))
+                }
+                #[cfg(all(target_vendor = "apple", feature = "reference-backend"))]
+                _ => Started::Done(Err(
+                    self.wrong_state("it was made by another backend".to_string())
+                )),
+            },
+        }
     }
 
     /// Checks that `state` has this function's buffers and comes from the
     /// same package (canonical paths, so `./m.mlpackage` and `m.mlpackage`
-    /// are one package).
+    /// are one package). The state may hold more buffers than the function
+    /// declares (a [`Pipeline`]'s state serves chunks declaring some of its
+    /// states each), but each the function declares must be there with an
+    /// identical description; a stateless function takes no state.
     fn check_state(&self, state: &State) -> Result<()> {
-        if state.descriptions != self.description.state {
+        let declared = &self.description.state;
+        let covered = declared
+            .iter()
+            .all(|d| state.descriptions.iter().any(|held| held == d));
+        if declared.is_empty() || !covered {
             return Err(self.wrong_state(format!(
                 "it holds {}, the function needs {}",
                 describe_states(&state.descriptions),
-                describe_states(&self.description.state)
+                describe_states(declared)
             )));
         }
         if state.package != self.package {
@@ -625,7 +650,9 @@ fn describe_states(states: &[FeatureDescription]) -> String {
 }
 
 /// The persistent buffers of a stateful function (an LLM's KV cache), shared
-/// by every function of the package with the same state descriptions.
+/// by every function of the package whose states it holds with the same
+/// descriptions (the functions with the same state descriptions, and the
+/// chunks of a [`Pipeline`], which may each declare some of them).
 #[derive(Debug)]
 pub struct State {
     package: PathBuf,

@@ -45,6 +45,27 @@ pub struct ModelInterface {
     /// ([`ModelInterface::of_package`]); the build fills it from the
     /// configuration the package was merged from.
     pub fixed_shapes: BTreeMap<String, FixedShapeOrigin>,
+    /// The functions the merge split into chunks, by the split function's
+    /// name: each gets a pipeline struct of that name running its chunks
+    /// (which are functions of [`ModelInterface::functions`] and keep
+    /// their own structs). Empty when unknown
+    /// ([`ModelInterface::of_package`]); the build fills it.
+    pub splits: BTreeMap<String, SplitOrigin>,
+}
+
+/// A function split into chunks by the merge (issue 21): what the pipeline
+/// struct generated for it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitOrigin {
+    /// The chunks, functions of the merged model, in the order they run
+    /// (`<function>_chunk1`, `<function>_chunk2`, …).
+    pub chunks: Vec<String>,
+    /// The function as its source package declares it: the pipeline's
+    /// inputs, outputs and states, in its order and with its descriptions.
+    /// Each feature's type is the one the chunk declaring it has in the
+    /// merged package (so a fixed-shape function split into chunks has its
+    /// fixed shapes).
+    pub description: FunctionDescription,
 }
 
 /// Where a fixed-shape function came from: a flexible source function with
@@ -76,6 +97,7 @@ impl ModelInterface {
                 .collect(),
             default_function: package.default_function().to_string(),
             fixed_shapes: BTreeMap::new(),
+            splits: BTreeMap::new(),
         }
     }
 }
@@ -136,13 +158,27 @@ struct ModelContext {
     module: String,
     env_var: String,
     docs: Vec<String>,
+    /// The functions of the package, for the `Function` enum.
+    entries: Vec<EntryContext>,
+    /// The function structs, then the pipeline structs.
     functions: Vec<FunctionContext>,
     default_type: String,
     states: Vec<StateContext>,
 }
 
 #[derive(Debug, Serialize)]
+struct EntryContext {
+    type_name: String,
+    name_literal: String,
+    doc: String,
+}
+
+#[derive(Debug, Serialize)]
 struct FunctionContext {
+    /// What the struct wraps: `function` (an `rt::Function`) or `pipeline`.
+    inner: String,
+    /// For a split function's pipeline: its chunks.
+    pipeline: Option<PipelineContext>,
     name_literal: String,
     description_literal: String,
     name_doc: String,
@@ -156,7 +192,18 @@ struct FunctionContext {
 }
 
 #[derive(Debug, Serialize)]
+struct PipelineContext {
+    /// The chunks' struct names, in order.
+    chunk_types: Vec<String>,
+    /// The split function's outputs, as string literals.
+    output_literals: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
 struct FeatureContext {
+    /// Passed to the runtime: false for an input of a split function that
+    /// no chunk takes (its ops used none of it).
+    passed: bool,
     field: String,
     name_literal: String,
     rust_type: String,
@@ -217,14 +264,131 @@ impl<'a> Names<'a> {
     }
 }
 
+/// A split function, as its pipeline struct presents it.
+struct Split<'a> {
+    /// Its name, inputs, outputs and states: the source's, each feature
+    /// typed as the chunk declaring it declares it.
+    description: FunctionDescription,
+    /// Inputs no chunk takes.
+    unused: Vec<String>,
+    /// The indices of its chunks in the model's functions.
+    chunks: Vec<usize>,
+    origin: &'a SplitOrigin,
+}
+
+/// Checks `origin` against the model's functions and types the split
+/// function's features from its chunks.
+fn split<'a>(
+    model: &ModelInterface,
+    name: &str,
+    origin: &'a SplitOrigin,
+) -> Result<Split<'a>, CodegenError> {
+    let error = |message: String| CodegenError {
+        model: model.name.clone(),
+        message: format!("split function {name:?}: {message}"),
+    };
+    if origin.chunks.is_empty() {
+        return Err(error("it has no chunks".to_string()));
+    }
+    let mut chunks = Vec::new();
+    for chunk in &origin.chunks {
+        let index = model
+            .functions
+            .iter()
+            .position(|f| &f.name == chunk)
+            .ok_or_else(|| {
+                error(format!(
+                    "its chunk {chunk:?} is not a function of the model"
+                ))
+            })?;
+        chunks.push(index);
+    }
+    let chunk_functions: Vec<&FunctionDescription> =
+        chunks.iter().map(|&i| &model.functions[i]).collect();
+    let typed =
+        |feature: &FeatureDescription, declared: Option<&FeatureDescription>| FeatureDescription {
+            r#type: declared.map_or_else(|| feature.r#type.clone(), |d| d.r#type.clone()),
+            ..feature.clone()
+        };
+    let mut unused = Vec::new();
+    let input = origin
+        .description
+        .input
+        .iter()
+        .map(|feature| {
+            let declared = chunk_functions
+                .iter()
+                .find_map(|c| c.input.iter().find(|d| d.name == feature.name));
+            if declared.is_none() {
+                unused.push(feature.name.clone());
+            }
+            typed(feature, declared)
+        })
+        .collect();
+    let output = origin
+        .description
+        .output
+        .iter()
+        .map(|feature| {
+            let declared = chunk_functions
+                .iter()
+                .find_map(|c| c.output.iter().find(|d| d.name == feature.name))
+                .ok_or_else(|| error(format!("no chunk outputs its output {:?}", feature.name)))?;
+            Ok(typed(feature, Some(declared)))
+        })
+        .collect::<Result<Vec<_>, CodegenError>>()?;
+    Ok(Split {
+        description: FunctionDescription {
+            name: name.to_string(),
+            input,
+            output,
+            state: origin.description.state.clone(),
+            ..Default::default()
+        },
+        unused,
+        chunks,
+        origin,
+    })
+}
+
 fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
     let module = naming::snake(&model.name);
     let mut types = Names::new(&model.name, "names");
     types.claim("Function".to_string(), "the Function enum")?;
 
+    let splits = model
+        .splits
+        .iter()
+        .map(|(name, origin)| split(model, name, origin))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Every struct's description: the functions', then the pipelines'.
+    let items: Vec<&FunctionDescription> = model
+        .functions
+        .iter()
+        .chain(splits.iter().map(|s| &s.description))
+        .collect();
+    // The split each chunk belongs to, and its place in it.
+    let mut chunk_of: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+    for (s, split) in splits.iter().enumerate() {
+        for (k, &chunk) in split.chunks.iter().enumerate() {
+            if let Some(&(other, _)) = chunk_of.get(&chunk) {
+                return Err(CodegenError {
+                    model: model.name.clone(),
+                    message: format!(
+                        "function {:?} is a chunk of both {:?} and {:?}",
+                        model.functions[chunk].name,
+                        splits[other].description.name,
+                        split.description.name
+                    ),
+                });
+            }
+            chunk_of.insert(chunk, (s, k));
+        }
+    }
+
     // Functions with identical state descriptions share one state type.
     let mut groups: Vec<(Vec<FeatureDescription>, Vec<usize>)> = Vec::new();
-    for (index, function) in model.functions.iter().enumerate() {
+    for (index, function) in items.iter().enumerate() {
         if function.state.is_empty() {
             continue;
         }
@@ -238,19 +402,22 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
     }
 
     let mut function_types = Vec::new();
-    for function in &model.functions {
+    for (index, function) in items.iter().enumerate() {
+        let original = if index < model.functions.len() {
+            function.name.clone()
+        } else {
+            format!("{} (split into chunks)", function.name)
+        };
         let type_name = naming::upper_camel(&function.name);
-        let base = types.claim(type_name.clone(), &function.name)?;
-        types.claim(
-            format!("{base}Input"),
-            &format!("{} (its inputs)", function.name),
-        )?;
+        let base = types.claim(type_name.clone(), &original)?;
+        types.claim(format!("{base}Input"), &format!("{original} (its inputs)"))?;
         types.claim(
             format!("{base}Output"),
-            &format!("{} (its outputs)", function.name),
+            &format!("{original} (its outputs)"),
         )?;
         function_types.push(base);
     }
+    let pipeline_type = |s: usize| function_types[model.functions.len() + s].clone();
     let mut states = Vec::new();
     let mut state_type_of: BTreeMap<usize, String> = BTreeMap::new();
     for (descriptions, members) in &groups {
@@ -261,7 +428,7 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
         };
         let type_name = types.claim(
             type_name,
-            &format!("the state of {}", model.functions[members[0]].name),
+            &format!("the state of {}", items[members[0]].name),
         )?;
         let users: Vec<String> = members
             .iter()
@@ -305,9 +472,11 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
     }
 
     let mut functions = Vec::new();
-    for (index, function) in model.functions.iter().enumerate() {
+    let mut entries = Vec::new();
+    for (index, function) in items.iter().enumerate() {
         let type_name = function_types[index].clone();
-        let is_default = function.name == model.default_function;
+        let split = index.checked_sub(model.functions.len()).map(|s| &splits[s]);
+        let is_default = split.is_none() && function.name == model.default_function;
         let origin = model.fixed_shapes.get(&function.name);
         let mut docs = vec![format!(
             "Function {} of model {}{}.",
@@ -319,6 +488,38 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
                 ""
             }
         )];
+        let chunk = chunk_of.get(&index).map(|&(s, k)| {
+            (
+                k + 1,
+                splits[s].chunks.len(),
+                splits[s].description.name.as_str(),
+                pipeline_type(s),
+            )
+        });
+        if let Some((k, count, name, pipeline)) = &chunk {
+            docs.push(String::new());
+            docs.push(format!(
+                "Chunk {k} of {count} of function {}, which the merge split: [`{pipeline}`] \
+                 runs the chunks in order as that function.",
+                code_doc(name)
+            ));
+        }
+        if let Some(split) = split {
+            let chunks: Vec<String> = split
+                .chunks
+                .iter()
+                .map(|&c| format!("[`{}`]", function_types[c]))
+                .collect();
+            docs.push(String::new());
+            docs.push(format!(
+                "Split by the merge into {} chunks, {}, which this struct runs in order (an \
+                 `rt::Pipeline`), passing each value a later chunk reads on by name and, for a \
+                 stateful function, one state through every chunk: the same API as the \
+                 unsplit function's struct.",
+                split.chunks.len(),
+                chunks.join(", ")
+            ));
+        }
         if let Some(origin) = origin {
             let fixed: Vec<String> = origin
                 .shapes
@@ -362,15 +563,65 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
                 docs.push(line);
             }
         }
+        let mut inputs = features(&model.name, &function.input, true, origin)?;
+        if let Some(split) = split {
+            for input in &mut inputs {
+                input.passed = !split
+                    .unused
+                    .iter()
+                    .any(|u| rust_literal(u) == input.name_literal);
+                if !input.passed {
+                    input.docs.push(String::new());
+                    input.docs.push(
+                        "No chunk takes it (the function's ops do not use it): it is not passed on."
+                            .to_string(),
+                    );
+                }
+            }
+        }
+        if split.is_none() {
+            let doc = match &chunk {
+                Some((k, count, _, pipeline)) => format!(
+                    "Function {}: chunk {k} of {count} of [`{pipeline}`].",
+                    code_doc(&function.name)
+                ),
+                None => format!("Function {}.", code_doc(&function.name)),
+            };
+            entries.push(EntryContext {
+                type_name: type_name.clone(),
+                name_literal: rust_literal(&function.name),
+                doc,
+            });
+        }
         functions.push(FunctionContext {
+            inner: if split.is_some() {
+                "pipeline"
+            } else {
+                "function"
+            }
+            .to_string(),
+            pipeline: split.map(|split| PipelineContext {
+                chunk_types: split
+                    .chunks
+                    .iter()
+                    .map(|&c| function_types[c].clone())
+                    .collect(),
+                output_literals: split
+                    .origin
+                    .description
+                    .output
+                    .iter()
+                    .map(|o| rust_literal(&o.name))
+                    .collect(),
+            }),
             name_literal: rust_literal(&function.name),
-            description_literal: rust_byte_literal(&prost::Message::encode_to_vec(function)),
+            description_literal: rust_byte_literal(&prost::Message::encode_to_vec(*function)),
             name_doc: code_doc(&function.name),
             input_type: format!("{type_name}Input"),
             output_type: format!("{type_name}Output"),
             type_name,
             docs,
-            inputs: features(&model.name, &function.input, true, origin)?,
+            inputs,
             outputs: features(&model.name, &function.output, false, None)?,
             state_type: state_type_of.get(&index).cloned(),
         });
@@ -388,20 +639,47 @@ fn model_context(model: &ModelInterface) -> Result<ModelContext, CodegenError> {
             ),
         })?;
     let names: Vec<String> = model.functions.iter().map(|f| code_doc(&f.name)).collect();
+    let mut docs = vec![
+        format!(
+            "The {} multifunction model: {} ({} by default).",
+            code_doc(&model.name),
+            names.join(", "),
+            code_doc(&model.default_function)
+        ),
+        String::new(),
+        "Each function is a struct with typed inputs and outputs; load it with `load()` and run it with `predict`."
+            .to_string(),
+    ];
+    if !splits.is_empty() {
+        let described: Vec<String> = splits
+            .iter()
+            .enumerate()
+            .map(|(s, split)| {
+                format!(
+                    "[`{}::{}`] (chunks {})",
+                    module,
+                    pipeline_type(s),
+                    split
+                        .chunks
+                        .iter()
+                        .map(|&c| code_doc(&model.functions[c].name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+            .collect();
+        docs.push(String::new());
+        docs.push(format!(
+            "Functions the merge split into chunks are run by pipeline structs of their own \
+             names, with the same API: {}.",
+            described.join(", ")
+        ));
+    }
     Ok(ModelContext {
         module,
         env_var: rust_literal(&model.package_env_var),
-        docs: vec![
-            format!(
-                "The {} multifunction model: {} ({} by default).",
-                code_doc(&model.name),
-                names.join(", "),
-                code_doc(&model.default_function)
-            ),
-            String::new(),
-            "Each function is a struct with typed inputs and outputs; load it with `load()` and run it with `predict`."
-                .to_string(),
-        ],
+        docs,
+        entries,
         functions,
         default_type,
         states,
@@ -456,6 +734,7 @@ fn features(
             (false, None) => format!("The shape of `{field}`."),
         };
         out.push(FeatureContext {
+            passed: true,
             shape_const: format!("{constant}_SHAPE"),
             field,
             name_literal: rust_literal(&description.name),

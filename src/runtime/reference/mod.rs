@@ -120,7 +120,9 @@
 //! types the function's state descriptions declare. A state made by one
 //! function works with every function whose state descriptions are the
 //! same (the runtime checks that), as a prefill and a decode function
-//! share a KV cache. Writes take effect when a prediction succeeds: a
+//! share a KV cache. A state may hold more buffers than a function uses
+//! (a pipeline's, shared by chunks declaring some states each): the
+//! function reads and writes its own. Writes take effect when a prediction succeeds: a
 //! failed prediction leaves the state as it was.
 
 mod exec;
@@ -408,15 +410,39 @@ impl Function {
     /// A state whose buffers have the shapes and types of the function's
     /// state descriptions, every element zero.
     pub fn new_state(&self) -> Result<State> {
+        State::zeros(&self.name, &self.states)
+    }
+}
+
+impl State {
+    /// A state of the buffers `descriptions` declare, every element zero,
+    /// made without a function: a pipeline's, when no chunk declares every
+    /// state of the pipeline. `owner` names it in errors.
+    pub(crate) fn of_descriptions(
+        owner: &str,
+        descriptions: &[coreml_multifunction_format::proto::FeatureDescription],
+    ) -> Result<State> {
+        let specs = descriptions
+            .iter()
+            .map(|d| state_spec(&d.name, d.r#type.as_ref()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|detail| Error::InvalidModel {
+                function: owner.to_string(),
+                detail,
+            })?;
+        State::zeros(owner, &specs)
+    }
+
+    fn zeros(owner: &str, specs: &[StateSpec]) -> Result<State> {
         let mut buffers = BTreeMap::new();
-        for spec in &self.states {
+        for spec in specs {
             let count = super::tensor::element_count(&spec.shape)?;
             let value = match spec.data_type {
                 DataType::Int32 | DataType::Int8 => Value::int(spec.shape.clone(), vec![0; count]),
                 _ => Value::float(spec.shape.clone(), vec![0.0; count]),
             }
             .map_err(|detail| Error::InvalidModel {
-                function: self.name.clone(),
+                function: owner.to_string(),
                 detail,
             })?;
             buffers.insert(
