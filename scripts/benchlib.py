@@ -1,5 +1,6 @@
-"""Helpers shared by scripts/bench-merge and scripts/bench-materialize: timing
-a tool in its own process, the disk space a run takes, building the CLI."""
+"""Helpers shared by scripts/bench-merge, scripts/bench-materialize and
+scripts/bench-chunks: timing a tool in its own process, the disk space a
+run takes, building the CLI."""
 
 import os
 import shutil
