@@ -189,6 +189,7 @@ pub fn codegen(data: &[u8]) {
         functions,
         default_function: first,
         fixed_shapes: Default::default(),
+        splits: Default::default(),
     };
     if let Ok(code) = generate(&[model]) {
         // generate() parses its output before returning it; check again here
