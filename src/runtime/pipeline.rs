@@ -818,7 +818,7 @@ mod tests {
     fn core_ml_refuses_chunks_declaring_different_state_sets() {
         let (k, v) = (state("k", &[2]), state("v", &[2]));
         let partial = vec![
-            chunk("a", &["x"], &["h"], &[k.clone()]),
+            chunk("a", &["x"], &["h"], std::slice::from_ref(&k)),
             chunk("b", &["h"], &["y"], &[k.clone(), v.clone()]),
             chunk("c", &["y"], &["z"], &[]),
         ];
@@ -848,8 +848,8 @@ mod tests {
         );
         // No chunk declares both: only the reference backend makes the state.
         let split = vec![
-            chunk("a", &["x"], &["h"], &[k.clone()]),
-            chunk("b", &["h"], &["y"], &[v.clone()]),
+            chunk("a", &["x"], &["h"], std::slice::from_ref(&k)),
+            chunk("b", &["h"], &["y"], std::slice::from_ref(&v)),
         ];
         assert_eq!(
             plan(&split, &["y"], Backend::Reference)
