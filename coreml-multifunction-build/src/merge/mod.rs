@@ -22,6 +22,8 @@
 //!   op, relabelled to the merged opset (`opset.rs`);
 //! - every distinct weight once: equal data type, shape and bytes, bit for
 //!   bit (see `dedup.rs`);
+//! - a split function as its chunks, `<target>_chunk1` … (see
+//!   `chunks.rs`), in its place;
 //! - what coremltools drops: the model metadata (the default function's
 //!   source's, unless set), and program attributes such as `buildInfo`.
 //!
