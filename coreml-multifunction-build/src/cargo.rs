@@ -485,6 +485,13 @@ impl Model {
                 message,
             }))
         };
+        let not_added = |target: &str| {
+            format!(
+                "{target:?} is not a function added with .function or .function_from; the \
+                 functions are {}",
+                quoted_list(self.functions.iter().map(|(t, _, _)| t.as_str()))
+            )
+        };
         let default_function = self.default_function.clone().ok_or_else(|| {
             error(
                 base.clone(),
@@ -503,14 +510,7 @@ impl Model {
         for (target, input, shape) in &self.fixed_shapes {
             let key = format!("{base}.fixed_shape({target:?}, {input:?})");
             if !self.functions.iter().any(|(t, _, _)| t == target) {
-                return Err(error(
-                    key,
-                    format!(
-                        "{target:?} is not a function added with .function or .function_from; \
-                         the functions are {}",
-                        quoted_list(self.functions.iter().map(|(t, _, _)| t.as_str()))
-                    ),
-                ));
+                return Err(error(key, not_added(target)));
             }
             if shape.is_empty() || shape.contains(&0) {
                 return Err(error(
@@ -526,14 +526,7 @@ impl Model {
         for (target, chunks) in &self.chunks {
             let key = format!("{base}.chunks({target:?})");
             if !self.functions.iter().any(|(t, _, _)| t == target) {
-                return Err(error(
-                    key,
-                    format!(
-                        "{target:?} is not a function added with .function or .function_from; \
-                         the functions are {}",
-                        quoted_list(self.functions.iter().map(|(t, _, _)| t.as_str()))
-                    ),
-                ));
+                return Err(error(key, not_added(target)));
             }
             match chunks {
                 Chunks::Count(0) => {

@@ -644,7 +644,7 @@ fn split_chunks(package: &Package, target: &str) -> Option<Vec<String>> {
         return None;
     }
     let chunks: Vec<String> = (1..)
-        .map(|k| format!("{target}_chunk{k}"))
+        .map(|k| crate::merge::chunk_name(target, k))
         .take_while(|name| package.function(name).is_some())
         .collect();
     (!chunks.is_empty()).then_some(chunks)

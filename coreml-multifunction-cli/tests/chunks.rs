@@ -52,16 +52,10 @@ impl Runner {
             .iter()
             .map(|c| load(package, &c.name, fp16_ops))
             .collect();
-        let source = coreml_multifunction::package::Package::open(&function.package).unwrap();
-        let outputs = source
-            .function(&function.source_function)
-            .unwrap()
-            .description
-            .output
-            .iter()
-            .map(|o| o.name.clone())
-            .collect();
-        Runner::Chunks(chunks, outputs)
+        Runner::Chunks(
+            chunks,
+            output_names(&function.package, &function.source_function),
+        )
     }
 
     /// The description inputs are converted by: the unsplit function's, or
@@ -143,6 +137,19 @@ impl Runner {
             }
         }
     }
+}
+
+/// The output names of `function` of the package at `package`.
+fn output_names(package: &Path, function: &str) -> Vec<String> {
+    coreml_multifunction::package::Package::open(package)
+        .unwrap()
+        .function(function)
+        .unwrap()
+        .description
+        .output
+        .iter()
+        .map(|o| o.name.clone())
+        .collect()
 }
 
 fn read_states(
@@ -547,16 +554,7 @@ fn coremltools_bisect_chunks_run_and_agree_with_ours() {
                 )
             })
             .collect();
-        let outputs: Vec<String> =
-            coreml_multifunction::package::Package::open(source_package(name))
-                .unwrap()
-                .function("main")
-                .unwrap()
-                .description
-                .output
-                .iter()
-                .map(|o| o.name.clone())
-                .collect();
+        let outputs = output_names(&source_package(name), "main");
         let theirs = Runner::Chunks(theirs, outputs);
         let package = dir.path().join(format!("{name}.mlpackage"));
         let report = MultiFunctionDescriptor::new()

@@ -87,7 +87,7 @@ pub(super) enum SplitError {
 }
 
 /// The name of chunk `index` (from 1) of `target`.
-pub(super) fn chunk_name(target: &str, index: usize) -> String {
+pub(crate) fn chunk_name(target: &str, index: usize) -> String {
     format!("{target}_chunk{index}")
 }
 

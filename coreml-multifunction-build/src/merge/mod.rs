@@ -31,6 +31,7 @@
 //! [`MultiFunctionDescriptor::merge`].
 
 mod chunks;
+pub(crate) use chunks::chunk_name;
 mod dedup;
 mod fixed_shapes;
 mod opset;
@@ -549,12 +550,9 @@ impl<'d> Merger<'d> {
             .iter()
             .filter_map(|s| self.descriptor.chunks.get(&s.target).map(|&c| (s, c)))
             .collect();
-        let sources: Vec<(mil_spec::Function, FunctionDescription)> = chosen
+        let sources: Vec<(&mil_spec::Function, FunctionDescription)> = chosen
             .iter()
-            .map(|(choice, _)| {
-                let (function, description) = self.source_of(choice);
-                (function.clone(), description)
-            })
+            .map(|(choice, _)| self.source_of(choice))
             .collect();
         let requests: Vec<chunks::Request<'_>> = chosen
             .iter()
