@@ -255,27 +255,43 @@ impl Builder {
         if self.compile_with_xcrun {
             for model in &models {
                 let compiled = self.out_dir.join(format!("{}.mlmodelc", model.model.name));
-                let fresh = model.merge.is_none() && compiled.exists();
-                if !fresh {
-                    if let Err(e) = crate::xcrun::compile_with_xcrun(&model.package, &self.out_dir)
-                    {
+                let updated = match crate::xcrun::update(
+                    &model.package,
+                    &self.out_dir,
+                    model.merge.is_some(),
+                ) {
+                    Ok(updated) => updated,
+                    Err(e) => {
                         // Not fatal: the Core ML backend compiles on first load.
                         emit(
-                            out,
-                            format!(
-                                "cargo:warning=coreml-multifunction: could not compile model `{}` with xcrun \
-                                 coremlcompiler ({e}); it will be compiled on the device at first load",
-                                model.model.name
-                            ),
-                        )?;
+                                out,
+                                format!(
+                                    "cargo:warning=coreml-multifunction: could not compile model `{}` with xcrun \
+                                     coremlcompiler ({e}); it will be compiled on the device at first load",
+                                    model.model.name
+                                ),
+                            )?;
                         continue;
                     }
+                };
+                if updated == crate::xcrun::Updated::StampPending {
+                    // The stamp is written by a build once the package's
+                    // key is stable; cargo reruns this script while the
+                    // watched stamp does not exist.
+                    emit(
+                        out,
+                        format!(
+                            "cargo:rerun-if-changed={}",
+                            compiled::stamp_path(&compiled).display()
+                        ),
+                    )?;
                 }
                 // `copy-to` ships the compiled model beside the package, for
                 // an app bundle to load by path (`load_from`).
                 if let Some(copy) = &model.copied_to {
                     let target = copy.with_extension("mlmodelc");
-                    if !fresh || !target.is_dir() {
+                    let recompiled = matches!(updated, crate::xcrun::Updated::Compiled(_));
+                    if recompiled || !target.is_dir() {
                         compiled::replace_dir_with_copy(&compiled, &target).map_err(|e| {
                             Error::io(&target, "copy the compiled model to copy-to", e)
                         })?;
