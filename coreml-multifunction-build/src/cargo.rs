@@ -36,6 +36,7 @@ use crate::config::{
 use crate::error::{shape_text, Error, Result};
 use crate::merge::Chunks;
 use crate::pipeline::{self, BuiltModel, CrateInfo};
+use crate::xcrun;
 use coreml_multifunction_format::compiled;
 use coreml_multifunction_format::naming::quoted_list;
 
@@ -255,26 +256,23 @@ impl Builder {
         if self.compile_with_xcrun {
             for model in &models {
                 let compiled = self.out_dir.join(format!("{}.mlmodelc", model.model.name));
-                let updated = match crate::xcrun::update(
-                    &model.package,
-                    &self.out_dir,
-                    model.merge.is_some(),
-                ) {
+                let merged = model.merge.is_some();
+                let updated = match xcrun::update(&model.package, &self.out_dir, merged) {
                     Ok(updated) => updated,
                     Err(e) => {
                         // Not fatal: the Core ML backend compiles on first load.
                         emit(
-                                out,
-                                format!(
-                                    "cargo:warning=coreml-multifunction: could not compile model `{}` with xcrun \
-                                     coremlcompiler ({e}); it will be compiled on the device at first load",
-                                    model.model.name
-                                ),
-                            )?;
+                            out,
+                            format!(
+                                "cargo:warning=coreml-multifunction: could not compile model `{}` with xcrun \
+                                 coremlcompiler ({e}); it will be compiled on the device at first load",
+                                model.model.name
+                            ),
+                        )?;
                         continue;
                     }
                 };
-                if updated == crate::xcrun::Updated::StampPending {
+                if updated == xcrun::Updated::StampPending {
                     // The stamp is written by a build once the package's
                     // key is stable; cargo reruns this script while the
                     // watched stamp does not exist.
@@ -287,10 +285,10 @@ impl Builder {
                     )?;
                 }
                 // `copy-to` ships the compiled model beside the package, for
-                // an app bundle to load by path (`load_from`).
+                // an app bundle (the README's "Shipping the model in an app").
                 if let Some(copy) = &model.copied_to {
                     let target = copy.with_extension("mlmodelc");
-                    let recompiled = matches!(updated, crate::xcrun::Updated::Compiled(_));
+                    let recompiled = updated == xcrun::Updated::Compiled;
                     if recompiled || !target.is_dir() {
                         compiled::replace_dir_with_copy(&compiled, &target).map_err(|e| {
                             Error::io(&target, "copy the compiled model to copy-to", e)

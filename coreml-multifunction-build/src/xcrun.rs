@@ -135,8 +135,8 @@ pub fn compile_with_xcrun(package: &Path, out_dir: &Path) -> io::Result<PathBuf>
 /// What a build did about the compiled model of a package ([`update`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Updated {
-    /// Compiled it (again); the path of the compiled model.
-    Compiled(PathBuf),
+    /// Compiled it (again).
+    Compiled,
     /// Wrote the missing stamp of the model an earlier build compiled.
     Stamped,
     /// Nothing to do: its stamp matches the package.
@@ -198,7 +198,7 @@ pub(crate) fn update(package: &Path, out_dir: &Path, merged: bool) -> io::Result
 /// [`update`] with the time keys are computed at given: the tests' clock.
 fn update_at(package: &Path, out_dir: &Path, merged: bool, now: SystemTime) -> io::Result<Updated> {
     match plan(package, out_dir, merged, now)? {
-        Step::Compile => compile_with_xcrun(package, out_dir).map(Updated::Compiled),
+        Step::Compile => compile_with_xcrun(package, out_dir).map(|_| Updated::Compiled),
         Step::Stamp(key) => {
             let compiled = compiled_in(package, out_dir)?;
             write_stamp(&compiled, &key)?;
