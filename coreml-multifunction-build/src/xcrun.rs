@@ -269,7 +269,10 @@ fn write_pending(compiled: &Path, pending: &Pending) -> io::Result<()> {
         .keyed_at
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_err(io::Error::other)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut file = tempfile::Builder::new()
         .prefix(".pending-")
         .tempfile_in(dir)?;
