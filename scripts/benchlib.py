@@ -1,29 +1,40 @@
-"""Helpers shared by scripts/bench-merge, scripts/bench-materialize and
-scripts/bench-chunks: timing a tool in its own process, the disk space a
-run takes, building the CLI."""
+"""Helpers shared by scripts/bench-merge, scripts/bench-materialize,
+scripts/bench-chunks and scripts/bench-reference: timing a tool in its own
+process, the disk space a run takes, building the CLI."""
 
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1024 * 1024
 
 
+def run_with_peak(command):
+    """Runs `command`; returns (its stdout, seconds, peak RSS in MiB). Its
+    output goes through temporary files, not pipes, so that a child that
+    prints much cannot block while this waits for it (os.wait4, for the
+    child's own resource usage)."""
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr)
+        _, status, usage = os.wait4(process.pid, 0)
+        elapsed = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            stderr.seek(0)
+            sys.exit(f"failed: {' '.join(command)}\n{stderr.read().decode(errors='replace')}")
+        stdout.seek(0)
+        return stdout.read().decode(), elapsed, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+
+
 def measure(command):
     """Runs `command`; returns (seconds, peak RSS in MiB)."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - start
-    stderr = process.stderr.read().decode(errors="replace")
-    process.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {' '.join(command)}\n{stderr}")
-    return elapsed, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+    _, seconds, peak = run_with_peak(command)
+    return seconds, peak
 
 
 def used_bytes(path):
@@ -61,9 +72,20 @@ def build_cli():
     print("building the CLI (release and debug) ...", flush=True)
     for profile in ([], ["--release"]):
         subprocess.run(["cargo", "build", "--quiet", "--bin", "coreml-multifunction", *profile], cwd=ROOT, check=True)
+    return cli_path("release"), cli_path("debug")
+
+
+def release_cli():
+    """Builds the release CLI only; returns its binary."""
+    print("building the release CLI ...", flush=True)
+    subprocess.run(["cargo", "build", "--quiet", "--release", "--bin", "coreml-multifunction"], cwd=ROOT, check=True)
+    return cli_path("release")
+
+
+def cli_path(profile):
+    """The CLI binary a `cargo build` of `profile` writes."""
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    return (os.path.join(target, "release", "coreml-multifunction"),
-            os.path.join(target, "debug", "coreml-multifunction"))
+    return os.path.join(target, profile, "coreml-multifunction")
 
 
 def run_tool(command, output, runs, work):
