@@ -288,3 +288,5 @@ pub(crate) use any_tensor;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vq_tests;
