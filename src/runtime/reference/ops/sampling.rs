@@ -14,7 +14,10 @@
 //!   target_width`, its grid by `sampling_mode` over the box as
 //!   `resize_bilinear`'s is over an image (the neural-network format's
 //!   `SamplingMode` in terms of `linspace`), samples outside the image
-//!   `pad_value`;
+//!   `pad_value`; iOS 15/16's `roi` of four numbers crops every box from
+//!   every image (`[N, B, C, h, w]`), of five (an image index first) each
+//!   from its image (`[N, 1, C, h, w]`, as the op's definition says, though
+//!   coremltools' type inference declares `B` there too);
 //! - `resize` (iOS 17): the last `resized_dims` axes resized to `shape`,
 //!   linearly (`resize_bilinear`'s grid per axis) or by nearest neighbour
 //!   (`resize_nearest_neighbor`'s);
