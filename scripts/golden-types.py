@@ -82,6 +82,8 @@ gather_along_axis gather_nd scatter scatter_along_axis scatter_nd topk argsort
 cumsum one_hot upsample_nearest_neighbor resize_nearest_neighbor upsample_bilinear
 resize_bilinear pixel_shuffle pixel_unshuffle depth_to_space space_to_depth select
 fill fill_like shape band_part range_1d cast identity lstm rnn
+quantize dequantize conv_quantized resample affine crop_resize resize
+non_maximum_suppression
 add sub mul real_div pow floor_div mod maximum minimum equal not_equal less
 less_equal greater greater_equal logical_and logical_or logical_xor
 relu relu6 sigmoid silu softplus softsign tanh exp exp2 sqrt abs square sign erf
@@ -737,6 +739,46 @@ case("identity", "identity", x=R(2, 3))
 case("identity_int32_symbolic", "identity", x=R("B", dtype="int32"))
 case("identity_bool", "identity", x=R(1, dtype="bool"))
 case("identity_const", "identity", x=i32(4, 5))
+
+# ---------------------------------------------------------------- issue 23 (opsvq): quantization, sampling, detection
+case("quantize_per_tensor_int8", "quantize", input=R(2, 3), scale=np.float32(0.1), zero_point=np.int8(3), output_dtype="int8")
+case("quantize_per_tensor_uint8_no_zp", "quantize", input=R(1, 4, dtype="fp16"), scale=np.float16(0.5), output_dtype="uint8")
+case("quantize_per_axis", "quantize", input=R(2, 3, 4), scale=fa(0.1, 0.2, 0.3), zero_point=np.array([0, 1, -1], np.int8), axis=np.int32(1), output_dtype="int8")
+case("quantize_per_axis_negative", "quantize", input=R("B", 4), scale=fa(1, 2, 3, 4), axis=np.int32(-1), output_dtype="uint8")
+case("quantize_const", "quantize", input=fa(-1.0, 0.25, 0.35, 100.0), scale=np.float32(0.1), zero_point=np.int8(0), output_dtype="int8")
+error("quantize_zero_point_dtype", "quantize", input=R(2, 3), scale=np.float32(0.1), zero_point=np.uint8(3), output_dtype="int8")
+error("quantize_bad_dtype", "quantize", input=R(2, 3), scale=np.float32(0.1), output_dtype="int16")
+error("quantize_vector_without_axis", "quantize", input=R(2, 3), scale=fa(0.1, 0.2, 0.3), output_dtype="int8")
+error("quantize_axis_length", "quantize", input=R(2, 3), scale=fa(0.1, 0.2), axis=np.int32(1), output_dtype="int8")
+error("quantize_zero_scale", "quantize", input=R(2, 3), scale=np.float32(0), output_dtype="int8")
+case("dequantize_int8", "dequantize", input=R(2, 3, dtype="int8"), scale=np.float32(0.1), zero_point=np.int8(3))
+case("dequantize_uint8_fp16", "dequantize", input=R(4, dtype="uint8"), scale=np.float16(0.5))
+case("dequantize_per_axis", "dequantize", input=R(3, "B", dtype="int8"), scale=fa(0.1, 0.2, 0.3), zero_point=np.array([0, 1, -1], np.int8), axis=np.int32(0))
+case("dequantize_const", "dequantize", input=np.array([-128, 0, 5, 127], np.int8), scale=np.float32(0.5), zero_point=np.int8(1))
+error("dequantize_axis_with_scalar", "dequantize", input=R(2, 3, dtype="int8"), scale=np.float32(0.1), axis=np.int32(0))
+case("conv_quantized", "conv_quantized", x=R(1, 2, 5, 5), weight=ri(3, 2, 3, 3, hi=255, dtype=np.uint8), quantization_type="linear", quant_scale=fa(0.1, 0.2, 0.3), quant_bias=fa(-1, 0, 1))
+case("conv_quantized_strided", "conv_quantized", x=R("B", 4, 8, 8), weight=ri(2, 2, 3, 3, hi=255, dtype=np.uint8), quantization_type="linear", quant_scale=np.float32(0.1), quant_bias=np.float32(0.0), strides=i32(2, 2), pad_type="same", groups=np.int32(2))
+case("resample_bilinear", "resample", x=R(2, 3, 5, 6), coordinates=R(2, 4, 7, 2), sampling_mode="bilinear", padding_mode="constant", padding_value=np.float32(0), coordinates_mode="normalized_minus_one_to_one", align_corners=False)
+case("resample_nearest_fp16", "resample", x=R(1, 2, 5, 6, dtype="fp16"), coordinates=R(1, 3, 3, 2, dtype="fp16"), sampling_mode="nearest", padding_mode="border", padding_value=np.float16(0), coordinates_mode="unnormalized", align_corners=True)
+case("resample_symbolic", "resample", x=R("B", 3, "H", "W"), coordinates=R("B", 8, 8, 2), sampling_mode="bilinear", padding_mode="reflection", padding_value=np.float32(0), coordinates_mode="normalized_zero_to_one", align_corners=True)
+error("resample_batch", "resample", x=R(2, 3, 5, 6), coordinates=R(3, 4, 7, 2), sampling_mode="bilinear", padding_mode="constant", padding_value=np.float32(0), coordinates_mode="normalized_minus_one_to_one", align_corners=False)
+error("resample_last_axis", "resample", x=R(2, 3, 5, 6), coordinates=R(2, 4, 7, 3), sampling_mode="bilinear", padding_mode="constant", padding_value=np.float32(0), coordinates_mode="normalized_minus_one_to_one", align_corners=False)
+case("affine", "affine", x=R(2, 3, 5, 6), transform_matrix=R(2, 6), output_height=np.int32(4), output_width=np.int32(7), sampling_mode="bilinear", padding_mode="constant", padding_value=np.float32(0), coordinates_mode="normalized_minus_one_to_one", align_corners=True)
+case("affine_one_matrix", "affine", x=R("B", 1, 5, 6), transform_matrix=f32(1, 6), output_height=np.int32(3), output_width=np.int32(3), sampling_mode="bilinear", padding_mode="constant", padding_value=np.float32(0), coordinates_mode="normalized_minus_one_to_one", align_corners=False)
+error("affine_matrix_width", "affine", x=R(2, 3, 5, 6), transform_matrix=R(2, 4), output_height=np.int32(4), output_width=np.int32(7), sampling_mode="bilinear", padding_mode="constant", padding_value=np.float32(0), coordinates_mode="normalized_minus_one_to_one", align_corners=True)
+case("crop_resize", "crop_resize", x=R(2, 3, 8, 8), boxes=R(5, 4), box_indices=R(5, dtype="int32"), target_height=np.int32(4), target_width=np.int32(3))
+case("crop_resize_defaults", "crop_resize", x=R(4, 3, 8, 8), boxes=R(2, 4))
+case("crop_resize_modes", "crop_resize", x=R(1, 2, 8, 8, dtype="fp16"), boxes=R(3, 4, dtype="fp16"), box_indices=R(3, dtype="int32"), target_height=np.int32(2), target_width=np.int32(2), normalized_coordinates=True, spatial_scale=np.float32(0.5), box_coordinate_mode="CENTER_SIZE_WIDTH_FIRST", sampling_mode="OFFSET_CORNERS", pad_value=np.float16(1.0))
+error("crop_resize_boxes_shape", "crop_resize", x=R(1, 3, 8, 8), boxes=R(2, 5), box_indices=R(2, dtype="int32"))
+error("crop_resize_bad_mode", "crop_resize", x=R(1, 3, 8, 8), boxes=R(2, 4), box_indices=R(2, dtype="int32"), sampling_mode="NEAREST")
+case("resize_const_shape", "resize", x=R(1, 2, 3, 4), shape=i32(1, 6, 8), resized_dims=np.uint32(2))
+case("resize_inherit", "resize", x=R(1, 2, 3, "W"), shape=i32(1, 5, 0), resized_dims=np.uint32(2), interpolation_mode="NEAREST_NEIGHBOR")
+case("resize_runtime_shape", "resize", x=R(1, 2, 3, 4), shape=R(2, dtype="int32"), resized_dims=np.uint32(2), sampling_mode="ALIGN_CORNERS")
+case("resize_one_axis_int", "resize", x=R(2, 5, dtype="int32"), shape=i32(9), resized_dims=np.uint32(1), interpolation_mode="NEAREST_NEIGHBOR")
+error("resize_too_many_dims", "resize", x=R(1, 2, 3, 4), shape=i32(6, 8), resized_dims=np.uint32(3))
+error("resize_bad_mode", "resize", x=R(1, 2, 3, 4), shape=i32(6, 8), resized_dims=np.uint32(2), interpolation_mode="CUBIC")
+case("nms", "non_maximum_suppression", boxes=R(1, 4, 10), scores=R(1, 3, 10), iou_threshold=np.float32(0.5), max_boxes=np.int32(5))
+case("nms_per_class_fp16", "non_maximum_suppression", boxes=R(2, 4, 7, dtype="fp16"), scores=R(2, 1, 7, dtype="fp16"), iou_threshold=np.float16(0.3), max_boxes=np.int32(7), per_class_suppression=True)
 
 # ---------------------------------------------------------------- lstm, rnn
 H, I = 4, 3

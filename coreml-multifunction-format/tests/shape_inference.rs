@@ -288,8 +288,22 @@ fn every_fixture_function_infers_to_its_declared_types() {
         paths.sort();
         for path in paths {
             let package = Package::open(&path).unwrap();
+            let data_dependent = path
+                .file_stem()
+                .is_some_and(|stem| DATA_DEPENDENT.contains(&stem.to_string_lossy().as_ref()));
             for function in package.functions() {
                 let name = format!("{}:{}", path.display(), function.name);
+                if data_dependent {
+                    // Their outputs' sizes depend on data: inference must
+                    // say so, naming the op, rather than guess.
+                    match materialize(function.function, &BTreeMap::new()) {
+                        Err(e) if e.to_string().contains("depends on data") => checked += 1,
+                        other => failures.push(format!(
+                            "{name}: expected a data-dependent shape, got {other:?}"
+                        )),
+                    }
+                    continue;
+                }
                 match materialize(function.function, &BTreeMap::new()) {
                     Err(e) => failures.push(format!("{name}: {e}")),
                     Ok(m) => {
@@ -313,6 +327,10 @@ fn every_fixture_function_infers_to_its_declared_types() {
     assert!(checked > 50, "only {checked} functions checked");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Fixtures whose output sizes depend on data (the boxes NMS keeps), so
+/// no fixed-shape function exists for them.
+const DATA_DEPENDENT: &[&str] = &["nms_detector", "nms_detector_ios15"];
 
 /// Every op result's declared type by name, nested blocks included.
 fn declared_types(

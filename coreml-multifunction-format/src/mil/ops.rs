@@ -261,6 +261,16 @@ pub enum Kind {
     Cond,
     Lstm,
     Rnn,
+    // Quantized activations and weights, sampling grids, detection
+    // (issue 23, opsvq).
+    Quantize,
+    Dequantize,
+    ConvQuantized,
+    Resample,
+    Affine,
+    CropResize,
+    Resize,
+    NonMaximumSuppression,
 }
 
 /// An op's interface: what it computes, the parameters it requires and
@@ -326,6 +336,28 @@ const POOL: &[&str] = &["strides", "pad", "ceil_mode"];
 const SCATTER_OPTIONAL: &[&str] = &["mode", "validate_indices"];
 const UPSAMPLE: &[&str] = &["scale_factor_height", "scale_factor_width"];
 const RESIZE: &[&str] = &["target_size_height", "target_size_width"];
+/// `resample`'s parameters, all required (`affine` takes the same sampling
+/// parameters, with a transform and an output size for the coordinates).
+const RESAMPLE: &[&str] = &[
+    "x",
+    "coordinates",
+    "sampling_mode",
+    "padding_mode",
+    "padding_value",
+    "coordinates_mode",
+    "align_corners",
+];
+const AFFINE: &[&str] = &[
+    "x",
+    "transform_matrix",
+    "output_height",
+    "output_width",
+    "sampling_mode",
+    "padding_mode",
+    "padding_value",
+    "coordinates_mode",
+    "align_corners",
+];
 
 /// Every op the backend implements beyond the elementwise and reduction
 /// families (which [`Binary`], [`Unary`] and [`Reduce`] list): its type,
@@ -686,6 +718,75 @@ const TABLE: &[(&str, Spec)] = {
             &["x", "initial_h", "weight_ih", "weight_hh"],
             &["bias", "direction", "output_sequence", "activation"],
             Some(2),
+        ),
+        // Quantized activations and weights, sampling grids, detection
+        // (issue 23, opsvq).
+        op(
+            "quantize",
+            K::Quantize,
+            &["input", "scale", "output_dtype"],
+            &["zero_point", "axis"],
+        ),
+        op(
+            "dequantize",
+            K::Dequantize,
+            &["input", "scale"],
+            &["zero_point", "axis"],
+        ),
+        op(
+            "conv_quantized",
+            K::ConvQuantized,
+            &[
+                "x",
+                "weight",
+                "quantization_type",
+                "quant_scale",
+                "quant_bias",
+            ],
+            &[
+                "bias",
+                "nbits",
+                "strides",
+                "pad_type",
+                "pad",
+                "dilations",
+                "groups",
+            ],
+        ),
+        op("resample", K::Resample, RESAMPLE, NONE),
+        op("affine", K::Affine, AFFINE, NONE),
+        // iOS 15/16 take `roi` ([N, 1, 4 or 5, 1, 1]), iOS 17 `boxes` and
+        // `box_indices`; the rule and the kernel require one of the two.
+        op(
+            "crop_resize",
+            K::CropResize,
+            X,
+            &[
+                "roi",
+                "boxes",
+                "box_indices",
+                "target_height",
+                "target_width",
+                "normalized_coordinates",
+                "spatial_scale",
+                "box_coordinate_mode",
+                "sampling_mode",
+                "pad_value",
+            ],
+        ),
+        op(
+            "resize",
+            K::Resize,
+            &["x", "shape", "resized_dims"],
+            &["interpolation_mode", "sampling_mode"],
+        ),
+        // iOS 15 (with `score_threshold`): four results; iOS 17: three.
+        op_with_outputs(
+            "non_maximum_suppression",
+            K::NonMaximumSuppression,
+            &["boxes", "scores", "iou_threshold", "max_boxes"],
+            &["score_threshold", "per_class_suppression"],
+            None,
         ),
     ]
 };

@@ -16,9 +16,11 @@ mod constexpr;
 mod elementwise;
 mod index;
 mod linalg;
+mod quantize;
 mod recurrent;
 mod reduce;
 mod resample;
+mod sampling;
 mod shape;
 #[cfg(test)]
 mod tests;
@@ -554,6 +556,15 @@ pub fn infer(kind: Kind, inputs: &Inputs<'_>) -> RuleResult {
         K::Rearrange(op) => one(resample::rearrange(op, inputs)),
         K::Lstm => recurrent::lstm(inputs),
         K::Rnn => recurrent::rnn(inputs),
+        // Issue 23 (opsvq): quantization, sampling grids, detection.
+        K::Quantize => one(quantize::quantize(inputs)),
+        K::Dequantize => one(quantize::dequantize(inputs)),
+        K::ConvQuantized => one(quantize::conv_quantized(inputs)),
+        K::Resample => one(sampling::resample(inputs)),
+        K::Affine => one(sampling::affine(inputs)),
+        K::CropResize => one(sampling::crop_resize(inputs)),
+        K::Resize => one(sampling::resize(inputs)),
+        K::NonMaximumSuppression => sampling::non_maximum_suppression(inputs),
     }
 }
 

@@ -544,6 +544,15 @@ pub(super) fn slice_by_size(inputs: &Inputs<'_>) -> Result<Operand, String> {
     let x = inputs.required("x")?;
     let rank = x.ty.rank();
     let begin = inputs.required("begin")?;
+    let size_operand = inputs.required("size")?;
+    if size_operand.value.is_none() && size_operand.ty.shape == [Some(rank as u64)] {
+        // A size computed at run time (a count of kept boxes): every extent
+        // depends on data, as coremltools' symbols say.
+        return Ok(Operand::tensor(TensorType {
+            dtype: x.ty.dtype,
+            shape: vec![None; rank],
+        }));
+    }
     let size = inputs.i64_vec("size")?;
     if size.len() != rank {
         return Err(format!("size {size:?} must have {rank} entries"));

@@ -16,9 +16,12 @@ mod elementwise;
 mod index;
 mod linalg;
 mod pool;
+// Issue 23 (opsvq): quantization, sampling grids, detection.
+mod quantize;
 mod recurrent;
 mod reduce;
 mod resample;
+mod sampling;
 mod shape;
 mod window;
 
@@ -233,6 +236,15 @@ pub(crate) fn run(kind: Kind, args: &Args<'_>) -> OpResult<Vec<Value>> {
         Kind::BandPart => single(shape::band_part(args)),
         Kind::Range1d => single(shape::range_1d(args)),
         Kind::Identity => single(Ok(args.required("x")?.clone())),
+        // Issue 23 (opsvq): quantization, sampling grids, detection.
+        Kind::Quantize => single(quantize::quantize(args)),
+        Kind::Dequantize => single(quantize::dequantize(args)),
+        Kind::ConvQuantized => single(quantize::conv_quantized(args)),
+        Kind::Resample => single(sampling::resample(args)),
+        Kind::Affine => single(sampling::affine(args)),
+        Kind::CropResize => single(sampling::crop_resize(args)),
+        Kind::Resize => single(sampling::resize(args)),
+        Kind::NonMaximumSuppression => sampling::non_maximum_suppression(args),
     }
 }
 
@@ -276,3 +288,5 @@ pub(crate) use any_tensor;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vq_tests;

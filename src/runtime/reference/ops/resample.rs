@@ -93,7 +93,7 @@ fn sample(x: &FloatArray, out_h: usize, out_w: usize, rows: &[f32], cols: &[f32]
 /// resize (12 from 8) as a scale nudged up (1.500013) so that
 /// `floor(size · scale)` is the size, and dividing by that scale would
 /// land one pixel short (3 / 1.500013 < 2).
-fn nearest(out: usize, size: usize) -> Vec<usize> {
+pub(super) fn nearest(out: usize, size: usize) -> Vec<usize> {
     (0..out).map(|i| (i * size / out).min(size - 1)).collect()
 }
 
@@ -196,7 +196,7 @@ pub(super) fn upsample_bilinear(args: &Args<'_>) -> OpResult<Value> {
 }
 
 /// The grid of `resize_bilinear` for each `sampling_mode`.
-fn resize_grid(size: usize, out: usize, mode: &str) -> OpResult<Vec<f32>> {
+pub(super) fn resize_grid(size: usize, out: usize, mode: &str) -> OpResult<Vec<f32>> {
     let (n, m) = (size as f64, out as f64);
     let grid = |f: &dyn Fn(f64) -> f64| (0..out).map(|i| f(i as f64).max(0.0) as f32).collect();
     Ok(match mode {

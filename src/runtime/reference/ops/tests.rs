@@ -18,19 +18,19 @@ use crate::runtime::reference::program::Step;
 use crate::runtime::reference::value::Declared;
 use coreml_multifunction_format::proto::mil_spec::DataType;
 
-fn f(shape: &[usize], data: &[f32]) -> Value {
+pub(super) fn f(shape: &[usize], data: &[f32]) -> Value {
     Value::float(shape.to_vec(), data.to_vec()).unwrap()
 }
 
-fn i(shape: &[usize], data: &[i32]) -> Value {
+pub(super) fn i(shape: &[usize], data: &[i32]) -> Value {
     Value::int(shape.to_vec(), data.to_vec()).unwrap()
 }
 
-fn b(shape: &[usize], data: &[bool]) -> Value {
+pub(super) fn b(shape: &[usize], data: &[bool]) -> Value {
     Value::bool(shape.to_vec(), data.to_vec()).unwrap()
 }
 
-fn s(text: &str) -> Value {
+pub(super) fn s(text: &str) -> Value {
     Value::Str(vec![text.to_string()])
 }
 
@@ -98,7 +98,7 @@ fn same(got: &Value, want: &Value) -> Result<(), String> {
     }
 }
 
-fn check(
+pub(super) fn check(
     failures: &mut Vec<String>,
     name: &str,
     op: &str,
