@@ -16,6 +16,7 @@ mod constexpr;
 mod elementwise;
 mod index;
 mod linalg;
+mod misc;
 mod recurrent;
 mod reduce;
 mod resample;
@@ -554,6 +555,15 @@ pub fn infer(kind: Kind, inputs: &Inputs<'_>) -> RuleResult {
         K::Rearrange(op) => one(resample::rearrange(op, inputs)),
         K::Lstm => recurrent::lstm(inputs),
         K::Rnn => recurrent::rnn(inputs),
+        // issue 23 (opsmisc)
+        K::Gru => recurrent::gru(inputs),
+        K::Einsum => one(misc::einsum(inputs)),
+        K::SpaceToBatch => one(misc::batch_space(inputs, true)),
+        K::BatchToSpace => one(misc::batch_space(inputs, false)),
+        K::Flatten2d => one(misc::flatten2d(inputs)),
+        K::ReshapeLike => one(misc::reshape_like(inputs)),
+        K::SlidingWindows => one(misc::sliding_windows(inputs)),
+        K::Random(op) => one(misc::random(op, inputs)),
     }
 }
 
