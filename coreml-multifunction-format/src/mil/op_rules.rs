@@ -9,7 +9,7 @@
 /// of the two contractions coremltools' `einsum` defines: `nchw,nwhu->nchu`
 /// (rank 4) or `chw,whu->chu` (rank 3), under any letters. coremltools
 /// parses an equation by numbering its letters in order of appearance
-/// (`parse_einsum_equation`), so "bnij,bjnk->bnik" is the rank-4 form too.
+/// (`parse_einsum_equation`), so "bcij,bjik->bcik" is the rank-4 form too.
 pub fn einsum_rank(equation: &str) -> Result<usize, String> {
     let unsupported = || {
         format!(

@@ -29,13 +29,13 @@ const UNSEEDED: i64 = -1;
 
 /// xoshiro256** (Blackman and Vigna), seeded with SplitMix64 as its
 /// authors recommend.
-pub(crate) struct Rng {
+struct Rng {
     state: [u64; 4],
 }
 
 impl Rng {
     /// The generator for `seed`.
-    pub(crate) fn new(seed: u64) -> Rng {
+    fn new(seed: u64) -> Rng {
         let mut mix = seed;
         let mut next = || {
             mix = mix.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -63,7 +63,7 @@ impl Rng {
     }
 
     /// A uniform double in `[0, 1)` (53 random bits).
-    pub(crate) fn uniform(&mut self) -> f64 {
+    fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
@@ -213,4 +213,277 @@ fn categorical(args: &Args<'_>, rng: &mut Rng) -> OpResult<Value> {
             .map_err(|e| e.to_string())?
             .into_shared(),
     ))
+}
+
+/// By distribution, not by value (Core ML's stream is not reproducible):
+/// each statistic of a large sample lies within five standard errors of
+/// its expectation. The seeds are fixed, so the tests are deterministic;
+/// a correct generator fails a five-sigma bound about once in 1.7 million
+/// checks, so a failure means a wrong distribution, not bad luck.
+#[cfg(test)]
+mod tests {
+    use super::super::tests::run_op;
+    use super::*;
+
+    const N: usize = 200_000;
+
+    fn i(data: &[i32]) -> Value {
+        Value::int(vec![data.len()], data.to_vec()).unwrap()
+    }
+
+    fn scalar(v: f32) -> Value {
+        Value::float(vec![], vec![v]).unwrap()
+    }
+
+    fn seed(v: i32) -> Value {
+        Value::int(vec![], vec![v]).unwrap()
+    }
+
+    fn sample(op: &str, inputs: Vec<(&str, Value)>) -> (Vec<usize>, Vec<f64>) {
+        let out = run_op(op, inputs, 1).unwrap().remove(0);
+        let values = out
+            .to_float()
+            .unwrap()
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect();
+        (out.shape(), values)
+    }
+
+    fn mean(v: &[f64]) -> f64 {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+
+    fn variance(v: &[f64]) -> f64 {
+        let m = mean(v);
+        v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64
+    }
+
+    /// `got` within five standard errors `se` of `want`.
+    fn within(what: &str, got: f64, want: f64, se: f64) {
+        assert!(
+            (got - want).abs() <= 5.0 * se,
+            "{what}: {got} is more than 5 standard errors ({se}) from {want}"
+        );
+    }
+
+    #[test]
+    fn uniform_fills_its_half_open_range_evenly() {
+        let (low, high) = (-2.0f64, 3.0f64);
+        let (shape, v) = sample(
+            "random_uniform",
+            vec![
+                ("shape", i(&[4, N as i32 / 4])),
+                ("low", scalar(low as f32)),
+                ("high", scalar(high as f32)),
+                ("seed", seed(7)),
+            ],
+        );
+        assert_eq!(shape, vec![4, N / 4]);
+        assert!(v.iter().all(|&x| (low..high).contains(&x)));
+        let width = high - low;
+        let n = v.len() as f64;
+        within(
+            "mean",
+            mean(&v),
+            (low + high) / 2.0,
+            width / (12.0 * n).sqrt(),
+        );
+        // The variance of a uniform sample's variance: (μ4 - σ⁴) / n, with
+        // μ4 = w⁴/80 and σ² = w²/12.
+        let sigma2 = width * width / 12.0;
+        let mu4 = width.powi(4) / 80.0;
+        within(
+            "variance",
+            variance(&v),
+            sigma2,
+            ((mu4 - sigma2 * sigma2) / n).sqrt(),
+        );
+        // Each tenth of the range holds a tenth of the sample.
+        for k in 0..10 {
+            let (a, b) = (
+                low + width * k as f64 / 10.0,
+                low + width * (k + 1) as f64 / 10.0,
+            );
+            let share = v.iter().filter(|&&x| a <= x && x < b).count() as f64 / n;
+            within("a tenth's share", share, 0.1, (0.1 * 0.9 / n).sqrt());
+        }
+        // high == low gives low.
+        let (_, v) = sample(
+            "random_uniform",
+            vec![
+                ("shape", i(&[3])),
+                ("low", scalar(1.5)),
+                ("high", scalar(1.5)),
+            ],
+        );
+        assert_eq!(v, vec![1.5; 3]);
+    }
+
+    #[test]
+    fn normal_has_its_mean_spread_and_shape() {
+        let (mu, sigma) = (1.5f64, 2.0f64);
+        let (shape, v) = sample(
+            "random_normal",
+            vec![
+                ("shape", i(&[N as i32])),
+                ("mean", scalar(mu as f32)),
+                ("stddev", scalar(sigma as f32)),
+                ("seed", seed(11)),
+            ],
+        );
+        assert_eq!(shape, vec![N]);
+        let n = v.len() as f64;
+        within("mean", mean(&v), mu, sigma / n.sqrt());
+        // A normal sample's variance has variance 2σ⁴ / (n - 1).
+        within(
+            "variance",
+            variance(&v),
+            sigma * sigma,
+            (2.0 * sigma.powi(4) / (n - 1.0)).sqrt(),
+        );
+        // About 68.27 % within one standard deviation, 95.45 % within two.
+        for (k, p) in [(1.0, 0.682_689_5), (2.0, 0.954_499_7)] {
+            let share = v.iter().filter(|&&x| (x - mu).abs() < k * sigma).count() as f64 / n;
+            within(
+                "the share within k sigma",
+                share,
+                p,
+                (p * (1.0 - p) / n).sqrt(),
+            );
+        }
+        // Symmetric: as many above the mean as below.
+        let above = v.iter().filter(|&&x| x > mu).count() as f64 / n;
+        within("the share above the mean", above, 0.5, (0.25 / n).sqrt());
+    }
+
+    #[test]
+    fn bernoulli_draws_ones_with_its_probability() {
+        let p = 0.3f64;
+        let (shape, v) = sample(
+            "random_bernoulli",
+            vec![
+                ("shape", i(&[2, N as i32 / 2])),
+                ("prob", scalar(p as f32)),
+                ("seed", seed(3)),
+            ],
+        );
+        assert_eq!(shape, vec![2, N / 2]);
+        assert!(v.iter().all(|&x| x == 0.0 || x == 1.0));
+        within(
+            "the share of ones",
+            mean(&v),
+            p,
+            (p * (1.0 - p) / v.len() as f64).sqrt(),
+        );
+        // The default probability is one half.
+        let (_, v) = sample("random_bernoulli", vec![("shape", i(&[N as i32]))]);
+        within("the default share", mean(&v), 0.5, (0.25 / N as f64).sqrt());
+    }
+
+    #[test]
+    fn categorical_draws_classes_at_their_probabilities() {
+        let size = 60_000;
+        let probs = [[0.1f64, 0.2, 0.7], [0.5, 0.25, 0.25]];
+        let logits: Vec<f32> = probs
+            .iter()
+            .flatten()
+            .map(|&p| (p.ln() + 3.0) as f32)
+            .collect();
+        let (shape, v) = sample(
+            "random_categorical",
+            vec![
+                ("x", Value::float(vec![2, 3], logits).unwrap()),
+                ("size", seed(size)),
+                ("seed", seed(5)),
+            ],
+        );
+        assert_eq!(shape, vec![2, size as usize]);
+        for (row, p) in v.chunks(size as usize).zip(probs) {
+            for (class, &p) in p.iter().enumerate() {
+                let share = row.iter().filter(|&&c| c == class as f64).count() as f64 / size as f64;
+                within(
+                    "a class's share",
+                    share,
+                    p,
+                    (p * (1.0 - p) / size as f64).sqrt(),
+                );
+            }
+        }
+        // `probs` mode normalizes; a class of probability 0 never comes.
+        let (shape, v) = sample(
+            "random_categorical",
+            vec![
+                (
+                    "x",
+                    Value::float(vec![1, 1, 3], vec![1.0, 0.0, 3.0]).unwrap(),
+                ),
+                ("mode", Value::Str(vec!["probs".to_string()])),
+                ("size", seed(size)),
+            ],
+        );
+        assert_eq!(shape, vec![1, 1, size as usize]);
+        assert!(!v.contains(&1.0));
+        let first = v.iter().filter(|&&c| c == 0.0).count() as f64 / size as f64;
+        within(
+            "class 0's share",
+            first,
+            0.25,
+            (0.25 * 0.75 / size as f64).sqrt(),
+        );
+    }
+
+    #[test]
+    fn a_seed_fixes_the_stream_and_unseeded_ops_stay_deterministic() {
+        let draw = |seed_value: Option<i32>| {
+            let mut inputs = vec![("shape", i(&[64]))];
+            if let Some(s) = seed_value {
+                inputs.push(("seed", seed(s)));
+            }
+            sample("random_uniform", inputs).1
+        };
+        assert_eq!(draw(Some(42)), draw(Some(42)));
+        assert_ne!(draw(Some(42)), draw(Some(43)));
+        // -1 is the default: unseeded, a stream from the op's name.
+        assert_eq!(draw(None), draw(Some(-1)));
+        assert_eq!(draw(None), draw(None));
+        assert_ne!(draw(None), draw(Some(42)));
+    }
+
+    #[test]
+    fn bad_random_parameters_are_refused() {
+        let error = |op: &str, inputs: Vec<(&str, Value)>| run_op(op, inputs, 1).unwrap_err();
+        let e = error(
+            "random_bernoulli",
+            vec![("shape", i(&[2])), ("prob", scalar(1.5))],
+        );
+        assert!(e.contains("prob 1.5"), "{e}");
+        let e = error(
+            "random_uniform",
+            vec![
+                ("shape", i(&[2])),
+                ("low", scalar(2.0)),
+                ("high", scalar(1.0)),
+            ],
+        );
+        assert!(e.contains("low 2"), "{e}");
+        let e = error("random_normal", vec![("shape", i(&[2, -1]))]);
+        assert!(e.contains("negative"), "{e}");
+        let e = error(
+            "random_categorical",
+            vec![
+                ("x", Value::float(vec![2], vec![1.0, 2.0]).unwrap()),
+                ("size", seed(0)),
+            ],
+        );
+        assert!(e.contains("size 0"), "{e}");
+        let e = error(
+            "random_categorical",
+            vec![
+                ("x", Value::float(vec![2], vec![-1.0, 2.0]).unwrap()),
+                ("mode", Value::Str(vec!["probs".to_string()])),
+            ],
+        );
+        assert!(e.contains("probability"), "{e}");
+    }
 }

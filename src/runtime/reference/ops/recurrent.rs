@@ -399,10 +399,10 @@ pub(super) fn rnn(args: &Args<'_>) -> OpResult<Vec<Value>> {
 
 // issue 23 (opsmisc): gru.
 /// One step of a `gru` for a batch. `input` holds the input projections
-/// `x_t · w_ihᵀ` plus the input-side biases of the reset, output and update
-/// gates (`[b, 3H]`); `recurrent` the rows `[r | o | z]` of `w_hh`, and
-/// `recurrent_bias` the bias that `reset_after` puts inside the reset
-/// product. As coremltools defines it:
+/// `x_t · w_ihᵀ` plus the biases outside the reset product (`[b, 3H]`);
+/// `w_hh` the rows `[r | o | z]` of the recurrent weight, and
+/// `recurrent_bias`'s output-gate part the bias that `reset_after` puts
+/// inside the reset product. As coremltools defines it:
 ///
 /// - `r = σ(input_r + h·R_rᵀ)`, `z = σ(input_z + h·R_zᵀ)`;
 /// - `o = act(input_o + (r ⊙ h)·R_oᵀ)`, or with `reset_after`
@@ -488,13 +488,15 @@ pub(super) fn gru(args: &Args<'_>) -> OpResult<Vec<Value>> {
     let weights = Weights::of(args, "", 3, input)?;
     let hidden = weights.hidden;
     let input_bias = vector(args, "input_bias", 3 * hidden)?.unwrap_or(Array1::zeros(3 * hidden));
-    // Without reset_after, `bias` is on the input side with `input_bias`
-    // (the reset gate multiplies h before R_o, so no bias is inside).
-    let (input_side, recurrent_bias) = if cell.reset_after {
-        (input_bias, weights.bias.clone())
-    } else {
-        (&input_bias + &weights.bias, Array1::zeros(3 * hidden))
-    };
+    // `bias` adds to the pre-activations with `input_bias`, except that
+    // reset_after puts its output-gate part inside the reset product.
+    let mut input_side = &input_bias + &weights.bias;
+    if cell.reset_after {
+        input_side
+            .slice_mut(s![hidden..2 * hidden])
+            .assign(&input_bias.slice(s![hidden..2 * hidden]));
+    }
+    let recurrent_bias = &weights.bias;
     let mut h = state(args, "initial_h", batch, hidden)?;
     // Every step's input projection in one product: [s * b, I] · [I, 3H].
     let x = x.as_standard_layout();
@@ -510,7 +512,7 @@ pub(super) fn gru(args: &Args<'_>) -> OpResult<Vec<Value>> {
     for k in 0..steps {
         let t = if reverse { steps - 1 - k } else { k };
         let step_input = projected.slice(s![t * batch..(t + 1) * batch, ..]);
-        cell.step(step_input, w_hh, &recurrent_bias, &mut h);
+        cell.step(step_input, w_hh, recurrent_bias, &mut h);
         outputs.index_axis_mut(Axis(0), k).assign(&h);
     }
     let y = if output_sequence {
