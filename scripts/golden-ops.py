@@ -428,6 +428,85 @@ for name, args in [("nms_ios17", (2, 12, 3, 8, 0.3, False)), ("nms_ios17_per_cla
                    ("nms_ios15_score_threshold", (2, 10, 1, 6, 0.4, False, 0.3))]:
     inputs, expected = nms_case(*args)
     vcase(name, "non_maximum_suppression", inputs, outputs=4 if len(args) == 7 else 3, compute=expected)
+# ---- issue 23 (opsmisc): einsum, gru, the batch/space moves, flatten2d,
+# reshape_like, sliding_windows. coremltools computes einsum and flatten2d;
+# the others have no value inference and come from numpy implementations of
+# their definitions (space_to_batch / batch_to_space are TensorFlow's
+# SpaceToBatchND / BatchToSpaceND in NCHW, as the TensorFlow frontend that
+# emits them maps them). The random ops are tested by distribution in
+# src/runtime/reference/ops/random.rs, not here.
+case("einsum_rank4", "einsum", dict(values=(rnd(2, 3, 4, 5), rnd(2, 5, 4, 2)), equation="nchw,nwhu->nchu"))
+case("einsum_rank4_broadcast", "einsum", dict(values=(rnd(1, 3, 4, 5), rnd(2, 5, 1, 2)), equation="bcij,bjik->bcik"))
+case("einsum_rank3", "einsum", dict(values=(rnd(3, 2, 4), rnd(4, 2, 5)), equation="chw,whr->chr"))
+case("flatten2d_default", "flatten2d", dict(x=rnd(2, 3, 4)))
+case("flatten2d_negative", "flatten2d", dict(x=rint(2, 3, 2), axis=np.int32(-1)))
+m_fe = rnd(3)
+# coremltools' value inference fails here (np.prod of no dimensions is a float).
+case("flatten2d_end", "flatten2d", dict(x=m_fe, axis=np.int32(1)), compute=lambda: m_fe.reshape(3, 1))
+m_rl = rnd(2, 3, 4)
+case("reshape_like", "reshape_like", dict(x=m_rl, ref_tensors=(rnd(2, 2, 1), rnd(1, 3, 2)), begins=(np.int32(0), np.int32(1)), ends=(np.int32(2), np.int32(0)), end_masks=(False, True)),
+     compute=lambda: m_rl.reshape(2, 2, 3, 2))
+m_sw = rnd(2, 7, 3)
+case("sliding_windows_stride", "sliding_windows", dict(x=m_sw, axis=np.int32(1), size=np.int32(3), stride=np.int32(2)),
+     compute=lambda: np.stack([m_sw[:, k * 2:k * 2 + 3] for k in range(3)], axis=1))
+m_swi = rint(5, 2)
+case("sliding_windows_int_negative_axis", "sliding_windows", dict(x=m_swi, axis=np.int32(-2), size=np.int32(2)),
+     compute=lambda: np.stack([m_swi[k:k + 2] for k in range(4)], axis=0))
+
+def space_to_batch_np(x, block, pads):
+    n, c, h, w = x.shape
+    p = np.pad(x, ((0, 0), (0, 0), tuple(pads[0]), tuple(pads[1])))
+    b0, b1 = block
+    H, W = p.shape[2] // b0, p.shape[3] // b1
+    return p.reshape(n, c, H, b0, W, b1).transpose(3, 5, 0, 1, 2, 4).reshape(b0 * b1 * n, c, H, W)
+
+def batch_to_space_np(x, block, crops):
+    nb, c, h, w = x.shape
+    b0, b1 = block
+    n = nb // (b0 * b1)
+    full = x.reshape(b0, b1, n, c, h, w).transpose(2, 3, 4, 0, 5, 1).reshape(n, c, h * b0, w * b1)
+    return full[:, :, crops[0][0]:h * b0 - crops[0][1], crops[1][0]:w * b1 - crops[1][1]]
+
+m_sb = rnd(2, 2, 3, 5)
+case("space_to_batch", "space_to_batch", dict(x=m_sb, block_shape=np.array([2, 3], np.int32), paddings=np.array([[1, 0], [0, 1]], np.int32)),
+     compute=lambda: space_to_batch_np(m_sb, (2, 3), [[1, 0], [0, 1]]))
+m_bs = rnd(12, 2, 2, 2)
+case("batch_to_space", "batch_to_space", dict(x=m_bs, block_shape=np.array([2, 3], np.int32), crops=np.array([[1, 0], [0, 2]], np.int32)),
+     compute=lambda: batch_to_space_np(m_bs, (2, 3), [[1, 0], [0, 2]]))
+
+def sigmoid(v):
+    return 1 / (1 + np.exp(-v))
+
+def gru_np(x, h, w_ih, w_hh, bias=None, input_bias=None, direction="forward", output_sequence=False,
+           recurrent_activation=sigmoid, activation=np.tanh, reset_after=False):
+    """coremltools' gru: gates [r | o | z]; without reset_after the reset
+    gate scales h before R_o (its iOS 15 definition), with it the product
+    (iOS 18, torch's form: bias is then the recurrent bias)."""
+    H = h.shape[1]
+    b = np.zeros(3 * H, np.float32) if bias is None else bias
+    ib = np.zeros(3 * H, np.float32) if input_bias is None else input_bias
+    seq = x if direction == "forward" else x[::-1]
+    out = []
+    for xt in seq:
+        gi = xt @ w_ih.T + ib + (0 if reset_after else b)
+        r = recurrent_activation(gi[:, :H] + h @ w_hh[:H].T + (b[:H] if reset_after else 0))
+        z = recurrent_activation(gi[:, 2 * H:] + h @ w_hh[2 * H:].T + (b[2 * H:] if reset_after else 0))
+        if reset_after:
+            o = activation(gi[:, H:2 * H] + r * (h @ w_hh[H:2 * H].T + b[H:2 * H]))
+        else:
+            o = activation(gi[:, H:2 * H] + (r * h) @ w_hh[H:2 * H].T)
+        h = (1 - z) * o + z * h
+        out.append(h)
+    y = np.stack(out) if output_sequence else h[None]
+    return y.astype(np.float32), h.astype(np.float32)
+
+m_gx, m_gh, m_gw, m_gr, m_gb, m_gib = rnd(4, 2, 3), rnd(2, 5), rnd(15, 3, lo=-1, hi=1), rnd(15, 5, lo=-1, hi=1), rnd(15, lo=-0.5, hi=0.5), rnd(15, lo=-0.5, hi=0.5)
+case("gru_forward_sequence", "gru", dict(x=m_gx, initial_h=m_gh, weight_ih=m_gw, weight_hh=m_gr, bias=m_gb, output_sequence=True), outputs=2,
+     compute=lambda: gru_np(m_gx, m_gh, m_gw, m_gr, m_gb, output_sequence=True))
+case("gru_reverse_last", "gru", dict(x=m_gx, initial_h=m_gh, weight_ih=m_gw, weight_hh=m_gr, direction="reverse", recurrent_activation="hard_sigmoid", activation="relu"), outputs=2,
+     compute=lambda: gru_np(m_gx, m_gh, m_gw, m_gr, direction="reverse", recurrent_activation=lambda v: np.clip(0.2 * v + 0.5, 0, 1), activation=lambda v: np.maximum(v, 0)))
+case("gru_reset_after", "gru", dict(x=m_gx, initial_h=m_gh, weight_ih=m_gw, weight_hh=m_gr, bias=m_gb, input_bias=m_gib, reset_after=True, output_sequence=True), outputs=2,
+     compute=lambda: gru_np(m_gx, m_gh, m_gw, m_gr, m_gb, m_gib, output_sequence=True, reset_after=True))
 
 def rust_value(v):
     v = np.asarray(v)
@@ -453,6 +532,8 @@ for name, op, inputs, outputs, compute in (VQ if "--group" in sys.argv and "vq" 
     if compute is not None:
         results = compute()
         results = results if isinstance(results, list) else [results]
+        computed = compute()
+        results = list(computed) if isinstance(computed, tuple) else [computed]
     else:
         @mb.program(input_specs=[], opset_version=ct.target.iOS18)
         def prog():

@@ -84,6 +84,8 @@ resize_bilinear pixel_shuffle pixel_unshuffle depth_to_space space_to_depth sele
 fill fill_like shape band_part range_1d cast identity lstm rnn
 quantize dequantize conv_quantized resample affine crop_resize resize
 non_maximum_suppression
+einsum gru batch_to_space space_to_batch flatten2d reshape_like sliding_windows
+random_bernoulli random_categorical random_normal random_uniform
 add sub mul real_div pow floor_div mod maximum minimum equal not_equal less
 less_equal greater greater_equal logical_and logical_or logical_xor
 relu relu6 sigmoid silu softplus softsign tanh exp exp2 sqrt abs square sign erf
@@ -93,7 +95,7 @@ reduce_l2_norm reduce_log_sum reduce_log_sum_exp reduce_sum_square
 """.split()
 
 MAX_VALUE = 64  # values are recorded for tensors of at most this many elements
-TUPLE_PARAMS = {"values"}  # parameters that take a list of tensors
+TUPLE_PARAMS = {"values", "ref_tensors", "begins", "ends", "end_masks"}  # parameters that take a list of tensors
 
 rng = np.random.default_rng(20240607)
 
@@ -903,6 +905,76 @@ case("reduce_argmax_symbolic_keep", "reduce_argmax", x=R("B", "T", 5), axis=np.i
 case("lstm_symbolic_batch", "lstm", **dict(lstm_inputs(seq=True), x=R(5, "B", I), initial_h=R("B", H), initial_c=R("B", H)))
 case("fill_like_symbolic_bool", "fill_like", ref_tensor=R("T", dtype="bool"), value=np.float32(1))
 case("scatter_nd_symbolic_points", "scatter_nd", data=R("B", "T"), indices=R(3, 2, dtype="int32"), updates=R(3), mode="max")
+
+
+# ---------------------------------------------------------------- issue 23 (opsmisc)
+case("einsum_rank4", "einsum", values=[R(2, 3, 4, 5), R(2, 5, 4, 6)], equation="nchw,nwhu->nchu")
+case("einsum_rank4_broadcast", "einsum", values=[R(1, 3, 4, 5), R(2, 5, 1, 6)], equation="bcij,bjik->bcik")
+case("einsum_rank3_fp16", "einsum", values=[R(3, 4, 5, dtype="fp16"), R(5, 4, 2, dtype="fp16")], equation="chw,whr->chr")
+case("einsum_symbolic", "einsum", values=[R("B", 3, "H", 5), R(1, 5, "H", 6)], equation="nchw,nwhu->nchu")
+error("einsum_unsupported", "einsum", values=[R(2, 3, 4, 5), R(2, 5, 4, 6)], equation="abcd,adbe->abce")
+error("einsum_contraction_mismatch", "einsum", values=[R(2, 3, 4, 5), R(2, 6, 4, 6)], equation="nchw,nwhu->nchu")
+
+
+def gru_inputs(T=5, B=2, seq=None, sym=None, dt="fp32", **extra):
+    npdt = np.float16 if dt == "fp16" else np.float32
+    d = dict(x=R(sym or T, B, I, dtype=dt), initial_h=R(B, H, dtype=dt),
+             weight_ih=W(3 * H, I, dt=npdt), weight_hh=W(3 * H, H, dt=npdt))
+    if seq is not None:
+        d["output_sequence"] = seq
+    d.update(extra)
+    return d
+
+
+case("gru_default", "gru", **gru_inputs())
+case("gru_output_sequence", "gru", **gru_inputs(seq=True, bias=W(3 * H), activation="relu"))
+case("gru_reverse", "gru", **gru_inputs(seq=False, direction="reverse", recurrent_activation="hard_sigmoid"))
+case("gru_fp16", "gru", **gru_inputs(seq=True, dt="fp16"))
+case("gru_symbolic_seq", "gru", **gru_inputs(sym="T", seq=True))
+case("gru_reset_after", "gru", **gru_inputs(seq=True, bias=W(3 * H), input_bias=W(3 * H), reset_after=True))
+error("gru_bidirectional", "gru", **gru_inputs(direction="bidirectional"))
+error("gru_bad_weight_shape", "gru", **gru_inputs(weight_hh=W(3 * H, H + 1)))
+
+case("space_to_batch", "space_to_batch", x=R(2, 3, 4, 5), block_shape=i32(2, 3), paddings=np.array([[0, 0], [1, 0]], np.int32))
+case("space_to_batch_fp16", "space_to_batch", x=R(1, 2, 6, 6, dtype="fp16"), block_shape=i32(2, 2), paddings=np.array([[1, 1], [0, 2]], np.int32))
+error("space_to_batch_rank3", "space_to_batch", x=R(2, 4, 4), block_shape=i32(2, 2), paddings=np.zeros((2, 2), np.int32))
+case("batch_to_space", "batch_to_space", x=R(12, 3, 2, 2), block_shape=i32(2, 3), crops=np.array([[1, 0], [0, 2]], np.int32))
+case("batch_to_space_no_crop", "batch_to_space", x=R(4, 2, 3, 3, dtype="fp16"), block_shape=i32(2, 2), crops=np.zeros((2, 2), np.int32))
+error("batch_to_space_batch", "batch_to_space", x=R(3, 2, 2, 2), block_shape=i32(2, 2), crops=np.zeros((2, 2), np.int32))
+
+case("flatten2d_default", "flatten2d", x=R(2, 3, 4))
+case("flatten2d_negative", "flatten2d", x=R(2, 3, 2, dtype="int32"), axis=np.int32(-1))
+case("flatten2d_zero", "flatten2d", x=R(2, 3, dtype="bool"), axis=np.int32(0))
+case("flatten2d_symbolic", "flatten2d", x=R("B", 3, 4), axis=np.int32(2))
+case("flatten2d_const", "flatten2d", x=f32(2, 3, 2), axis=np.int32(1))
+
+case("reshape_like", "reshape_like", x=R(2, 3, 4), ref_tensors=[R(2, 2, 1), R(1, 3, 2)], begins=[np.int32(0), np.int32(1)],
+     ends=[np.int32(2), np.int32(0)], end_masks=[False, True])
+case("reshape_like_int32_negative", "reshape_like", x=R(6, dtype="int32"), ref_tensors=[R(4, 2, 3)], begins=[np.int32(-2)],
+     ends=[np.int32(0)], end_masks=[True])
+case("reshape_like_symbolic_x", "reshape_like", x=R("B", 4), ref_tensors=[R(2, 4)], begins=[np.int32(0)], ends=[np.int32(2)],
+     end_masks=[False])
+error("reshape_like_count", "reshape_like", x=R(2, 3), ref_tensors=[R(2, 2)], begins=[np.int32(0)], ends=[np.int32(2)],
+      end_masks=[False])
+error("reshape_like_symbolic_ref", "reshape_like", x=R(2, 3), ref_tensors=[R("B", 3)], begins=[np.int32(0)], ends=[np.int32(2)],
+      end_masks=[False])
+
+case("sliding_windows", "sliding_windows", x=R(2, 7, 3), axis=np.int32(1), size=np.int32(3), stride=np.int32(2))
+case("sliding_windows_default_stride_negative_axis", "sliding_windows", x=R(5, 4, dtype="int32"), axis=np.int32(-1), size=np.int32(2))
+case("sliding_windows_fp16_first_axis", "sliding_windows", x=R(8, 2, dtype="fp16"), axis=np.int32(0), size=np.int32(4), stride=np.int32(3))
+
+case("random_uniform", "random_uniform", shape=i32(2, 3))
+case("random_uniform_fp16", "random_uniform", shape=i32(4), low=np.float16(-1), high=np.float16(1), seed=np.int32(7))
+case("random_uniform_runtime_shape", "random_uniform", shape=R(3, dtype="int32"))
+error("random_uniform_mixed_dtypes", "random_uniform", shape=i32(2), low=np.float16(0), high=np.float32(1))
+case("random_normal", "random_normal", shape=i32(1, 2, 3), mean=np.float32(1), stddev=np.float32(2), seed=np.int32(3))
+case("random_normal_fp16", "random_normal", shape=i32(5), mean=np.float16(0), stddev=np.float16(1))
+error("random_normal_fp16_mean_only", "random_normal", shape=i32(5), mean=np.float16(0))
+case("random_bernoulli", "random_bernoulli", shape=i32(3, 3), prob=np.float32(0.25))
+case("random_bernoulli_fp16_runtime_shape", "random_bernoulli", shape=R(2, dtype="int32"), prob=np.float16(0.5), seed=np.int32(1))
+case("random_categorical", "random_categorical", x=R(2, 5))
+case("random_categorical_probs_size", "random_categorical", x=R(3, 2, 4, dtype="fp16"), mode="probs", size=np.int32(6), seed=np.int32(9))
+case("random_categorical_symbolic", "random_categorical", x=R("B", 10), size=np.int32(3))
 
 
 # ================================================================= recording

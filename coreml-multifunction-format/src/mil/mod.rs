@@ -6,5 +6,6 @@
 
 pub mod infer;
 pub mod materialize;
+pub mod op_rules;
 pub mod ops;
 pub mod shapes;

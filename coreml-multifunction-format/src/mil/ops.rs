@@ -179,6 +179,16 @@ pub enum Constexpr {
     SparseBlockwiseShiftScale,
 }
 
+// issue 23 (opsmisc): the random ops.
+/// The ops that draw random values (`random_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Random {
+    Bernoulli,
+    Categorical,
+    Normal,
+    Uniform,
+}
+
 /// What a step computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -271,6 +281,15 @@ pub enum Kind {
     CropResize,
     Resize,
     NonMaximumSuppression,
+    // issue 23 (opsmisc)
+    Einsum,
+    Gru,
+    BatchToSpace,
+    SpaceToBatch,
+    Flatten2d,
+    ReshapeLike,
+    SlidingWindows,
+    Random(Random),
 }
 
 /// An op's interface: what it computes, the parameters it requires and
@@ -787,6 +806,72 @@ const TABLE: &[(&str, Spec)] = {
             &["boxes", "scores", "iou_threshold", "max_boxes"],
             &["score_threshold", "per_class_suppression"],
             None,
+        // issue 23 (opsmisc): einsum, gru, the batch/space moves, flatten2d,
+        // reshape_like, sliding_windows and the random ops.
+        op("einsum", K::Einsum, &["values", "equation"], NONE),
+        op_with_outputs(
+            "gru",
+            K::Gru,
+            &["x", "initial_h", "weight_ih", "weight_hh"],
+            &[
+                "bias",
+                "direction",
+                "output_sequence",
+                "recurrent_activation",
+                "activation",
+                "reset_after",
+                "input_bias",
+            ],
+            Some(2),
+        ),
+        op(
+            "batch_to_space",
+            K::BatchToSpace,
+            &["x", "block_shape", "crops"],
+            NONE,
+        ),
+        op(
+            "space_to_batch",
+            K::SpaceToBatch,
+            &["x", "block_shape", "paddings"],
+            NONE,
+        ),
+        op("flatten2d", K::Flatten2d, X, &["axis"]),
+        op(
+            "reshape_like",
+            K::ReshapeLike,
+            &["x", "ref_tensors", "begins", "ends", "end_masks"],
+            NONE,
+        ),
+        op(
+            "sliding_windows",
+            K::SlidingWindows,
+            &["x", "axis", "size"],
+            &["stride"],
+        ),
+        op(
+            "random_bernoulli",
+            K::Random(Random::Bernoulli),
+            &["shape"],
+            &["prob", "seed"],
+        ),
+        op(
+            "random_categorical",
+            K::Random(Random::Categorical),
+            X,
+            &["mode", "size", "seed"],
+        ),
+        op(
+            "random_normal",
+            K::Random(Random::Normal),
+            &["shape"],
+            &["mean", "stddev", "seed"],
+        ),
+        op(
+            "random_uniform",
+            K::Random(Random::Uniform),
+            &["shape"],
+            &["low", "high", "seed"],
         ),
     ]
 };

@@ -17,6 +17,7 @@ mod elementwise;
 mod index;
 mod linalg;
 mod quantize;
+mod misc;
 mod recurrent;
 mod reduce;
 mod resample;
@@ -565,6 +566,15 @@ pub fn infer(kind: Kind, inputs: &Inputs<'_>) -> RuleResult {
         K::CropResize => one(sampling::crop_resize(inputs)),
         K::Resize => one(sampling::resize(inputs)),
         K::NonMaximumSuppression => sampling::non_maximum_suppression(inputs),
+        // issue 23 (opsmisc)
+        K::Gru => recurrent::gru(inputs),
+        K::Einsum => one(misc::einsum(inputs)),
+        K::SpaceToBatch => one(misc::batch_space(inputs, true)),
+        K::BatchToSpace => one(misc::batch_space(inputs, false)),
+        K::Flatten2d => one(misc::flatten2d(inputs)),
+        K::ReshapeLike => one(misc::reshape_like(inputs)),
+        K::SlidingWindows => one(misc::sliding_windows(inputs)),
+        K::Random(op) => one(misc::random(op, inputs)),
     }
 }
 

@@ -1,5 +1,4 @@
-//! Rules for the recurrent layers `lstm` and `rnn` (the `gru` coremltools
-//! emits is unrolled into a `while_loop`).
+//! Rules for the recurrent layers `lstm`, `rnn` and `gru`.
 
 use super::{Inputs, Operand, RuleResult, TensorType};
 
@@ -61,4 +60,13 @@ pub(super) fn lstm(inputs: &Inputs<'_>) -> RuleResult {
 pub(super) fn rnn(inputs: &Inputs<'_>) -> RuleResult {
     let (x, hidden, directions) = layer(inputs, 1)?;
     outputs(&x, hidden.map(|h| h * directions), inputs, 1)
+}
+
+// issue 23 (opsmisc)
+pub(super) fn gru(inputs: &Inputs<'_>) -> RuleResult {
+    let (x, hidden, directions) = layer(inputs, 3)?;
+    if directions != 1 {
+        return Err("gru runs forward or reverse, not bidirectional".to_string());
+    }
+    outputs(&x, hidden, inputs, 1)
 }

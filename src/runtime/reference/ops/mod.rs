@@ -15,9 +15,11 @@ mod conv;
 mod elementwise;
 mod index;
 mod linalg;
+mod misc;
 mod pool;
 // Issue 23 (opsvq): quantization, sampling grids, detection.
 mod quantize;
+mod random;
 mod recurrent;
 mod reduce;
 mod resample;
@@ -33,7 +35,7 @@ use super::value::{OpResult, Value};
 #[cfg(test)]
 pub(crate) use coreml_multifunction_format::mil::ops::supported;
 pub(crate) use coreml_multifunction_format::mil::ops::{
-    spec, Binary, Kind, Pool, Rearrange, Reduce, Unary,
+    spec, Binary, Kind, Pool, Random, Rearrange, Reduce, Unary,
 };
 
 /// The values a step reads, by parameter name.
@@ -245,6 +247,15 @@ pub(crate) fn run(kind: Kind, args: &Args<'_>) -> OpResult<Vec<Value>> {
         Kind::CropResize => single(sampling::crop_resize(args)),
         Kind::Resize => single(sampling::resize(args)),
         Kind::NonMaximumSuppression => sampling::non_maximum_suppression(args),
+        // issue 23 (opsmisc)
+        Kind::Gru => recurrent::gru(args),
+        Kind::Einsum => single(misc::einsum(args)),
+        Kind::SpaceToBatch => single(misc::space_to_batch(args)),
+        Kind::BatchToSpace => single(misc::batch_to_space(args)),
+        Kind::Flatten2d => single(misc::flatten2d(args)),
+        Kind::ReshapeLike => single(misc::reshape_like(args)),
+        Kind::SlidingWindows => single(misc::sliding_windows(args)),
+        Kind::Random(op) => single(random::random(op, args)),
     }
 }
 

@@ -1,14 +1,14 @@
-//! The recurrent layers `lstm` and `rnn`, as coremltools defines them
-//! (`iOS15/recurrent.py`; iOS 17 added fp16 inputs and iOS 18 changed
-//! neither).
+//! The recurrent layers `lstm`, `rnn` and `gru`, as coremltools defines
+//! them (`iOS15/recurrent.py`; iOS 17 added fp16 inputs, and iOS 18
+//! `gru`'s `reset_after` and `input_bias`).
 //!
 //! coremltools converts each layer and direction of torch's `nn.LSTM` to
 //! an `lstm` op and `nn.RNN` to `rnn`. It unrolls `nn.GRU` into a
-//! `while_loop` instead (the `gru` op's reset gate is applied before the
-//! recurrent product, torch's after), so `gru` is not implemented: no
-//! torch conversion emits it.
+//! `while_loop` instead (the iOS 15 `gru` op applies its reset gate before
+//! the recurrent product, torch after), so the `gru` op comes from the MIL
+//! builder: its gates are Core ML's order, reset, output (new) and update.
 //!
-//! Both ops run over `x` of shape `[s, b, I]` (sequence, batch, input).
+//! The ops run over `x` of shape `[s, b, I]` (sequence, batch, input).
 //! The input projections of every step are one matrix product; each step
 //! then adds the hidden state times the recurrent weight, a matrix product
 //! of the batch's hidden states (ndarray's `general_mat_mul`), before the
@@ -386,6 +386,135 @@ pub(super) fn rnn(args: &Args<'_>) -> OpResult<Vec<Value>> {
     let (outputs, h) = unroll(&x, &weights, h0, reverse, |g, h| {
         h.zip_mut_with(g, |h, &g| *h = activation.apply(g))
     })?;
+    let y = if output_sequence {
+        outputs
+    } else {
+        h.clone().insert_axis(Axis(0))
+    };
+    Ok(vec![
+        Value::Float(y.into_dyn().into_shared()),
+        Value::Float(h.into_dyn().into_shared()),
+    ])
+}
+
+// issue 23 (opsmisc): gru.
+/// One step of a `gru` for a batch. `input` holds the input projections
+/// `x_t · w_ihᵀ` plus the biases outside the reset product (`[b, 3H]`);
+/// `w_hh` the rows `[r | o | z]` of the recurrent weight, and
+/// `recurrent_bias`'s output-gate part the bias that `reset_after` puts
+/// inside the reset product. As coremltools defines it:
+///
+/// - `r = σ(input_r + h·R_rᵀ)`, `z = σ(input_z + h·R_zᵀ)`;
+/// - `o = act(input_o + (r ⊙ h)·R_oᵀ)`, or with `reset_after`
+///   `o = act(input_o + r ⊙ (h·R_oᵀ + b_o))` (torch's form);
+/// - `h = (1 - z) ⊙ o + z ⊙ h`.
+struct GruCell {
+    recurrent_activation: Activation,
+    activation: Activation,
+    reset_after: bool,
+}
+
+impl GruCell {
+    fn step(
+        &self,
+        input: ArrayView2<'_, f32>,
+        w_hh: ArrayView2<'_, f32>,
+        recurrent_bias: &Array1<f32>,
+        h: &mut Array2<f32>,
+    ) {
+        let hidden = h.ncols();
+        let rows = |k: usize| w_hh.slice(s![k * hidden..(k + 1) * hidden, ..]);
+        // h·R_rᵀ and h·R_zᵀ; with reset_after also h·R_oᵀ + b_o.
+        let mut rz = Array2::<f32>::zeros((h.nrows(), 2 * hidden));
+        general_mat_mul(
+            1.0,
+            h,
+            &rows(0).t(),
+            0.0,
+            &mut rz.slice_mut(s![.., ..hidden]),
+        );
+        general_mat_mul(
+            1.0,
+            h,
+            &rows(2).t(),
+            0.0,
+            &mut rz.slice_mut(s![.., hidden..]),
+        );
+        let mut r = &rz.slice(s![.., ..hidden]) + &input.slice(s![.., ..hidden]);
+        r.mapv_inplace(|v| self.recurrent_activation.apply(v));
+        let mut o = Array2::<f32>::zeros((h.nrows(), hidden));
+        if self.reset_after {
+            general_mat_mul(1.0, h, &rows(1).t(), 0.0, &mut o);
+            o += &recurrent_bias.slice(s![hidden..2 * hidden]);
+            o *= &r;
+        } else {
+            let reset = &r * &*h;
+            general_mat_mul(1.0, &reset, &rows(1).t(), 0.0, &mut o);
+        }
+        o += &input.slice(s![.., hidden..2 * hidden]);
+        o.mapv_inplace(|v| self.activation.apply(v));
+        for ((mut h, o), (rz, x)) in h
+            .outer_iter_mut()
+            .zip(o.outer_iter())
+            .zip(rz.outer_iter().zip(input.outer_iter()))
+        {
+            for j in 0..hidden {
+                let z = self
+                    .recurrent_activation
+                    .apply(x[2 * hidden + j] + rz[hidden + j]);
+                h[j] = (1.0 - z) * o[j] + z * h[j];
+            }
+        }
+    }
+}
+
+pub(super) fn gru(args: &Args<'_>) -> OpResult<Vec<Value>> {
+    let x = args.float("x")?;
+    let x = sequence(&x)?;
+    let (steps, batch, input) = x.dim();
+    let reverse = match Direction::parse(args)? {
+        Direction::Forward => false,
+        Direction::Reverse => true,
+        Direction::Bidirectional => {
+            return Err("gru runs forward or reverse, not bidirectional".to_string())
+        }
+    };
+    let output_sequence = args.opt_bool("output_sequence")?.unwrap_or(false);
+    let cell = GruCell {
+        recurrent_activation: Activation::parse(args, "recurrent_activation", "sigmoid")?,
+        activation: Activation::parse(args, "activation", "tanh")?,
+        reset_after: args.opt_bool("reset_after")?.unwrap_or(false),
+    };
+    let weights = Weights::of(args, "", 3, input)?;
+    let hidden = weights.hidden;
+    let input_bias = vector(args, "input_bias", 3 * hidden)?.unwrap_or(Array1::zeros(3 * hidden));
+    // `bias` adds to the pre-activations with `input_bias`, except that
+    // reset_after puts its output-gate part inside the reset product.
+    let mut input_side = &input_bias + &weights.bias;
+    if cell.reset_after {
+        input_side
+            .slice_mut(s![hidden..2 * hidden])
+            .assign(&input_bias.slice(s![hidden..2 * hidden]));
+    }
+    let recurrent_bias = &weights.bias;
+    let mut h = state(args, "initial_h", batch, hidden)?;
+    // Every step's input projection in one product: [s * b, I] · [I, 3H].
+    let x = x.as_standard_layout();
+    let rows = x
+        .view()
+        .into_shape_with_order((steps * batch, input))
+        .map_err(|e| e.to_string())?;
+    let mut projected = Array2::<f32>::zeros((steps * batch, 3 * hidden));
+    general_mat_mul(1.0, &rows, &weights.w_ih()?.t(), 0.0, &mut projected);
+    projected += &input_side;
+    let w_hh = weights.w_hh()?;
+    let mut outputs = Array3::<f32>::zeros((steps, batch, hidden));
+    for k in 0..steps {
+        let t = if reverse { steps - 1 - k } else { k };
+        let step_input = projected.slice(s![t * batch..(t + 1) * batch, ..]);
+        cell.step(step_input, w_hh, recurrent_bias, &mut h);
+        outputs.index_axis_mut(Axis(0), k).assign(&h);
+    }
     let y = if output_sequence {
         outputs
     } else {

@@ -16,7 +16,10 @@ fn dims(values: &[i64], what: &str) -> OpResult<Vec<usize>> {
 }
 
 /// `a` with the same elements in row-major order under `shape`.
-fn reshaped<T: Copy>(a: &ArcArray<T, IxDyn>, shape: &[usize]) -> OpResult<ArcArray<T, IxDyn>> {
+pub(super) fn reshaped<T: Copy>(
+    a: &ArcArray<T, IxDyn>,
+    shape: &[usize],
+) -> OpResult<ArcArray<T, IxDyn>> {
     let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
     if count != Some(a.len()) {
         return Err(format!(
