@@ -34,8 +34,8 @@ use prost::Message;
 mod fixture_io;
 
 use fixture_io::{
-    array_of, assert_close, feature, inputs, io_dir, io_fixtures, steps, tolerance, values, Npy,
-    FP16,
+    array_of, assert_close, assert_output, feature, inputs, io_dir, io_fixtures, steps, tolerance,
+    values, Npy, FP16,
 };
 
 fn reference() -> Configuration {
@@ -63,10 +63,9 @@ fn every_source_fixture_reproduces_torch() {
             let outputs = model.predict(&inputs(model.description(), &step)).unwrap();
             assert_eq!(outputs.len(), step.outputs.len(), "{fixture}");
             for (name, want) in &step.outputs {
-                let (shape, got) = values(&outputs[name]);
-                let worst = assert_close(
+                let worst = assert_output(
                     &format!("{fixture}.{name}"),
-                    (&shape, &got),
+                    &outputs[name],
                     want,
                     tolerance,
                 );
@@ -530,10 +529,9 @@ fn check_merged(merged: &Path, scenario: &Scenario, all: &[Scenario]) -> usize {
                 merged.display()
             );
             for (name, want) in &step.outputs {
-                let (shape, values) = values(&got[name]);
-                assert_close(
+                assert_output(
                     &format!("{} {target}.{name}", scenario.name),
-                    (&shape, &values),
+                    &got[name],
                     want,
                     tolerance,
                 );

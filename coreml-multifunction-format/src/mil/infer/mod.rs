@@ -22,6 +22,8 @@ mod resample;
 mod shape;
 #[cfg(test)]
 mod tests;
+// Issue 23, opsvalues.
+mod values;
 
 use std::collections::BTreeMap;
 
@@ -276,12 +278,33 @@ fn round_to_f16(f: f64) -> f64 {
 /// `read_state` and `write_state` take), and its elements where known.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Operand {
-    /// The type (of the tensor a state holds, for a state).
+    /// The type (of the tensor a state holds, for a state; of a list's
+    /// elements, for a list; of a dictionary's values, for a dictionary).
     pub ty: TensorType,
     /// Whether it is a state.
     pub state: bool,
     /// The elements, where known and small (see [`MAX_FOLDED`]).
     pub value: Option<Elements>,
+    /// Whether it is a list or a dictionary rather than a tensor.
+    pub container: Option<Container>,
+}
+
+/// The values that are not tensors: `make_list`'s lists and `classify`'s
+/// dictionary. An [`Operand`]'s `ty` is then the type of the elements (of
+/// the values, for a dictionary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Container {
+    /// A list of tensors, `length` long when known (coremltools types a
+    /// list by `make_list`'s `init_length`).
+    List {
+        /// The length, when known.
+        length: Option<u64>,
+    },
+    /// A dictionary from `key` (string or int64) to values.
+    Dictionary {
+        /// The key type.
+        key: DataType,
+    },
 }
 
 /// The most elements a value is followed for. Shapes and the masks built
@@ -295,6 +318,32 @@ impl Operand {
             ty,
             state: false,
             value: None,
+            container: None,
+        }
+    }
+
+    /// A list of elements of type `element`.
+    pub fn list(element: TensorType, length: Option<u64>) -> Operand {
+        Operand {
+            container: Some(Container::List { length }),
+            ..Operand::tensor(element)
+        }
+    }
+
+    /// A dictionary from `key` to values of type `value`.
+    pub fn dictionary(key: DataType, value: TensorType) -> Operand {
+        Operand {
+            container: Some(Container::Dictionary { key }),
+            ..Operand::tensor(value)
+        }
+    }
+
+    /// The length of a list operand (`Ok(None)`: not known); an error for
+    /// anything else.
+    pub fn list_length(&self) -> Result<Option<u64>, String> {
+        match self.container {
+            Some(Container::List { length }) => Ok(length),
+            _ => Err("is not a list".to_string()),
         }
     }
 
@@ -302,9 +351,8 @@ impl Operand {
     pub fn with_value(ty: TensorType, value: Elements) -> Operand {
         let small = value.len() <= MAX_FOLDED;
         Operand {
-            ty,
-            state: false,
             value: small.then_some(value),
+            ..Operand::tensor(ty)
         }
     }
 
@@ -357,6 +405,11 @@ impl<'a> Inputs<'a> {
         let operand = self.required(name)?;
         if operand.state {
             return Err(format!("input {name:?} is a state, not a tensor"));
+        }
+        if operand.container.is_some() {
+            return Err(format!(
+                "input {name:?} is a list or dictionary, not a tensor"
+            ));
         }
         Ok(&operand.ty)
     }
@@ -554,6 +607,14 @@ pub fn infer(kind: Kind, inputs: &Inputs<'_>) -> RuleResult {
         K::Rearrange(op) => one(resample::rearrange(op, inputs)),
         K::Lstm => recurrent::lstm(inputs),
         K::Rnn => recurrent::rnn(inputs),
+        // Issue 23, opsvalues.
+        K::Classify => values::classify(inputs),
+        K::MakeList => one(values::make_list(inputs)),
+        K::ListRead => one(values::list_read(inputs)),
+        K::ListWrite => one(values::list_write(inputs)),
+        K::ListGather => one(values::list_gather(inputs)),
+        K::ListScatter => one(values::list_scatter(inputs)),
+        K::ListLength => one(values::list_length(inputs)),
     }
 }
 

@@ -20,6 +20,8 @@ mod recurrent;
 mod reduce;
 mod resample;
 mod shape;
+// Issue 23, opsvalues.
+mod values;
 mod window;
 
 use ndarray::{ArcArray, IxDyn};
@@ -233,6 +235,14 @@ pub(crate) fn run(kind: Kind, args: &Args<'_>) -> OpResult<Vec<Value>> {
         Kind::BandPart => single(shape::band_part(args)),
         Kind::Range1d => single(shape::range_1d(args)),
         Kind::Identity => single(Ok(args.required("x")?.clone())),
+        // Issue 23, opsvalues.
+        Kind::Classify => values::classify(args),
+        Kind::MakeList => single(values::make_list(args)),
+        Kind::ListRead => single(values::list_read(args)),
+        Kind::ListWrite => single(values::list_write(args)),
+        Kind::ListGather => single(values::list_gather(args)),
+        Kind::ListScatter => single(values::list_scatter(args)),
+        Kind::ListLength => single(values::list_length(args)),
     }
 }
 

@@ -15,7 +15,7 @@
 
 use super::*;
 use crate::runtime::reference::program::Step;
-use crate::runtime::reference::value::Declared;
+use crate::runtime::reference::value::{Declared, Holder};
 use coreml_multifunction_format::proto::mil_spec::DataType;
 
 fn f(shape: &[usize], data: &[f32]) -> Value {
@@ -54,6 +54,7 @@ pub(crate) fn run_op(
     let declared = Declared {
         data_type: DataType::Float32,
         dims: None,
+        holder: Holder::Tensor,
     };
     let step = Step {
         kind: spec.kind,
