@@ -333,6 +333,185 @@ pub(super) fn list_length(args: &Args<'_>) -> OpResult<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::reference::ops::tests::run_op;
+
+    fn strings(classes: &[&str]) -> Value {
+        Value::List(List {
+            elements: classes
+                .iter()
+                .map(|c| Some(Value::Str(vec![c.to_string()])))
+                .collect(),
+            dtype: DataType::String,
+            elem_shape: Some(Vec::new()),
+            dynamic: false,
+        })
+    }
+
+    fn floats(shape: &[usize], data: &[f32]) -> Value {
+        Value::float(shape.to_vec(), data.to_vec()).unwrap()
+    }
+
+    fn ints(shape: &[usize], data: &[i32]) -> Value {
+        Value::int(shape.to_vec(), data.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn classify_labels_the_greatest_and_keeps_every_probability() {
+        let got = run_op(
+            "classify",
+            vec![
+                ("probabilities", floats(&[1, 3], &[0.25, 0.375, 0.375])),
+                ("classes", strings(&["cat", "dog", "bird"])),
+            ],
+            2,
+        )
+        .unwrap();
+        // A tie between dog and bird: the first listed wins.
+        assert_eq!(got[0].to_str().unwrap(), "dog");
+        let Value::Dict(Dictionary::String(map)) = &got[1] else {
+            panic!("{:?}", got[1])
+        };
+        let expected: BTreeMap<String, f64> = [("bird", 0.375), ("cat", 0.25), ("dog", 0.375)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(map, &expected);
+
+        let int_classes = Value::List(List {
+            elements: [7, 3].iter().map(|&c| Some(ints(&[], &[c]))).collect(),
+            dtype: DataType::Int64,
+            elem_shape: Some(Vec::new()),
+            dynamic: false,
+        });
+        let got = run_op(
+            "classify",
+            vec![
+                ("probabilities", floats(&[2], &[0.1, 0.9])),
+                ("classes", int_classes),
+            ],
+            2,
+        )
+        .unwrap();
+        assert_eq!(got[0].to_i64_scalar().unwrap(), 3);
+        assert!(matches!(&got[1], Value::Dict(Dictionary::Int64(m)) if m.len() == 2));
+    }
+
+    #[test]
+    fn classify_refuses_mismatched_or_repeated_classes() {
+        let few = run_op(
+            "classify",
+            vec![
+                ("probabilities", floats(&[3], &[0.2, 0.3, 0.5])),
+                ("classes", strings(&["a", "b"])),
+            ],
+            2,
+        );
+        assert!(few.unwrap_err().contains("2 classes for 3 probabilities"));
+        let twice = run_op(
+            "classify",
+            vec![
+                ("probabilities", floats(&[2], &[0.2, 0.8])),
+                ("classes", strings(&["a", "a"])),
+            ],
+            2,
+        );
+        assert!(twice.unwrap_err().contains("listed twice"));
+    }
+
+    #[test]
+    fn lists_grow_when_dynamic_and_read_unwritten_elements_as_zeros() {
+        let make = |dynamic: bool| {
+            run_op(
+                "make_list",
+                vec![
+                    ("elem_shape", ints(&[], &[1])),
+                    ("elem_shape", ints(&[], &[2])),
+                    ("init_length", ints(&[], &[2])),
+                    (
+                        "dynamic_length",
+                        Value::bool(Vec::new(), vec![dynamic]).unwrap(),
+                    ),
+                ],
+                1,
+            )
+            .unwrap()
+            .remove(0)
+        };
+        let row = floats(&[1, 2], &[1.5, -2.0]);
+        let write = |ls: Value, at: i32| {
+            run_op(
+                "list_write",
+                vec![
+                    ("ls", ls),
+                    ("index", ints(&[], &[at])),
+                    ("value", row.clone()),
+                ],
+                1,
+            )
+        };
+        // A fixed list refuses a write past its end; a dynamic one grows.
+        assert!(write(make(false), 2)
+            .unwrap_err()
+            .contains("fixed length 2"));
+        let grown = write(make(true), 3).unwrap().remove(0);
+        let length = run_op("list_length", vec![("ls", grown.clone())], 1).unwrap();
+        assert_eq!(length[0].to_i64_scalar().unwrap(), 4);
+        let gathered = run_op(
+            "list_gather",
+            vec![("ls", grown.clone()), ("indices", ints(&[2], &[3, 0]))],
+            1,
+        )
+        .unwrap();
+        assert_eq!(gathered[0].shape(), vec![2, 1, 2]);
+        assert_eq!(
+            gathered[0]
+                .to_float()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![1.5, -2.0, 0.0, 0.0]
+        );
+        // A scatter writes each row of its value.
+        let scattered = run_op(
+            "list_scatter",
+            vec![
+                ("ls", grown),
+                ("indices", ints(&[1], &[1])),
+                ("value", floats(&[1, 1, 2], &[4.0, 5.0])),
+            ],
+            1,
+        )
+        .unwrap()
+        .remove(0);
+        let read = run_op(
+            "list_read",
+            vec![("ls", scattered), ("index", ints(&[], &[1]))],
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            read[0]
+                .to_float()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![4.0, 5.0]
+        );
+        // A wrong element shape or a negative index is an error.
+        let wrong = run_op(
+            "list_write",
+            vec![
+                ("ls", make(true)),
+                ("index", ints(&[], &[0])),
+                ("value", floats(&[2], &[1.0, 2.0])),
+            ],
+            1,
+        );
+        assert!(wrong.unwrap_err().contains("shape"));
+        assert!(write(make(true), -1).unwrap_err().contains("below zero"));
+    }
 
     #[test]
     fn the_first_greatest_probability_wins_ties() {
