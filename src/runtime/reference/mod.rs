@@ -33,8 +33,13 @@
 //! depth, their blocks compiled at load like the function's body (constants
 //! inside them, weights of a loop body included, decoded once); every
 //! `constexpr_*` decompression op of iOS 16 to 18 (decompressed once, at
-//! load, chains and joint sparse compression included); and the iOS 18
-//! state ops. Semantics follow coremltools' op definitions. Ops outside the
+//! load, chains and joint sparse compression included); the iOS 18
+//! state ops; `classify`, a `ClassifierConfig` classifier's last op, whose
+//! label and label → probability dictionary come back as the String (or
+//! Int64) and Dictionary features the description declares (its tie rule:
+//! `ops/values.rs`); and the tensor lists of `make_list` and the `list_*`
+//! ops, carried through loops. Semantics follow coremltools' op
+//! definitions. Ops outside the
 //! list are an [`Error::UnsupportedOps`] when the function is *loaded*,
 //! naming every such op (in nested blocks too) and the function, never a
 //! wrong answer later; so are a missing required input, an unknown
