@@ -62,6 +62,7 @@ try:
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import Function, get_new_symbol, types
     from coremltools.converters.mil.mil.types.symbolic import is_symbolic
+    from coremltools.converters.mil.mil.operation import mil_list
 finally:
     sys.stdout = _stdout
 
@@ -92,10 +93,11 @@ relu relu6 sigmoid silu softplus softsign tanh exp exp2 sqrt abs square sign erf
 sin cos tan asin acos atan sinh cosh atanh floor ceil round logical_not
 reduce_sum reduce_mean reduce_max reduce_min reduce_prod reduce_l1_norm
 reduce_l2_norm reduce_log_sum reduce_log_sum_exp reduce_sum_square
+classify make_list list_read list_write list_gather list_scatter list_length
 """.split()
 
 MAX_VALUE = 64  # values are recorded for tensors of at most this many elements
-TUPLE_PARAMS = {"values", "ref_tensors", "begins", "ends", "end_masks"}  # parameters that take a list of tensors
+TUPLE_PARAMS = {"values", "ref_tensors", "begins", "ends", "end_masks", "elem_shape"}  # parameters that take a list of values
 
 rng = np.random.default_rng(20240607)
 
@@ -107,6 +109,22 @@ class R:
     def __init__(self, *shape, dtype="fp32"):
         self.shape = shape
         self.dtype = dtype
+
+
+class L:
+    """A list input (issue 23): the list `mb.make_list(**kwargs)` makes in
+    the case's function."""
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+
+class Classes:
+    """classify's classes: a constant list, as coremltools' converter
+    makes it (`mb.const(val=mil_list(...))`)."""
+
+    def __init__(self, *values):
+        self.values = list(values)
 
 
 def f32(*shape, lo=-2.0, hi=2.0):
@@ -1010,8 +1028,44 @@ def values(val, dtype):
     return [scalar(x, dtype) for x in flat]
 
 
+# ---------------------------------------------------------------- issue 23: classify and lists
+case("classify_str", "classify", probabilities=R(1, 3), classes=Classes("cat", "dog", "bird"))
+case("classify_int64", "classify", probabilities=R(4), classes=Classes(np.int64(7), np.int64(3), np.int64(11), np.int64(5)))
+case("classify_symbolic", "classify", probabilities=R("B", 3), classes=Classes("a", "b", "c"))
+error("classify_count_mismatch", "classify", probabilities=R(1, 4), classes=Classes("a", "b"))
+error("classify_fp16", "classify", probabilities=R(1, 2, dtype="fp16"), classes=Classes("a", "b"))
+case("make_list_default", "make_list", elem_shape=[np.int32(2), np.int32(3)])
+case("make_list_fp16_fixed", "make_list", init_length=np.int32(4), dynamic_length=False, elem_shape=[np.int32(1), np.int32(5)],
+     dtype="fp16")
+case("make_list_symbolic_int32", "make_list", init_length=np.int32(0), elem_shape=["S", np.int32(4)], dtype="int32")
+error("make_list_bad_dtype", "make_list", elem_shape=[np.int32(2)], dtype="complex")
+LIST_14 = dict(init_length=np.int32(3), dynamic_length=False, elem_shape=[1, 4], dtype="fp32")
+case("list_read", "list_read", ls=L(**LIST_14), index=np.int32(1))
+case("list_read_runtime_index", "list_read", ls=L(**LIST_14), index=R(dtype="int32"))
+case("list_write", "list_write", ls=L(**LIST_14), index=np.int32(0), value=R(1, 4))
+error("list_write_wrong_shape", "list_write", ls=L(**LIST_14), index=np.int32(0), value=R(2, 4))
+case("list_gather", "list_gather", ls=L(**LIST_14), indices=i32(2, 0))
+case("list_gather_runtime", "list_gather", ls=L(**LIST_14), indices=R("K", dtype="int32"))
+case("list_scatter", "list_scatter", ls=L(**LIST_14), indices=i32(0, 2), value=R(2, 1, 4))
+error("list_scatter_count_mismatch", "list_scatter", ls=L(**LIST_14), indices=i32(0, 2), value=R(3, 1, 4))
+case("list_length", "list_length", ls=L(**LIST_14))
+case("list_length_dynamic", "list_length", ls=L(init_length=np.int32(2), elem_shape=[3], dtype="int32"))
+
+
 def describe_var(var, with_value):
     t = var.sym_type
+    if types.is_list(t):
+        # Issue 23: a list by its elements' type, its length and, for a
+        # constant list (classify's classes), its elements.
+        elem = t.T[0]
+        out = {"dtype": dtype_name(elem.get_primitive()) if types.is_tensor(elem) else dtype_name(elem),
+               "shape": dims(elem.get_shape()) if types.is_tensor(elem) else [],
+               "list": {"length": dims([t.T[1]])[0] if t.T[1] is not None else None}}
+        if with_value and var.val is not None:
+            out["value"] = [v.item() if hasattr(v, "item") else v for v in var.val]
+        return out
+    if types.is_dict(t):
+        return {"dtype": dtype_name(t.T[1]), "shape": [], "dict": dtype_name(t.T[0])}
     if types.is_tensor(t):
         dtype, shape = dtype_name(t.get_primitive()), dims(t.get_shape())
     else:
@@ -1069,8 +1123,16 @@ def run(name, op, inputs):
     with Function(specs, ct.target.iOS18) as func:
         # The constants as coremltools types them (built apart from the op,
         # so that a rejected op still has its inputs described).
+        made = {}  # L inputs: the lists made in the function
         for k, v in inputs.items():
-            if k in TUPLE_PARAMS:
+            if isinstance(v, L):
+                made[k] = mb.make_list(**v.kwargs)
+            elif isinstance(v, Classes):
+                made[k] = mb.const(val=mil_list(v.values))
+        for k, v in inputs.items():
+            if k in made:
+                record[k] = describe_var(made[k], True)
+            elif k in TUPLE_PARAMS:
                 items = []
                 for i, item in enumerate(v):
                     if isinstance(item, R):
@@ -1084,7 +1146,9 @@ def run(name, op, inputs):
                 record[k] = describe_var(mb.const(val=v), True)
         kw = {}
         for k, v in inputs.items():
-            if k in TUPLE_PARAMS:
+            if k in made:
+                kw[k] = made[k]
+            elif k in TUPLE_PARAMS:
                 kw[k] = [func.inputs[f"{k}_{i}"] if isinstance(item, R) else item for i, item in enumerate(v)]
             elif isinstance(v, R):
                 kw[k] = func.inputs[k]

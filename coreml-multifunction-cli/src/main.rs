@@ -51,8 +51,11 @@ Usage:
       package's default function. Each --input is a .npy array, converted to
       the input's declared type (fp16 inputs accept fp32 files); an image input is a uint8 [H, W, C] array
       in the declared channel order. --state sets a state's starting value
-      (zeros otherwise). Writes DIR/<output>.npy for every output and
-      DIR/<state>.npy with every state's final value. --repeat N runs the
+      (zeros otherwise). Writes DIR/<output>.npy for every output (a string
+      output, a classifier's label, as DIR/<output>.json holding a JSON
+      string; a dictionary output, its probabilities, as DIR/<output>.json
+      holding an object from key to value) and DIR/<state>.npy with every
+      state's final value. --repeat N runs the
       prediction N times from the same inputs and state, and prints the load
       time and the median prediction time. --fp16-ops rounds every fp16
       value to fp16 after every op, as the GPU and the Neural Engine do, so

@@ -1,5 +1,6 @@
 //! `predict`: runs a function on the reference CPU backend, with inputs,
-//! outputs and states as `.npy` files.
+//! outputs and states as `.npy` files (string and dictionary outputs, a
+//! classifier's label and probabilities, as `.json`).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
@@ -11,8 +12,8 @@ use coreml_multifunction::package::Package;
 use coreml_multifunction::proto::specification::{feature_type, state_feature_type, FeatureType};
 use coreml_multifunction::proto::FeatureDescription;
 use coreml_multifunction::runtime::{
-    self, AnyTensor, Backend, Configuration, DataType, FeatureValue, Features, Image, PixelFormat,
-    State, Tensor,
+    self, AnyTensor, Backend, Configuration, DataType, Dictionary, FeatureValue, Features, Image,
+    PixelFormat, State, Tensor,
 };
 use npyz::WriterBuilder as _;
 
@@ -171,8 +172,18 @@ pub(super) fn command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
     })?;
     let mut report = String::new();
     for (name, value) in &outputs {
-        let path = output_dir.join(format!("{name}.npy"));
-        let what = write_feature(&path, value)?;
+        let (path, what) = match value {
+            FeatureValue::String(_) | FeatureValue::Dictionary(_) => {
+                let path = output_dir.join(format!("{name}.json"));
+                let what = write_json(&path, value)?;
+                (path, what)
+            }
+            _ => {
+                let path = output_dir.join(format!("{name}.npy"));
+                let what = write_feature(&path, value)?;
+                (path, what)
+            }
+        };
         report += &format!("{}: {what}\n", path.display());
     }
     if let Some(state) = &state {
@@ -471,6 +482,37 @@ fn write_tensor(path: &Path, tensor: &AnyTensor) -> Result<String, Failure> {
         AnyTensor::Int8(t) => write_array(path, shape, t.as_slice())?,
     }
     Ok(format!("{} {:?}", tensor.data_type(), shape))
+}
+
+/// Writes a string output as a JSON string and a dictionary output as a
+/// JSON object from key to value (int64 keys as their decimal strings,
+/// JSON keys being strings), with serde_json, the CLI's JSON writer for
+/// `inspect --json` too: it escapes what JSON requires, prints each number
+/// with the fewest digits that read back to the same f64, and spells a
+/// value that is not finite, which JSON cannot, as `null`. The text is
+/// written whole, in one write.
+fn write_json(path: &Path, value: &FeatureValue) -> Result<String, Failure> {
+    let (json, what) = match value {
+        FeatureValue::String(s) => (serde_json::to_string(s), "string".to_string()),
+        FeatureValue::Dictionary(Dictionary::String(map)) => (
+            serde_json::to_string(map),
+            format!("dictionary of {} string keys", map.len()),
+        ),
+        FeatureValue::Dictionary(Dictionary::Int64(map)) => (
+            serde_json::to_string(map),
+            format!("dictionary of {} int64 keys", map.len()),
+        ),
+        other => {
+            return Err(failed(format!(
+                "{}: cannot write {} as .json",
+                path.display(),
+                other.kind()
+            )))
+        }
+    };
+    let text = json.map_err(|e| write_error(path, &e))?;
+    std::fs::write(path, text + "\n").map_err(|e| write_error(path, &e))?;
+    Ok(what)
 }
 
 fn write_feature(path: &Path, value: &FeatureValue) -> Result<String, Failure> {

@@ -41,7 +41,9 @@ use coreml_multifunction::runtime::{
 };
 use coreml_multifunction_build::compile_with_xcrun;
 use coreml_multifunction_build::merge::MultiFunctionDescriptor;
-use fixture_io::{assert_close, inputs, io_fixtures, steps, tolerance, values, Step};
+use fixture_io::{
+    assert_close, assert_output, inputs, io_fixtures, steps, tolerance, values, Step,
+};
 use prost::Message;
 
 /// Core ML's CPU path on fp16 programs: see the module documentation.
@@ -79,8 +81,7 @@ fn load(package: &Path, function: &str, configuration: &Configuration) -> Functi
 /// Checks every output of `step` against torch's, returning how many.
 fn check_outputs(what: &str, outputs: &Features, step: &Step, tolerance: (f32, f32)) -> usize {
     for (name, want) in &step.outputs {
-        let (shape, got) = values(&outputs[name]);
-        let worst = assert_close(&format!("{what}.{name}"), (&shape, &got), want, tolerance);
+        let worst = assert_output(&format!("{what}.{name}"), &outputs[name], want, tolerance);
         eprintln!("{what}.{name}: max error {worst:.2e} (tolerance {tolerance:?})");
     }
     step.outputs.len()

@@ -34,8 +34,8 @@ use prost::Message;
 mod fixture_io;
 
 use fixture_io::{
-    array_of, assert_close, feature, inputs, io_dir, io_fixtures, steps, tolerance, values, Npy,
-    FP16,
+    array_of, assert_close, assert_output, feature, inputs, io_dir, io_fixtures, steps, tolerance,
+    values, Npy, FP16,
 };
 
 fn reference() -> Configuration {
@@ -63,10 +63,9 @@ fn every_source_fixture_reproduces_torch() {
             let outputs = model.predict(&inputs(model.description(), &step)).unwrap();
             assert_eq!(outputs.len(), step.outputs.len(), "{fixture}");
             for (name, want) in &step.outputs {
-                let (shape, got) = values(&outputs[name]);
-                let worst = assert_close(
+                let worst = assert_output(
                     &format!("{fixture}.{name}"),
-                    (&shape, &got),
+                    &outputs[name],
                     want,
                     tolerance,
                 );
@@ -606,10 +605,9 @@ fn check_merged(merged: &Path, scenario: &Scenario, all: &[Scenario]) -> usize {
                 merged.display()
             );
             for (name, want) in &step.outputs {
-                let (shape, values) = values(&got[name]);
-                assert_close(
+                assert_output(
                     &format!("{} {target}.{name}", scenario.name),
-                    (&shape, &values),
+                    &got[name],
                     want,
                     tolerance,
                 );
@@ -1279,4 +1277,171 @@ fn cli_predict_fp16_ops_gives_the_devices_inf() {
     assert_close("cli default", (&[1, 1], &plain), want, FP16);
     let device = run(Some("--fp16-ops"), &out.path().join("fp16_ops"));
     assert_eq!(device, [f32::INFINITY]);
+}
+
+// ------------------------------------ issue 23 (opsvalues): classifiers
+
+/// The class with the greatest probability, the first listed among equals
+/// (`classify`'s rule); the classes in the order the fixture lists them.
+fn first_greatest<K: Clone>(classes: &[K], probability: impl Fn(&K) -> f64) -> K {
+    let mut best = &classes[0];
+    for class in &classes[1..] {
+        if probability(class) > probability(best) {
+            best = class;
+        }
+    }
+    best.clone()
+}
+
+#[test]
+fn classifiers_give_torchs_label_and_probabilities_as_their_description_types_them() {
+    use coreml_multifunction::runtime::Dictionary;
+    let merged = common::merged_package("classifiers");
+    for (fixture, function) in [
+        ("classifier_animals", "animals"),
+        ("classifier_digits", "digits"),
+    ] {
+        let source = load(&common::source_package(fixture), "main");
+        let from_merge = load(&merged, function);
+        for step in steps(fixture) {
+            for model in [&source, &from_merge] {
+                let outputs = model.predict(&inputs(model.description(), &step)).unwrap();
+                let Npy::Scores(torch) = &step.outputs["classLabel_probs"] else {
+                    panic!("{fixture}: torch's probabilities are a dictionary")
+                };
+                // torch's softmax within fp16 rounding, every class present.
+                assert_output(
+                    &format!("{fixture}.classLabel_probs"),
+                    &outputs["classLabel_probs"],
+                    &step.outputs["classLabel_probs"],
+                    FP16,
+                );
+                match (&outputs["classLabel"], &outputs["classLabel_probs"]) {
+                    (
+                        FeatureValue::String(label),
+                        FeatureValue::Dictionary(Dictionary::String(p)),
+                    ) => {
+                        let classes = ["cat", "dog", "bird"].map(String::from);
+                        assert_eq!(p.len(), classes.len());
+                        assert_eq!(label, &first_greatest(&classes, |c| p[c]), "{fixture}");
+                        let Npy::Text(want) = &step.outputs["classLabel"] else {
+                            panic!("{fixture}: torch's label is a string")
+                        };
+                        assert_eq!(label, want, "{fixture}: torch's argmax");
+                        assert_eq!(label, &first_greatest(&classes, |c| torch[c]));
+                    }
+                    (
+                        FeatureValue::Int64(label),
+                        FeatureValue::Dictionary(Dictionary::Int64(p)),
+                    ) => {
+                        let classes = [7i64, 3, 11, 5];
+                        assert_eq!(*label, first_greatest(&classes, |c| p[c]), "{fixture}");
+                        assert_eq!(
+                            *label,
+                            first_greatest(&classes, |c| torch[&c.to_string()]),
+                            "{fixture}: torch's argmax"
+                        );
+                    }
+                    (label, probabilities) => panic!(
+                        "{fixture}: {} and {} do not match the description",
+                        label.kind(),
+                        probabilities.kind()
+                    ),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cli_predict_writes_a_classifiers_label_and_probabilities_as_json() {
+    let out = tempfile::tempdir().unwrap();
+    for fixture in ["classifier_animals", "classifier_digits"] {
+        let input = io_dir(fixture).join("step0.input.x.npy");
+        let target = out.path().join(fixture);
+        let result = cli(&[
+            os("predict"),
+            common::source_package(fixture).as_os_str(),
+            os("--input"),
+            os(&format!("x={}", input.display())),
+            os("--output-dir"),
+            target.as_os_str(),
+        ]);
+        assert!(
+            result.status.success(),
+            "{fixture}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let step = &steps(fixture)[0];
+        let probabilities = Npy::read(&target.join("classLabel_probs.json"));
+        let Npy::Scores(written) = &probabilities else {
+            panic!("{fixture}: the probabilities are not a JSON object")
+        };
+        let Npy::Scores(torch) = &step.outputs["classLabel_probs"] else {
+            panic!()
+        };
+        assert_eq!(
+            written.keys().collect::<Vec<_>>(),
+            torch.keys().collect::<Vec<_>>()
+        );
+        let values: Vec<f32> = written.values().map(|&v| v as f32).collect();
+        assert_close(
+            &format!("cli {fixture}"),
+            (&[values.len()], &values),
+            &step.outputs["classLabel_probs"],
+            FP16,
+        );
+        if fixture == "classifier_animals" {
+            // A String output is a JSON string.
+            let text = std::fs::read_to_string(target.join("classLabel.json")).unwrap();
+            let Npy::Text(want) = &step.outputs["classLabel"] else {
+                panic!()
+            };
+            assert_eq!(text.trim(), format!("{want:?}"));
+        } else {
+            // An Int64 output is an int64 .npy, as before.
+            let label = Npy::read(&target.join("classLabel.npy"));
+            assert_eq!(label.to_f32(), step.outputs["classLabel"].to_f32());
+        }
+    }
+}
+
+#[test]
+fn a_loop_over_a_tensor_list_gives_numpys_elements() {
+    // The generic fixture test compares every output; this one holds the
+    // fixture to what it is meant to test: the list ops inside and after
+    // a while_loop whose trip count is an input.
+    let package = common::source_package("list_loop");
+    let opened = coreml_multifunction::package::Package::open(&package).unwrap();
+    let (mut ops, mut weights) = (BTreeMap::new(), Vec::new());
+    ops_and_weight_depths(
+        opened.function("main").unwrap().block(),
+        0,
+        &mut ops,
+        &mut weights,
+    );
+    for op in [
+        "make_list",
+        "list_write",
+        "list_read",
+        "list_gather",
+        "list_scatter",
+        "list_length",
+        "while_loop",
+    ] {
+        assert!(
+            ops.contains_key(op),
+            "list_loop no longer uses {op}: {ops:?}"
+        );
+    }
+    let model = load(&package, "main");
+    for step in steps("list_loop") {
+        let outputs = model.predict(&inputs(model.description(), &step)).unwrap();
+        let (_, length) = values(&outputs["length"]);
+        assert_eq!(length, step.outputs["length"].to_f32());
+        assert_eq!(length[0], step.inputs["steps"].to_f32()[0]);
+        for name in ["stacked", "doubled", "last"] {
+            assert_output(name, &outputs[name], &step.outputs[name], fixture_io::FP32);
+        }
+    }
 }

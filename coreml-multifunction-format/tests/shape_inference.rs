@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use coreml_multifunction_format::mil::infer::{
-    dtype_from_name, infer, Dim, Elements, Inputs, Operand, TensorType,
+    dtype_from_name, infer, Container, Dim, Elements, Inputs, Operand, TensorType,
 };
 use coreml_multifunction_format::mil::ops::{spec, supported, Kind};
 use coreml_multifunction_format::proto::mil_spec::DataType;
@@ -133,10 +133,25 @@ fn operand(json: &Json) -> Operand {
         dtype,
         shape: dims(&json["shape"]),
     };
-    match json.get("value").and_then(Json::as_array) {
+    let mut operand = match json.get("value").and_then(Json::as_array) {
         Some(value) => Operand::with_value(ty, elements(dtype, value)),
         None => Operand::tensor(ty),
+    };
+    operand.container = container(json);
+    operand
+}
+
+/// A list's or dictionary's container (issue 23): `"list": {"length"}`,
+/// `"dict": key dtype`.
+fn container(json: &Json) -> Option<Container> {
+    if let Some(list) = json.get("list") {
+        return Some(Container::List {
+            length: list["length"].as_u64(),
+        });
     }
+    json.get("dict").map(|key| Container::Dictionary {
+        key: dtype(key.as_str().unwrap()),
+    })
 }
 
 fn close(a: &Elements, b: &Elements) -> bool {
@@ -210,6 +225,22 @@ fn every_rule_agrees_with_coremltools() {
         for (k, (got, want)) in results.iter().zip(expected).enumerate() {
             let want_dtype = dtype(want["dtype"].as_str().unwrap());
             let want_shape = dims(&want["shape"]);
+            let want_container = container(want);
+            let container_agrees = match (&got.container, &want_container) {
+                // A list's length is compared where both know it.
+                (Some(Container::List { length: a }), Some(Container::List { length: b })) => {
+                    a.zip(*b).is_none_or(|(a, b)| a == b)
+                }
+                (a, b) => a == b,
+            };
+            if !container_agrees {
+                differing.insert(name);
+                failures.push(format!(
+                    "{name}: result {k} is {:?}, coremltools gives {want_container:?}",
+                    got.container
+                ));
+                continue;
+            }
             if got.ty.dtype != want_dtype || got.ty.shape != want_shape {
                 differing.insert(name);
                 failures.push(format!(

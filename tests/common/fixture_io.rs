@@ -19,7 +19,9 @@ use ndarray::ArrayD;
 
 use super::common;
 
-/// A `.npy` file of any of the element types the fixtures use.
+/// A `.npy` file of any of the element types the fixtures use, or a
+/// classifier's output as the CLI's `predict` writes it (`.json`: a JSON
+/// string or integer label, an object from class to probability).
 #[derive(Debug, Clone)]
 pub enum Npy {
     F16(ArrayD<f16>),
@@ -27,10 +29,27 @@ pub enum Npy {
     I32(ArrayD<i32>),
     I64(ArrayD<i64>),
     U8(ArrayD<u8>),
+    /// A string label.
+    Text(String),
+    /// Probabilities by class (int64 classes as their decimal strings).
+    Scores(BTreeMap<String, f64>),
 }
 
 impl Npy {
     pub fn read(path: &Path) -> Npy {
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(path).unwrap();
+            return match serde_json::from_str(&text).unwrap() {
+                serde_json::Value::String(s) => Npy::Text(s),
+                serde_json::Value::Number(n) => Npy::I64(array_of(&[], vec![n.as_i64().unwrap()])),
+                serde_json::Value::Object(map) => Npy::Scores(
+                    map.into_iter()
+                        .map(|(k, v)| (k, v.as_f64().unwrap()))
+                        .collect(),
+                ),
+                other => panic!("{}: unexpected JSON {other}", path.display()),
+            };
+        }
         let npy = npyz::NpyFile::new(std::io::BufReader::new(File::open(path).unwrap())).unwrap();
         assert!(
             npy.order() == npyz::Order::C || npy.shape().len() < 2,
@@ -60,6 +79,8 @@ impl Npy {
             Npy::I32(a) => a.shape().to_vec(),
             Npy::I64(a) => a.shape().to_vec(),
             Npy::U8(a) => a.shape().to_vec(),
+            Npy::Text(_) => Vec::new(),
+            Npy::Scores(map) => vec![map.len()],
         }
     }
 
@@ -70,6 +91,8 @@ impl Npy {
             Npy::I32(a) => a.iter().map(|&v| v as f32).collect(),
             Npy::I64(a) => a.iter().map(|&v| v as f32).collect(),
             Npy::U8(a) => a.iter().map(|&v| f32::from(v)).collect(),
+            Npy::Text(_) => Vec::new(),
+            Npy::Scores(map) => map.values().map(|&v| v as f32).collect(),
         }
     }
 }
@@ -217,7 +240,7 @@ pub fn values(value: &FeatureValue) -> (Vec<usize>, Vec<f32>) {
 /// coremltools' own decompression.
 pub fn tolerance(fixture: &str) -> (f32, f32) {
     match fixture {
-        "precision_fp32" | "tensor_ops" | "indexing_ops" | "control_flow" => FP32,
+        "precision_fp32" | "tensor_ops" | "indexing_ops" | "control_flow" | "list_loop" => FP32,
         // Issue 23 (opsvq): fp32 programs; w8a8's activation scales are
         // powers of two, so torch's quantization rounds as coremltools'
         // does and only the convolutions' summation order differs.
@@ -261,8 +284,8 @@ pub const FOUR_BIT: (f32, f32) = (5e-2, 5e-2);
 /// integer outputs (indices, argmax, counts) must match exactly.
 pub fn assert_close(what: &str, got: (&[usize], &[f32]), want: &Npy, tolerance: (f32, f32)) -> f32 {
     let (atol, rtol) = match want {
-        Npy::I32(_) | Npy::I64(_) | Npy::U8(_) => (0.0, 0.0),
-        Npy::F16(_) | Npy::F32(_) => tolerance,
+        Npy::I32(_) | Npy::I64(_) | Npy::U8(_) | Npy::Text(_) => (0.0, 0.0),
+        Npy::F16(_) | Npy::F32(_) | Npy::Scores(_) => tolerance,
     };
     let expected = want.to_f32();
     // torch keeps a leading batch axis coremltools may not; compare values
@@ -284,6 +307,49 @@ pub fn assert_close(what: &str, got: (&[usize], &[f32]), want: &Npy, tolerance: 
         worst = worst.max(error);
     }
     worst
+}
+
+/// [`assert_close`] for any output: a tensor as there; a string label
+/// equal to torch's; an int64 label equal; a dictionary with torch's keys,
+/// each probability within tolerance. The largest error.
+pub fn assert_output(what: &str, got: &FeatureValue, want: &Npy, tolerance: (f32, f32)) -> f32 {
+    use coreml_multifunction::runtime::Dictionary;
+    match (got, want) {
+        (FeatureValue::String(label), Npy::Text(expected)) => {
+            assert_eq!(label, expected, "{what}: the label differs from torch's");
+            0.0
+        }
+        (FeatureValue::Int64(label), want) => {
+            assert_eq!(
+                vec![*label as f32],
+                want.to_f32(),
+                "{what}: the label differs from torch's"
+            );
+            0.0
+        }
+        (FeatureValue::Dictionary(dictionary), Npy::Scores(expected)) => {
+            let got: BTreeMap<String, f32> = match dictionary {
+                Dictionary::String(map) => {
+                    map.iter().map(|(k, &v)| (k.clone(), v as f32)).collect()
+                }
+                Dictionary::Int64(map) => map
+                    .iter()
+                    .map(|(k, &v)| (k.to_string(), v as f32))
+                    .collect(),
+            };
+            assert_eq!(
+                got.keys().collect::<Vec<_>>(),
+                expected.keys().collect::<Vec<_>>(),
+                "{what}: the classes differ from torch's"
+            );
+            let values: Vec<f32> = got.values().copied().collect();
+            assert_close(what, (&[values.len()], &values), want, tolerance)
+        }
+        (got, want) => {
+            let (shape, values) = values(got);
+            assert_close(what, (&shape, &values), want, tolerance)
+        }
+    }
 }
 
 /// The shape `description` declares for output `name`, if it is a

@@ -332,10 +332,20 @@ impl Walker {
         // dimension that changes becomes unknown) until the body keeps
         // them; at most once per dimension.
         let mut types: Vec<TensorType> = initial.iter().map(|o| o.ty.clone()).collect();
+        // A list loop variable stays a list (its length may change).
+        let containers: Vec<Option<infer::Container>> = initial
+            .iter()
+            .map(|o| {
+                o.container.clone().map(|c| match c {
+                    infer::Container::List { .. } => infer::Container::List { length: None },
+                    other => other,
+                })
+            })
+            .collect();
         let dims: usize = types.iter().map(TensorType::rank).sum();
         for _ in 0..=dims + 1 {
             let mut trial = op.blocks[1].clone();
-            self.bind(&op.blocks[1], &types, op)?;
+            self.bind(&op.blocks[1], &types, &containers, op)?;
             let mut probe = Walker {
                 env: self.env.clone(),
                 complete: false,
@@ -366,7 +376,7 @@ impl Walker {
         // Now for real, at the stable types.
         for index in 0..2 {
             let block = op.blocks[index].clone();
-            self.bind(&block, &types, op)?;
+            self.bind(&block, &types, &containers, op)?;
             let mut block = block;
             self.block(&mut block)?;
             for (input, ty) in block.inputs.iter_mut().zip(&types) {
@@ -374,7 +384,14 @@ impl Walker {
             }
             op.blocks[index] = block;
         }
-        Ok(types.into_iter().map(Operand::tensor).collect())
+        Ok(types
+            .into_iter()
+            .zip(containers)
+            .map(|(ty, container)| Operand {
+                container,
+                ..Operand::tensor(ty)
+            })
+            .collect())
     }
 
     /// Binds the inputs of a loop block to the loop variables' types.
@@ -382,6 +399,7 @@ impl Walker {
         &mut self,
         block: &mil_spec::Block,
         types: &[TensorType],
+        containers: &[Option<infer::Container>],
         op: &Operation,
     ) -> Result<(), MaterializeError> {
         if block.inputs.len() != types.len() {
@@ -390,9 +408,12 @@ impl Walker {
                 "a block's inputs do not match the loop variables",
             ));
         }
-        for (input, ty) in block.inputs.iter().zip(types) {
-            self.env
-                .insert(input.name.clone(), Operand::tensor(ty.clone()));
+        for ((input, ty), container) in block.inputs.iter().zip(types).zip(containers) {
+            let operand = Operand {
+                container: container.clone(),
+                ..Operand::tensor(ty.clone())
+            };
+            self.env.insert(input.name.clone(), operand);
         }
         Ok(())
     }
@@ -495,6 +516,9 @@ fn retype(output: &mut NamedValueType, result: &Operand) {
                 set_dims(tensor, &result.ty.shape);
             }
         }
+        // Issue 23, opsvalues: a list keeps its declared type (its length
+        // changes at run time); a dictionary has no shape.
+        Some(value_type::Type::ListType(_) | value_type::Type::DictionaryType(_)) => {}
         _ => {
             let mut tensor = mil_spec::TensorType {
                 data_type: result.ty.dtype as i32,
@@ -512,12 +536,35 @@ fn operand_of_type(ty: Option<&ValueType>) -> Option<Operand> {
         value_type::Type::TensorType(t) => Some(Operand::tensor(tensor_type(t)?)),
         value_type::Type::StateType(s) => match s.wrapped_type.as_ref()?.r#type.as_ref()? {
             value_type::Type::TensorType(t) => Some(Operand {
-                ty: tensor_type(t)?,
                 state: true,
-                value: None,
+                ..Operand::tensor(tensor_type(t)?)
             }),
             _ => None,
         },
+        // Issue 23, opsvalues: lists and dictionaries, typed by their
+        // elements (values).
+        value_type::Type::ListType(list) => {
+            let element = match list.r#type.as_ref()?.r#type.as_ref()? {
+                value_type::Type::TensorType(t) => tensor_type(t)?,
+                _ => return None,
+            };
+            let length = match list.length.as_ref()?.dimension.as_ref() {
+                Some(mil_spec::dimension::Dimension::Constant(c)) => Some(c.size),
+                _ => None,
+            };
+            Some(Operand::list(element, length))
+        }
+        value_type::Type::DictionaryType(dict) => {
+            let tensor_of = |ty: Option<&ValueType>| match ty?.r#type.as_ref()? {
+                value_type::Type::TensorType(t) => tensor_type(t),
+                _ => None,
+            };
+            let key = tensor_of(dict.key_type.as_deref())?.dtype;
+            Some(Operand::dictionary(
+                key,
+                tensor_of(dict.value_type.as_deref())?,
+            ))
+        }
         _ => None,
     }
 }
@@ -538,12 +585,57 @@ fn tensor_type(t: &mil_spec::TensorType) -> Option<TensorType> {
 fn constant_operand(value: &mil_spec::Value) -> Option<Operand> {
     let mut operand = operand_of_type(value.r#type.as_ref())?;
     if let Some(value::Value::ImmediateValue(immediate)) = &value.value {
-        if let Some(value::immediate_value::Value::Tensor(tensor)) = &immediate.value {
-            operand.value =
-                elements_of(tensor, operand.ty.dtype).filter(|e| e.len() <= infer::MAX_FOLDED);
+        match &immediate.value {
+            Some(value::immediate_value::Value::Tensor(tensor)) => {
+                operand.value =
+                    elements_of(tensor, operand.ty.dtype).filter(|e| e.len() <= infer::MAX_FOLDED);
+            }
+            // A list of scalars (`classify`'s classes): its elements in order.
+            Some(value::immediate_value::Value::List(list)) => {
+                operand.value = list_elements(list, operand.ty.dtype);
+            }
+            _ => {}
         }
     }
     Some(operand)
+}
+
+/// The elements of an immediate list of scalar tensors, one after another.
+fn list_elements(list: &mil_spec::ListValue, dtype: DataType) -> Option<Elements> {
+    let mut parts = Vec::with_capacity(list.values.len());
+    for item in &list.values {
+        let Some(value::Value::ImmediateValue(immediate)) = &item.value else {
+            return None;
+        };
+        let Some(value::immediate_value::Value::Tensor(tensor)) = &immediate.value else {
+            return None;
+        };
+        parts.push(elements_of(tensor, dtype)?);
+    }
+    let total: usize = parts.iter().map(Elements::len).sum();
+    if total > infer::MAX_FOLDED {
+        return None;
+    }
+    Some(match dtype {
+        DataType::String => Elements::Str(
+            parts
+                .into_iter()
+                .flat_map(|p| match p {
+                    Elements::Str(s) => s,
+                    _ => Vec::new(),
+                })
+                .collect(),
+        ),
+        _ => Elements::Int(
+            parts
+                .into_iter()
+                .flat_map(|p| match p {
+                    Elements::Int(v) => v,
+                    _ => Vec::new(),
+                })
+                .collect(),
+        ),
+    })
 }
 
 /// The elements of an immediate tensor.

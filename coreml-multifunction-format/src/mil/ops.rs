@@ -290,6 +290,14 @@ pub enum Kind {
     ReshapeLike,
     SlidingWindows,
     Random(Random),
+    // Issue 23, opsvalues: the classifier's output op and the tensor lists.
+    Classify,
+    MakeList,
+    ListRead,
+    ListWrite,
+    ListGather,
+    ListScatter,
+    ListLength,
 }
 
 /// An op's interface: what it computes, the parameters it requires and
@@ -806,6 +814,7 @@ const TABLE: &[(&str, Spec)] = {
             &["boxes", "scores", "iou_threshold", "max_boxes"],
             &["score_threshold", "per_class_suppression"],
             None,
+        ),
         // issue 23 (opsmisc): einsum, gru, the batch/space moves, flatten2d,
         // reshape_like, sliding_windows and the random ops.
         op("einsum", K::Einsum, &["values", "equation"], NONE),
@@ -873,6 +882,31 @@ const TABLE: &[(&str, Spec)] = {
             &["shape"],
             &["low", "high", "seed"],
         ),
+        // Issue 23, opsvalues: `classify` (iOS 15) and the list ops
+        // (iOS 15 control_flow.py), whose interfaces no later opset changes.
+        op_with_outputs(
+            "classify",
+            K::Classify,
+            &["probabilities", "classes"],
+            NONE,
+            Some(2),
+        ),
+        op(
+            "make_list",
+            K::MakeList,
+            &["elem_shape"],
+            &["init_length", "dynamic_length", "dtype"],
+        ),
+        op("list_read", K::ListRead, &["ls", "index"], NONE),
+        op("list_write", K::ListWrite, &["ls", "index", "value"], NONE),
+        op("list_gather", K::ListGather, &["ls", "indices"], NONE),
+        op(
+            "list_scatter",
+            K::ListScatter,
+            &["ls", "indices", "value"],
+            NONE,
+        ),
+        op("list_length", K::ListLength, &["ls"], NONE),
     ]
 };
 

@@ -13,7 +13,9 @@
 use super::super::error::{Error, Result};
 use super::ops::{self, Args, Kind};
 use super::program::{Block, Program, Slot, Step};
-use super::value::{conform, round_float, round_fp16_in_place, Declared, OpResult, Value};
+use super::value::{
+    conform, conform_declared, round_float, round_fp16_in_place, Declared, OpResult, Value,
+};
 
 /// The current value of each state a program reads, in the program's state
 /// order, and what the prediction wrote to them.
@@ -211,7 +213,11 @@ impl Run<'_> {
 /// `value` as the program declares it: of the declared element category,
 /// and of a shape the declaration admits.
 fn declared_value(value: Value, declared: &Declared) -> OpResult<Value> {
-    let value = conform(value, declared.data_type)?;
+    let value = conform_declared(value, declared)?;
+    if matches!(value, Value::List(_) | Value::Dict(_)) {
+        // Checked by element type; a list's length changes as it runs.
+        return Ok(value);
+    }
     let shape = value.shape();
     if !declared.admits(&shape) {
         return Err(format!(

@@ -33,8 +33,13 @@
 //! depth, their blocks compiled at load like the function's body (constants
 //! inside them, weights of a loop body included, decoded once); every
 //! `constexpr_*` decompression op of iOS 16 to 18 (decompressed once, at
-//! load, chains and joint sparse compression included); and the iOS 18
-//! state ops. Semantics follow coremltools' op definitions. Ops outside the
+//! load, chains and joint sparse compression included); the iOS 18
+//! state ops; `classify`, a `ClassifierConfig` classifier's last op, whose
+//! label and label → probability dictionary come back as the String (or
+//! Int64) and Dictionary features the description declares (its tie rule:
+//! `ops/values.rs`); and the tensor lists of `make_list` and the `list_*`
+//! ops, carried through loops. Semantics follow coremltools' op
+//! definitions. Ops outside the
 //! list are an [`Error::UnsupportedOps`] when the function is *loaded*,
 //! naming every such op (in nested blocks too) and the function, never a
 //! wrong answer later; so are a missing required input, an unknown
@@ -183,6 +188,10 @@ enum OutputKind {
     Image(PixelFormat),
     Int64,
     Double,
+    /// A string (a classifier's string label).
+    String,
+    /// A dictionary (a classifier's probabilities).
+    Dictionary,
 }
 
 /// A state buffer as the function description declares it.
@@ -264,10 +273,13 @@ impl Function {
                 }
                 Some(feature_type::Type::Int64Type(_)) => OutputKind::Int64,
                 Some(feature_type::Type::DoubleType(_)) => OutputKind::Double,
+                Some(feature_type::Type::StringType(_)) => OutputKind::String,
+                Some(feature_type::Type::DictionaryType(_)) => OutputKind::Dictionary,
                 _ => {
                     return Err(invalid(format!(
                         "output {:?} is of a type the reference backend does not return \
-                         (it returns arrays, images, int64 and double values)",
+                         (it returns arrays, images, int64, double, string and dictionary \
+                         values)",
                         output.name
                     )))
                 }
@@ -647,6 +659,11 @@ fn value_to_feature(value: &Value, kind: &OutputKind) -> std::result::Result<Fea
         }
         OutputKind::Double => Ok(FeatureValue::Double(f64::from(value.to_f32_scalar()?))),
         OutputKind::Image(format) => value_to_image(value, *format).map(FeatureValue::Image),
+        OutputKind::String => Ok(FeatureValue::String(value.to_str()?.to_string())),
+        OutputKind::Dictionary => match value {
+            Value::Dict(dictionary) => Ok(FeatureValue::Dictionary(dictionary.clone())),
+            other => Err(format!("expected a dictionary, found {}", other.kind())),
+        },
     }
 }
 
@@ -718,7 +735,7 @@ mod tests {
         for op in &all {
             assert!(ops::spec(op).is_some(), "{op}");
         }
-        for op in ["gru", "make_list", "frobnicate"] {
+        for op in ["gru", "frobnicate"] {
             assert!(ops::spec(op).is_none(), "{op}");
         }
     }

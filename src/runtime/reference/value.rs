@@ -12,6 +12,8 @@ use ndarray::{ArcArray, ArrayD, IxDyn};
 
 use coreml_multifunction_format::proto::mil_spec::{self, value_type, DataType};
 
+pub(crate) use crate::runtime::value::Dictionary;
+
 /// A float tensor (any declared float type, computed in f32).
 pub(crate) type FloatArray = ArcArray<f32, IxDyn>;
 /// An integer tensor (any declared integer type).
@@ -35,6 +37,30 @@ pub(crate) enum Value {
     Str(Vec<String>),
     /// A function's state input: the index of the state in the function.
     State(usize),
+    /// A tensor list (`make_list` and the `list_*` ops).
+    List(List),
+    /// A dictionary (`classify`'s class → probability).
+    Dict(Dictionary),
+}
+
+/// A tensor list as `make_list` makes it and the `list_*` ops use it.
+///
+/// An element never written is `None`: reading it gives zeros of the
+/// element shape when `make_list` fixed that shape, and is an error
+/// otherwise (coremltools does not define the value of an unwritten
+/// element; Core ML's is not documented, so this is the reference
+/// backend's choice). Elements are shared arrays, so a write copies the
+/// element pointers, never the tensors.
+#[derive(Debug, Clone)]
+pub(crate) struct List {
+    /// The elements, in order.
+    pub elements: Vec<Option<Value>>,
+    /// The element type `make_list` declares.
+    pub dtype: DataType,
+    /// The element shape, when `make_list` fixed every dimension.
+    pub elem_shape: Option<Vec<usize>>,
+    /// Whether writes past the end grow the list (`dynamic_length`).
+    pub dynamic: bool,
 }
 
 impl Value {
@@ -67,6 +93,8 @@ impl Value {
             Value::Bool(_) => "a bool tensor",
             Value::Str(_) => "a string",
             Value::State(_) => "a state",
+            Value::List(_) => "a list",
+            Value::Dict(_) => "a dictionary",
         }
     }
 
@@ -78,7 +106,7 @@ impl Value {
             Value::Bool(a) => a.shape().to_vec(),
             Value::Str(s) if s.len() == 1 => Vec::new(),
             Value::Str(s) => vec![s.len()],
-            Value::State(_) => Vec::new(),
+            Value::State(_) | Value::List(_) | Value::Dict(_) => Vec::new(),
         }
     }
 
@@ -222,11 +250,22 @@ pub(crate) fn category(data_type: DataType) -> Option<Category> {
 }
 
 /// The type a program declares for a value: element type and shape (each
-/// dimension known or not; `None` for an unknown rank).
+/// dimension known or not; `None` for an unknown rank). For a list, the
+/// type and shape of its elements; for a dictionary, of its values.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Declared {
     pub data_type: DataType,
     pub dims: Option<Vec<Option<usize>>>,
+    /// What holds the elements: a tensor, a list or a dictionary.
+    pub holder: Holder,
+}
+
+/// The kind of value a [`Declared`] type is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Holder {
+    Tensor,
+    List,
+    Dictionary,
 }
 
 impl Declared {
@@ -234,6 +273,14 @@ impl Declared {
     pub(crate) fn of(value_type: Option<&mil_spec::ValueType>) -> Option<Declared> {
         match value_type?.r#type.as_ref()? {
             value_type::Type::TensorType(tensor) => Some(Declared::of_tensor(tensor)),
+            value_type::Type::ListType(list) => Some(Declared {
+                holder: Holder::List,
+                ..Declared::of(list.r#type.as_deref())?
+            }),
+            value_type::Type::DictionaryType(dict) => Some(Declared {
+                holder: Holder::Dictionary,
+                ..Declared::of(dict.value_type.as_deref())?
+            }),
             _ => None,
         }
     }
@@ -252,7 +299,11 @@ impl Declared {
                 })
                 .collect()
         });
-        Declared { data_type, dims }
+        Declared {
+            data_type,
+            dims,
+            holder: Holder::Tensor,
+        }
     }
 
     /// The shape, when every dimension is known.
@@ -326,6 +377,7 @@ pub(crate) fn conform(value: Value, data_type: DataType) -> OpResult<Value> {
     };
     Ok(match (wanted, value) {
         (_, Value::State(i)) => Value::State(i),
+        (_, v @ (Value::List(_) | Value::Dict(_))) => v,
         (Category::Float, v @ Value::Float(_)) => v,
         (Category::Int, v @ Value::Int(_)) => v,
         (Category::Bool, v @ Value::Bool(_)) => v,
@@ -337,6 +389,36 @@ pub(crate) fn conform(value: Value, data_type: DataType) -> OpResult<Value> {
             return Err(format!("expected a string, found {}", v.kind()));
         }
     })
+}
+
+/// `value` as a value of the declared type `declared`: a tensor converted
+/// to the declared element category (see [`conform`]); a list or a
+/// dictionary where one is declared, and nowhere else.
+pub(crate) fn conform_declared(value: Value, declared: &Declared) -> OpResult<Value> {
+    match (declared.holder, &value) {
+        (Holder::List, Value::List(list)) => {
+            if category(list.dtype) != category(declared.data_type) {
+                return Err(format!(
+                    "a list of {} elements, where the program declares {}",
+                    coreml_multifunction_format::package::blob::mil_type_name(list.dtype),
+                    coreml_multifunction_format::package::blob::mil_type_name(declared.data_type)
+                ));
+            }
+            Ok(value)
+        }
+        (Holder::Dictionary, Value::Dict(_)) => Ok(value),
+        (Holder::Tensor, Value::List(_) | Value::Dict(_))
+        | (Holder::List | Holder::Dictionary, _) => Err(format!(
+            "{}, where the program declares {}",
+            value.kind(),
+            match declared.holder {
+                Holder::Tensor => "a tensor",
+                Holder::List => "a list",
+                Holder::Dictionary => "a dictionary",
+            }
+        )),
+        (Holder::Tensor, _) => conform(value, declared.data_type),
+    }
 }
 
 /// Casts `value` to `data_type` as the `cast` op does: floats round to the

@@ -25,7 +25,7 @@ use coreml_multifunction_format::proto::mil_spec::{
     self, tensor_value, value, value::immediate_value, DataType,
 };
 
-use super::value::{category, wrap_int, Category, Declared, OpResult, Value};
+use super::value::{category, wrap_int, Category, Declared, List, OpResult, Value};
 
 /// A decoded constant (a weight), as shared between the functions of a
 /// package.
@@ -175,8 +175,20 @@ pub(crate) fn decode(package: &Package, value: &mil_spec::Value) -> OpResult<Val
             Some(immediate_value::Value::Tuple(_)) => {
                 Err("tuple immediates are not supported".to_string())
             }
-            Some(immediate_value::Value::List(_)) => {
-                Err("list immediates are not supported".to_string())
+            Some(immediate_value::Value::List(list)) => {
+                // Issue 23, opsvalues: `classify`'s classes.
+                let declared = declared.ok_or("an immediate list has no list type")?;
+                let elements = list
+                    .values
+                    .iter()
+                    .map(|item| decode(package, item).map(Some))
+                    .collect::<OpResult<Vec<_>>>()?;
+                Ok(Value::List(List {
+                    elements,
+                    dtype: declared.data_type,
+                    elem_shape: declared.static_shape(),
+                    dynamic: false,
+                }))
             }
             Some(immediate_value::Value::Dictionary(_)) => {
                 Err("dictionary immediates are not supported".to_string())

@@ -6,7 +6,7 @@
 //! path, and awaited `predict_async` futures. CI compiles it for the host
 //! and type-checks it for Apple targets; run on the host it predicts with
 //! the reference backend and checks the results (and on a Mac, with Core
-//! ML).
+//! ML). Two classifiers' String and Int64 labels: `classify.rs`.
 
 use std::future::Future;
 use std::path::Path;
@@ -18,6 +18,8 @@ use coreml_multifunction::half::f16;
 use coreml_multifunction::runtime::{self, Configuration, Image, PixelFormat, Tensor};
 
 coreml_multifunction::include_models!();
+
+mod classify;
 
 /// Wakes the thread blocked in [`block_on`].
 struct Unpark(Thread);
@@ -244,6 +246,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     chunked_prefill()?;
+    classify::classifiers()?;
 
     println!(
         "generated API: every function loaded and predicted ({})",

@@ -16,6 +16,8 @@ fn the_generated_api_runs_end_to_end() {
         stdout.contains("every function loaded and predicted"),
         "{stdout}"
     );
+    // The classifiers' String and Int64 labels (issue 23).
+    assert!(stdout.contains("classifiers: animals says \""), "{stdout}");
     // Fixed-shape functions made at build time from one flexible package:
     // their generated shape constants, and the output shapes predicted.
     assert!(

@@ -16,8 +16,8 @@ mod constexpr;
 mod elementwise;
 mod index;
 mod linalg;
-mod quantize;
 mod misc;
+mod quantize;
 mod recurrent;
 mod reduce;
 mod resample;
@@ -25,6 +25,8 @@ mod sampling;
 mod shape;
 #[cfg(test)]
 mod tests;
+// Issue 23, opsvalues.
+mod values;
 
 use std::collections::BTreeMap;
 
@@ -279,12 +281,33 @@ fn round_to_f16(f: f64) -> f64 {
 /// `read_state` and `write_state` take), and its elements where known.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Operand {
-    /// The type (of the tensor a state holds, for a state).
+    /// The type (of the tensor a state holds, for a state; of a list's
+    /// elements, for a list; of a dictionary's values, for a dictionary).
     pub ty: TensorType,
     /// Whether it is a state.
     pub state: bool,
     /// The elements, where known and small (see [`MAX_FOLDED`]).
     pub value: Option<Elements>,
+    /// Whether it is a list or a dictionary rather than a tensor.
+    pub container: Option<Container>,
+}
+
+/// The values that are not tensors: `make_list`'s lists and `classify`'s
+/// dictionary. An [`Operand`]'s `ty` is then the type of the elements (of
+/// the values, for a dictionary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Container {
+    /// A list of tensors, `length` long when known (coremltools types a
+    /// list by `make_list`'s `init_length`).
+    List {
+        /// The length, when known.
+        length: Option<u64>,
+    },
+    /// A dictionary from `key` (string or int64) to values.
+    Dictionary {
+        /// The key type.
+        key: DataType,
+    },
 }
 
 /// The most elements a value is followed for. Shapes and the masks built
@@ -298,6 +321,32 @@ impl Operand {
             ty,
             state: false,
             value: None,
+            container: None,
+        }
+    }
+
+    /// A list of elements of type `element`.
+    pub fn list(element: TensorType, length: Option<u64>) -> Operand {
+        Operand {
+            container: Some(Container::List { length }),
+            ..Operand::tensor(element)
+        }
+    }
+
+    /// A dictionary from `key` to values of type `value`.
+    pub fn dictionary(key: DataType, value: TensorType) -> Operand {
+        Operand {
+            container: Some(Container::Dictionary { key }),
+            ..Operand::tensor(value)
+        }
+    }
+
+    /// The length of a list operand (`Ok(None)`: not known); an error for
+    /// anything else.
+    pub fn list_length(&self) -> Result<Option<u64>, String> {
+        match self.container {
+            Some(Container::List { length }) => Ok(length),
+            _ => Err("is not a list".to_string()),
         }
     }
 
@@ -305,9 +354,8 @@ impl Operand {
     pub fn with_value(ty: TensorType, value: Elements) -> Operand {
         let small = value.len() <= MAX_FOLDED;
         Operand {
-            ty,
-            state: false,
             value: small.then_some(value),
+            ..Operand::tensor(ty)
         }
     }
 
@@ -360,6 +408,11 @@ impl<'a> Inputs<'a> {
         let operand = self.required(name)?;
         if operand.state {
             return Err(format!("input {name:?} is a state, not a tensor"));
+        }
+        if operand.container.is_some() {
+            return Err(format!(
+                "input {name:?} is a list or dictionary, not a tensor"
+            ));
         }
         Ok(&operand.ty)
     }
@@ -575,6 +628,14 @@ pub fn infer(kind: Kind, inputs: &Inputs<'_>) -> RuleResult {
         K::ReshapeLike => one(misc::reshape_like(inputs)),
         K::SlidingWindows => one(misc::sliding_windows(inputs)),
         K::Random(op) => one(misc::random(op, inputs)),
+        // Issue 23, opsvalues.
+        K::Classify => values::classify(inputs),
+        K::MakeList => one(values::make_list(inputs)),
+        K::ListRead => one(values::list_read(inputs)),
+        K::ListWrite => one(values::list_write(inputs)),
+        K::ListGather => one(values::list_gather(inputs)),
+        K::ListScatter => one(values::list_scatter(inputs)),
+        K::ListLength => one(values::list_length(inputs)),
     }
 }
 

@@ -25,6 +25,8 @@ mod reduce;
 mod resample;
 mod sampling;
 mod shape;
+// Issue 23, opsvalues.
+mod values;
 mod window;
 
 use ndarray::{ArcArray, IxDyn};
@@ -256,6 +258,14 @@ pub(crate) fn run(kind: Kind, args: &Args<'_>) -> OpResult<Vec<Value>> {
         Kind::ReshapeLike => single(misc::reshape_like(args)),
         Kind::SlidingWindows => single(misc::sliding_windows(args)),
         Kind::Random(op) => single(random::random(op, args)),
+        // Issue 23, opsvalues.
+        Kind::Classify => values::classify(args),
+        Kind::MakeList => single(values::make_list(args)),
+        Kind::ListRead => single(values::list_read(args)),
+        Kind::ListWrite => single(values::list_write(args)),
+        Kind::ListGather => single(values::list_gather(args)),
+        Kind::ListScatter => single(values::list_scatter(args)),
+        Kind::ListLength => single(values::list_length(args)),
     }
 }
 

@@ -15,7 +15,7 @@
 
 use super::*;
 use crate::runtime::reference::program::Step;
-use crate::runtime::reference::value::Declared;
+use crate::runtime::reference::value::{Declared, Holder};
 use coreml_multifunction_format::proto::mil_spec::DataType;
 
 pub(super) fn f(shape: &[usize], data: &[f32]) -> Value {
@@ -54,6 +54,7 @@ pub(crate) fn run_op(
     let declared = Declared {
         data_type: DataType::Float32,
         dims: None,
+        holder: Holder::Tensor,
     };
     let step = Step {
         kind: spec.kind,
@@ -356,6 +357,102 @@ fn no_op_panics_on_degenerate_inputs() {
                         Ok(Ok(_)) => computed += 1,
                         Ok(Err(_)) => {}
                     }
+                }
+            }
+        }
+    }
+    // Issue 23, opsvalues: the list ops also on lists (made by make_list
+    // from the same degenerate values, written or not), and classify on
+    // lists of classes, empty and not.
+    let mut lists = vec![Value::List(super::super::value::List {
+        elements: Vec::new(),
+        dtype: DataType::Float32,
+        elem_shape: None,
+        dynamic: false,
+    })];
+    for classes in [0, 1, 3] {
+        lists.push(Value::List(super::super::value::List {
+            elements: (0..classes).map(|c| Some(s(&c.to_string()))).collect(),
+            dtype: DataType::String,
+            elem_shape: Some(Vec::new()),
+            dynamic: false,
+        }));
+    }
+    for shape in shapes {
+        let count: usize = shape.iter().product();
+        for fill in [0.0f32, 1.0, -1.0, 3.0] {
+            let value = f(shape, &vec![fill; count]);
+            let made = run_op(
+                "make_list",
+                vec![
+                    (
+                        "elem_shape",
+                        i(&[shape.len()], &vec![fill as i32; shape.len()]),
+                    ),
+                    ("init_length", i(&[], &[fill as i32])),
+                    ("dynamic_length", b(&[], &[fill != 0.0])),
+                ],
+                1,
+            );
+            let Ok(Ok(mut made)) = std::panic::catch_unwind(|| made) else {
+                continue;
+            };
+            let list = made.remove(0);
+            if let Ok(Ok(mut written)) = std::panic::catch_unwind(|| {
+                run_op(
+                    "list_write",
+                    vec![
+                        ("ls", list.clone()),
+                        ("index", i(&[], &[0])),
+                        ("value", value.clone()),
+                    ],
+                    1,
+                )
+            }) {
+                lists.push(written.remove(0));
+            }
+            lists.push(list);
+        }
+    }
+    for list in &lists {
+        for shape in shapes {
+            let count: usize = shape.iter().product();
+            for fill in [0.0f32, 1.0, -1.0, 3.0] {
+                for op in [
+                    "list_read",
+                    "list_write",
+                    "list_gather",
+                    "list_scatter",
+                    "list_length",
+                ] {
+                    let spec = spec(op).expect("a list op");
+                    let value = i(shape, &vec![fill as i32; count]);
+                    let inputs: Vec<(&str, Value)> = spec
+                        .required
+                        .iter()
+                        .map(|&param| {
+                            (
+                                param,
+                                if param == "ls" {
+                                    list.clone()
+                                } else {
+                                    value.clone()
+                                },
+                            )
+                        })
+                        .collect();
+                    match std::panic::catch_unwind(|| run_op(op, inputs, 1)) {
+                        Err(_) => panics.push(format!("{op} on a list and {shape:?} of {fill}")),
+                        Ok(Ok(_)) => computed += 1,
+                        Ok(Err(_)) => {}
+                    }
+                }
+                let inputs = vec![
+                    ("probabilities", f(shape, &vec![fill; count])),
+                    ("classes", list.clone()),
+                ];
+                if std::panic::catch_unwind(|| run_op("classify", inputs, 2)).is_err() {
+                    panics.push(format!("classify on {shape:?} of {fill}"));
                 }
             }
         }
