@@ -41,9 +41,7 @@ use coreml_multifunction::runtime::{
 };
 use coreml_multifunction_build::compile_with_xcrun;
 use coreml_multifunction_build::merge::MultiFunctionDescriptor;
-use fixture_io::{
-    assert_close, assert_output, inputs, io_fixtures, steps, tolerance, values, Step,
-};
+use fixture_io::{assert_close, assert_output, inputs, io_fixtures, steps, tolerance, Step};
 use prost::Message;
 
 /// Core ML's CPU path on fp16 programs: see the module documentation.

@@ -318,7 +318,18 @@ impl Walker {
         Ok(then
             .iter()
             .zip(otherwise)
-            .map(|(a, b)| Operand::tensor(join_types(&a.ty, &b.ty)))
+            .map(|(a, b)| Operand {
+                // A list stays a list (of a length neither branch fixes);
+                // a list against a tensor is no list.
+                container: match (&a.container, &b.container) {
+                    (Some(infer::Container::List { .. }), Some(infer::Container::List { .. })) => {
+                        Some(infer::Container::List { length: None })
+                    }
+                    (x, y) if x == y => x.clone(),
+                    _ => None,
+                },
+                ..Operand::tensor(join_types(&a.ty, &b.ty))
+            })
             .collect())
     }
 

@@ -10,10 +10,12 @@
 //! greatest probabilities, the first in the order of `classes` (the
 //! element the scan from index 0 reaches first, as `std::max_element`,
 //! numpy's `argmax` and torch's CPU `argmax` pick it). A NaN never
-//! replaces the current best, so a NaN wins only at index 0. Neither
-//! coremltools' definition nor Core ML's documentation states a tie rule;
-//! Core ML's behaviour is not verified here (no Mac), and this rule is the
-//! one every CPU argmax we know of follows. The dictionary holds every
+//! replaces the current best, so a NaN wins only at index 0 (numpy and
+//! torch would pick the first NaN). Neither coremltools' definition
+//! (`classify.py`) nor Core ML's documentation (searched: the
+//! `NeuralNetworkClassifier` and `MLModelDescription` references, Vision's
+//! `VNClassificationObservation`, coremltools' issues) states a tie rule;
+//! Core ML's behaviour is not verified here (no Mac). The dictionary holds every
 //! class with the probability the op is given, widened to f64 (Core ML's
 //! dictionary values are doubles), unnormalized and unrounded.
 
