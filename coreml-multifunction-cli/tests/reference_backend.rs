@@ -466,15 +466,16 @@ fn a_scripted_loop_runs_as_often_as_its_input_says() {
 }
 
 // issue 23 (opsmisc)
-/// The random-ops fixture (coremltools' MIL builder) has no torch outputs:
-/// Core ML's random stream cannot be reproduced. Its outputs are checked
-/// by distribution instead: shapes, ranges, and each statistic of the
-/// sample within five standard errors of its expectation (the seeds are
-/// fixed, so this is deterministic); and two predictions give the same
-/// values, seeded (`seed` given) or not (seed -1, the default).
+/// The random-op fixtures, `random_torch` (torch's `multinomial`, `rand`
+/// and `randn` converted) and `random_ops` (the MIL builder, with
+/// `random_bernoulli`, which torch's frontend lacks), have no torch
+/// outputs: Core ML's random stream cannot be reproduced. Their outputs are
+/// checked by distribution instead: shapes, ranges, and each statistic of
+/// the sample within five standard errors of its expectation (the seeds
+/// are fixed, so this is deterministic); and two predictions give the
+/// same values, seeded (`seed` given) or not (seed -1, the default).
 #[test]
-fn the_random_ops_fixture_draws_from_its_distributions() {
-    let model = load(&common::source_package("random_ops"), "main");
+fn the_random_fixtures_draw_from_their_distributions() {
     // Class probabilities 0.1, 0.2, 0.3, 0.4 in every row, as logits.
     let probs = [0.1f64, 0.2, 0.3, 0.4];
     let logits: Vec<f32> = (0..3)
@@ -484,63 +485,74 @@ fn the_random_ops_fixture_draws_from_its_distributions() {
         "logits".to_string(),
         FeatureValue::from(Tensor::new(vec![3, 4], logits).unwrap()),
     )]);
-    let outputs = model.predict(&features).unwrap();
     let within = |what: &str, got: f64, want: f64, se: f64| {
         assert!(
             (got - want).abs() <= 5.0 * se,
             "{what}: {got} is more than 5 standard errors ({se}) from {want}"
         );
     };
-    let sample = |name: &str, shape: &[usize]| -> Vec<f64> {
-        let (got, values) = values(&outputs[name]);
-        assert_eq!(got, shape, "{name}");
-        values.into_iter().map(f64::from).collect()
-    };
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let variance = |v: &[f64]| {
         let m = mean(v);
         v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64
     };
-
-    let classes = sample("categorical", &[3, 4000]);
-    for row in classes.chunks(4000) {
-        for (class, &p) in probs.iter().enumerate() {
-            let share = row.iter().filter(|&&c| c == class as f64).count() as f64 / 4000.0;
-            within("a class's share", share, p, (p * (1.0 - p) / 4000.0).sqrt());
+    for fixture in ["random_torch", "random_ops"] {
+        let model = load(&common::source_package(fixture), "main");
+        let outputs = model.predict(&features).unwrap();
+        let sample = |name: &str, shape: &[usize]| -> Vec<f64> {
+            let (got, values) = values(&outputs[name]);
+            assert_eq!(got, shape, "{fixture}.{name}");
+            values.into_iter().map(f64::from).collect()
+        };
+        let classes = sample("categorical", &[3, 4000]);
+        for row in classes.chunks(4000) {
+            for (class, &p) in probs.iter().enumerate() {
+                let share = row.iter().filter(|&&c| c == class as f64).count() as f64 / 4000.0;
+                within("a class's share", share, p, (p * (1.0 - p) / 4000.0).sqrt());
+            }
+        }
+        let n: f64 = 64.0 * 64.0;
+        let uniform = sample("uniform", &[64, 64]);
+        assert!(
+            uniform.iter().all(|&v| (-1.0..3.0).contains(&v)),
+            "{fixture}"
+        );
+        within(
+            "the uniform mean",
+            mean(&uniform),
+            1.0,
+            4.0 / (12.0 * n).sqrt(),
+        );
+        let normal = sample("normal", &[64, 64]);
+        within("the normal mean", mean(&normal), 0.5, 2.0 / n.sqrt());
+        within(
+            "the normal variance",
+            variance(&normal),
+            4.0,
+            (32.0 / (n - 1.0)).sqrt(),
+        );
+        let mut names = vec!["categorical", "uniform", "normal"];
+        if fixture == "random_ops" {
+            let bernoulli = sample("bernoulli", &[64, 64]);
+            assert!(bernoulli.iter().all(|&v| v == 0.0 || v == 1.0));
+            within(
+                "the share of ones",
+                mean(&bernoulli),
+                0.2,
+                (0.2 * 0.8 / n).sqrt(),
+            );
+            names.push("bernoulli");
+        }
+        let again = model.predict(&features).unwrap();
+        for name in names {
+            assert_eq!(
+                values(&again[name]),
+                values(&outputs[name]),
+                "{fixture}.{name}"
+            );
         }
     }
-    let n: f64 = 64.0 * 64.0;
-    let uniform = sample("uniform", &[64, 64]);
-    assert!(uniform.iter().all(|&v| (-1.0..3.0).contains(&v)));
-    within(
-        "the uniform mean",
-        mean(&uniform),
-        1.0,
-        4.0 / (12.0 * n).sqrt(),
-    );
-    let normal = sample("normal", &[64, 64]);
-    within("the normal mean", mean(&normal), 0.5, 2.0 / n.sqrt());
-    within(
-        "the normal variance",
-        variance(&normal),
-        4.0,
-        (2.0 * 16.0 / (n - 1.0)).sqrt(),
-    );
-    let bernoulli = sample("bernoulli", &[64, 64]);
-    assert!(bernoulli.iter().all(|&v| v == 0.0 || v == 1.0));
-    within(
-        "the share of ones",
-        mean(&bernoulli),
-        0.2,
-        (0.2 * 0.8 / n).sqrt(),
-    );
-
-    let again = model.predict(&features).unwrap();
-    for name in ["categorical", "uniform", "normal", "bernoulli"] {
-        assert_eq!(values(&again[name]), values(&outputs[name]), "{name}");
-    }
 }
-
 // ------------------------------------------------------ 2. merges, numerically
 
 use common::{scenarios, source_path, Scenario};

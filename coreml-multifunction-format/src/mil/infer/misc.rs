@@ -83,7 +83,7 @@ pub(super) fn batch_space(inputs: &Inputs<'_>, to_batch: bool) -> Result<Operand
         for k in 0..2 {
             let (b, [before, after]) = (block[k] as u64, amounts[k]);
             shape[2 + k] = match shape[2 + k] {
-                Some(d) if (d + (before + after) as u64) % b != 0 => {
+                Some(d) if !(d + (before + after) as u64).is_multiple_of(b) => {
                     return Err(format!(
                         "spatial axis {k} of {} padded by {:?} does not divide by {b}",
                         x.describe(),
@@ -95,7 +95,7 @@ pub(super) fn batch_space(inputs: &Inputs<'_>, to_batch: bool) -> Result<Operand
         }
     } else {
         shape[0] = match shape[0] {
-            Some(n) if n % blocks != 0 => {
+            Some(n) if !n.is_multiple_of(blocks) => {
                 return Err(format!(
                     "the batch of {} does not divide by the block's {blocks} elements",
                     x.describe()

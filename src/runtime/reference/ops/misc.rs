@@ -57,9 +57,9 @@ pub(super) fn einsum(args: &Args<'_>) -> OpResult<Value> {
             shape.insert(0, 1);
         }
         let four: [usize; 4] = shape.try_into().map_err(|_| "rank".to_string())?;
-        Ok(a.to_owned()
+        a.to_owned()
             .into_shape_with_order(four)
-            .map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())
     };
     let (x, y) = (as4(x)?, as4(y)?);
     let ([bx, c, hx, w1], [by, w1y, hy, w2]) = (x.dim().into(), y.dim().into());
@@ -101,7 +101,7 @@ fn space_to_batch_of<T: Copy + Default>(
 ) -> OpResult<ArcArray<T, IxDyn>> {
     let [n, c, h, w] = nchw(x.shape())?;
     let (ph, pw) = (h + pads[0][0] + pads[0][1], w + pads[1][0] + pads[1][1]);
-    if ph % block[0] != 0 || pw % block[1] != 0 {
+    if !ph.is_multiple_of(block[0]) || !pw.is_multiple_of(block[1]) {
         return Err(format!(
             "the padded {ph}×{pw} plane does not divide into blocks of {}×{}",
             block[0], block[1]
@@ -148,7 +148,7 @@ fn batch_to_space_of<T: Copy + Default>(
 ) -> OpResult<ArcArray<T, IxDyn>> {
     let [nb, c, h, w] = nchw(x.shape())?;
     let blocks = block[0] * block[1];
-    if nb % blocks != 0 {
+    if !nb.is_multiple_of(blocks) {
         return Err(format!(
             "a batch of {nb} does not divide into blocks of {}×{}",
             block[0], block[1]
@@ -278,4 +278,117 @@ pub(super) fn sliding_windows(args: &Args<'_>) -> OpResult<Value> {
         .ok_or("lacks its required input \"size\"")?;
     let stride = args.opt_i64("stride")?.unwrap_or(1);
     Ok(any_tensor!(x, a => windows_of(a, along, size, stride)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::run_op;
+    use super::*;
+
+    fn f(shape: &[usize]) -> Value {
+        let count = shape.iter().product();
+        Value::float(shape.to_vec(), (0..count).map(|v| v as f32).collect()).unwrap()
+    }
+
+    fn i(shape: &[usize], data: &[i32]) -> Value {
+        Value::int(shape.to_vec(), data.to_vec()).unwrap()
+    }
+
+    fn error(op: &str, inputs: Vec<(&str, Value)>) -> String {
+        run_op(op, inputs, 1).unwrap_err()
+    }
+
+    #[test]
+    fn malformed_misc_ops_are_refused_naming_what_is_wrong() {
+        let equation = |e: &str| Value::Str(vec![e.to_string()]);
+        // An equation coremltools' einsum does not take (its frontend
+        // lowers it to matmuls), and one whose shapes do not contract.
+        let e = error(
+            "einsum",
+            vec![
+                ("values", f(&[2, 3, 4, 5])),
+                ("values", f(&[2, 5, 4, 6])),
+                ("equation", equation("abcd,adbe->abce")),
+            ],
+        );
+        assert!(e.contains("abcd,adbe->abce"), "{e}");
+        let e = error(
+            "einsum",
+            vec![
+                ("values", f(&[2, 3, 4, 5])),
+                ("values", f(&[2, 6, 4, 6])),
+                ("equation", equation("nchw,nwhu->nchu")),
+            ],
+        );
+        assert!(e.contains("contracts 5"), "{e}");
+        let e = error(
+            "space_to_batch",
+            vec![
+                ("x", f(&[1, 1, 3, 4])),
+                ("block_shape", i(&[2], &[2, 2])),
+                ("paddings", i(&[2, 2], &[0, 0, 0, 0])),
+            ],
+        );
+        assert!(e.contains("3×4"), "{e}");
+        let e = error(
+            "batch_to_space",
+            vec![
+                ("x", f(&[3, 1, 2, 2])),
+                ("block_shape", i(&[2], &[2, 2])),
+                ("crops", i(&[2, 2], &[0, 0, 0, 0])),
+            ],
+        );
+        assert!(e.contains("batch of 3"), "{e}");
+        let e = error("flatten2d", vec![("x", f(&[2, 3])), ("axis", i(&[], &[3]))]);
+        assert!(e.contains("axis 3"), "{e}");
+        let e = error(
+            "sliding_windows",
+            vec![
+                ("x", f(&[2, 3])),
+                ("axis", i(&[], &[1])),
+                ("size", i(&[], &[4])),
+            ],
+        );
+        assert!(e.contains("size 4"), "{e}");
+        let e = error(
+            "reshape_like",
+            vec![
+                ("x", f(&[2, 3])),
+                ("ref_tensors", f(&[2, 2])),
+                ("begins", i(&[], &[0])),
+                ("ends", i(&[], &[2])),
+                ("end_masks", Value::bool(vec![], vec![false]).unwrap()),
+            ],
+        );
+        assert!(e.contains("reshape 6 elements"), "{e}");
+    }
+
+    #[test]
+    fn batch_to_space_undoes_space_to_batch() {
+        let x = f(&[2, 3, 5, 4]);
+        let moved = run_op(
+            "space_to_batch",
+            vec![
+                ("x", x.clone()),
+                ("block_shape", i(&[2], &[3, 2])),
+                ("paddings", i(&[2, 2], &[1, 0, 2, 2])),
+            ],
+            1,
+        )
+        .unwrap()
+        .remove(0);
+        assert_eq!(moved.shape(), vec![12, 3, 2, 4]);
+        let back = run_op(
+            "batch_to_space",
+            vec![
+                ("x", moved),
+                ("block_shape", i(&[2], &[3, 2])),
+                ("crops", i(&[2, 2], &[1, 0, 2, 2])),
+            ],
+            1,
+        )
+        .unwrap()
+        .remove(0);
+        assert_eq!(back.to_float().unwrap(), x.to_float().unwrap());
+    }
 }

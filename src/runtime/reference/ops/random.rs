@@ -124,8 +124,8 @@ pub(super) fn random(op: Random, args: &Args<'_>) -> OpResult<Value> {
         }
         Random::Uniform => {
             let (low, high) = (param(args, "low", 0.0)?, param(args, "high", 1.0)?);
-            if !(low <= high) {
-                return Err(format!("low {low} is above high {high}"));
+            if low.is_nan() || high.is_nan() || low > high {
+                return Err(format!("low {low} is not at most high {high}"));
             }
             filled(args, || {
                 let v = (f64::from(low) + f64::from(high - low) * rng.uniform()) as f32;
@@ -184,7 +184,7 @@ fn categorical(args: &Args<'_>, rng: &mut Rng) -> OpResult<Value> {
             } else {
                 f64::from(v)
             };
-            if !(weight >= 0.0) || !weight.is_finite() {
+            if !weight.is_finite() || weight < 0.0 {
                 return Err(format!(
                     "x holds {v}, not a {}",
                     if logits {
@@ -197,7 +197,7 @@ fn categorical(args: &Args<'_>, rng: &mut Rng) -> OpResult<Value> {
             total += weight;
             *c = total;
         }
-        if !(total > 0.0) {
+        if total <= 0.0 {
             return Err("a distribution of x has no positive probability".to_string());
         }
         for _ in 0..size {
