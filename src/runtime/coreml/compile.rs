@@ -55,8 +55,10 @@ pub(super) struct Source {
 }
 
 /// Every compiled copy in use in this process, by canonical path (of the
-/// package, or of a compiled model loaded by path).
-static COPIES: Registry<PathBuf, CompiledCopy> = Registry::new();
+/// package, or of a compiled model loaded by path) and cache root (none for
+/// a compiled model): loads configured with another cache directory make
+/// and use their own copy.
+static COPIES: Registry<(PathBuf, PathBuf), CompiledCopy> = Registry::new();
 
 fn io_error<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(std::io::Error) -> Error + 'a {
     move |source| Error::Io {
@@ -75,7 +77,7 @@ pub(super) fn shared_copy(package: &Path, cache_root: &Path) -> Result<Arc<Compi
         "list the package's files for the compile cache",
     ))?;
     COPIES.get_or_make(
-        &package.to_path_buf(),
+        &(package.to_path_buf(), cache_root.to_path_buf()),
         |copy| copy.source.as_ref().is_some_and(|s| s.files == files),
         || find_or_compile(package, cache_root, files.clone()),
     )
@@ -85,7 +87,7 @@ pub(super) fn shared_copy(package: &Path, cache_root: &Path) -> Result<Arc<Compi
 /// by its own path (an app bundle's).
 pub(super) fn given_copy(compiled: &Path) -> Arc<CompiledCopy> {
     let made = COPIES.get_or_make(
-        &compiled.to_path_buf(),
+        &(compiled.to_path_buf(), PathBuf::new()),
         |_| true,
         || {
             Ok::<_, Infallible>(CompiledCopy {
@@ -163,10 +165,11 @@ pub(super) fn cached_copy(failed: &CompiledCopy, cache_root: &Path) -> Option<Co
     })
 }
 
-/// Makes `copy` the one later loads of the package at `package` share (it
-/// loaded after the shared one turned out damaged).
-pub(super) fn share(package: &Path, copy: &Arc<CompiledCopy>) {
-    COPIES.replace(&package.to_path_buf(), copy);
+/// Makes `copy` the one later loads of the package at `package` with cache
+/// root `cache_root` share (it loaded after the shared one turned out
+/// damaged).
+pub(super) fn share(package: &Path, cache_root: &Path, copy: &Arc<CompiledCopy>) {
+    COPIES.replace(&(package.to_path_buf(), cache_root.to_path_buf()), copy);
 }
 
 /// A fresh compile of a package whose copy turned out damaged, not yet

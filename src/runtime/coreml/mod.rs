@@ -786,7 +786,7 @@ fn load_shared(
         let error = match load_model(&copy.path, function_name, compute_units) {
             Ok(model) => {
                 if first.is_some() {
-                    compile::share(package, &copy);
+                    compile::share(package, cache_root, &copy);
                 }
                 return Ok((model, copy));
             }
@@ -850,7 +850,7 @@ fn load_fresh(
     } else {
         loaded
     };
-    compile::share(package, &copy);
+    compile::share(package, cache_root, &copy);
     Ok((model, copy))
 }
 
