@@ -30,17 +30,37 @@
 //! read before Core ML reads them (`Package::open` reads the specification
 //! and each weight's 64-byte record header to validate the package).
 //!
-//! If a compiled model fails to load with an error that means it is
-//! damaged ([`super::compile_cache::means_damaged_model`]), the next one is
-//! tried: the cache's copy after the build's, a fresh compile after the
-//! cache's (replacing the cached entry atomically). Any other error, and
-//! any failure of a model compiled just now, is returned as Core ML gave
-//! it; when a fallback was tried and failed too, the first error is
-//! returned with the fallback's appended to its message.
+//! Every function of a package loads from one compiled copy per process
+//! and cache root ([`compile::CompiledCopy`], shared through a process-wide
+//! registry): a [`State`] holds the copy its model came from, and a
+//! function of another copy refuses it ([`Error::OtherCompiledCopy`]). A
+//! compile that could not go into the cache is owned by the process and
+//! deleted when the last function and state using it drop.
+//!
+//! If a compiled model fails to load with an error that means it may be
+//! damaged ([`super::compile_cache::recovery`]), the next one is tried: the
+//! cache's copy after the build's, then a fresh compile staged beside the
+//! cache entry, which replaces the entry only once it has loaded (and is
+//! then loaded again from where it now is). Any other error, and any
+//! failure of a model compiled just now, is returned as Core ML gave it;
+//! when a fallback was tried and failed too, the first error is returned
+//! with what the fallback did appended to its message.
+//!
+//! `super::Function::load_async` runs all of this on a thread of its own
+//! and hands the function over through the one-shot channel of
+//! [`super::prediction`]. Core ML's completion-handler load and compile
+//! (`loadContentsOfURL:configuration:completionHandler:`,
+//! `compileModelAtURL:completionHandler:`) are not used: the compile one
+//! runs the same synchronous compile on a global queue (so waiting for it
+//! would block a dispatch worker instead), and a load that may have to
+//! fall back to another copy and compile again is one sequence of steps,
+//! simplest kept on one thread.
 //!
 //! It loads with an `MLModelConfiguration` whose `computeUnits` is
 //! [`super::ComputeUnits`] (named `MLComputeUnits` constants) and, for a
-//! multifunction model, whose `functionName` is the function: that
+//! multifunction model, whose `functionName` is the function (a compiled
+//! model loaded by path is multifunction when its `metadata.json` lists
+//! functions, or cannot be read): that
 //! property exists from macOS 15 / iOS 18 / tvOS 18 / watchOS 11 /
 //! visionOS 2, checked with `objc2::available!`, and on older systems
 //! loading fails with [`Error::OsTooOld`]. A single-function package leaves
