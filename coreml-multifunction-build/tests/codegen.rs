@@ -456,7 +456,9 @@ fn a_split_function_gets_a_pipeline_struct_with_its_own_api() {
         "pub struct DecodeInput {",
         "pub struct DecodeOutput {",
         "pub const CHUNKS: [&'static str; 2] = [DecodeChunk1::NAME, DecodeChunk2::NAME];",
-        "rt::Pipeline::new(Self::NAME, chunks, &Self::OUTPUTS)?",
+        "(DecodeChunk1::NAME, DecodeChunk1::DESCRIPTION),",
+        "pub fn load_async(configuration: &rt::Configuration) -> rt::Loading<Self>",
+        "rt::Pipeline::load_generated_async(\n                    rt::ModelLocation::built(PACKAGE),",
         "pub fn new_state(&self) -> rt::Result<State>",
         "input: &DecodeInput,\n            state: &mut State,\n        ) -> rt::Result<DecodeOutput>",
         // Docs and order from the source, types from the chunks.

@@ -181,6 +181,45 @@ fn the_prefill_decode_pair_shares_one_state() {
 }
 
 #[test]
+fn a_package_loads_without_blocking_and_its_copy_owns_its_states() {
+    let cache = tempfile::tempdir().unwrap();
+    let configuration = core_ml(cache.path());
+    let package = common::merged_package("stateful");
+    // Loaded on a thread of Core ML's own; the future moves to this one.
+    let loading = Function::load_async(&package, "prefill", &configuration);
+    let prefill = thread::spawn(move || block_on(loading))
+        .join()
+        .unwrap()
+        .unwrap();
+    let decode = load(&package, "decode", &configuration);
+    // Both from the one compiled copy the process shares: one cache entry.
+    assert!(
+        entries(cache.path()).len() <= 1,
+        "{:?}",
+        entries(cache.path())
+    );
+    run_stateful(&prefill, &decode, true);
+    // A load with another cache directory is another compiled copy, which
+    // refuses the first copy's states.
+    let other_cache = tempfile::tempdir().unwrap();
+    let other = load(&package, "decode", &core_ml(other_cache.path()));
+    let step = steps("stateful")
+        .into_iter()
+        .find(|step| step.function == "decode")
+        .unwrap();
+    let features = inputs(other.description(), &step);
+    let mut state = prefill.new_state().unwrap();
+    let error = other.predict_with_state(&features, &mut state).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            coreml_multifunction::runtime::Error::OtherCompiledCopy { .. }
+        ),
+        "{error}"
+    );
+}
+
+#[test]
 fn a_merged_lora_package_loads_per_function() {
     let dir = tempfile::tempdir().unwrap();
     let merged = dir.path().join("lora.mlpackage");

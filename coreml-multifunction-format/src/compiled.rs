@@ -385,6 +385,31 @@ pub fn precompiled_for(package: &Path, key: &CacheKey) -> Option<PathBuf> {
     (compiled.is_dir() && read_stamp(&compiled).as_ref() == Some(key)).then_some(compiled)
 }
 
+/// The file of a compiled model describing it (inputs, outputs, and for a
+/// multifunction model its functions).
+pub const COMPILED_METADATA: &str = "metadata.json";
+
+/// The functions a compiled model's `metadata.json` lists (`functions`,
+/// each with a `name`, written for multifunction models only): empty for
+/// a single-function model, `None` when the text is not such metadata (a
+/// JSON array of model objects). What decides whether loading sets
+/// `MLModelConfiguration.functionName`, which a single-function model must
+/// not need: that property exists only from macOS 15 / iOS 18.
+pub fn compiled_model_functions(metadata: &str) -> Option<Vec<String>> {
+    let value: serde_json::Value = serde_json::from_str(metadata).ok()?;
+    let models = value.as_array()?;
+    let mut names = Vec::new();
+    for model in models {
+        let Some(functions) = model.as_object()?.get("functions") else {
+            continue;
+        };
+        for function in functions.as_array()? {
+            names.push(function.get("name")?.as_str()?.to_string());
+        }
+    }
+    Some(names)
+}
+
 /// Copies the directory tree at `from` to `to` (which must not exist),
 /// following symbolic links.
 fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
@@ -404,14 +429,24 @@ fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// How [`move_or_copy`] put a tree in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moved {
+    /// Renamed: the source is gone.
+    Renamed,
+    /// Copied (another file system): the source is still there.
+    Copied,
+}
+
 /// Moves the directory `source` to `staged` (which must not exist): a
 /// rename when on one file system, a copy otherwise (the source is then
 /// left for the caller to remove).
-pub fn move_or_copy(source: &Path, staged: &Path) -> io::Result<()> {
+pub fn move_or_copy(source: &Path, staged: &Path) -> io::Result<Moved> {
     if fs::rename(source, staged).is_ok() {
-        return Ok(());
+        return Ok(Moved::Renamed);
     }
-    copy_dir(source, staged)
+    copy_dir(source, staged)?;
+    Ok(Moved::Copied)
 }
 
 /// The name prefix of staging directories.
@@ -498,11 +533,72 @@ pub fn remove_abandoned_staging(dir: &Path, min_age: Duration, now: SystemTime) 
 
 /// Puts the directory `source` at `destination`, replacing what is there:
 /// the old tree is first renamed aside, then the new one renamed in.
+///
+/// When the swap fails, the tree is moved back to `source` (when it was
+/// moved, not copied), so a caller whose only compile it is still has it:
+/// the staging directory deletes what is left in it when it drops.
 pub fn replace_dir(source: &Path, destination: &Path) -> io::Result<()> {
+    let staged = stage_beside(source, destination)?;
+    let swapped = swap_in(&staged.staging, &staged.path, destination);
+    restore_on_failure(swapped, staged.moved, &staged.path, source)
+}
+
+/// A tree moved into a staging directory beside its destination, to be put
+/// there ([`Staged::commit`]) only once it proves good: a fresh compile
+/// that must load before it replaces a cached entry. Dropped without a
+/// commit, it is deleted and the destination is left as it was.
+#[derive(Debug)]
+pub struct Staged {
+    staging: Staging,
+    path: PathBuf,
+    destination: PathBuf,
+    moved: Moved,
+}
+
+/// Moves (or copies, across file systems) the directory `source` into a
+/// staging directory beside `destination`.
+pub fn stage_beside(source: &Path, destination: &Path) -> io::Result<Staged> {
     let staging = staging_beside(destination)?;
-    let staged = staging.path().join("new");
-    move_or_copy(source, &staged)?;
-    swap_in(&staging, &staged, destination)
+    let path = staging.path().join("new");
+    let moved = move_or_copy(source, &path)?;
+    Ok(Staged {
+        staging,
+        path,
+        destination: destination.to_path_buf(),
+        moved,
+    })
+}
+
+impl Staged {
+    /// Where the tree is now, until committed.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Puts the tree at its destination, replacing what is there (renamed
+    /// aside first, so a reader sees the old tree or the new one).
+    pub fn commit(self) -> io::Result<PathBuf> {
+        swap_in(&self.staging, &self.path, &self.destination)?;
+        Ok(self.destination)
+    }
+}
+
+/// After an install of `staged` failed (`outcome`), moves it back to
+/// `source` when it was moved from there (`moved`), so the failure does
+/// not delete the caller's only copy with the staging directory. A copy
+/// (`moved` false) left `source` as it was. Returns `outcome`.
+pub fn restore_on_failure<T>(
+    outcome: io::Result<T>,
+    moved: Moved,
+    staged: &Path,
+    source: &Path,
+) -> io::Result<T> {
+    if outcome.is_err() && moved == Moved::Renamed && staged.exists() && !source.exists() {
+        // Same file system (it was renamed from there): this rename is
+        // what the install's was, back.
+        let _ = fs::rename(staged, source);
+    }
+    outcome
 }
 
 /// Puts a copy of the directory `source` at `destination`, replacing what
@@ -815,6 +911,88 @@ mod tests {
         let live_path = live.path().to_path_buf();
         drop(live);
         assert!(!live_path.exists(), "removed on drop");
+    }
+
+    #[test]
+    fn a_failed_install_gives_the_tree_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("compiled.mlmodelc");
+        write(&source.join("model.mil"), b"only copy");
+        // A directory cannot be renamed onto a regular file: the swap
+        // fails after the tree was moved into staging.
+        let destination = dir.path().join("out/entry.mlmodelc");
+        write(&destination, b"a file in the way");
+        let error = replace_dir(&source, &destination);
+        if let Ok(()) = error {
+            // Some systems replace a file with a directory; nothing to test.
+            return;
+        }
+        assert_eq!(
+            fs::read(source.join("model.mil")).unwrap(),
+            b"only copy",
+            "the compile is still where it was"
+        );
+        let names: Vec<_> = fs::read_dir(dir.path().join("out"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["entry.mlmodelc"], "no staging left behind");
+
+        // The pure part: only a renamed tree goes back, and only on failure.
+        let staged = dir.path().join("staged");
+        let back = dir.path().join("back");
+        write(&staged.join("x"), b"x");
+        let failed: io::Result<()> = Err(io::Error::other("rename failed"));
+        assert!(restore_on_failure(failed, Moved::Copied, &staged, &back).is_err());
+        assert!(!back.exists(), "a copy left its source in place");
+        assert!(restore_on_failure(Ok(()), Moved::Renamed, &staged, &back).is_ok());
+        assert!(!back.exists(), "a success keeps the install");
+        let failed: io::Result<()> = Err(io::Error::other("rename failed"));
+        assert!(restore_on_failure(failed, Moved::Renamed, &staged, &back).is_err());
+        assert!(back.join("x").is_file() && !staged.exists());
+    }
+
+    #[test]
+    fn compiled_metadata_tells_multifunction_models_apart() {
+        let multi = r#"[{"shortDescription": "", "functions": [
+            {"name": "prefill", "inputSchema": []}, {"name": "decode"}
+        ], "defaultFunctionName": "decode"}]"#;
+        assert_eq!(
+            compiled_model_functions(multi),
+            Some(vec!["prefill".to_string(), "decode".to_string()])
+        );
+        let single = r#"[{"inputSchema": [{"name": "x"}], "outputSchema": []}]"#;
+        assert_eq!(compiled_model_functions(single), Some(Vec::new()));
+        for unreadable in ["", "{}", "[1]", r#"[{"functions": [{"id": 1}]}]"#] {
+            assert_eq!(compiled_model_functions(unreadable), None, "{unreadable}");
+        }
+    }
+
+    #[test]
+    fn a_staged_tree_replaces_its_destination_only_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let destination = dir.path().join("cache/entry.mlmodelc");
+        write(&destination.join("model.mil"), b"old");
+        let fresh = dir.path().join("fresh");
+        write(&fresh.join("model.mil"), b"new");
+        let staged = stage_beside(&fresh, &destination).unwrap();
+        assert_eq!(fs::read(staged.path().join("model.mil")).unwrap(), b"new");
+        // Dropped (the fresh copy did not load): the entry stays.
+        drop(staged);
+        assert_eq!(fs::read(destination.join("model.mil")).unwrap(), b"old");
+        let names = |dir: &Path| -> Vec<_> {
+            fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect()
+        };
+        assert_eq!(names(&dir.path().join("cache")), ["entry.mlmodelc"]);
+        // Committed (it loaded): it replaces the entry.
+        write(&fresh.join("model.mil"), b"new");
+        let staged = stage_beside(&fresh, &destination).unwrap();
+        assert_eq!(staged.commit().unwrap(), destination);
+        assert_eq!(fs::read(destination.join("model.mil")).unwrap(), b"new");
+        assert_eq!(names(&dir.path().join("cache")), ["entry.mlmodelc"]);
     }
 
     #[test]

@@ -54,14 +54,16 @@
 //! own compiler, configuration, decryption) would fail the same way after
 //! minutes of compiling, and a good cached model is never deleted for them.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 use coreml_multifunction_format::compiled::{
-    location_key, move_or_copy, remove_abandoned_staging, staging_beside, CacheKey,
-    COMPILED_EXTENSION,
+    location_key, move_or_copy, remove_abandoned_staging, restore_on_failure, staging_beside,
+    CacheKey, COMPILED_EXTENSION,
 };
 
 /// The most compiled models the cache keeps.
@@ -127,14 +129,17 @@ pub fn install_dir(source: &Path, destination: &Path) -> io::Result<bool> {
     }
     let staging = staging_beside(destination)?;
     let staged = staging.path().join("new");
-    move_or_copy(source, &staged)?;
-    match fs::rename(&staged, destination) {
+    let moved = move_or_copy(source, &staged)?;
+    let outcome = match fs::rename(&staged, destination) {
         Ok(()) => Ok(true),
         // Renaming onto a non-empty directory fails: another process got
         // there first.
         Err(_) if destination.is_dir() => Ok(false),
         Err(e) => Err(e),
-    }
+    };
+    // A failure keeps the compile where it was (the caller loads it from
+    // there), rather than deleting it with the staging directory.
+    restore_on_failure(outcome, moved, &staged, source)
 }
 
 /// Removes the cached model at `path`: renamed aside first, so no reader
@@ -209,6 +214,144 @@ pub fn record_package(root: &Path, package: &Path, key: &CacheKey) -> Option<Pat
     }
     let stale = cached_model_path(root, &previous?);
     (stale.is_dir() && evict(&stale).is_ok()).then_some(stale)
+}
+
+/// Where a compiled model came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled at build time, beside the package.
+    Precompiled,
+    /// From the cache.
+    Cached,
+    /// Compiled by Core ML in this process.
+    Fresh,
+    /// A compiled model loaded by its own path (an app bundle's): there is
+    /// no package to compile again from.
+    Given,
+}
+
+/// What a load does after the compiled copy it tried failed to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Returns the error: it does not mean the copy is damaged (it would
+    /// come back from any other copy), or the copy was compiled just now,
+    /// or there is nothing to compile from.
+    GiveUp,
+    /// Tries the cache's copy (the build's failed, and the cache has one).
+    LoadCached,
+    /// Compiles again, beside the entry it would replace, and replaces the
+    /// entry only once the fresh copy loads: an error that only looked
+    /// like damage (`com.apple.CoreML` code 0 is also an engine failure)
+    /// then leaves a good entry in place.
+    CompileBeside,
+}
+
+/// What to do after a compiled copy from `origin` failed to load with an
+/// error of `domain` and `code`; `cache_has_entry` says whether the cache
+/// holds a copy of the package's key.
+pub fn recovery(origin: Origin, domain: &str, code: isize, cache_has_entry: bool) -> Recovery {
+    match origin {
+        _ if !means_damaged_model(domain, code) => Recovery::GiveUp,
+        Origin::Fresh | Origin::Given => Recovery::GiveUp,
+        Origin::Precompiled if cache_has_entry => Recovery::LoadCached,
+        Origin::Precompiled | Origin::Cached => Recovery::CompileBeside,
+    }
+}
+
+/// A process-wide table of shared values, one per key (a package's
+/// canonical path), each kept only as long as something uses it: the
+/// compiled copy every function of a package loads from. Held weakly, so
+/// a copy the process owns (a temporary compile) is dropped, and its
+/// directory removed, with the last function using it.
+///
+/// Making a value (a compile, possibly minutes) holds only that key's
+/// slot: loads of the same package wait for it and then share it, loads of
+/// other packages go on.
+#[derive(Debug)]
+pub struct Registry<K, V> {
+    slots: Mutex<BTreeMap<K, Arc<Mutex<Weak<V>>>>>,
+}
+
+impl<K: Ord + Clone, V> Registry<K, V> {
+    /// An empty registry (usable in a `static`).
+    pub const fn new() -> Self {
+        Registry {
+            slots: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn slot(&self, key: &K) -> Arc<Mutex<Weak<V>>> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        // Forget keys nobody uses or is making (a busy slot is skipped).
+        slots.retain(|_, slot| {
+            Arc::strong_count(slot) > 1
+                || slot
+                    .try_lock()
+                    .map_or(true, |value| value.strong_count() > 0)
+        });
+        slots.entry(key.clone()).or_default().clone()
+    }
+
+    /// The live value of `key` if `is_current` accepts it, else the one
+    /// `make` returns, which later calls then share.
+    pub fn get_or_make<E>(
+        &self,
+        key: &K,
+        is_current: impl FnOnce(&V) -> bool,
+        make: impl FnOnce() -> Result<V, E>,
+    ) -> Result<Arc<V>, E> {
+        let slot = self.slot(key);
+        let mut held = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(value) = held.upgrade().filter(|value| is_current(value)) {
+            return Ok(value);
+        }
+        let value = Arc::new(make()?);
+        *held = Arc::downgrade(&value);
+        Ok(value)
+    }
+
+    /// Makes `value` the one later calls for `key` share (a copy that
+    /// loaded after the shared one turned out damaged).
+    pub fn replace(&self, key: &K, value: &Arc<V>) {
+        let slot = self.slot(key);
+        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(value);
+    }
+}
+
+/// A directory this process owns and removes when the value owning it
+/// drops: Core ML's temporary output of a compile that could not go into
+/// the cache, shared (through [`Registry`]) by every function loaded from
+/// it. Best effort: a removal that fails leaves the directory to the
+/// system's temporary-directory cleanup.
+#[derive(Debug)]
+pub struct OwnedDir {
+    path: PathBuf,
+}
+
+impl OwnedDir {
+    /// Takes ownership of the directory at `path`.
+    pub fn new(path: PathBuf) -> Self {
+        OwnedDir { path }
+    }
+}
+
+impl Drop for OwnedDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The `functionName` a load of function `name` of a compiled model sets,
+/// given the functions its `metadata.json` lists (`None` when it could not
+/// be read): the name for a multifunction model, and when unknown (what
+/// this crate's merges make is multifunction), nothing for a
+/// single-function model, whose one function is the default and which
+/// must load on systems without `functionName` (before macOS 15 / iOS 18).
+pub fn function_name_to_set<'a>(functions: Option<&[String]>, name: &'a str) -> Option<&'a str> {
+    match functions {
+        Some([]) => None,
+        _ => Some(name),
+    }
 }
 
 /// The `MLModelErrorDomain` (`com.apple.CoreML`).
@@ -329,6 +472,22 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_install_keeps_the_compile() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("core-ml-output.mlmodelc");
+        write(&output.join("model.mil"), b"compiled");
+        // Something that is not a directory where the entry goes: the
+        // final rename fails after the move into staging.
+        let destination = dir.path().join("cache/abc.mlmodelc");
+        write(&destination, b"in the way");
+        if install_dir(&output, &destination).is_ok() {
+            return; // a system that renames a directory onto a file
+        }
+        assert_eq!(fs::read(output.join("model.mil")).unwrap(), b"compiled");
+        assert_eq!(names(&dir.path().join("cache")), ["abc.mlmodelc"]);
+    }
+
+    #[test]
     fn pruning_keeps_the_most_recently_used_and_the_one_in_use() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("compiled");
@@ -402,6 +561,100 @@ mod tests {
             2,
             "no staged record left"
         );
+    }
+
+    #[test]
+    fn a_damaged_copy_is_compiled_again_beside_it_and_a_fresh_one_never() {
+        use Origin::*;
+        // The build's copy is damaged: the cache's next, else a compile.
+        assert_eq!(
+            recovery(Precompiled, CORE_ML_DOMAIN, 3, true),
+            Recovery::LoadCached
+        );
+        assert_eq!(
+            recovery(Precompiled, CORE_ML_DOMAIN, 3, false),
+            Recovery::CompileBeside
+        );
+        // Code 0 is damage or an engine failure: the entry is replaced only
+        // once a fresh compile loads.
+        assert_eq!(
+            recovery(Cached, CORE_ML_DOMAIN, 0, true),
+            Recovery::CompileBeside
+        );
+        assert_eq!(
+            recovery(Cached, "NSCocoaErrorDomain", 260, true),
+            Recovery::CompileBeside
+        );
+        // What a fresh compile or a bundled model fails with is final, and
+        // so is what no copy would fix.
+        assert_eq!(recovery(Fresh, CORE_ML_DOMAIN, 0, true), Recovery::GiveUp);
+        assert_eq!(recovery(Given, CORE_ML_DOMAIN, 3, false), Recovery::GiveUp);
+        assert_eq!(recovery(Cached, CORE_ML_DOMAIN, 1, true), Recovery::GiveUp);
+        assert_eq!(
+            recovery(Precompiled, "NSPOSIXErrorDomain", 12, true),
+            Recovery::GiveUp
+        );
+    }
+
+    #[test]
+    fn every_load_of_a_package_shares_one_copy_while_it_is_used() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        static REGISTRY: Registry<PathBuf, (u32, OwnedDir)> = Registry::new();
+        let dir = tempfile::tempdir().unwrap();
+        let made = AtomicUsize::new(0);
+        let package = dir.path().join("m.mlpackage");
+        let compile = |n: u32| {
+            let output = dir.path().join(format!("tmp-{n}.mlmodelc"));
+            write(&output.join("model.mil"), b"compiled");
+            made.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, ()>((n, OwnedDir::new(output)))
+        };
+        // Two loads at once on two threads: one compile, one copy.
+        let (a, b) = std::thread::scope(|scope| {
+            let a = scope.spawn(|| REGISTRY.get_or_make(&package, |_| true, || compile(1)));
+            let b = scope.spawn(|| REGISTRY.get_or_make(&package, |_| true, || compile(1)));
+            (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+        });
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(made.load(Ordering::SeqCst), 1);
+        let temporary = a.1.path.clone();
+        // A copy that is no longer current (the package changed) is made
+        // anew; the old one lives on for its users.
+        let changed = REGISTRY
+            .get_or_make(&package, |_| false, || compile(2))
+            .unwrap();
+        assert_eq!(changed.0, 2);
+        assert!(!Arc::ptr_eq(&a, &changed));
+        // A replacement is what later loads get.
+        let fixed = Arc::new(compile(3).unwrap());
+        REGISTRY.replace(&package, &fixed);
+        let later = REGISTRY
+            .get_or_make(&package, |_| true, || compile(4))
+            .unwrap();
+        assert!(Arc::ptr_eq(&later, &fixed));
+        // The temporary compile goes with its last user.
+        drop(b);
+        assert!(temporary.is_dir(), "still used");
+        drop(a);
+        assert!(!temporary.exists(), "removed with the last user");
+        drop((changed, fixed, later));
+        // Nothing holds a copy: the next load makes one again.
+        let again = REGISTRY
+            .get_or_make(&package, |_| true, || compile(5))
+            .unwrap();
+        assert_eq!(again.0, 5);
+    }
+
+    #[test]
+    fn function_name_is_set_for_multifunction_models_only() {
+        let listed = ["prefill".to_string(), "decode".to_string()];
+        assert_eq!(
+            function_name_to_set(Some(&listed), "decode"),
+            Some("decode")
+        );
+        assert_eq!(function_name_to_set(Some(&[]), "main"), None);
+        assert_eq!(function_name_to_set(None, "decode"), Some("decode"));
     }
 
     #[test]

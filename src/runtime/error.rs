@@ -148,6 +148,41 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// A state made by a function of one compiled copy of a package was
+    /// passed to a function loaded from another copy. Core ML documents a
+    /// state only as made by `newState` of the model it is used with, and
+    /// within one process every function of a package loads from one
+    /// compiled copy; two copies mean the package changed on disk between
+    /// the loads (or one function was loaded from a bundled `.mlmodelc`
+    /// and the other from the package).
+    #[error(
+        "function {function:?} is loaded from {}, but this state was made by a function loaded \
+         from {}: make the state with this function's new_state(), or load both functions from \
+         the same path",
+        function_copy.display(),
+        state_copy.display()
+    )]
+    OtherCompiledCopy {
+        /// The function given the state.
+        function: String,
+        /// The compiled model the function was loaded from.
+        function_copy: PathBuf,
+        /// The compiled model the state's maker was loaded from.
+        state_copy: PathBuf,
+    },
+    /// No copy of the model was found: every place looked in, in order.
+    #[error(
+        "model {model:?} was found nowhere; looked in {}: put the compiled model or the package \
+         in the app bundle's resources (`copy-to`; the README's \"Core ML: compiled models\"), \
+         or load it by path with load_from",
+        looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    ModelNotFound {
+        /// The model's name (the package's file stem).
+        model: String,
+        /// Every path looked at, in order.
+        looked: Vec<PathBuf>,
+    },
     /// A file system operation failed.
     #[error("{}: could not {action}: {source}", path.display())]
     Io {
@@ -167,6 +202,53 @@ fn describe_ops(ops: &[String]) -> String {
     match quoted.as_slice() {
         [one] => format!("op {one}"),
         _ => format!("ops {}", quoted.join(", ")),
+    }
+}
+
+/// What a load tried after the first compiled copy it loaded failed to load
+/// with an error meaning the copy is damaged.
+#[cfg(any(target_vendor = "apple", test))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fallback {
+    /// The cache's copy, after the build's.
+    LoadCached,
+    /// A fresh compile, which itself failed.
+    Compile,
+    /// A fresh compile, which compiled but did not load.
+    LoadRecompiled,
+}
+
+#[cfg(any(target_vendor = "apple", test))]
+impl Error {
+    /// This error (the first load's, what the caller sees) with what the
+    /// fallback `tried` then failed with appended to its message, saying
+    /// which fallback it was.
+    pub(crate) fn with_fallback_failure(self, tried: Fallback, fallback: Error) -> Error {
+        let what = match tried {
+            Fallback::LoadCached => "the cache's compiled copy did not load either",
+            Fallback::Compile => "compiling the model again failed",
+            Fallback::LoadRecompiled => "a fresh compile did not load either",
+        };
+        self.with_core_ml_message(|message| format!("{message} ({what}: {fallback})"))
+    }
+
+    /// This error with its Core ML message rewritten by `rewrite` (other
+    /// errors unchanged).
+    pub(crate) fn with_core_ml_message(self, rewrite: impl FnOnce(String) -> String) -> Error {
+        match self {
+            Error::CoreMl {
+                domain,
+                code,
+                message,
+                underlying,
+            } => Error::CoreMl {
+                domain,
+                code,
+                message: rewrite(message),
+                underlying,
+            },
+            other => other,
+        }
     }
 }
 
@@ -282,6 +364,76 @@ mod tests {
             "Core ML: Bad model: it is bad (com.apple.CoreML error 0)"
         );
         assert!(std::error::Error::source(&plain).is_none());
+    }
+
+    #[test]
+    fn a_failed_fallback_says_which_fallback_failed() {
+        let first = || Error::CoreMl {
+            domain: "com.apple.CoreML".to_string(),
+            code: 3,
+            message: "/out/m.mlmodelc: unreadable".to_string(),
+            underlying: None,
+        };
+        let second = || Error::CoreMl {
+            domain: "com.apple.CoreML".to_string(),
+            code: 0,
+            message: "engine failure".to_string(),
+            underlying: None,
+        };
+        let cached = first().with_fallback_failure(Fallback::LoadCached, second());
+        assert_eq!(
+            cached.to_string(),
+            "Core ML: /out/m.mlmodelc: unreadable (the cache's compiled copy did not load \
+             either: Core ML: engine failure (com.apple.CoreML error 0)) (com.apple.CoreML \
+             error 3)"
+        );
+        assert!(!cached.to_string().contains("compiling"), "{cached}");
+        let compile = first().with_fallback_failure(Fallback::Compile, second());
+        assert!(
+            compile
+                .to_string()
+                .contains("compiling the model again failed"),
+            "{compile}"
+        );
+        let reloaded = first().with_fallback_failure(Fallback::LoadRecompiled, second());
+        assert!(
+            reloaded
+                .to_string()
+                .contains("a fresh compile did not load either"),
+            "{reloaded}"
+        );
+        // The first error's domain and code are what the caller matches.
+        assert!(matches!(reloaded, Error::CoreMl { code: 3, .. }));
+    }
+
+    #[test]
+    fn missing_models_and_other_copies_say_what_to_do() {
+        let missing = Error::ModelNotFound {
+            model: "llm".to_string(),
+            looked: vec![
+                PathBuf::from("/App.app/llm.mlmodelc"),
+                PathBuf::from("/App.app/llm.mlpackage"),
+                PathBuf::from("/build/out/llm.mlpackage"),
+            ],
+        };
+        assert_eq!(
+            missing.to_string(),
+            "model \"llm\" was found nowhere; looked in /App.app/llm.mlmodelc, \
+             /App.app/llm.mlpackage, /build/out/llm.mlpackage: put the compiled model or the \
+             package in the app bundle's resources (`copy-to`; the README's \"Core ML: \
+             compiled models\"), or load it by path with load_from"
+        );
+        let other = Error::OtherCompiledCopy {
+            function: "decode".to_string(),
+            function_copy: PathBuf::from("/cache/b.mlmodelc"),
+            state_copy: PathBuf::from("/cache/a.mlmodelc"),
+        };
+        let text = other.to_string();
+        assert!(
+            text.contains("/cache/b.mlmodelc") && text.contains("/cache/a.mlmodelc"),
+            "{text}"
+        );
+        assert!(text.contains("new_state()"), "{text}");
     }
 
     #[test]

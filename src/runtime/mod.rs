@@ -24,6 +24,7 @@ mod compile_cache;
 #[cfg(target_vendor = "apple")]
 mod coreml;
 mod error;
+mod locate;
 mod pipeline;
 mod prediction;
 #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
@@ -41,7 +42,7 @@ use std::sync::Arc;
 pub use coreml_multifunction_format::DataType;
 pub use error::{Error, Result};
 pub use pipeline::Pipeline;
-pub use prediction::Prediction;
+pub use prediction::{Loading, Prediction};
 pub use tensor::{AnyTensor, Element, Tensor};
 pub use value::{Dictionary, FeatureValue, Features, Image, PixelFormat};
 // What generated code converts fields through; not an API of its own.
@@ -275,6 +276,25 @@ impl Function {
         ))
     }
 
+    /// Starts loading `function` of the package at `package` as
+    /// [`Function::load`] does, and returns a future of the loaded
+    /// function that never blocks the calling thread: with Core ML, the
+    /// work (the package's key, a compile on first load, which may take
+    /// minutes for a multi-gigabyte model, and Core ML's load) runs on a
+    /// thread of its own. The reference backend loads here, and the future
+    /// is ready at once. The future is `Send` and `'static`.
+    pub fn load_async(
+        package: impl AsRef<Path>,
+        function: &str,
+        configuration: &Configuration,
+    ) -> Loading<Function> {
+        let package = package.as_ref().to_path_buf();
+        let function = function.to_string();
+        load_off_thread(configuration, move |configuration| {
+            Function::load(&package, &function, configuration)
+        })
+    }
+
     /// Loads the function `description` describes from the compiled model
     /// (`.mlmodelc`) at `compiled`: one `xcrun coremlcompiler` (or Core ML)
     /// made from a multifunction package, as `copy-to` ships beside the
@@ -352,6 +372,36 @@ impl Function {
             )));
         }
         Function::load_compiled(path, description, configuration)
+    }
+
+    /// What the generated API's `load_with` and `load_from` call: the
+    /// function loaded from `location` (see [`ModelLocation`]) as
+    /// [`Function::load_generated`] loads a path.
+    #[doc(hidden)]
+    pub fn load_generated_at(
+        location: &ModelLocation,
+        function: &str,
+        encoded_description: &[u8],
+        configuration: &Configuration,
+    ) -> Result<Function> {
+        let path = location.resolve(configuration)?;
+        Function::load_generated(path, function, encoded_description, configuration)
+    }
+
+    /// What the generated API's `load_async` and `load_from_async` call:
+    /// [`Function::load_generated_at`] as [`Function::load_async`] runs a
+    /// load (the bundle lookup too, off the calling thread).
+    #[doc(hidden)]
+    pub fn load_generated_async(
+        location: ModelLocation,
+        function: &str,
+        encoded_description: &'static [u8],
+        configuration: &Configuration,
+    ) -> Loading<Function> {
+        let function = function.to_string();
+        load_off_thread(configuration, move |configuration| {
+            Function::load_generated_at(&location, &function, encoded_description, configuration)
+        })
     }
 
     fn new(
@@ -573,6 +623,16 @@ impl Function {
                 self.package.display()
             )));
         }
+        // Core ML: a state of the same package, but of a model of another
+        // compiled copy, is refused (Apple documents a state only as made
+        // by the model it is used with).
+        #[cfg(target_vendor = "apple")]
+        #[allow(irrefutable_let_patterns)] // without the reference backend
+        if let (FunctionImpl::CoreMl(function), StateImpl::CoreMl(held)) =
+            (&self.inner, &state.inner)
+        {
+            function.check_copy(held)?;
+        }
         Ok(())
     }
 
@@ -582,6 +642,83 @@ impl Function {
             detail,
         }
     }
+}
+
+/// Where the generated API loads a model from: what its `load_with` /
+/// `load_async` ([`ModelLocation::built`]) and `load_from` /
+/// `load_from_async` ([`ModelLocation::at`]) pass. Not an API of its own.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelLocation {
+    /// The app bundle's copy (Apple targets), else the package the build
+    /// made at this path: see `src/runtime/locate.rs`.
+    Built(PathBuf),
+    /// This path: a package, or a compiled model.
+    At(PathBuf),
+}
+
+impl ModelLocation {
+    /// The app bundle's copy of the model whose build-time package is
+    /// `package`, else that package.
+    pub fn built(package: &str) -> ModelLocation {
+        ModelLocation::Built(PathBuf::from(package))
+    }
+
+    /// The model at `path`.
+    pub fn at(path: impl AsRef<Path>) -> ModelLocation {
+        ModelLocation::At(path.as_ref().to_path_buf())
+    }
+
+    /// The path to load: for [`ModelLocation::Built`], the first place
+    /// [`locate::lookup_order`] gives that exists (compiled models only
+    /// for Core ML), or an error listing every place looked at.
+    fn resolve(&self, configuration: &Configuration) -> Result<PathBuf> {
+        match self {
+            ModelLocation::At(path) => Ok(path.clone()),
+            ModelLocation::Built(package) => locate::first_present(
+                package,
+                locate::main_bundle_resources().as_deref(),
+                configuration.backend.resolve() == Backend::CoreMl,
+                Path::is_dir,
+            ),
+        }
+    }
+}
+
+/// Runs `load` where it cannot block the caller: for Core ML, on a thread
+/// of its own (finding or compiling the compiled model and loading it may
+/// take minutes), its result sent through the one-shot channel of
+/// [`prediction`]; for the reference backend, here (the future is ready at
+/// once).
+fn load_off_thread<T: Send + 'static>(
+    configuration: &Configuration,
+    load: impl FnOnce(&Configuration) -> Result<T> + Send + 'static,
+) -> Loading<T> {
+    #[cfg(target_vendor = "apple")]
+    if configuration.backend.resolve() == Backend::CoreMl {
+        let (sender, receiver) = prediction::channel();
+        let configuration = configuration.clone();
+        let spawned = std::thread::Builder::new()
+            .name("coreml-multifunction load".to_string())
+            .spawn(move || {
+                // A panic (a bug) drops the sender unsent, which the
+                // future reports as an error.
+                let loaded =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&configuration)));
+                if let Ok(loaded) = loaded {
+                    sender.send(loaded);
+                }
+            });
+        return match spawned {
+            Ok(_) => Loading::received(receiver),
+            Err(source) => Loading::ready(Err(Error::Io {
+                path: PathBuf::new(),
+                action: "start a thread to load the model on",
+                source,
+            })),
+        };
+    }
+    Loading::ready(load(configuration))
 }
 
 /// Whether `path` names a compiled model (`.mlmodelc`).

@@ -28,9 +28,9 @@ use coreml_multifunction_format::naming::quoted_list;
 use coreml_multifunction_format::proto::{FeatureDescription, FunctionDescription};
 
 use super::error::{Error, Result};
-use super::prediction::Prediction;
+use super::prediction::{Loading, Prediction};
 use super::value::Features;
-use super::{check, describe_states, Backend, Function, State};
+use super::{check, describe_states, Backend, Configuration, Function, ModelLocation, State};
 
 /// The chunks of a split function, run in order as that function: built
 /// from the loaded chunks (functions of one package, in order) and the
@@ -418,6 +418,46 @@ impl Pipeline {
             package,
             backend,
             _not_sync: PhantomData,
+        })
+    }
+
+    /// What the generated API's pipeline structs load through: the chunks
+    /// `chunks` (each a function's name and its encoded description, as
+    /// [`Function::load_generated`] takes them) from `location`, as
+    /// pipeline `name` returning `outputs`.
+    #[doc(hidden)]
+    pub fn load_generated(
+        location: &ModelLocation,
+        name: &str,
+        chunks: &[(&str, &[u8])],
+        outputs: &[&str],
+        configuration: &Configuration,
+    ) -> Result<Pipeline> {
+        let path = location.resolve(configuration)?;
+        let chunks = chunks
+            .iter()
+            .map(|(chunk, description)| {
+                Function::load_generated(&path, chunk, description, configuration)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Pipeline::new(name, chunks, outputs)
+    }
+
+    /// [`Pipeline::load_generated`] as [`Function::load_async`] runs a
+    /// load: the future never blocks the calling thread (the chunks load
+    /// one after the other on a thread of their own with Core ML, sharing
+    /// one compiled copy; at once on the reference backend).
+    #[doc(hidden)]
+    pub fn load_generated_async(
+        location: ModelLocation,
+        name: &str,
+        chunks: &'static [(&'static str, &'static [u8])],
+        outputs: &'static [&'static str],
+        configuration: &Configuration,
+    ) -> Loading<Pipeline> {
+        let name = name.to_string();
+        super::load_off_thread(configuration, move |configuration| {
+            Pipeline::load_generated(&location, &name, chunks, outputs, configuration)
         })
     }
 

@@ -1,7 +1,9 @@
-//! Predictions that finish later: the future [`Prediction`] that
-//! `Function::predict_async` returns, the one-shot channel a backend's
-//! completion handler fills it through, and the claim that keeps a state
-//! from being used while a prediction on it is under way.
+//! Work that finishes later: the future [`Prediction`] that
+//! `Function::predict_async` returns and the future [`Loading`] that
+//! `Function::load_async` returns, the one-shot channel a backend's
+//! completion handler (or loading thread) fills them through, and the
+//! claim that keeps a state from being used while a prediction on it is
+//! under way.
 //!
 //! No async runtime is involved: the channel is a `Mutex` holding the value
 //! and the waker of the task waiting for it, so the future works under any
@@ -77,9 +79,13 @@ impl<T> Drop for Sender<T> {
             slot.closed = true;
             slot.waker.take()
         };
-        // Woken outside the lock: the task may poll at once.
+        // Woken outside the lock: the task may poll at once. The sender
+        // drops on Core ML's queue (in the handler, or when Core ML
+        // releases a handler it never called), where a panic of the
+        // executor's waker must not unwind into libdispatch: caught, and
+        // the task, not woken, is then the executor's own bug.
         if let Some(waker) = waker {
-            waker.wake();
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake()));
         }
     }
 }
@@ -148,6 +154,124 @@ impl Drop for Claim {
         let (busy, idle) = &*self.flag;
         *lock(busy) = false;
         idle.notify_all();
+    }
+}
+
+#[cfg_attr(not(target_vendor = "apple"), allow(dead_code))]
+/// A state's claim held by both the code starting a prediction and the
+/// prediction's completion handler, released by whichever lets go first:
+/// the handler when the prediction finishes, or the starter when the call
+/// starting it fails (an exception after Core ML retained the handler,
+/// which then never runs), so the state is never left claimed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SharedClaim {
+    claim: Arc<Mutex<Option<Claim>>>,
+}
+
+#[cfg_attr(not(target_vendor = "apple"), allow(dead_code))]
+impl SharedClaim {
+    /// Shares `claim` (none for a stateless prediction).
+    pub(crate) fn new(claim: Option<Claim>) -> Self {
+        SharedClaim {
+            claim: Arc::new(Mutex::new(claim)),
+        }
+    }
+
+    /// Releases the claim if it is still held; later calls do nothing.
+    pub(crate) fn release(&self) {
+        // Taken out of the lock before it drops: its drop notifies.
+        let claim = lock(&self.claim).take();
+        drop(claim);
+    }
+}
+
+#[cfg_attr(not(target_vendor = "apple"), allow(dead_code))]
+/// The tail of a completion handler, which runs on Core ML's queue: frees
+/// the state (`claim`), then sends `outcome` to the waiting future, which
+/// drops the sender and wakes the future's waker. A panic there (a waker
+/// is the executor's code) is caught, since it must not unwind into
+/// libdispatch, which would abort (the sender's drop catches a waker's
+/// panic itself; this catches whatever else might panic here). Returns
+/// whether a panic was caught.
+pub(crate) fn complete<T>(
+    sender: &Mutex<Option<Sender<T>>>,
+    claim: &SharedClaim,
+    outcome: T,
+) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        claim.release();
+        let sender = lock(sender).take();
+        if let Some(sender) = sender {
+            sender.send(outcome);
+        }
+    }))
+    .is_err()
+}
+
+/// A load under way, from `Function::load_async` or the generated API's
+/// `load_async` / `load_from_async`: a future of the loaded function (or of
+/// what the generated struct wraps it in).
+///
+/// It is `Send` and `'static`, so it may be awaited on any thread or
+/// executor; it needs no particular async runtime. On Core ML the work
+/// (finding or compiling the compiled model, then loading it) runs on a
+/// thread of its own and the future waits on the one-shot channel above;
+/// on the reference backend the load ran when the future was made, and it
+/// is ready at once.
+#[must_use = "a load's result is only seen by awaiting it"]
+pub struct Loading<T> {
+    future: Pin<Box<dyn Future<Output = Result<T>> + Send>>,
+}
+
+impl<T> std::fmt::Debug for Loading<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loading").finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + 'static> Loading<T> {
+    /// A load that has finished.
+    pub(crate) fn ready(result: Result<T>) -> Self {
+        Loading::new(std::future::ready(result))
+    }
+
+    pub(crate) fn new(future: impl Future<Output = Result<T>> + Send + 'static) -> Self {
+        Loading {
+            future: Box::pin(future),
+        }
+    }
+
+    #[cfg_attr(not(target_vendor = "apple"), allow(dead_code))]
+    /// A load whose result arrives on `receiver` (from a loading thread);
+    /// the sender dropped without sending means that thread panicked.
+    pub(crate) fn received(receiver: Receiver<Result<T>>) -> Self {
+        Loading::new(async move {
+            receiver.await.unwrap_or_else(|| {
+                Err(Error::CoreMl {
+                    domain: "coreml-multifunction".to_string(),
+                    code: 0,
+                    message: "the thread loading the model panicked".to_string(),
+                    underlying: None,
+                })
+            })
+        })
+    }
+
+    /// The same load, its result passed through `wrap` (what the generated
+    /// API wraps the loaded function in).
+    pub fn map<U: Send + 'static>(
+        self,
+        wrap: impl FnOnce(T) -> Result<U> + Send + 'static,
+    ) -> Loading<U> {
+        Loading::new(async move { wrap(self.await?) })
+    }
+}
+
+impl<T> Future for Loading<T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        self.future.as_mut().poll(cx)
     }
 }
 
@@ -293,6 +417,77 @@ pub(crate) mod tests {
         let (sender, receiver) = channel::<u32>();
         thread::spawn(move || drop(sender)).join().unwrap();
         assert_eq!(block_on(receiver), None);
+    }
+
+    /// A waker whose `wake` panics, as a buggy executor's might.
+    struct Panicking;
+
+    impl Wake for Panicking {
+        fn wake(self: Arc<Self>) {
+            panic!("the executor's waker panicked");
+        }
+    }
+
+    #[test]
+    fn a_panicking_waker_does_not_unwind_out_of_the_handler() {
+        let (sender, receiver) = channel::<u32>();
+        let mut receiver = std::pin::pin!(receiver);
+        let waker = Waker::from(Arc::new(Panicking));
+        assert_eq!(
+            receiver.as_mut().poll(&mut Context::from_waker(&waker)),
+            Poll::Pending
+        );
+        let busy = Busy::default();
+        let claim = SharedClaim::new(Some(busy.claim()));
+        let sender = Mutex::new(Some(sender));
+        // On another thread, as Core ML's queue would run it: the panic is
+        // caught inside, so the thread ends normally.
+        let caught = thread::scope(|scope| {
+            scope
+                .spawn(|| complete(&sender, &claim, 7))
+                .join()
+                .expect("no panic escapes the handler's tail")
+        });
+        assert!(!caught, "the waker's panic stayed inside the send");
+        // The state was freed before the send.
+        busy.wait_idle();
+        // The value was stored before the waker ran.
+        assert_eq!(block_on(receiver), Some(7));
+        // A second completion (Core ML calls the handler once) does nothing.
+        assert!(!complete(&sender, &claim, 8));
+
+        // A handler Core ML releases without calling drops its sender
+        // there too: the waker's panic does not escape that drop either.
+        let (sender, receiver) = channel::<u32>();
+        let mut receiver = std::pin::pin!(receiver);
+        assert_eq!(
+            receiver.as_mut().poll(&mut Context::from_waker(&waker)),
+            Poll::Pending
+        );
+        thread::spawn(move || drop(sender))
+            .join()
+            .expect("no panic escapes the sender's drop");
+        assert_eq!(block_on(receiver), None);
+    }
+
+    #[test]
+    fn a_prediction_that_fails_to_start_frees_its_state() {
+        let busy = Busy::default();
+        let claim = SharedClaim::new(Some(busy.claim()));
+        // The handler's copy, retained by Core ML and never run.
+        let in_handler = claim.clone();
+        // The starter saw the call fail.
+        claim.release();
+        // Would wait forever if the claim lived only in the handler.
+        busy.wait_idle();
+        let again = busy.claim();
+        // The handler's copy releasing later does not free the new claim.
+        in_handler.release();
+        drop(in_handler);
+        let (busy_now, _) = &*busy.flag;
+        assert!(*lock(busy_now), "the new claim is still held");
+        drop(again);
+        busy.wait_idle();
     }
 
     #[test]

@@ -59,6 +59,14 @@ pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
     strides
 }
 
+/// Whether an array of `shape` has no elements (a dimension of 0). Such an
+/// array needs no buffer access: Core ML may call a buffer block with no
+/// buffer for it, or not call it at all, so its contents (none) are known
+/// without asking, and writing it is nothing to do.
+pub fn has_no_elements(shape: &[usize]) -> bool {
+    shape.contains(&0)
+}
+
 /// Whether `strides` lay `shape` out contiguously in row-major order.
 /// Dimensions of size 1 may have any stride, since it is never applied.
 pub fn is_contiguous(shape: &[usize], strides: &[usize]) -> bool {
@@ -624,6 +632,19 @@ pub unsafe fn read_pixels(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn arrays_without_elements_need_no_buffer() {
+        assert!(has_no_elements(&[1, 0, 16]));
+        assert!(has_no_elements(&[0]));
+        assert!(!has_no_elements(&[1, 16]));
+        // A scalar (rank 0) has one element.
+        assert!(!has_no_elements(&[]));
+        // What such an array reads as: a tensor of its shape, no data.
+        let empty = crate::runtime::Tensor::<f32>::new([1, 0, 16], Vec::new()).unwrap();
+        assert_eq!(empty.shape(), &[1, 0, 16]);
+        assert!(empty.as_slice().is_empty());
+    }
+
     use super::*;
 
     /// A fully initialised buffer of `len` bytes of `fill`.

@@ -137,6 +137,9 @@ fn scatter_into<T: Scalar>(
     data: &[T],
     shape: &[usize],
 ) -> Result<(), String> {
+    if strides::has_no_elements(shape) {
+        return Ok(());
+    }
     let outcome: RefCell<Result<(), String>> =
         RefCell::new(Err("Core ML did not call the buffer block".to_string()));
     let block = StackBlock::new(
@@ -192,6 +195,10 @@ pub(super) fn read(array: &MLMultiArray) -> Result<AnyTensor, String> {
 
 fn gather<T: Element + Scalar>(array: &MLMultiArray) -> Result<Tensor<T>, String> {
     let shape = shape_of(array)?;
+    if strides::has_no_elements(&shape) {
+        // Nothing to read, and Core ML need not call the block for it.
+        return Tensor::new(shape, Vec::new()).map_err(|e| e.to_string());
+    }
     let outcome: RefCell<Result<Vec<T>, String>> =
         RefCell::new(Err("Core ML did not call the buffer block".to_string()));
     let block = StackBlock::new(|bytes: NonNull<c_void>, size: NSInteger| {

@@ -30,17 +30,37 @@
 //! read before Core ML reads them (`Package::open` reads the specification
 //! and each weight's 64-byte record header to validate the package).
 //!
-//! If a compiled model fails to load with an error that means it is
-//! damaged ([`super::compile_cache::means_damaged_model`]), the next one is
-//! tried: the cache's copy after the build's, a fresh compile after the
-//! cache's (replacing the cached entry atomically). Any other error, and
-//! any failure of a model compiled just now, is returned as Core ML gave
-//! it; when a fallback was tried and failed too, the first error is
-//! returned with the fallback's appended to its message.
+//! Every function of a package loads from one compiled copy per process
+//! and cache root ([`compile::CompiledCopy`], shared through a process-wide
+//! registry): a [`State`] holds the copy its model came from, and a
+//! function of another copy refuses it ([`Error::OtherCompiledCopy`]). A
+//! compile that could not go into the cache is owned by the process and
+//! deleted when the last function and state using it drop.
+//!
+//! If a compiled model fails to load with an error that means it may be
+//! damaged ([`super::compile_cache::recovery`]), the next one is tried: the
+//! cache's copy after the build's, then a fresh compile staged beside the
+//! cache entry, which replaces the entry only once it has loaded (and is
+//! then loaded again from where it now is). Any other error, and any
+//! failure of a model compiled just now, is returned as Core ML gave it;
+//! when a fallback was tried and failed too, the first error is returned
+//! with what the fallback did appended to its message.
+//!
+//! `super::Function::load_async` runs all of this on a thread of its own
+//! and hands the function over through the one-shot channel of
+//! [`super::prediction`]. Core ML's completion-handler load and compile
+//! (`loadContentsOfURL:configuration:completionHandler:`,
+//! `compileModelAtURL:completionHandler:`) are not used: the compile one
+//! runs the same synchronous compile on a global queue (so waiting for it
+//! would block a dispatch worker instead), and a load that may have to
+//! fall back to another copy and compile again is one sequence of steps,
+//! simplest kept on one thread.
 //!
 //! It loads with an `MLModelConfiguration` whose `computeUnits` is
 //! [`super::ComputeUnits`] (named `MLComputeUnits` constants) and, for a
-//! multifunction model, whose `functionName` is the function: that
+//! multifunction model, whose `functionName` is the function (a compiled
+//! model loaded by path is multifunction when its `metadata.json` lists
+//! functions, or cannot be read): that
 //! property exists from macOS 15 / iOS 18 / tvOS 18 / watchOS 11 /
 //! visionOS 2, checked with `objc2::available!`, and on older systems
 //! loading fails with [`Error::OsTooOld`]. A single-function package leaves
@@ -106,7 +126,7 @@ mod image;
 use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use block2::RcBlock;
 use objc2::exception::Exception;
@@ -119,18 +139,20 @@ use objc2_core_ml::{
 };
 use objc2_foundation::{NSArray, NSError, NSException, NSString, NSURL};
 
+use coreml_multifunction_format::compiled;
 use coreml_multifunction_format::naming::quoted_list;
 use coreml_multifunction_format::package::Package;
 use coreml_multifunction_format::proto::FunctionDescription;
 use coreml_multifunction_format::DataType;
 
-use super::compile_cache::{default_cache_root, means_damaged_model};
-use super::error::{Error, Result};
-use super::prediction::{self, Busy, Claim, Started};
+use super::compile_cache::{default_cache_root, function_name_to_set, Recovery};
+use super::error::{Error, Fallback, Result};
+use super::prediction::{self, Busy, SharedClaim, Started};
 use super::strides::raw;
 use super::tensor::AnyTensor;
 use super::value::Features;
 use super::{check, ComputeUnits, Configuration};
+use compile::CompiledCopy;
 
 // The raw values the host-tested tables in `strides::raw` hold are exactly
 // the SDK's named constants; checked when this module compiles.
@@ -281,28 +303,9 @@ fn ns_error(error: &NSError, depth: usize) -> Error {
     )
 }
 
-/// `error` with its Core ML message rewritten by `rewrite` (other errors
-/// unchanged).
-fn with_message(error: Error, rewrite: impl FnOnce(String) -> String) -> Error {
-    match error {
-        Error::CoreMl {
-            domain,
-            code,
-            message,
-            underlying,
-        } => Error::CoreMl {
-            domain,
-            code,
-            message: rewrite(message),
-            underlying,
-        },
-        other => other,
-    }
-}
-
 /// `error` with `context` (a path, a function) before its message.
 fn in_context(error: Error, context: &str) -> Error {
-    with_message(error, |message| format!("{context}: {message}"))
+    error.with_core_ml_message(|message| format!("{context}: {message}"))
 }
 
 /// An error of this backend itself, in the shape of [`Error::CoreMl`], for
@@ -382,6 +385,10 @@ pub struct Function {
     /// Released inside an autorelease pool on drop (`Drop`).
     model: ManuallyDrop<Retained<MLModel>>,
     description: Arc<FunctionDescription>,
+    /// The compiled copy the model was loaded from, shared with every
+    /// function of the package (and kept, if the process owns it, until
+    /// the last of them and their states drops).
+    copy: Arc<CompiledCopy>,
 }
 
 // SAFETY: `Send` only lets one thread at a time hold the function, handing
@@ -417,10 +424,11 @@ impl Drop for Function {
 }
 
 impl Function {
-    /// Loads `function` of `package` with Core ML: finds or compiles the
-    /// `.mlmodelc` (see [`super::compile_cache`]), then loads it with the
-    /// configuration's compute units and, for a multifunction package, the
-    /// function's name.
+    /// Loads `function` of `package` with Core ML: from the compiled copy
+    /// every function of the package shares in this process, found or
+    /// compiled once (see [`compile`] and [`super::compile_cache`]), with
+    /// the configuration's compute units and, for a multifunction package,
+    /// the function's name.
     pub fn load(
         package: &Package,
         function: &str,
@@ -436,59 +444,29 @@ impl Function {
         let description = view.description.into_owned();
         let function_name = package.is_multifunction().then_some(function);
         let compute_units = check_system(&description, function_name, configuration.compute_units)?;
-
-        let root = package.root();
         let cache_root = configuration
             .cache_dir
             .clone()
             .unwrap_or_else(default_cache_root);
-        let mut compiled = compile::find_or_compile(root, &cache_root)?;
-        let mut first_error: Option<Error> = None;
-        // At most three tries: the build's model, the cache's, a fresh one.
-        for _ in 0..3 {
-            let error = match load_model(&compiled.path, function_name, compute_units) {
-                Ok(model) => {
-                    return Ok(Function {
-                        model: ManuallyDrop::new(model),
-                        description: Arc::new(description),
-                    })
-                }
-                Err(error) => in_context(error, &compiled.path.display().to_string()),
-            };
-            let damaged = matches!(&error, Error::CoreMl { domain, code, .. }
-                if means_damaged_model(domain, *code));
-            let first = match first_error {
-                // A later try's failure is noted on the first error, which
-                // is what the caller sees.
-                Some(first) => with_fallback_failure(first, error),
-                None => error,
-            };
-            // A model compiled just now that does not load is Core ML's
-            // final word; an error that does not mean damage would come
-            // back from any other copy.
-            if compiled.origin == compile::Origin::Fresh || !damaged {
-                return Err(first);
-            }
-            match compile::fallback(root, &cache_root, &compiled) {
-                Ok(next) => compiled = next,
-                Err(fallback) => return Err(with_fallback_failure(first, fallback)),
-            }
-            first_error = Some(first);
-        }
-        Err(first_error.unwrap_or_else(|| backend_error("no compiled model was tried")))
+        let (model, copy) = load_shared(package.root(), &cache_root, function_name, compute_units)?;
+        Ok(Function {
+            model: ManuallyDrop::new(model),
+            description: Arc::new(description),
+            copy,
+        })
     }
 
-    /// Loads the function `description` describes from the compiled
-    /// multifunction model at `compiled`, reading nothing but what Core ML
-    /// reads. A load error names the path; there is no package to compile
-    /// again from.
+    /// Loads the function `description` describes from the compiled model
+    /// at `compiled` (canonical), reading nothing but what Core ML reads
+    /// (and its `metadata.json`, for whether it is a multifunction model:
+    /// `functionName` is set only for one). A load error names the path;
+    /// there is no package to compile again from.
     pub fn load_compiled(
         compiled: &Path,
         description: &FunctionDescription,
         configuration: &Configuration,
     ) -> Result<Function> {
         let name = description.name.as_str();
-        let compute_units = check_system(description, Some(name), configuration.compute_units)?;
         if !compiled.is_dir() {
             return Err(Error::Io {
                 path: compiled.to_path_buf(),
@@ -499,11 +477,32 @@ impl Function {
                 ),
             });
         }
-        let model = load_model(compiled, Some(name), compute_units)
+        let functions = std::fs::read_to_string(compiled.join(compiled::COMPILED_METADATA))
+            .ok()
+            .and_then(|text| compiled::compiled_model_functions(&text));
+        let function_name = function_name_to_set(functions.as_deref(), name);
+        let compute_units = check_system(description, function_name, configuration.compute_units)?;
+        let copy = compile::given_copy(compiled);
+        let model = load_model(&copy.path, function_name, compute_units)
             .map_err(|error| in_context(error, &compiled.display().to_string()))?;
         Ok(Function {
             model: ManuallyDrop::new(model),
             description: Arc::new(description.clone()),
+            copy,
+        })
+    }
+
+    /// Whether `state` was made by a model of the compiled copy this
+    /// function was loaded from: the only states Core ML documents a model
+    /// accepting.
+    pub fn check_copy(&self, state: &State) -> Result<()> {
+        if Arc::ptr_eq(&self.copy, &state.copy) {
+            return Ok(());
+        }
+        Err(Error::OtherCompiledCopy {
+            function: self.description.name.clone(),
+            function_copy: self.copy.path.clone(),
+            state_copy: state.copy.path.clone(),
         })
     }
 
@@ -589,11 +588,12 @@ impl Function {
         };
         // A state stays claimed until the prediction finishes, whatever
         // becomes of the future.
-        let claim: Mutex<Option<(Claim, Retained<MLState>)>> = Mutex::new(
-            state
-                .as_ref()
-                .map(|state| (state.busy.claim(), state.state.clone())),
-        );
+        // Shared with this function, which releases it if starting fails
+        // (Core ML may have retained the handler, which then never runs).
+        let claim = SharedClaim::new(state.as_ref().map(|state| state.busy.claim()));
+        let handler_claim = claim.clone();
+        // The state lives as long as the prediction using it.
+        let keep_state = state.as_ref().map(|state| state.state.clone());
         let handler = move |output: *mut ProtocolObject<dyn MLFeatureProvider>,
                             error: *mut NSError| {
             let outcome = autoreleasepool(|_| {
@@ -616,13 +616,10 @@ impl Function {
                 })
                 .unwrap_or_else(|detail| Err(backend_error(detail)))
             });
-            let sender = sender.lock().unwrap_or_else(PoisonError::into_inner).take();
-            // The state is free once the outputs are read.
-            drop(claim.lock().unwrap_or_else(PoisonError::into_inner).take());
-            if let Some(sender) = sender {
-                sender.send(outcome);
-            }
-            let _ = (&keep_model, &keep_inputs);
+            // The state is free once the outputs are read; the send wakes
+            // the executor's waker, whose panic is caught there.
+            prediction::complete(&sender, &handler_claim, outcome);
+            let _ = (&keep_model, &keep_inputs, &keep_state);
         };
         // Core ML runs the handler on its own queue, and block2 does not
         // check what a block captures: this fails to compile unless the
@@ -654,15 +651,16 @@ impl Function {
                             &options,
                             &handler,
                         )
-                })?;
+                })
             }
             // SAFETY: as above, without a state (macOS 14 / iOS 17: checked
             // by the caller).
             None => catching("starting a prediction", || unsafe {
                 self.model
                     .predictionFromFeatures_completionHandler(provider, &handler)
-            })?,
+            }),
         }
+        .inspect_err(|_| claim.release())?;
         Ok(receiver)
     }
 
@@ -747,6 +745,7 @@ impl Function {
         })?;
         Ok(State {
             state,
+            copy: self.copy.clone(),
             names: self
                 .description
                 .state
@@ -787,12 +786,92 @@ fn check_system(
     ml_compute_units(units)
 }
 
-/// The first load error, with what a fallback (another copy, a fresh
-/// compile) then failed with appended to its message.
-fn with_fallback_failure(first: Error, fallback: Error) -> Error {
-    with_message(first, |message| {
-        format!("{message} (compiling the model again did not help: {fallback})")
-    })
+/// Loads the package at `package` (canonical) from the compiled copy this
+/// process shares for it, trying another copy when that one turns out
+/// damaged ([`compile::recovery_for`]): the cache's after the build's, then
+/// a fresh compile staged beside the cache entry, which replaces the entry
+/// only once it loads. Returns the model and the copy it came from (now
+/// the shared one). The error is the first load's, with what the fallback
+/// then failed with appended.
+fn load_shared(
+    package: &Path,
+    cache_root: &Path,
+    function_name: Option<&str>,
+    compute_units: MLComputeUnits,
+) -> Result<(Retained<MLModel>, Arc<CompiledCopy>)> {
+    let mut copy = compile::shared_copy(package, cache_root)?;
+    // The first error, and the fallback whose failure is being added.
+    let mut first: Option<(Error, Fallback)> = None;
+    loop {
+        let error = match load_model(&copy.path, function_name, compute_units) {
+            Ok(model) => {
+                if first.is_some() {
+                    compile::share(package, cache_root, &copy);
+                }
+                return Ok((model, copy));
+            }
+            Err(error) => in_context(error, &copy.path.display().to_string()),
+        };
+        let (domain, code) = match &error {
+            Error::CoreMl { domain, code, .. } => (domain.clone(), *code),
+            _ => (String::new(), 0),
+        };
+        let error = match first.take() {
+            Some((first, tried)) => first.with_fallback_failure(tried, error),
+            None => error,
+        };
+        match compile::recovery_for(&copy, &domain, code, cache_root) {
+            Recovery::GiveUp => return Err(error),
+            Recovery::LoadCached => match compile::cached_copy(&copy, cache_root) {
+                Some(cached) => {
+                    copy = Arc::new(cached);
+                    first = Some((error, Fallback::LoadCached));
+                }
+                None => return Err(error),
+            },
+            Recovery::CompileBeside => {
+                return load_fresh(package, cache_root, &copy, function_name, compute_units)
+                    .map_err(|(tried, fallback)| error.with_fallback_failure(tried, fallback));
+            }
+        }
+    }
+}
+
+/// Compiles the package again after `failed` turned out damaged, loads the
+/// fresh copy, and only then puts it in place of the cache's entry; the
+/// error says whether the compile or the load failed.
+fn load_fresh(
+    package: &Path,
+    cache_root: &Path,
+    failed: &CompiledCopy,
+    function_name: Option<&str>,
+    compute_units: MLComputeUnits,
+) -> std::result::Result<(Retained<MLModel>, Arc<CompiledCopy>), (Fallback, Error)> {
+    let fresh = compile::compile_beside(package, cache_root, failed)
+        .map_err(|error| (Fallback::Compile, error))?;
+    let loaded = load_model(fresh.path(), function_name, compute_units).map_err(|error| {
+        (
+            Fallback::LoadRecompiled,
+            in_context(error, &fresh.path().display().to_string()),
+        )
+    })?;
+    let (copy, moved) = fresh
+        .accept(package, cache_root)
+        .map_err(|error| (Fallback::LoadRecompiled, error))?;
+    let copy = Arc::new(copy);
+    let model = if moved {
+        drop(loaded);
+        load_model(&copy.path, function_name, compute_units).map_err(|error| {
+            (
+                Fallback::LoadRecompiled,
+                in_context(error, &copy.path.display().to_string()),
+            )
+        })?
+    } else {
+        loaded
+    };
+    compile::share(package, cache_root, &copy);
+    Ok((model, copy))
 }
 
 /// Loads the compiled model at `compiled`, setting `functionName` when a
@@ -839,6 +918,8 @@ const _: () = {
 #[derive(Debug)]
 pub struct State {
     state: Retained<MLState>,
+    /// The compiled copy of the model that made it (kept alive with it).
+    copy: Arc<CompiledCopy>,
     names: Vec<String>,
     /// Claimed by a prediction started with `predict_async` until it
     /// finishes.

@@ -3,7 +3,9 @@
 //! input and output types, an image and a flexible shape, and an encoder's
 //! fixed-shape functions beside its flexible one; a loaded
 //! function moved to another thread, a load from a compiled `.mlmodelc`
-//! path, and awaited `predict_async` futures. CI compiles it for the host
+//! path, awaited `predict_async` futures, and `load_async` awaited with
+//! its function then moved to a thread that awaits a prediction. CI
+//! compiles it for the host
 //! and type-checks it for Apple targets; run on the host it predicts with
 //! the reference backend and checks the results (and on a Mac, with Core
 //! ML). Two classifiers' String and Int64 labels: `classify.rs`.
@@ -247,6 +249,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     chunked_prefill()?;
     classify::classifiers()?;
+    load_without_blocking()?;
 
     println!(
         "generated API: every function loaded and predicted ({})",
@@ -334,5 +337,50 @@ fn chunked_prefill() -> Result<(), Box<dyn std::error::Error>> {
             }
         );
     }
+    Ok(())
+}
+
+/// Loading without blocking: `load_async` returns a `Send + 'static`
+/// future of the function (with Core ML the compile and the load run on a
+/// thread of their own; the reference backend's future is ready at once).
+/// The function it gives moves to another thread, which awaits a
+/// prediction there; a pipeline struct loads the same way.
+fn load_without_blocking() -> Result<(), Box<dyn std::error::Error>> {
+    let configuration = Configuration::default();
+    let input = lora::Adapter1Input {
+        input_adapter_1: f16_tensor(&lora::Adapter1Input::INPUT_ADAPTER_1_SHAPE, |i| {
+            (i % 5) as f32 / 5.0
+        })?,
+    };
+    let expected = lora::Adapter1::load()?.predict(&input)?;
+
+    let loading = lora::Adapter1::load_async(&configuration);
+    assert_send_static(&loading);
+    let adapter = block_on(loading)?;
+    let moved = input.clone();
+    let handle = thread::spawn(move || block_on(adapter.predict_async(&moved)));
+    let output = handle.join().expect("the prediction thread")?;
+    assert_close(&output.out_adapter_1, &expected.out_adapter_1);
+
+    // By path, as the bundle's copy would be loaded; a pipeline struct too.
+    let from_path = block_on(lora::Adapter1::load_from_async(
+        lora::PACKAGE,
+        &configuration,
+    ))?;
+    assert_close(
+        &from_path.predict(&input)?.out_adapter_1,
+        &expected.out_adapter_1,
+    );
+    let split = block_on(chunked::Prefill::load_async(&configuration))?;
+    assert_eq!(split.pipeline().chunk_names(), chunked::Prefill::CHUNKS);
+
+    // A model that is not there is the future's error, naming the path.
+    let missing = Path::new(lora::PACKAGE).with_file_name("missing.mlpackage");
+    let error = block_on(lora::Adapter1::load_from_async(&missing, &configuration)).unwrap_err();
+    assert!(error.to_string().contains("missing.mlpackage"), "{error}");
+    println!(
+        "async load: loaded without blocking, predicted on another thread ({})",
+        from_path.function().backend().name()
+    );
     Ok(())
 }

@@ -18,6 +18,12 @@ fn the_generated_api_runs_end_to_end() {
     );
     // The classifiers' String and Int64 labels (issue 23).
     assert!(stdout.contains("classifiers: animals says \""), "{stdout}");
+    // load_async's future awaited, its function moved to another thread
+    // that awaits predict_async; a pipeline struct loaded the same way.
+    assert!(
+        stdout.contains("async load: loaded without blocking, predicted on another thread"),
+        "{stdout}"
+    );
     // Fixed-shape functions made at build time from one flexible package:
     // their generated shape constants, and the output shapes predicted.
     assert!(
