@@ -33,8 +33,12 @@
 //! depth, their blocks compiled at load like the function's body (constants
 //! inside them, weights of a loop body included, decoded once); every
 //! `constexpr_*` decompression op of iOS 16 to 18 (decompressed once, at
-//! load, chains and joint sparse compression included); and the iOS 18
-//! state ops. Semantics follow coremltools' op definitions. Ops outside the
+//! load, chains and joint sparse compression included); 8-bit
+//! activations (`quantize`, `dequantize`; `conv_quantized`), sampling
+//! grids (`resample`, `affine`: torch's `grid_sample` and `affine_grid`),
+//! `crop_resize`, iOS 17's `resize` and `non_maximum_suppression` (torchvision's
+//! `nms`); and the iOS 18 state ops. Semantics follow coremltools' op
+//! definitions. Ops outside the
 //! list are an [`Error::UnsupportedOps`] when the function is *loaded*,
 //! naming every such op (in nested blocks too) and the function, never a
 //! wrong answer later; so are a missing required input, an unknown
