@@ -283,151 +283,156 @@ case("space_to_depth", "space_to_depth", dict(x=sx4, block_size=np.int32(2)),
 # (the body of `vision_quant_ops_match` in ops/vq_tests.rs), from their own
 # seed so that cases added above leave these values alone.
 import torchvision
-vq = np.random.default_rng(23)
-def vrnd(*shape, lo=-2.0, hi=2.0):
-    return vq.uniform(lo, hi, size=shape).astype(np.float32)
 VQ = []
 def vcase(name, op, inputs, outputs=1, compute=None):
     VQ.append((name, op, inputs, outputs, compute))
-ties = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 200.0, -200.0, 0.49, -3.51], np.float32)
-vcase("quantize_ties_to_even_saturating", "quantize", dict(input=ties, scale=np.float32(1.0), zero_point=np.int8(0), output_dtype="int8"))
-qx = vrnd(2, 3, 4, lo=-3, hi=3)
-vcase("quantize_int8_per_tensor", "quantize", dict(input=qx, scale=np.float32(0.05), zero_point=np.int8(3), output_dtype="int8"))
-vcase("quantize_uint8_per_axis", "quantize", dict(input=qx, scale=np.array([0.01, 0.02, 0.05], np.float32), zero_point=np.array([128, 100, 0], np.uint8), axis=np.int32(1), output_dtype="uint8"))
-vcase("quantize_no_zero_point_negative_axis", "quantize", dict(input=qx, scale=np.array([0.1, 0.2, 0.3, 0.4], np.float32), axis=np.int32(-1), output_dtype="int8"))
-dq = vq.integers(-128, 128, size=(3, 2, 4)).astype(np.int8)
-dqs, dqz = np.array([0.1, 0.5, 2.0], np.float32), np.array([-3, 0, 7], np.int8)
-vcase("dequantize_int8_per_axis", "dequantize", dict(input=dq, scale=dqs, zero_point=dqz, axis=np.int32(0)),
-      compute=lambda: (dq.astype(np.float32) - dqz.astype(np.float32)[:, None, None]) * dqs[:, None, None])
-du = vq.integers(0, 256, size=(2, 5)).astype(np.uint8)
-vcase("dequantize_uint8_per_tensor", "dequantize", dict(input=du, scale=np.float32(0.25), zero_point=np.uint8(128)),
-      compute=lambda: (du.astype(np.float32) - 128.0) * np.float32(0.25))
-cqx, cqw = vrnd(1, 4, 6, 6), vq.integers(0, 256, size=(6, 2, 3, 3)).astype(np.uint8)
-cqs, cqb, cqbias = vrnd(6, lo=0.001, hi=0.01), vrnd(6, lo=-1, hi=1), vrnd(6)
-vcase("conv_quantized_linear_per_channel", "conv_quantized", dict(x=cqx, weight=cqw, bias=cqbias, quantization_type="linear", quant_scale=cqs, quant_bias=cqb, strides=np.array([2, 1], np.int32), pad_type="custom", pad=np.array([1, 1, 0, 1], np.int32), groups=np.int32(2)),
-      compute=lambda: F.conv2d(F.pad(T(cqx), (0, 1, 1, 1)), T(cqw.astype(np.float32) * cqs[:, None, None, None] + cqb[:, None, None, None]), T(cqbias), stride=(2, 1), groups=2).numpy())
-vcase("conv_quantized_linear_scalar", "conv_quantized", dict(x=cqx, weight=cqw[:, :, :1, :1].repeat(2, 1), quantization_type="linear", quant_scale=np.float32(0.02), quant_bias=np.float32(-2.5)),
-      compute=lambda: F.conv2d(T(cqx), T(cqw[:, :, :1, :1].repeat(2, 1).astype(np.float32) * np.float32(0.02) - np.float32(2.5))).numpy())
-rx = vrnd(2, 3, 5, 6)
-rg = vrnd(2, 4, 7, 2, lo=-1.3, hi=1.3)
-for mode, pad, align, torch_pad in [("bilinear", "constant", False, "zeros"), ("bilinear", "constant", True, "zeros"),
-                                   ("bilinear", "border", True, "border"), ("bilinear", "reflection", True, "reflection"),
-                                   ("bilinear", "symmetric", False, "reflection"), ("nearest", "constant", False, "zeros"),
-                                   ("nearest", "border", True, "border")]:
-    vcase(f"resample_{mode}_{pad}_{'aligned' if align else 'unaligned'}", "resample",
-          dict(x=rx, coordinates=rg, sampling_mode=mode, padding_mode=pad, padding_value=np.float32(0), coordinates_mode="normalized_minus_one_to_one", align_corners=align),
-          compute=lambda mode=mode, align=align, torch_pad=torch_pad: F.grid_sample(T(rx), T(rg), mode=mode, padding_mode=torch_pad, align_corners=align).numpy())
-# The other coordinate conventions, as the normalized ones torch takes.
-ru = np.stack([vrnd(2, 4, 7, lo=-0.5, hi=5.5), vrnd(2, 4, 7, lo=-0.5, hi=4.5)], -1).astype(np.float32)
-vcase("resample_unnormalized", "resample", dict(x=rx, coordinates=ru, sampling_mode="bilinear", padding_mode="border", padding_value=np.float32(0), coordinates_mode="unnormalized", align_corners=False),
-      compute=lambda: F.grid_sample(T(rx), T(ru / np.array([5.0, 4.0], np.float32) * 2 - 1), padding_mode="border", align_corners=True).numpy())
-rz = vrnd(2, 4, 7, 2, lo=-0.1, hi=1.1)
-vcase("resample_zero_to_one_padding_value", "resample", dict(x=rx, coordinates=rz, sampling_mode="bilinear", padding_mode="constant", padding_value=np.float32(0.0), coordinates_mode="normalized_zero_to_one", align_corners=False),
-      compute=lambda: F.grid_sample(T(rx), T(rz * 2 - 1), padding_mode="zeros", align_corners=False).numpy())
-theta2 = vrnd(2, 2, 3, lo=-1.2, hi=1.2)
-for align in [True, False]:
-    vcase(f"affine_{'aligned' if align else 'unaligned'}", "affine",
-          dict(x=rx, transform_matrix=theta2.reshape(2, 6), output_height=np.int32(4), output_width=np.int32(7), sampling_mode="bilinear", padding_mode="constant", padding_value=np.float32(0), coordinates_mode="normalized_minus_one_to_one", align_corners=align),
-          compute=lambda align=align: F.grid_sample(T(rx), F.affine_grid(T(theta2), [2, 3, 4, 7], align_corners=align), align_corners=align).numpy())
-vcase("affine_one_matrix", "affine",
-      dict(x=rx, transform_matrix=theta2[:1].reshape(1, 6), output_height=np.int32(3), output_width=np.int32(5), sampling_mode="bilinear", padding_mode="constant", padding_value=np.float32(0), coordinates_mode="normalized_minus_one_to_one", align_corners=True),
-      compute=lambda: F.grid_sample(T(rx), F.affine_grid(T(np.repeat(theta2[:1], 2, 0)), [2, 3, 3, 5], align_corners=True), align_corners=True).numpy())
-# crop_resize: OFFSET_CORNERS is torchvision's roi_align with one sample per
-# bin (aligned=False); the other modes the neural-network format's
-# SamplingMode grids over the box, bilinear, pad_value outside (numpy).
-cx = vrnd(2, 3, 8, 10)
-cb = np.array([[1.0, 0.5, 7.5, 6.0], [0.0, 0.0, 9.0, 7.0], [2.2, 3.1, 4.9, 5.3]], np.float32)  # x1, y1, x2, y2
-ci = np.array([1, 0, 1], np.int32)
-vcase("crop_resize_offset_corners_roi_align", "crop_resize",
-      dict(x=cx, boxes=cb * 2, box_indices=ci, target_height=np.int32(3), target_width=np.int32(4), spatial_scale=np.float32(0.5), box_coordinate_mode="CORNERS_WIDTH_FIRST", sampling_mode="OFFSET_CORNERS"),
-      compute=lambda: torchvision.ops.roi_align(T(cx), T(np.concatenate([ci[:, None].astype(np.float32), cb * 2], 1)), (3, 4), spatial_scale=0.5, sampling_ratio=1, aligned=False).numpy())
-def np_grid(start, end, n, mode):
-    ext = end - start
-    if mode == "STRICT_ALIGN_CORNERS" or (mode == "ALIGN_CORNERS" and n > 1):
-        return np.linspace(start, end, n) if n > 1 else np.array([start])
-    if mode == "ALIGN_CORNERS":
-        return np.array([start + ext / 2])
-    if mode == "DEFAULT":
-        return start + np.arange(n) * ((ext + 1) - (ext + 1) / n) / max(n - 1, 1)
-    if mode == "OFFSET_CORNERS":
-        sp = max(1.0, ext) / n
-        return start + sp / 2 + np.arange(n) * sp
-    return start + (np.arange(n) + 0.5) * (ext + 1) / n - 0.5
-def np_crop(img, y0, x0, y1, x1, th, tw, mode, pad):
-    C, H, W = img.shape
-    out = np.zeros((C, th, tw), np.float32)
-    for i, y in enumerate(np_grid(y0, y1, th, mode)):
-        for j, x in enumerate(np_grid(x0, x1, tw, mode)):
-            if not (0 <= y <= H - 1 and 0 <= x <= W - 1):
-                out[:, i, j] = pad
-                continue
-            r0, c0 = int(np.floor(y)), int(np.floor(x))
-            r1, c1 = min(r0 + 1, H - 1), min(c0 + 1, W - 1)
-            fy, fx = y - r0, x - c0
-            out[:, i, j] = (img[:, r0, c0] * (1 - fx) + img[:, r0, c1] * fx) * (1 - fy) + (img[:, r1, c0] * (1 - fx) + img[:, r1, c1] * fx) * fy
-    return out
-cn = np.array([[0.1, 0.2, 0.9, 0.6], [0.5, 0.5, 0.3, 0.4]], np.float32)  # h_center, w_center, h, w (normalized)
-for mode in ["ALIGN_CORNERS", "STRICT_ALIGN_CORNERS", "DEFAULT", "UNALIGN_CORNERS"]:
-    vcase(f"crop_resize_{mode.lower()}_center_normalized", "crop_resize",
-          dict(x=cx, boxes=cn, box_indices=np.array([0, 1], np.int32), target_height=np.int32(4), target_width=np.int32(3), normalized_coordinates=True, box_coordinate_mode="CENTER_SIZE_HEIGHT_FIRST", sampling_mode=mode, pad_value=np.float32(-7.0)),
-          compute=lambda mode=mode: np.stack([np_crop(cx[k], (b[0] - b[2] / 2) * 7, (b[1] - b[3] / 2) * 9, (b[0] + b[2] / 2) * 7, (b[1] + b[3] / 2) * 9, 4, 3, mode, -7.0) for k, b in zip([0, 1], cn)]))
-roi = np.array([[1, 0.5, 1.0, 6.5, 8.0], [0, 2.0, 2.0, 3.0, 9.5]], np.float32).reshape(2, 1, 5, 1, 1)  # index, h0, w0, h1, w1
-vcase("crop_resize_ios15_roi_with_index", "crop_resize",
-      dict(x=cx, roi=roi, target_height=np.int32(2), target_width=np.int32(5), sampling_mode="ALIGN_CORNERS"),
-      compute=lambda: np.stack([np_crop(cx[int(r[0])], r[1], r[2], r[3], r[4], 2, 5, "ALIGN_CORNERS", 0.0)[None] for r in roi.reshape(2, 5)]))
-roi4 = roi.reshape(2, 5)[:, 1:].reshape(2, 1, 4, 1, 1).copy()
-vcase("crop_resize_ios15_roi_every_image", "crop_resize",
-      dict(x=cx, roi=roi4, target_height=np.int32(2), target_width=np.int32(2)),
-      compute=lambda: np.stack([np.stack([np_crop(cx[k], *r, 2, 2, "DEFAULT", 0.0) for k in range(2)]) for r in roi4.reshape(2, 4)]))
-zx = vrnd(1, 2, 3, 4)
-vcase("resize_linear_unaligned", "resize", dict(x=zx, shape=np.array([5, 7], np.int32), resized_dims=np.uint32(2), sampling_mode="UNALIGN_CORNERS"),
-      compute=lambda: F.interpolate(T(zx), size=(5, 7), mode="bilinear", align_corners=False).numpy())
-vcase("resize_linear_strict_inherit", "resize", dict(x=zx, shape=np.array([1, 0, 7], np.int32), resized_dims=np.uint32(2), sampling_mode="STRICT_ALIGN_CORNERS"),
-      compute=lambda: F.interpolate(T(zx), size=(3, 7), mode="bilinear", align_corners=True).numpy())
-vcase("resize_linear_one_axis", "resize", dict(x=zx[0], shape=np.array([9], np.int32), resized_dims=np.uint32(1), sampling_mode="UNALIGN_CORNERS"),
-      compute=lambda: F.interpolate(T(zx[0]), size=9, mode="linear", align_corners=False).numpy())
-vcase("resize_nearest", "resize", dict(x=zx, shape=np.array([5, 7], np.int32), resized_dims=np.uint32(2), interpolation_mode="NEAREST_NEIGHBOR"),
-      compute=lambda: F.interpolate(T(zx), size=(5, 7), mode="nearest").numpy())
-zi = vq.integers(-9, 10, size=(2, 3)).astype(np.int32)
-vcase("resize_nearest_int", "resize", dict(x=zi, shape=np.array([4, 5], np.int32), resized_dims=np.uint32(2), interpolation_mode="NEAREST_NEIGHBOR"),
-      compute=lambda: F.interpolate(T(zi.astype(np.float32))[None, None], size=(4, 5), mode="nearest").numpy()[0, 0].astype(np.int32))
-# non_maximum_suppression: torchvision's nms (batched_nms per class) on
-# the corners of the centre-size boxes; results padded with 0 and -1.
-def nms_case(n, B, K, max_boxes, iou, per_class, score_threshold=None):
-    centers = vrnd(n, B, 2, lo=0, hi=10)
-    sizes = vrnd(n, B, 2, lo=1, hi=5)
-    boxes = np.concatenate([centers, sizes], -1).astype(np.float32)  # [n, B, 4]
-    scores = vrnd(n, B, K, lo=0, hi=1)
-    def expected():
-        ob = np.zeros((n, max_boxes, 4), np.float32)
-        os_ = np.zeros((n, max_boxes, K), np.float32)
-        oi = -np.ones((n, max_boxes), np.int32)
-        counts = []
-        for b in range(n):
-            corners = np.concatenate([boxes[b, :, :2] - boxes[b, :, 2:] / 2, boxes[b, :, :2] + boxes[b, :, 2:] / 2], -1)
-            best = scores[b].max(-1)
-            keep_ids = np.arange(B) if score_threshold is None else np.nonzero(best >= score_threshold)[0]
-            if per_class:
-                kept = torchvision.ops.batched_nms(T(corners[keep_ids]), T(best[keep_ids]), T(scores[b].argmax(-1)[keep_ids]), iou)
-            else:
-                kept = torchvision.ops.nms(T(corners[keep_ids]), T(best[keep_ids]), iou)
-            kept = keep_ids[kept.numpy()][:max_boxes]
-            counts.append(len(kept))
-            ob[b, :len(kept)] = boxes[b, kept]
-            os_[b, :len(kept)] = scores[b, kept]
-            oi[b, :len(kept)] = kept
-        if score_threshold is not None:
-            return [ob, os_, oi, np.array(counts, np.int32)]
-        return [ob.transpose(0, 2, 1), os_.transpose(0, 2, 1), oi]
-    if score_threshold is None:
-        inputs = dict(boxes=boxes.transpose(0, 2, 1).copy(), scores=scores.transpose(0, 2, 1).copy(), iou_threshold=np.float32(iou), max_boxes=np.int32(max_boxes), per_class_suppression=per_class)
-    else:
-        inputs = dict(boxes=boxes, scores=scores, iou_threshold=np.float32(iou), score_threshold=np.float32(score_threshold), max_boxes=np.int32(max_boxes), per_class_suppression=per_class)
-    return inputs, expected
-for name, args in [("nms_ios17", (2, 12, 3, 8, 0.3, False)), ("nms_ios17_per_class", (1, 15, 2, 15, 0.2, True)),
-                   ("nms_ios15_score_threshold", (2, 10, 1, 6, 0.4, False, 0.3))]:
-    inputs, expected = nms_case(*args)
-    vcase(name, "non_maximum_suppression", inputs, outputs=4 if len(args) == 7 else 3, compute=expected)
+def vq_cases():
+    """In a function, so that its names (and the lambdas closing over
+    them) leave the module-level ones of the cases above alone."""
+    vq = np.random.default_rng(23)
+    def vrnd(*shape, lo=-2.0, hi=2.0):
+        return vq.uniform(lo, hi, size=shape).astype(np.float32)
+    ties = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 200.0, -200.0, 0.49, -3.51], np.float32)
+    vcase("quantize_ties_to_even_saturating", "quantize", dict(input=ties, scale=np.float32(1.0), zero_point=np.int8(0), output_dtype="int8"))
+    qx = vrnd(2, 3, 4, lo=-3, hi=3)
+    vcase("quantize_int8_per_tensor", "quantize", dict(input=qx, scale=np.float32(0.05), zero_point=np.int8(3), output_dtype="int8"))
+    vcase("quantize_uint8_per_axis", "quantize", dict(input=qx, scale=np.array([0.01, 0.02, 0.05], np.float32), zero_point=np.array([128, 100, 0], np.uint8), axis=np.int32(1), output_dtype="uint8"))
+    vcase("quantize_no_zero_point_negative_axis", "quantize", dict(input=qx, scale=np.array([0.1, 0.2, 0.3, 0.4], np.float32), axis=np.int32(-1), output_dtype="int8"))
+    dq = vq.integers(-128, 128, size=(3, 2, 4)).astype(np.int8)
+    dqs, dqz = np.array([0.1, 0.5, 2.0], np.float32), np.array([-3, 0, 7], np.int8)
+    vcase("dequantize_int8_per_axis", "dequantize", dict(input=dq, scale=dqs, zero_point=dqz, axis=np.int32(0)),
+          compute=lambda: (dq.astype(np.float32) - dqz.astype(np.float32)[:, None, None]) * dqs[:, None, None])
+    du = vq.integers(0, 256, size=(2, 5)).astype(np.uint8)
+    vcase("dequantize_uint8_per_tensor", "dequantize", dict(input=du, scale=np.float32(0.25), zero_point=np.uint8(128)),
+          compute=lambda: (du.astype(np.float32) - 128.0) * np.float32(0.25))
+    cqx, cqw = vrnd(1, 4, 6, 6), vq.integers(0, 256, size=(6, 2, 3, 3)).astype(np.uint8)
+    cqs, cqb, cqbias = vrnd(6, lo=0.001, hi=0.01), vrnd(6, lo=-1, hi=1), vrnd(6)
+    vcase("conv_quantized_linear_per_channel", "conv_quantized", dict(x=cqx, weight=cqw, bias=cqbias, quantization_type="linear", quant_scale=cqs, quant_bias=cqb, strides=np.array([2, 1], np.int32), pad_type="custom", pad=np.array([1, 1, 0, 1], np.int32), groups=np.int32(2)),
+          compute=lambda: F.conv2d(F.pad(T(cqx), (0, 1, 1, 1)), T(cqw.astype(np.float32) * cqs[:, None, None, None] + cqb[:, None, None, None]), T(cqbias), stride=(2, 1), groups=2).numpy())
+    vcase("conv_quantized_linear_scalar", "conv_quantized", dict(x=cqx, weight=cqw[:, :, :1, :1].repeat(2, 1), quantization_type="linear", quant_scale=np.float32(0.02), quant_bias=np.float32(-2.5)),
+          compute=lambda: F.conv2d(T(cqx), T(cqw[:, :, :1, :1].repeat(2, 1).astype(np.float32) * np.float32(0.02) - np.float32(2.5))).numpy())
+    rx = vrnd(2, 3, 5, 6)
+    rg = vrnd(2, 4, 7, 2, lo=-1.3, hi=1.3)
+    for mode, pad, align, torch_pad in [("bilinear", "constant", False, "zeros"), ("bilinear", "constant", True, "zeros"),
+                                       ("bilinear", "border", True, "border"), ("bilinear", "reflection", True, "reflection"),
+                                       ("bilinear", "symmetric", False, "reflection"), ("nearest", "constant", False, "zeros"),
+                                       ("nearest", "border", True, "border")]:
+        vcase(f"resample_{mode}_{pad}_{'aligned' if align else 'unaligned'}", "resample",
+              dict(x=rx, coordinates=rg, sampling_mode=mode, padding_mode=pad, padding_value=np.float32(0), coordinates_mode="normalized_minus_one_to_one", align_corners=align),
+              compute=lambda mode=mode, align=align, torch_pad=torch_pad: F.grid_sample(T(rx), T(rg), mode=mode, padding_mode=torch_pad, align_corners=align).numpy())
+    # The other coordinate conventions, as the normalized ones torch takes.
+    ru = np.stack([vrnd(2, 4, 7, lo=-0.5, hi=5.5), vrnd(2, 4, 7, lo=-0.5, hi=4.5)], -1).astype(np.float32)
+    vcase("resample_unnormalized", "resample", dict(x=rx, coordinates=ru, sampling_mode="bilinear", padding_mode="border", padding_value=np.float32(0), coordinates_mode="unnormalized", align_corners=False),
+          compute=lambda: F.grid_sample(T(rx), T(ru / np.array([5.0, 4.0], np.float32) * 2 - 1), padding_mode="border", align_corners=True).numpy())
+    rz = vrnd(2, 4, 7, 2, lo=-0.1, hi=1.1)
+    vcase("resample_zero_to_one_padding_value", "resample", dict(x=rx, coordinates=rz, sampling_mode="bilinear", padding_mode="constant", padding_value=np.float32(0.0), coordinates_mode="normalized_zero_to_one", align_corners=False),
+          compute=lambda: F.grid_sample(T(rx), T(rz * 2 - 1), padding_mode="zeros", align_corners=False).numpy())
+    theta2 = vrnd(2, 2, 3, lo=-1.2, hi=1.2)
+    for align in [True, False]:
+        vcase(f"affine_{'aligned' if align else 'unaligned'}", "affine",
+              dict(x=rx, transform_matrix=theta2.reshape(2, 6), output_height=np.int32(4), output_width=np.int32(7), sampling_mode="bilinear", padding_mode="constant", padding_value=np.float32(0), coordinates_mode="normalized_minus_one_to_one", align_corners=align),
+              compute=lambda align=align: F.grid_sample(T(rx), F.affine_grid(T(theta2), [2, 3, 4, 7], align_corners=align), align_corners=align).numpy())
+    vcase("affine_one_matrix", "affine",
+          dict(x=rx, transform_matrix=theta2[:1].reshape(1, 6), output_height=np.int32(3), output_width=np.int32(5), sampling_mode="bilinear", padding_mode="constant", padding_value=np.float32(0), coordinates_mode="normalized_minus_one_to_one", align_corners=True),
+          compute=lambda: F.grid_sample(T(rx), F.affine_grid(T(np.repeat(theta2[:1], 2, 0)), [2, 3, 3, 5], align_corners=True), align_corners=True).numpy())
+    # crop_resize: OFFSET_CORNERS is torchvision's roi_align with one sample per
+    # bin (aligned=False); the other modes the neural-network format's
+    # SamplingMode grids over the box, bilinear, pad_value outside (numpy).
+    cx = vrnd(2, 3, 8, 10)
+    cb = np.array([[1.0, 0.5, 7.5, 6.0], [0.0, 0.0, 9.0, 7.0], [2.2, 3.1, 4.9, 5.3]], np.float32)  # x1, y1, x2, y2
+    ci = np.array([1, 0, 1], np.int32)
+    vcase("crop_resize_offset_corners_roi_align", "crop_resize",
+          dict(x=cx, boxes=cb * 2, box_indices=ci, target_height=np.int32(3), target_width=np.int32(4), spatial_scale=np.float32(0.5), box_coordinate_mode="CORNERS_WIDTH_FIRST", sampling_mode="OFFSET_CORNERS"),
+          compute=lambda: torchvision.ops.roi_align(T(cx), T(np.concatenate([ci[:, None].astype(np.float32), cb * 2], 1)), (3, 4), spatial_scale=0.5, sampling_ratio=1, aligned=False).numpy())
+    def np_grid(start, end, n, mode):
+        ext = end - start
+        if mode == "STRICT_ALIGN_CORNERS" or (mode == "ALIGN_CORNERS" and n > 1):
+            return np.linspace(start, end, n) if n > 1 else np.array([start])
+        if mode == "ALIGN_CORNERS":
+            return np.array([start + ext / 2])
+        if mode == "DEFAULT":
+            return start + np.arange(n) * ((ext + 1) - (ext + 1) / n) / max(n - 1, 1)
+        if mode == "OFFSET_CORNERS":
+            sp = max(1.0, ext) / n
+            return start + sp / 2 + np.arange(n) * sp
+        return start + (np.arange(n) + 0.5) * (ext + 1) / n - 0.5
+    def np_crop(img, y0, x0, y1, x1, th, tw, mode, pad):
+        C, H, W = img.shape
+        out = np.zeros((C, th, tw), np.float32)
+        for i, y in enumerate(np_grid(y0, y1, th, mode)):
+            for j, x in enumerate(np_grid(x0, x1, tw, mode)):
+                if not (0 <= y <= H - 1 and 0 <= x <= W - 1):
+                    out[:, i, j] = pad
+                    continue
+                r0, c0 = int(np.floor(y)), int(np.floor(x))
+                r1, c1 = min(r0 + 1, H - 1), min(c0 + 1, W - 1)
+                fy, fx = y - r0, x - c0
+                out[:, i, j] = (img[:, r0, c0] * (1 - fx) + img[:, r0, c1] * fx) * (1 - fy) + (img[:, r1, c0] * (1 - fx) + img[:, r1, c1] * fx) * fy
+        return out
+    cn = np.array([[0.1, 0.2, 0.9, 0.6], [0.5, 0.5, 0.3, 0.4]], np.float32)  # h_center, w_center, h, w (normalized)
+    for mode in ["ALIGN_CORNERS", "STRICT_ALIGN_CORNERS", "DEFAULT", "UNALIGN_CORNERS"]:
+        vcase(f"crop_resize_{mode.lower()}_center_normalized", "crop_resize",
+              dict(x=cx, boxes=cn, box_indices=np.array([0, 1], np.int32), target_height=np.int32(4), target_width=np.int32(3), normalized_coordinates=True, box_coordinate_mode="CENTER_SIZE_HEIGHT_FIRST", sampling_mode=mode, pad_value=np.float32(-7.0)),
+              compute=lambda mode=mode: np.stack([np_crop(cx[k], (b[0] - b[2] / 2) * 7, (b[1] - b[3] / 2) * 9, (b[0] + b[2] / 2) * 7, (b[1] + b[3] / 2) * 9, 4, 3, mode, -7.0) for k, b in zip([0, 1], cn)]))
+    roi = np.array([[1, 0.5, 1.0, 6.5, 8.0], [0, 2.0, 2.0, 3.0, 9.5]], np.float32).reshape(2, 1, 5, 1, 1)  # index, h0, w0, h1, w1
+    vcase("crop_resize_ios15_roi_with_index", "crop_resize",
+          dict(x=cx, roi=roi, target_height=np.int32(2), target_width=np.int32(5), sampling_mode="ALIGN_CORNERS"),
+          compute=lambda: np.stack([np_crop(cx[int(r[0])], r[1], r[2], r[3], r[4], 2, 5, "ALIGN_CORNERS", 0.0)[None] for r in roi.reshape(2, 5)]))
+    roi4 = roi.reshape(2, 5)[:, 1:].reshape(2, 1, 4, 1, 1).copy()
+    vcase("crop_resize_ios15_roi_every_image", "crop_resize",
+          dict(x=cx, roi=roi4, target_height=np.int32(2), target_width=np.int32(2)),
+          compute=lambda: np.stack([np.stack([np_crop(cx[k], *r, 2, 2, "DEFAULT", 0.0) for k in range(2)]) for r in roi4.reshape(2, 4)]))
+    zx = vrnd(1, 2, 3, 4)
+    vcase("resize_linear_unaligned", "resize", dict(x=zx, shape=np.array([5, 7], np.int32), resized_dims=np.uint32(2), sampling_mode="UNALIGN_CORNERS"),
+          compute=lambda: F.interpolate(T(zx), size=(5, 7), mode="bilinear", align_corners=False).numpy())
+    vcase("resize_linear_strict_inherit", "resize", dict(x=zx, shape=np.array([1, 0, 7], np.int32), resized_dims=np.uint32(2), sampling_mode="STRICT_ALIGN_CORNERS"),
+          compute=lambda: F.interpolate(T(zx), size=(3, 7), mode="bilinear", align_corners=True).numpy())
+    vcase("resize_linear_one_axis", "resize", dict(x=zx[0], shape=np.array([9], np.int32), resized_dims=np.uint32(1), sampling_mode="UNALIGN_CORNERS"),
+          compute=lambda: F.interpolate(T(zx[0]), size=9, mode="linear", align_corners=False).numpy())
+    vcase("resize_nearest", "resize", dict(x=zx, shape=np.array([5, 7], np.int32), resized_dims=np.uint32(2), interpolation_mode="NEAREST_NEIGHBOR"),
+          compute=lambda: F.interpolate(T(zx), size=(5, 7), mode="nearest").numpy())
+    zi = vq.integers(-9, 10, size=(2, 3)).astype(np.int32)
+    vcase("resize_nearest_int", "resize", dict(x=zi, shape=np.array([4, 5], np.int32), resized_dims=np.uint32(2), interpolation_mode="NEAREST_NEIGHBOR"),
+          compute=lambda: F.interpolate(T(zi.astype(np.float32))[None, None], size=(4, 5), mode="nearest").numpy()[0, 0].astype(np.int32))
+    # non_maximum_suppression: torchvision's nms (batched_nms per class) on
+    # the corners of the centre-size boxes; results padded with 0 and -1.
+    def nms_case(n, B, K, max_boxes, iou, per_class, score_threshold=None):
+        centers = vrnd(n, B, 2, lo=0, hi=10)
+        sizes = vrnd(n, B, 2, lo=1, hi=5)
+        boxes = np.concatenate([centers, sizes], -1).astype(np.float32)  # [n, B, 4]
+        scores = vrnd(n, B, K, lo=0, hi=1)
+        def expected():
+            ob = np.zeros((n, max_boxes, 4), np.float32)
+            os_ = np.zeros((n, max_boxes, K), np.float32)
+            oi = -np.ones((n, max_boxes), np.int32)
+            counts = []
+            for b in range(n):
+                corners = np.concatenate([boxes[b, :, :2] - boxes[b, :, 2:] / 2, boxes[b, :, :2] + boxes[b, :, 2:] / 2], -1)
+                best = scores[b].max(-1)
+                keep_ids = np.arange(B) if score_threshold is None else np.nonzero(best >= score_threshold)[0]
+                if per_class:
+                    kept = torchvision.ops.batched_nms(T(corners[keep_ids]), T(best[keep_ids]), T(scores[b].argmax(-1)[keep_ids]), iou)
+                else:
+                    kept = torchvision.ops.nms(T(corners[keep_ids]), T(best[keep_ids]), iou)
+                kept = keep_ids[kept.numpy()][:max_boxes]
+                counts.append(len(kept))
+                ob[b, :len(kept)] = boxes[b, kept]
+                os_[b, :len(kept)] = scores[b, kept]
+                oi[b, :len(kept)] = kept
+            if score_threshold is not None:
+                return [ob, os_, oi, np.array(counts, np.int32)]
+            return [ob.transpose(0, 2, 1), os_.transpose(0, 2, 1), oi]
+        if score_threshold is None:
+            inputs = dict(boxes=boxes.transpose(0, 2, 1).copy(), scores=scores.transpose(0, 2, 1).copy(), iou_threshold=np.float32(iou), max_boxes=np.int32(max_boxes), per_class_suppression=per_class)
+        else:
+            inputs = dict(boxes=boxes, scores=scores, iou_threshold=np.float32(iou), score_threshold=np.float32(score_threshold), max_boxes=np.int32(max_boxes), per_class_suppression=per_class)
+        return inputs, expected
+    for name, args in [("nms_ios17", (2, 12, 3, 8, 0.3, False)), ("nms_ios17_per_class", (1, 15, 2, 15, 0.2, True)),
+                       ("nms_ios15_score_threshold", (2, 10, 1, 6, 0.4, False, 0.3))]:
+        inputs, expected = nms_case(*args)
+        vcase(name, "non_maximum_suppression", inputs, outputs=4 if len(args) == 7 else 3, compute=expected)
+vq_cases()
+
 # ---- issue 23 (opsmisc): einsum, gru, the batch/space moves, flatten2d,
 # reshape_like, sliding_windows. coremltools computes einsum and flatten2d;
 # the others have no value inference and come from numpy implementations of

@@ -28,17 +28,24 @@
 //! T5, Whisper) and recurrent networks: arithmetic, activations, reductions
 //! and normalizations, shape and index ops, convolutions (transposed too),
 //! pooling and resizing, matrix products and attention; the recurrent
-//! layers `lstm` and `rnn` (torch's `nn.LSTM` and `nn.RNN`; its `nn.GRU`
-//! becomes a loop); control flow, `cond` and `while_loop`, nested to any
-//! depth, their blocks compiled at load like the function's body (constants
-//! inside them, weights of a loop body included, decoded once); every
-//! `constexpr_*` decompression op of iOS 16 to 18 (decompressed once, at
-//! load, chains and joint sparse compression included); the iOS 18
+//! layers `lstm`, `rnn` and `gru` (torch's `nn.LSTM` and `nn.RNN`; its
+//! `nn.GRU` becomes a loop); control flow, `cond` and `while_loop`, nested
+//! to any depth, their blocks compiled at load like the function's body
+//! (constants inside them, weights of a loop body included, decoded once);
+//! every `constexpr_*` decompression op of iOS 16 to 18 (decompressed once,
+//! at load, chains and joint sparse compression included); the iOS 18
 //! state ops; `classify`, a `ClassifierConfig` classifier's last op, whose
 //! label and label → probability dictionary come back as the String (or
 //! Int64) and Dictionary features the description declares (its tie rule:
-//! `ops/values.rs`); and the tensor lists of `make_list` and the `list_*`
-//! ops, carried through loops. Semantics follow coremltools' op
+//! `ops/values.rs`); the tensor lists of `make_list` and the `list_*` ops,
+//! carried through loops; 8-bit activations (`quantize`, `dequantize`;
+//! `conv_quantized`); sampling grids (`resample`, `affine`: torch's
+//! `grid_sample` and `affine_grid`), `crop_resize`, iOS 17's `resize` and
+//! `non_maximum_suppression` (torchvision's `nms`); `einsum`, the
+//! batch/space moves, `flatten2d`, `reshape_like` and `sliding_windows`;
+//! and the random ops (by distribution, not Core ML's values: see the
+//! README's "Random ops"). That is every op of coremltools 9.0's core set.
+//! Semantics follow coremltools' op
 //! definitions. Ops outside the
 //! list are an [`Error::UnsupportedOps`] when the function is *loaded*,
 //! naming every such op (in nested blocks too) and the function, never a
