@@ -18,6 +18,18 @@ fn every_fixture_round_trips_with_equal_spec_and_blobs() {
             .unwrap_or_else(|e| panic!("rewritten {}: {e}", source_path.display()));
 
         assert_eq!(written.model(), source.model(), "{}", source_path.display());
+        // Hidden files (the `.gitkeep` of a weightless fixture's weights
+        // directory) are not weights and are not copied.
+        if let Some(weights) = written.weights_dir() {
+            for entry in std::fs::read_dir(weights).unwrap() {
+                let name = entry.unwrap().file_name();
+                assert!(
+                    !name.to_string_lossy().starts_with('.'),
+                    "{}: {name:?} copied",
+                    source_path.display()
+                );
+            }
+        }
 
         let before = source.blob_references().unwrap();
         let after = written.blob_references().unwrap();

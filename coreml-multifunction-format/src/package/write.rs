@@ -765,7 +765,10 @@ pub fn rewrite(source: &Package, destination: impl AsRef<Path>) -> Result<Rewrit
         });
     }
 
-    // Files of the weights directory that the model does not refer to.
+    // Files of the weights directory that the model does not refer to,
+    // but hidden ones: a file manager's or version control's (`.DS_Store`,
+    // the `.gitkeep` that keeps a weightless program's empty directory in
+    // git), never a weight, and no name a weight file may have.
     if let Some(weights_dir) = source.weights_dir() {
         let referenced: Vec<&Path> = source.blob_files().values().map(|f| f.path()).collect();
         let mut extra = Vec::new();
@@ -774,6 +777,9 @@ pub fn rewrite(source: &Package, destination: impl AsRef<Path>) -> Result<Rewrit
         {
             let entry =
                 entry.map_err(|e| Error::io(weights_dir, "list the weights directory", e))?;
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
             let path = entry.path();
             let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
             if !referenced.contains(&canonical.as_path()) {
