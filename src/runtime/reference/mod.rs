@@ -126,6 +126,7 @@
 //! failed prediction leaves the state as it was.
 
 mod exec;
+mod kernels;
 pub(crate) mod ops;
 mod program;
 mod value;

@@ -138,6 +138,7 @@ pub(crate) fn compile(
         package,
         store,
         fp16_ops,
+        kept_as_stored: read_as_stored(view.block()),
         names: HashMap::new(),
         enclosing: Vec::new(),
         keys: HashMap::new(),
@@ -228,11 +229,43 @@ pub(crate) fn missing_ops(block: &mil_spec::Block) -> Vec<String> {
     missing.into_iter().map(str::to_string).collect()
 }
 
+/// The names of the values of `block` (nested blocks included) that only
+/// kernels reading weights as stored read: `linear`'s `weight`. A value
+/// any other op reads, or that a block returns, is not among them.
+fn read_as_stored(block: &mil_spec::Block) -> HashSet<String> {
+    fn walk<'a>(block: &'a mil_spec::Block, only: &mut HashMap<&'a str, bool>) {
+        for op in &block.operations {
+            for (param, argument) in &op.inputs {
+                let kernel = op.r#type == "linear" && param == "weight";
+                for binding in &argument.arguments {
+                    if let Some(binding::Binding::Name(name)) = &binding.binding {
+                        *only.entry(name).or_insert(true) &= kernel;
+                    }
+                }
+            }
+            for nested in &op.blocks {
+                walk(nested, only);
+            }
+        }
+        for output in &block.outputs {
+            only.insert(output, false);
+        }
+    }
+    let mut only = HashMap::new();
+    walk(block, &mut only);
+    only.into_iter()
+        .filter_map(|(name, kernel)| kernel.then(|| name.to_string()))
+        .collect()
+}
+
 struct Compiler<'a> {
     package: &'a Package,
     store: &'a WeightStore,
     /// Whether fp16 op outputs are rounded after every op.
     fp16_ops: bool,
+    /// The values only kernels reading weights as stored read (see
+    /// [`read_as_stored`]): their constants are kept as stored.
+    kept_as_stored: HashSet<String>,
     /// Value name → slot, for the block being compiled.
     names: HashMap<String, Slot>,
     /// The same for the blocks enclosing it, innermost last.
@@ -267,16 +300,32 @@ impl Compiler<'_> {
         Ok(slot)
     }
 
-    /// Makes `value` (an inline immediate or blob) a constant slot.
-    fn inline(&mut self, value: &mil_spec::Value) -> std::result::Result<Slot, String> {
-        let key = ConstKey::of_value(value);
+    /// Makes `value` (an inline immediate or blob) a constant slot; with
+    /// `as_stored`, a weight the kernels read as stored stays so
+    /// ([`weights::decode_stored`]).
+    fn inline(
+        &mut self,
+        value: &mil_spec::Value,
+        as_stored: bool,
+    ) -> std::result::Result<Slot, String> {
+        let mut key = ConstKey::of_value(value);
+        let decode = |package| {
+            if as_stored {
+                weights::decode_stored(package, value)
+            } else {
+                weights::decode(package, value)
+            }
+        };
+        if as_stored {
+            key = ConstKey::Stored(Box::new(key));
+        }
         let decoded = if key.is_weight() {
             self.store
-                .get_or_insert(key.clone(), || weights::decode(self.package, value))?
+                .get_or_insert(key.clone(), || decode(self.package))?
                 .value
                 .clone()
         } else {
-            weights::decode(self.package, value)?
+            decode(self.package)?
         };
         let slot = self.new_slot();
         self.keys.insert(slot, key);
@@ -354,6 +403,12 @@ impl Compiler<'_> {
             }
         }
 
+        // A constant only `linear` reads as its weight stays as stored.
+        let as_stored = spec.kind == Kind::Const
+            && op
+                .outputs
+                .first()
+                .is_some_and(|o| self.kept_as_stored.contains(&o.name));
         let mut inputs: Vec<(String, Vec<Slot>)> = Vec::new();
         for (param, list) in &bindings {
             let mut slots = Vec::with_capacity(list.len());
@@ -365,7 +420,7 @@ impl Compiler<'_> {
                         ))
                     })?,
                     Binding::Value(v) => self
-                        .inline(v)
+                        .inline(v, as_stored)
                         .map_err(|e| invalid(format!("input {param:?}: {e}")))?,
                 });
             }

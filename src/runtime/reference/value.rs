@@ -7,10 +7,14 @@
 //! Arrays are reference-counted (`ArcArray`), so passing a weight to an op,
 //! or sharing it between functions, never copies it.
 
+use std::sync::Arc;
+
 use half::f16;
 use ndarray::{ArcArray, ArrayD, IxDyn};
 
 use coreml_multifunction_format::proto::mil_spec::{self, value_type, DataType};
+
+use super::kernels::StoredWeight;
 
 /// A float tensor (any declared float type, computed in f32).
 pub(crate) type FloatArray = ArcArray<f32, IxDyn>;
@@ -35,6 +39,9 @@ pub(crate) enum Value {
     Str(Vec<String>),
     /// A function's state input: the index of the state in the function.
     State(usize),
+    /// A float weight kept as the package stores it, for the kernels that
+    /// read it so (`linear`); any other reader gets it widened to f32.
+    Weight(Arc<StoredWeight>),
 }
 
 impl Value {
@@ -67,6 +74,7 @@ impl Value {
             Value::Bool(_) => "a bool tensor",
             Value::Str(_) => "a string",
             Value::State(_) => "a state",
+            Value::Weight(_) => "a float tensor",
         }
     }
 
@@ -79,6 +87,7 @@ impl Value {
             Value::Str(s) if s.len() == 1 => Vec::new(),
             Value::Str(s) => vec![s.len()],
             Value::State(_) => Vec::new(),
+            Value::Weight(w) => w.shape(),
         }
     }
 
@@ -86,6 +95,7 @@ impl Value {
     pub(crate) fn to_float(&self) -> OpResult<FloatArray> {
         match self {
             Value::Float(a) => Ok(a.clone()),
+            Value::Weight(w) => Ok(w.to_array()),
             Value::Int(a) => Ok(a.mapv(|v| v as f32).into_shared()),
             Value::Bool(a) => Ok(a.mapv(|v| if v { 1.0 } else { 0.0 }).into_shared()),
             other => Err(format!("expected a tensor, found {}", other.kind())),
@@ -98,6 +108,7 @@ impl Value {
         match self {
             Value::Int(a) => Ok(a.clone()),
             Value::Float(a) => Ok(a.mapv(float_to_i32).into_shared()),
+            Value::Weight(w) => Ok(w.to_array().mapv(float_to_i32).into_shared()),
             Value::Bool(a) => Ok(a.mapv(i32::from).into_shared()),
             other => Err(format!("expected a tensor, found {}", other.kind())),
         }
@@ -109,6 +120,7 @@ impl Value {
             Value::Bool(a) => Ok(a.clone()),
             Value::Int(a) => Ok(a.mapv(|v| v != 0).into_shared()),
             Value::Float(a) => Ok(a.mapv(|v| v != 0.0).into_shared()),
+            Value::Weight(w) => Ok(w.to_array().mapv(|v| v != 0.0).into_shared()),
             other => Err(format!("expected a tensor, found {}", other.kind())),
         }
     }
@@ -326,7 +338,7 @@ pub(crate) fn conform(value: Value, data_type: DataType) -> OpResult<Value> {
     };
     Ok(match (wanted, value) {
         (_, Value::State(i)) => Value::State(i),
-        (Category::Float, v @ Value::Float(_)) => v,
+        (Category::Float, v @ (Value::Float(_) | Value::Weight(_))) => v,
         (Category::Int, v @ Value::Int(_)) => v,
         (Category::Bool, v @ Value::Bool(_)) => v,
         (Category::Str, v @ Value::Str(_)) => v,
