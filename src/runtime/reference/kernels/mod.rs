@@ -21,6 +21,8 @@
 //! has. Each output element is computed by one thread in a fixed order, so
 //! results do not depend on the thread count.
 
+#[cfg(target_arch = "x86_64")]
+mod dequant;
 mod dot;
 mod parallel;
 
@@ -85,8 +87,177 @@ impl Isa {
 /// How a weight's elements are held.
 #[derive(Debug)]
 enum Storage {
-    /// fp16, as stored in the package: IEEE 754 bits, row-major.
+    /// fp16, as stored in the package, row-major.
     F16(Vec<f16>),
+    /// 4- or 8-bit integers with a scale per block of a row.
+    Blockwise(Blockwise),
+}
+
+/// A weight quantized by blocks along its rows, as
+/// `constexpr_blockwise_shift_scale` stores it: element `k` of row `n` is
+/// `(q - offset) * scale` (in f32), with one scale and offset per row and
+/// block of `block` elements, rounded to fp16 when the program declares the
+/// weight fp16: the values the decompressed weight would hold, computed a
+/// row at a time as the kernel reaches it.
+#[derive(Debug)]
+struct Blockwise {
+    /// The integers, each row starting on a byte: one a byte (8 bits), or
+    /// two, the first in the low nibble (4 bits).
+    codes: Vec<u8>,
+    bits: Bits,
+    block: usize,
+    /// `outputs × inputs / block`, row-major.
+    scale: Vec<f32>,
+    /// The same; zeros without an offset.
+    offset: Vec<f32>,
+    /// Whether the weight is declared fp16 (each value rounded to fp16).
+    fp16: bool,
+}
+
+/// The width and signedness of [`Blockwise`] codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bits {
+    I4,
+    U4,
+    I8,
+    U8,
+}
+
+impl Bits {
+    /// The narrowest width holding every value of `data`.
+    fn fitting(data: &[i32]) -> Option<Bits> {
+        let (low, high) = data.iter().fold((0, 0), |(l, h), &v| (v.min(l), v.max(h)));
+        [
+            (Bits::I4, -8, 7),
+            (Bits::U4, 0, 15),
+            (Bits::I8, -128, 127),
+            (Bits::U8, 0, 255),
+        ]
+        .into_iter()
+        .find(|&(_, l, h)| l <= low && high <= h)
+        .map(|(bits, _, _)| bits)
+    }
+
+    /// Bits per code.
+    fn width(self) -> usize {
+        match self {
+            Bits::I4 | Bits::U4 => 4,
+            Bits::I8 | Bits::U8 => 8,
+        }
+    }
+
+    fn row_bytes(self, inputs: usize) -> usize {
+        match self {
+            Bits::I4 | Bits::U4 => inputs.div_ceil(2),
+            Bits::I8 | Bits::U8 => inputs,
+        }
+    }
+
+    /// Code `v` (which fits) as its stored bits.
+    fn encode(self, v: i32) -> u8 {
+        match self {
+            Bits::I4 | Bits::U4 => (v & 0xF) as u8,
+            Bits::I8 | Bits::U8 => v as u8,
+        }
+    }
+
+    /// The value of stored bits `b` (a nibble for 4 bits).
+    fn decode(self, b: u8) -> f32 {
+        match self {
+            Bits::I4 => f32::from(((b << 4) as i8) >> 4),
+            Bits::U4 => f32::from(b & 0xF),
+            Bits::I8 => f32::from(b as i8),
+            Bits::U8 => f32::from(b),
+        }
+    }
+}
+
+impl Blockwise {
+    /// Row `n` of a weight of `inputs` columns, dequantized into `out`, on
+    /// instruction set `isa` (every path computes the same values).
+    fn row_on(&self, isa: Isa, n: usize, inputs: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 && self.block % 8 == 0 {
+            let blocks = inputs / self.block;
+            let row_bytes = self.bits.row_bytes(inputs);
+            let params = n * blocks..(n + 1) * blocks;
+            // SAFETY: `Isa::Avx2` is chosen only on CPUs with AVX2, FMA and
+            // F16C; the codes, parameters and `out` are one row's (`inputs`
+            // elements, a whole number of blocks of a multiple of 8).
+            unsafe {
+                dequant::avx2(
+                    self.bits,
+                    self.block,
+                    &self.codes[n * row_bytes..(n + 1) * row_bytes],
+                    &self.scale[params.clone()],
+                    &self.offset[params],
+                    self.fp16,
+                    out,
+                )
+            };
+            return;
+        }
+        let _ = isa;
+        self.row(n, inputs, out);
+    }
+
+    /// Row `n` of a weight of `inputs` columns, dequantized into `out`.
+    fn row(&self, n: usize, inputs: usize, out: &mut [f32]) {
+        let blocks = inputs / self.block;
+        let row_bytes = self.bits.row_bytes(inputs);
+        let codes = &self.codes[n * row_bytes..(n + 1) * row_bytes];
+        let params = n * blocks..(n + 1) * blocks;
+        let per_block = self.scale[params.clone()]
+            .iter()
+            .zip(&self.offset[params])
+            .zip(out.chunks_exact_mut(self.block));
+        let bits = self.bits;
+        match bits {
+            Bits::I8 | Bits::U8 => {
+                for (b, ((&s, &o), out)) in per_block.enumerate() {
+                    let codes = &codes[b * self.block..(b + 1) * self.block];
+                    for (v, &c) in out.iter_mut().zip(codes) {
+                        *v = (bits.decode(c) - o) * s;
+                    }
+                }
+            }
+            Bits::I4 | Bits::U4 if self.block % 2 == 0 => {
+                // Two codes a byte, both in the same block.
+                for (b, ((&s, &o), out)) in per_block.enumerate() {
+                    let codes = &codes[b * self.block / 2..(b + 1) * self.block / 2];
+                    for (pair, &c) in out.chunks_exact_mut(2).zip(codes) {
+                        pair[0] = (bits.decode(c) - o) * s;
+                        pair[1] = (bits.decode(c >> 4) - o) * s;
+                    }
+                }
+            }
+            Bits::I4 | Bits::U4 => {
+                for (b, ((&s, &o), out)) in per_block.enumerate() {
+                    for (i, v) in out.iter_mut().enumerate() {
+                        let k = b * self.block + i;
+                        let c = codes[k / 2] >> (4 * (k % 2));
+                        *v = (bits.decode(c) - o) * s;
+                    }
+                }
+            }
+        }
+        if self.fp16 {
+            round_to_f16(out);
+        }
+    }
+}
+
+/// Rounds every value to the nearest fp16 (ties to even), as the
+/// decompressed weight's `materialize` does, through `half`'s slice
+/// conversions (F16C or NEON where the CPU has them).
+fn round_to_f16(values: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    let mut halves = [f16::ZERO; 256];
+    for chunk in values.chunks_mut(halves.len()) {
+        let halves = &mut halves[..chunk.len()];
+        halves.convert_from_f32_slice(chunk);
+        halves.convert_to_f32_slice(chunk);
+    }
 }
 
 /// A `[outputs, inputs]` weight kept as the package stores it, in the
@@ -119,6 +290,66 @@ impl StoredWeight {
         })
     }
 
+    /// A weight of `shape` (`[outputs, inputs]`) quantized by blocks along
+    /// its rows: integers `data` (row-major), `scale` and the optional
+    /// `offset` of shape `[outputs, inputs / block]`; `fp16` when the
+    /// program declares the weight fp16. None when the integers do not fit
+    /// 8 bits or the parameters are not one per row and block.
+    pub(crate) fn blockwise(
+        shape: &[usize],
+        data: &[i32],
+        parameters: &[usize],
+        scale: Vec<f32>,
+        offset: Option<Vec<f32>>,
+        fp16: bool,
+    ) -> Option<StoredWeight> {
+        let (&[outputs, inputs], &[rows, blocks]) = (shape, parameters) else {
+            return None;
+        };
+        if rows != outputs
+            || blocks == 0
+            || inputs % blocks != 0
+            || data.len() != outputs * inputs
+            || scale.len() != outputs * blocks
+            || offset.as_ref().is_some_and(|o| o.len() != scale.len())
+        {
+            return None;
+        }
+        let bits = Bits::fitting(data)?;
+        let row_bytes = bits.row_bytes(inputs);
+        let mut codes = vec![0u8; outputs * row_bytes];
+        for (row, codes) in data
+            .chunks_exact(inputs.max(1))
+            .zip(codes.chunks_exact_mut(row_bytes.max(1)))
+        {
+            match bits {
+                Bits::I8 | Bits::U8 => {
+                    for (c, &v) in codes.iter_mut().zip(row) {
+                        *c = bits.encode(v);
+                    }
+                }
+                Bits::I4 | Bits::U4 => {
+                    for (k, &v) in row.iter().enumerate() {
+                        codes[k / 2] |= bits.encode(v) << (4 * (k % 2));
+                    }
+                }
+            }
+        }
+        let offset = offset.unwrap_or_else(|| vec![0.0; scale.len()]);
+        Some(StoredWeight {
+            outputs,
+            inputs,
+            storage: Storage::Blockwise(Blockwise {
+                codes,
+                bits,
+                block: inputs / blocks,
+                scale,
+                offset,
+                fp16,
+            }),
+        })
+    }
+
     /// The weight's shape, `[outputs, inputs]`.
     pub(crate) fn shape(&self) -> Vec<usize> {
         vec![self.outputs, self.inputs]
@@ -132,6 +363,13 @@ impl StoredWeight {
                 f16::widen_slice(bits, &mut data);
                 data
             }
+            Storage::Blockwise(q) => {
+                let mut data = vec![0.0; self.outputs * self.inputs];
+                for (n, row) in data.chunks_exact_mut(self.inputs.max(1)).enumerate() {
+                    q.row(n, self.inputs, row);
+                }
+                data
+            }
         };
         ArcArray::from_shape_vec(IxDyn(&[self.outputs, self.inputs]), data)
             .unwrap_or_else(|_| unreachable!("the shape holds the elements (checked when made)"))
@@ -142,6 +380,7 @@ impl StoredWeight {
     pub(crate) fn stored_bytes(&self) -> usize {
         match &self.storage {
             Storage::F16(bits) => bits.len() * 2,
+            Storage::Blockwise(q) => q.codes.len() + 8 * q.scale.len(),
         }
     }
 }
@@ -162,56 +401,135 @@ fn linear_on(isa: Isa, weight: &StoredWeight, x: &[f32], rows: usize, out: &mut 
         return;
     }
     match &weight.storage {
-        Storage::F16(bits) => {
-            let view = Rows {
-                data: bits,
-                outputs: weight.outputs,
+        Storage::F16(data) => product(
+            isa,
+            &Stored {
+                data,
                 inputs: weight.inputs,
-            };
-            if rows < MATVEC_ROWS {
-                mat_vec(isa, &view, x, rows, out);
-            } else {
-                blocked_gemm(&view, x, rows, out);
-            }
-        }
+            },
+            weight,
+            x,
+            rows,
+            out,
+        ),
+        Storage::Blockwise(q) => product(
+            isa,
+            &Dequantized {
+                q,
+                inputs: weight.inputs,
+                isa,
+            },
+            weight,
+            x,
+            rows,
+            out,
+        ),
     }
 }
 
-/// A row-major `[outputs, inputs]` weight of element type `W`.
-struct Rows<'a, W> {
+/// Where a kernel reads weight rows from.
+trait RowSource: Sync {
+    /// The element type the rows come in.
+    type Element: Element;
+
+    /// Row `n`: in place, or made in `scratch` (a buffer of the thread
+    /// reading it, reused from row to row).
+    fn row<'a>(&'a self, n: usize, scratch: &'a mut Scratch) -> &'a [Self::Element];
+
+    /// The bytes the whole weight occupies (what a product streams).
+    fn bytes(&self) -> usize;
+}
+
+/// A thread's buffers for rows made as they are read.
+#[derive(Default)]
+struct Scratch {
+    f32: Vec<f32>,
+}
+
+/// Rows held as stored.
+struct Stored<'a, W> {
     data: &'a [W],
-    outputs: usize,
     inputs: usize,
 }
 
-impl<W: Element> Rows<'_, W> {
-    fn row(&self, n: usize) -> &[W] {
+impl<W: Element> RowSource for Stored<'_, W> {
+    type Element = W;
+
+    fn row<'a>(&'a self, n: usize, _: &'a mut Scratch) -> &'a [W] {
         &self.data[n * self.inputs..(n + 1) * self.inputs]
     }
 
-    /// How many threads a product over it splits into.
-    fn threads(&self) -> usize {
-        if std::mem::size_of_val(self.data) < PARALLEL_BYTES {
-            1
-        } else {
-            cores().min(self.outputs.max(1))
-        }
+    fn bytes(&self) -> usize {
+        std::mem::size_of_val(self.data)
+    }
+}
+
+/// Rows of a [`Blockwise`] weight, dequantized one at a time.
+struct Dequantized<'a> {
+    q: &'a Blockwise,
+    inputs: usize,
+    isa: Isa,
+}
+
+impl RowSource for Dequantized<'_> {
+    type Element = f32;
+
+    fn row<'a>(&'a self, n: usize, scratch: &'a mut Scratch) -> &'a [f32] {
+        scratch.f32.resize(self.inputs, 0.0);
+        self.q.row_on(self.isa, n, self.inputs, &mut scratch.f32);
+        &scratch.f32
+    }
+
+    fn bytes(&self) -> usize {
+        // Dequantizing costs about what streaming f32 would.
+        self.q.codes.len() * 4 * 8 / self.q.bits.width()
+    }
+}
+
+/// [`linear`] over rows from `source`: matrix-vector products for a few
+/// rows, blocked matrix products for more.
+fn product<S: RowSource>(
+    isa: Isa,
+    source: &S,
+    weight: &StoredWeight,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+) {
+    let threads = if source.bytes() < PARALLEL_BYTES {
+        1
+    } else {
+        cores().min(weight.outputs.max(1))
+    };
+    if rows < MATVEC_ROWS {
+        mat_vec(isa, source, weight, threads, x, rows, out);
+    } else {
+        blocked_gemm(source, weight, threads, x, rows, out);
     }
 }
 
 /// Matrix-vector products: `out[r][n] = weight[n] · x[r]`, the weight rows
-/// split over the cores; each weight row is read once for all rows of `x`
+/// split over `threads`; each weight row is read once for all rows of `x`
 /// (two at a time in registers).
-fn mat_vec<W: Element>(isa: Isa, weight: &Rows<'_, W>, x: &[f32], rows: usize, out: &mut [f32]) {
+fn mat_vec<S: RowSource>(
+    isa: Isa,
+    source: &S,
+    weight: &StoredWeight,
+    threads: usize,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+) {
     let (outputs, inputs) = (weight.outputs, weight.inputs);
-    let x_rows: Vec<&[f32]> = x.chunks_exact(inputs.max(1)).take(rows).collect();
+    let x_rows: Vec<&[f32]> = x.chunks_exact(inputs).take(rows).collect();
     // Each part computes outputs `range` for every row, into its own buffer
     // (`rows × range`), copied into `out` afterwards.
     let compute = |range: std::ops::Range<usize>| -> Vec<f32> {
         let width = range.len();
         let mut part = vec![0.0f32; rows * width];
+        let mut scratch = Scratch::default();
         for (i, n) in range.enumerate() {
-            let w = weight.row(n);
+            let w = source.row(n, &mut scratch);
             let mut r = 0;
             while r + 1 < rows {
                 let [a, b] = dots(isa, w, [x_rows[r], x_rows[r + 1]]);
@@ -226,7 +544,6 @@ fn mat_vec<W: Element>(isa: Isa, weight: &Rows<'_, W>, x: &[f32], rows: usize, o
         }
         part
     };
-    let threads = weight.threads();
     let chunk = outputs.div_ceil(threads).max(1);
     let ranges: Vec<_> = (0..outputs)
         .step_by(chunk)
@@ -250,10 +567,17 @@ fn block_rows(inputs: usize) -> usize {
 }
 
 /// `out = x · weightᵀ` as one matrix product per block of weight rows,
-/// each widened to f32 as it is reached, the blocks split over the cores.
+/// each widened to f32 as it is reached, the blocks split over `threads`.
 /// Each output column is computed by one `matrixmultiply` product over the
 /// whole of `inputs`, so splitting does not change its summation order.
-fn blocked_gemm<W: Element>(weight: &Rows<'_, W>, x: &[f32], rows: usize, out: &mut [f32]) {
+fn blocked_gemm<S: RowSource>(
+    source: &S,
+    weight: &StoredWeight,
+    threads: usize,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+) {
     let (outputs, inputs) = (weight.outputs, weight.inputs);
     let Ok(x) = ArrayView2::from_shape((rows, inputs), x) else {
         unreachable!("x holds rows × inputs elements (the caller)");
@@ -262,7 +586,7 @@ fn blocked_gemm<W: Element>(weight: &Rows<'_, W>, x: &[f32], rows: usize, out: &
         unreachable!("out holds rows × outputs elements (the caller)");
     };
     let block = block_rows(inputs);
-    let threads = weight.threads().min(outputs.div_ceil(block)).max(1);
+    let threads = threads.min(outputs.div_ceil(block)).max(1);
     // Whole blocks per thread.
     let per_thread = outputs.div_ceil(block).div_ceil(threads) * block;
     let parts: Vec<_> = out
@@ -272,11 +596,14 @@ fn blocked_gemm<W: Element>(weight: &Rows<'_, W>, x: &[f32], rows: usize, out: &
     parallel::for_each(parts, |(t, mut part)| {
         let first = t * per_thread;
         let mut widened = vec![0.0f32; block * inputs];
+        let mut scratch = Scratch::default();
         for (b, mut target) in part.axis_chunks_iter_mut(Axis(1), block).enumerate() {
             let start = first + b * block;
             let count = target.ncols();
             let data = &mut widened[..count * inputs];
-            W::widen_slice(&weight.data[start * inputs..(start + count) * inputs], data);
+            for (i, row) in data.chunks_exact_mut(inputs).enumerate() {
+                S::Element::widen_slice(source.row(start + i, &mut scratch), row);
+            }
             let Ok(w) = ArrayView2::from_shape((count, inputs), &*data) else {
                 unreachable!("the block holds count × inputs elements");
             };

@@ -137,3 +137,96 @@ fn a_stored_weight_widens_to_its_values() {
     assert!(StoredWeight::f16(&[2, 2], halves.to_vec()).is_err());
     assert!(StoredWeight::f16(&[6], halves.to_vec()).is_err());
 }
+
+/// A blockwise weight and the values its decompression gives, computed
+/// here as `constexpr_blockwise_shift_scale` defines them.
+fn blockwise_weight(
+    random: &mut Random,
+    outputs: usize,
+    inputs: usize,
+    block: usize,
+    range: (i32, i32),
+    offset: bool,
+    fp16: bool,
+) -> (StoredWeight, Vec<f32>) {
+    let span = (range.1 - range.0 + 1) as f32;
+    let data: Vec<i32> = (0..outputs * inputs)
+        .map(|_| range.0 + (((random.next() + 1.0) / 2.0 * span) as i32).min(range.1 - range.0))
+        .collect();
+    let blocks = inputs / block;
+    let scale: Vec<f32> = random
+        .vec(outputs * blocks)
+        .into_iter()
+        .map(|s| f16::from_f32(s * 0.1).to_f32())
+        .collect();
+    let offsets: Option<Vec<f32>> =
+        offset.then(|| (0..outputs * blocks).map(|i| (i % 3) as f32).collect());
+    let mut dense = vec![0.0f32; outputs * inputs];
+    for n in 0..outputs {
+        for k in 0..inputs {
+            let p = n * blocks + k / block;
+            let o = offsets.as_ref().map_or(0.0, |o| o[p]);
+            let v = (data[n * inputs + k] as f32 - o) * scale[p];
+            dense[n * inputs + k] = if fp16 { f16::from_f32(v).to_f32() } else { v };
+        }
+    }
+    let weight = StoredWeight::blockwise(
+        &[outputs, inputs],
+        &data,
+        &[outputs, blocks],
+        scale,
+        offsets,
+        fp16,
+    )
+    .unwrap();
+    (weight, dense)
+}
+
+#[test]
+fn blockwise_weights_decompress_and_multiply_as_their_dense_values() {
+    let mut random = Random(31);
+    let cases = [
+        // (rows, outputs, inputs, block, range, offset, fp16, bits)
+        (1, 3, 64, 32, (-8, 7), false, true, Bits::I4),
+        (2, 5, 96, 32, (0, 15), true, true, Bits::U4),
+        (3, 4, 15, 5, (-8, 7), true, false, Bits::I4),
+        (1, 7, 40, 8, (-128, 127), false, true, Bits::I8),
+        (9, 6, 48, 16, (0, 255), true, false, Bits::U8),
+        (1, 600, 1024, 32, (-8, 7), false, true, Bits::I4),
+        (12, 300, 256, 32, (-8, 7), true, true, Bits::I4),
+    ];
+    for isa in Isa::available() {
+        for &(rows, outputs, inputs, block, range, offset, fp16, bits) in &cases {
+            let (weight, dense) =
+                blockwise_weight(&mut random, outputs, inputs, block, range, offset, fp16);
+            let Storage::Blockwise(q) = &weight.storage else {
+                panic!("not blockwise");
+            };
+            assert_eq!(q.bits, bits);
+            assert_eq!(weight.to_array().as_slice().unwrap(), dense.as_slice());
+            // Every path dequantizes a row to the same values.
+            let mut row = vec![f32::NAN; inputs];
+            for n in 0..outputs {
+                q.row_on(isa, n, inputs, &mut row);
+                assert_eq!(row, dense[n * inputs..(n + 1) * inputs], "{isa:?}, row {n}");
+            }
+            let x = random.vec(rows * inputs);
+            let mut out = vec![f32::NAN; rows * outputs];
+            linear_on(isa, &weight, &x, rows, &mut out);
+            for (i, (&got, (want, bound))) in out
+                .iter()
+                .zip(naive(&dense, &x, rows, outputs, inputs))
+                .enumerate()
+            {
+                assert!(
+                    (f64::from(got) - want).abs() <= bound,
+                    "{isa:?}, {bits:?} {rows}×{inputs} by {outputs}: element {i} is {got}, not {want}"
+                );
+            }
+        }
+    }
+    // Integers wider than 8 bits, or parameters not one per row and block,
+    // are not kept so.
+    assert!(StoredWeight::blockwise(&[1, 2], &[300, 0], &[1, 1], vec![1.0], None, false).is_none());
+    assert!(StoredWeight::blockwise(&[2, 2], &[0; 4], &[1, 1], vec![1.0], None, false).is_none());
+}
