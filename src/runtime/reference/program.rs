@@ -281,7 +281,8 @@ fn plan_as_stored(block: &mil_spec::Block) -> AsStored {
             only.insert(name, false);
         }
         only.into_iter()
-            .filter_map(|(name, yes)| yes.then(|| name.to_string()))
+            .filter(|&(_, yes)| yes)
+            .map(|(name, _)| name.to_string())
             .collect::<HashSet<String>>()
     };
     let kept = only(&|op, param| op.r#type == "linear" && param == "weight");

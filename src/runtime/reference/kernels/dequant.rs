@@ -30,7 +30,7 @@ pub(super) unsafe fn avx2(
     fp16: bool,
     out: &mut [f32],
 ) {
-    debug_assert!(block % 8 == 0 && out.len() % block == 0);
+    debug_assert!(block.is_multiple_of(8) && out.len().is_multiple_of(block));
     debug_assert!(scale.len() * block == out.len() && offset.len() == scale.len());
     debug_assert!(codes.len() * 8 >= out.len() * bits.width());
     let shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);

@@ -177,7 +177,7 @@ impl Blockwise {
     /// instruction set `isa` (every path computes the same values).
     fn row_on(&self, isa: Isa, n: usize, inputs: usize, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2 && self.block % 8 == 0 {
+        if isa == Isa::Avx2 && self.block.is_multiple_of(8) {
             let blocks = inputs / self.block;
             let row_bytes = self.bits.row_bytes(inputs);
             let params = n * blocks..(n + 1) * blocks;
@@ -221,7 +221,7 @@ impl Blockwise {
                     }
                 }
             }
-            Bits::I4 | Bits::U4 if self.block % 2 == 0 => {
+            Bits::I4 | Bits::U4 if self.block.is_multiple_of(2) => {
                 // Two codes a byte, both in the same block.
                 for (b, ((&s, &o), out)) in per_block.enumerate() {
                     let codes = &codes[b * self.block / 2..(b + 1) * self.block / 2];
