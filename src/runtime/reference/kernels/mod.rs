@@ -438,6 +438,12 @@ trait RowSource: Sync {
 
     /// The bytes the whole weight occupies (what a product streams).
     fn bytes(&self) -> usize;
+
+    /// `row(n) · x` computed without making the row, when a kernel can:
+    /// the same bits as making it and calling `dots`.
+    fn fused_dot(&self, _n: usize, _x: &[f32]) -> Option<f32> {
+        None
+    }
 }
 
 /// A thread's buffers for rows made as they are read.
@@ -484,6 +490,34 @@ impl RowSource for Dequantized<'_> {
         // Dequantizing costs about what streaming f32 would.
         self.q.codes.len() * 4 * 8 / self.q.bits.width()
     }
+
+    fn fused_dot(&self, n: usize, x: &[f32]) -> Option<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx2
+            && self.q.block.is_multiple_of(8)
+            && self.inputs.is_multiple_of(dot::LANES)
+        {
+            let blocks = self.inputs / self.q.block;
+            let row_bytes = self.q.bits.row_bytes(self.inputs);
+            let params = n * blocks..(n + 1) * blocks;
+            // SAFETY: `Isa::Avx2` is chosen only on CPUs with AVX2, FMA and
+            // F16C; the codes and parameters are row `n`'s, `x` a row of
+            // `inputs` elements, a multiple of 32 and of the block of 8k.
+            return Some(unsafe {
+                dequant::dot_avx2(
+                    self.q.bits,
+                    self.q.block,
+                    &self.q.codes[n * row_bytes..(n + 1) * row_bytes],
+                    &self.q.scale[params.clone()],
+                    &self.q.offset[params],
+                    self.q.fp16,
+                    x,
+                )
+            });
+        }
+        let _ = (n, x);
+        None
+    }
 }
 
 /// [`linear`] over rows from `source`: matrix-vector products for a few
@@ -529,6 +563,12 @@ fn mat_vec<S: RowSource>(
         let mut part = vec![0.0f32; rows * width];
         let mut scratch = Scratch::default();
         for (i, n) in range.enumerate() {
+            if rows == 1 {
+                if let Some(y) = source.fused_dot(n, x_rows[0]) {
+                    part[i] = y;
+                    continue;
+                }
+            }
             let w = source.row(n, &mut scratch);
             let mut r = 0;
             while r + 1 < rows {

@@ -211,6 +211,20 @@ fn blockwise_weights_decompress_and_multiply_as_their_dense_values() {
                 assert_eq!(row, dense[n * inputs..(n + 1) * inputs], "{isa:?}, row {n}");
             }
             let x = random.vec(rows * inputs);
+            // A fused dot product gives the bits of dequantizing the row
+            // and taking the dot product of it.
+            let source = Dequantized { q, inputs, isa };
+            for n in 0..outputs {
+                if let Some(fused) = source.fused_dot(n, &x[..inputs]) {
+                    let [unfused] =
+                        dot::dots(isa, &dense[n * inputs..(n + 1) * inputs], [&x[..inputs]]);
+                    assert_eq!(
+                        fused.to_bits(),
+                        unfused.to_bits(),
+                        "{isa:?}, {bits:?}, row {n}"
+                    );
+                }
+            }
             let mut out = vec![f32::NAN; rows * outputs];
             linear_on(isa, &weight, &x, rows, &mut out);
             for (i, (&got, (want, bound))) in out
