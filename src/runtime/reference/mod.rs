@@ -57,9 +57,18 @@
 //!
 //! # Numerics and tolerance
 //!
-//! Everything is computed in f32, from the weights as stored (fp16 weights
-//! are widened to f32 once, at load; quantized and palettized weights are
-//! decompressed once to the precision their op declares). Values are
+//! Everything is computed in f32, from the weights as stored: fp16
+//! weights are widened to f32 once, at load, and quantized and palettized
+//! weights decompressed once to the precision their op declares, except
+//! `linear` weights that only `linear` reads, which stay fp16, or int4 /
+//! int8 by blocks (`constexpr_blockwise_shift_scale`), in memory and are
+//! widened or dequantized as the kernel reads them, to the same values
+//! (`kernels`). Their matrix-vector products (fewer than eight rows) sum
+//! each dot product in 32 lanes, then in a fixed tree, with one rounding
+//! per multiply-add on AVX2 and NEON (the portable path rounds the product
+//! first); every other product sums in `matrixmultiply`'s order. Each
+//! output element is computed by one thread, so results do not depend on
+//! the thread count. Values are
 //! rounded to fp16 only where the program itself says a value *is* fp16:
 //! a `cast` to fp16, a decompressed fp16 weight, a write to an fp16 state,
 //! an fp16 input and an fp16 output.
@@ -112,7 +121,11 @@
 //! matrix-vector products that read the weight in place, split by rows over
 //! the machine's cores when the weight is large (a matrix-vector product is
 //! bound by memory bandwidth, which one core does not saturate), and many
-//! rows as one matrix product; either way the arithmetic is ndarray's.
+//! rows as matrix products. A weight kept as stored (fp16, or quantized by
+//! blocks) goes through `kernels`: it streams half (fp16) or an eighth
+//! (int4) of the f32 bytes, and a function's resident memory is about its
+//! stored weight bytes; many rows are multiplied a block of widened weight
+//! rows at a time, split over the cores.
 //! Convolutions are im2col onto the same matrix products, split over the
 //! cores by output rows (or by groups, for depthwise convolutions). Other
 //! ops run on one thread. A prediction of the multifunction guide's
@@ -138,6 +151,7 @@
 //! failed prediction leaves the state as it was.
 
 mod exec;
+mod kernels;
 pub(crate) mod ops;
 mod program;
 mod value;

@@ -138,6 +138,7 @@ pub(crate) fn compile(
         package,
         store,
         fp16_ops,
+        as_stored: plan_as_stored(view.block()),
         names: HashMap::new(),
         enclosing: Vec::new(),
         keys: HashMap::new(),
@@ -207,6 +208,7 @@ pub(crate) fn compile(
     }
     let mut program = compiler.program;
     plan_releases(&mut program);
+    drop_unread_constants(&mut program);
     Ok(program)
 }
 
@@ -228,11 +230,92 @@ pub(crate) fn missing_ops(block: &mil_spec::Block) -> Vec<String> {
     missing.into_iter().map(str::to_string).collect()
 }
 
+/// The values of a function kept as stored for the kernels that read them
+/// so (see [`plan_as_stored`]).
+#[derive(Debug, Default)]
+struct AsStored {
+    /// Values only `linear` reads, as its weight: their constants (an fp16
+    /// blob, a `constexpr_blockwise_shift_scale`) are kept as stored.
+    kept: HashSet<String>,
+    /// Values only the constexpr ops making those read (each one op):
+    /// needed at load only, so neither shared through the weight store nor
+    /// kept once that op is evaluated.
+    load_only: HashSet<String>,
+    /// The constant slots holding load-only values, dropped after use.
+    slots: HashSet<Slot>,
+}
+
+/// Which values of `block` (nested blocks included) only kernels reading
+/// weights as stored read, and which only feed those at load. A value any
+/// other op reads, or that a block returns, is in neither set.
+fn plan_as_stored(block: &mil_spec::Block) -> AsStored {
+    /// Every op of `block` and its nested blocks, and every block output.
+    fn walk<'a>(
+        block: &'a mil_spec::Block,
+        ops: &mut Vec<&'a mil_spec::Operation>,
+        returned: &mut Vec<&'a str>,
+    ) {
+        for op in &block.operations {
+            ops.push(op);
+            for nested in &op.blocks {
+                walk(nested, ops, returned);
+            }
+        }
+        returned.extend(block.outputs.iter().map(String::as_str));
+    }
+    let (mut ops, mut returned) = (Vec::new(), Vec::new());
+    walk(block, &mut ops, &mut returned);
+    // Name → whether every reader so far is one `reads` accepts.
+    let only = |reads: &dyn Fn(&mil_spec::Operation, &str) -> bool| {
+        let mut only: HashMap<&str, bool> = HashMap::new();
+        for op in &ops {
+            for (param, argument) in &op.inputs {
+                for binding in &argument.arguments {
+                    if let Some(binding::Binding::Name(name)) = &binding.binding {
+                        *only.entry(name).or_insert(true) &= reads(op, param);
+                    }
+                }
+            }
+        }
+        for name in &returned {
+            only.insert(name, false);
+        }
+        only.into_iter()
+            .filter(|&(_, yes)| yes)
+            .map(|(name, _)| name.to_string())
+            .collect::<HashSet<String>>()
+    };
+    let kept = only(&|op, param| op.r#type == "linear" && param == "weight");
+    let mut load_only = only(&|op, _| {
+        op.r#type == "constexpr_blockwise_shift_scale"
+            && matches!(op.outputs.as_slice(), [output] if kept.contains(&output.name))
+    });
+    // Each read by one op, which drops it once evaluated.
+    let mut readers: HashMap<&str, usize> = HashMap::new();
+    for op in &ops {
+        for argument in op.inputs.values() {
+            for binding in &argument.arguments {
+                if let Some(binding::Binding::Name(name)) = &binding.binding {
+                    *readers.entry(name).or_default() += 1;
+                }
+            }
+        }
+    }
+    load_only.retain(|name| readers.get(name.as_str()) == Some(&1));
+    AsStored {
+        kept,
+        load_only,
+        slots: HashSet::new(),
+    }
+}
+
 struct Compiler<'a> {
     package: &'a Package,
     store: &'a WeightStore,
     /// Whether fp16 op outputs are rounded after every op.
     fp16_ops: bool,
+    /// The values kept as stored, and those needed at load only.
+    as_stored: AsStored,
     /// Value name → slot, for the block being compiled.
     names: HashMap<String, Slot>,
     /// The same for the blocks enclosing it, innermost last.
@@ -267,16 +350,34 @@ impl Compiler<'_> {
         Ok(slot)
     }
 
-    /// Makes `value` (an inline immediate or blob) a constant slot.
-    fn inline(&mut self, value: &mil_spec::Value) -> std::result::Result<Slot, String> {
-        let key = ConstKey::of_value(value);
-        let decoded = if key.is_weight() {
+    /// Makes `value` (an inline immediate or blob) a constant slot; with
+    /// `as_stored`, a weight the kernels read as stored stays so
+    /// ([`weights::decode_stored`]); with `load_only`, it is decoded
+    /// without the weight store (only a constexpr op reads it, at load).
+    fn inline(
+        &mut self,
+        value: &mil_spec::Value,
+        as_stored: bool,
+        load_only: bool,
+    ) -> std::result::Result<Slot, String> {
+        let mut key = ConstKey::of_value(value);
+        let decode = |package| {
+            if as_stored {
+                weights::decode_stored(package, value)
+            } else {
+                weights::decode(package, value)
+            }
+        };
+        if as_stored {
+            key = ConstKey::Stored(Box::new(key));
+        }
+        let decoded = if key.is_weight() && !load_only {
             self.store
-                .get_or_insert(key.clone(), || weights::decode(self.package, value))?
+                .get_or_insert(key.clone(), || decode(self.package))?
                 .value
                 .clone()
         } else {
-            weights::decode(self.package, value)?
+            decode(self.package)?
         };
         let slot = self.new_slot();
         self.keys.insert(slot, key);
@@ -354,6 +455,21 @@ impl Compiler<'_> {
             }
         }
 
+        // A constant only `linear` reads as its weight stays as stored; one
+        // only the constexpr op making such a weight reads is load-only.
+        let const_output = |set: &HashSet<String>| {
+            spec.kind == Kind::Const && op.outputs.first().is_some_and(|o| set.contains(&o.name))
+        };
+        let (as_stored, mut load_only) = (
+            const_output(&self.as_stored.kept),
+            const_output(&self.as_stored.load_only),
+        );
+        // So are the inline inputs of a constexpr op making a weight kept
+        // as stored (coremltools binds a quantized weight's data so).
+        let inline_load_only = spec.kind
+            == Kind::Constexpr(ops::constexpr::Constexpr::BlockwiseShiftScale)
+            && matches!(op.outputs.as_slice(), [o] if self.as_stored.kept.contains(&o.name));
+        load_only |= inline_load_only;
         let mut inputs: Vec<(String, Vec<Slot>)> = Vec::new();
         for (param, list) in &bindings {
             let mut slots = Vec::with_capacity(list.len());
@@ -364,9 +480,15 @@ impl Compiler<'_> {
                             "input {param:?} refers to {n:?}, which is not defined before it"
                         ))
                     })?,
-                    Binding::Value(v) => self
-                        .inline(v)
-                        .map_err(|e| invalid(format!("input {param:?}: {e}")))?,
+                    Binding::Value(v) => {
+                        let slot = self
+                            .inline(v, as_stored, load_only)
+                            .map_err(|e| invalid(format!("input {param:?}: {e}")))?;
+                        if inline_load_only {
+                            self.as_stored.slots.insert(slot);
+                        }
+                        slot
+                    }
                 });
             }
             inputs.push((param.to_string(), slots));
@@ -410,6 +532,13 @@ impl Compiler<'_> {
                 }
                 let key = self.keys[&slot].clone();
                 self.constant(output, key, || Ok(value)).map_err(invalid)?;
+                if self.as_stored.load_only.contains(*output) {
+                    // Held by the output's slot until its one reader runs.
+                    self.forget(&[slot]);
+                    if let Some(defined) = self.lookup(output) {
+                        self.as_stored.slots.insert(defined);
+                    }
+                }
             }
             Kind::Constexpr(constexpr) => {
                 let mut arguments: HashMap<&str, Value> = HashMap::new();
@@ -426,6 +555,10 @@ impl Compiler<'_> {
                     }
                     key_inputs.push((param.clone(), keys));
                 }
+                // A blockwise-quantized weight only `linear` reads stays
+                // quantized (when its form allows).
+                let kept = constexpr == ops::constexpr::Constexpr::BlockwiseShiftScale
+                    && matches!(outputs.as_slice(), [(name, _)] if self.as_stored.kept.contains(*name));
                 // Evaluated once, on the first output's demand; each output
                 // is a constant of its own, shared under its own key.
                 let mut results: Option<Vec<Value>> = None;
@@ -440,8 +573,20 @@ impl Compiler<'_> {
                             .unwrap_or_default(),
                         index,
                     };
+                    let key = if kept {
+                        ConstKey::Stored(Box::new(key))
+                    } else {
+                        key
+                    };
                     let declared = declared.clone();
                     self.constant(output, key, || {
+                        if kept {
+                            if let Some(weight) =
+                                ops::constexpr::blockwise_as_stored(&arguments, &declared)?
+                            {
+                                return Ok(weight);
+                            }
+                        }
                         if results.is_none() {
                             results = Some(ops::constexpr::evaluate(constexpr, &arguments)?);
                         }
@@ -456,6 +601,12 @@ impl Compiler<'_> {
                     })
                     .map_err(invalid)?;
                 }
+                let used: Vec<Slot> = inputs
+                    .iter()
+                    .flat_map(|(_, slots)| slots.iter().copied())
+                    .filter(|slot| self.as_stored.slots.contains(slot))
+                    .collect();
+                self.forget(&used);
             }
             kind => {
                 // Nested blocks are compiled before the op's outputs are
@@ -634,6 +785,20 @@ impl Compiler<'_> {
         })
     }
 
+    /// Drops constant `slots` (load-only values, once read): their values
+    /// are freed now rather than when the function is compiled.
+    fn forget(&mut self, slots: &[Slot]) {
+        if slots.is_empty() {
+            return;
+        }
+        for slot in slots {
+            self.constant_values.remove(slot);
+        }
+        self.program
+            .constants
+            .retain(|(slot, _)| !slots.contains(slot));
+    }
+
     /// Defines `name` as a constant under `key`, shared through the weight
     /// store when it derives from weights.
     fn constant(
@@ -642,7 +807,7 @@ impl Compiler<'_> {
         key: ConstKey,
         make: impl FnOnce() -> std::result::Result<Value, String>,
     ) -> std::result::Result<(), String> {
-        let value = if key.is_weight() {
+        let value = if key.is_weight() && !self.as_stored.load_only.contains(name) {
             let shared = self.store.get_or_insert(key.clone(), make)?;
             let value = shared.value.clone();
             self.program.weights.insert(name.to_string(), shared);
@@ -726,6 +891,22 @@ fn materialize(value: Value, declared: &Declared) -> std::result::Result<Value, 
         Value::Float(a) => Value::Float(round_float(a, declared.data_type)),
         other => other,
     })
+}
+
+/// Drops the constants no step reads and the function does not return:
+/// the inline values of `const` ops (whose outputs are slots of their
+/// own) and what only constexpr ops read at load (a quantized weight's
+/// integers, once it is decompressed or kept as stored), so a prediction
+/// binds and the function holds only what runs.
+fn drop_unread_constants(program: &mut Program) {
+    let mut read: HashSet<Slot> = program.outputs.iter().map(|(_, slot)| *slot).collect();
+    read.extend(program.states.iter().map(|state| state.slot));
+    for step in &program.steps {
+        step.visit_slots(&mut |slot| {
+            read.insert(slot);
+        });
+    }
+    program.constants.retain(|(slot, _)| read.contains(slot));
 }
 
 /// Decides after which step each slot can be emptied: the last step that

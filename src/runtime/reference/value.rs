@@ -7,11 +7,14 @@
 //! Arrays are reference-counted (`ArcArray`), so passing a weight to an op,
 //! or sharing it between functions, never copies it.
 
+use std::sync::Arc;
+
 use half::f16;
 use ndarray::{ArcArray, ArrayD, IxDyn};
 
 use coreml_multifunction_format::proto::mil_spec::{self, value_type, DataType};
 
+use super::kernels::StoredWeight;
 pub(crate) use crate::runtime::value::Dictionary;
 
 /// A float tensor (any declared float type, computed in f32).
@@ -41,6 +44,9 @@ pub(crate) enum Value {
     List(List),
     /// A dictionary (`classify`'s class → probability).
     Dict(Dictionary),
+    /// A float weight kept as the package stores it, for the kernels that
+    /// read it so (`linear`); any other reader gets it widened to f32.
+    Weight(Arc<StoredWeight>),
 }
 
 /// A tensor list as `make_list` makes it and the `list_*` ops use it.
@@ -95,6 +101,7 @@ impl Value {
             Value::State(_) => "a state",
             Value::List(_) => "a list",
             Value::Dict(_) => "a dictionary",
+            Value::Weight(_) => "a float tensor",
         }
     }
 
@@ -107,6 +114,7 @@ impl Value {
             Value::Str(s) if s.len() == 1 => Vec::new(),
             Value::Str(s) => vec![s.len()],
             Value::State(_) | Value::List(_) | Value::Dict(_) => Vec::new(),
+            Value::Weight(w) => w.shape(),
         }
     }
 
@@ -114,6 +122,7 @@ impl Value {
     pub(crate) fn to_float(&self) -> OpResult<FloatArray> {
         match self {
             Value::Float(a) => Ok(a.clone()),
+            Value::Weight(w) => Ok(w.to_array()),
             Value::Int(a) => Ok(a.mapv(|v| v as f32).into_shared()),
             Value::Bool(a) => Ok(a.mapv(|v| if v { 1.0 } else { 0.0 }).into_shared()),
             other => Err(format!("expected a tensor, found {}", other.kind())),
@@ -126,6 +135,7 @@ impl Value {
         match self {
             Value::Int(a) => Ok(a.clone()),
             Value::Float(a) => Ok(a.mapv(float_to_i32).into_shared()),
+            Value::Weight(w) => Ok(w.to_array().mapv(float_to_i32).into_shared()),
             Value::Bool(a) => Ok(a.mapv(i32::from).into_shared()),
             other => Err(format!("expected a tensor, found {}", other.kind())),
         }
@@ -137,6 +147,7 @@ impl Value {
             Value::Bool(a) => Ok(a.clone()),
             Value::Int(a) => Ok(a.mapv(|v| v != 0).into_shared()),
             Value::Float(a) => Ok(a.mapv(|v| v != 0.0).into_shared()),
+            Value::Weight(w) => Ok(w.to_array().mapv(|v| v != 0.0).into_shared()),
             other => Err(format!("expected a tensor, found {}", other.kind())),
         }
     }
@@ -378,7 +389,7 @@ pub(crate) fn conform(value: Value, data_type: DataType) -> OpResult<Value> {
     Ok(match (wanted, value) {
         (_, Value::State(i)) => Value::State(i),
         (_, v @ (Value::List(_) | Value::Dict(_))) => v,
-        (Category::Float, v @ Value::Float(_)) => v,
+        (Category::Float, v @ (Value::Float(_) | Value::Weight(_))) => v,
         (Category::Int, v @ Value::Int(_)) => v,
         (Category::Bool, v @ Value::Bool(_)) => v,
         (Category::Str, v @ Value::Str(_)) => v,

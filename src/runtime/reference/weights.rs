@@ -25,6 +25,7 @@ use coreml_multifunction_format::proto::mil_spec::{
     self, tensor_value, value, value::immediate_value, DataType,
 };
 
+use super::kernels::StoredWeight;
 use super::value::{category, wrap_int, Category, Declared, List, OpResult, Value};
 
 /// A decoded constant (a weight), as shared between the functions of a
@@ -53,6 +54,9 @@ pub(crate) enum ConstKey {
     },
     /// An immediate value (encoded).
     Immediate(Vec<u8>),
+    /// The same source kept as stored, for the kernels that read weights so
+    /// (see [`decode_stored`]).
+    Stored(Box<ConstKey>),
     /// Output `index` of a `constexpr_*` op of type `op_type` applied to
     /// constants, with its declared type (encoded).
     Op {
@@ -86,6 +90,7 @@ impl ConstKey {
         match self {
             ConstKey::Blob { .. } => true,
             ConstKey::Immediate(_) => false,
+            ConstKey::Stored(key) => key.is_weight(),
             ConstKey::Op { inputs, .. } => inputs
                 .iter()
                 .any(|(_, keys)| keys.iter().any(ConstKey::is_weight)),
@@ -418,13 +423,13 @@ fn decode_bytes(
     }
 }
 
-/// Reads a blob in chunks (weight files are never read whole; the raw
-/// bytes of a large weight are converted as they stream in).
-fn decode_blob(
-    package: &Package,
+/// A blob reference checked against the weight file and its declared type:
+/// the file, its record, the shape and the element count.
+fn blob_record<'a>(
+    package: &'a Package,
     reference: &value::BlobFileValue,
     declared: &Declared,
-) -> OpResult<Value> {
+) -> OpResult<(&'a blob::BlobFile, blob::BlobRecord, Vec<usize>, usize)> {
     let file = package.blob_file(&reference.file_name).ok_or_else(|| {
         format!(
             "the weight file {:?} is not part of the package",
@@ -453,8 +458,43 @@ fn decode_blob(
             record.data_type.name()
         ));
     }
+    Ok((file, record, shape, count))
+}
+
+/// Streams the `count` elements of `record`, `bytes_per` bytes each, in
+/// chunks: `take` receives each chunk's raw bytes.
+fn stream_blob(
+    file: &blob::BlobFile,
+    record: &blob::BlobRecord,
+    count: usize,
+    bytes_per: usize,
+    mut take: impl FnMut(&[u8]) -> OpResult<()>,
+) -> OpResult<()> {
+    const CHUNK: usize = 1 << 20;
     let io_error =
         |e: std::io::Error| format!("{}: could not read blob data: {e}", file.path().display());
+    let mut reader = file.reader(record);
+    let mut buffer = vec![0u8; CHUNK.min(count * bytes_per).max(bytes_per)];
+    let mut remaining = count;
+    while remaining > 0 {
+        let n = remaining.min(buffer.len() / bytes_per);
+        let chunk = &mut buffer[..n * bytes_per];
+        reader.read_exact(chunk).map_err(io_error)?;
+        take(chunk)?;
+        remaining -= n;
+    }
+    Ok(())
+}
+
+/// Reads a blob in chunks (weight files are never read whole; the raw
+/// bytes of a large weight are converted as they stream in).
+fn decode_blob(
+    package: &Package,
+    reference: &value::BlobFileValue,
+    declared: &Declared,
+) -> OpResult<Value> {
+    let (file, record, shape, count) = blob_record(package, reference, declared)?;
+    let data_type = declared.data_type;
     let bytes_per = (record.data_type.bits() / 8) as usize;
     if bytes_per == 0 || category(data_type) != Some(Category::Float) {
         // Sub-byte and integer data (quantized weights) is read whole: it is
@@ -462,22 +502,42 @@ fn decode_blob(
         let bytes = file.read(&record).map_err(|e| e.to_string())?;
         return decode_bytes(&bytes, data_type, &shape, count);
     }
-    const CHUNK: usize = 1 << 20;
-    let mut reader = file.reader(&record);
     let mut data: Vec<f32> = Vec::with_capacity(count);
-    let mut buffer = vec![0u8; CHUNK.min(count * bytes_per).max(bytes_per)];
-    let mut remaining = count;
-    while remaining > 0 {
-        let take = remaining.min(buffer.len() / bytes_per);
-        let chunk = &mut buffer[..take * bytes_per];
-        reader.read_exact(chunk).map_err(io_error)?;
-        let Value::Float(decoded) = decode_bytes(chunk, data_type, &[take], take)? else {
+    stream_blob(file, &record, count, bytes_per, |chunk| {
+        let n = chunk.len() / bytes_per;
+        let Value::Float(decoded) = decode_bytes(chunk, data_type, &[n], n)? else {
             return Err("float data decoded to another kind".to_string());
         };
         data.extend(decoded.iter());
-        remaining -= take;
-    }
+        Ok(())
+    })?;
     Value::float(shape, data)
+}
+
+/// Decodes a value of the program that only kernels reading weights as
+/// stored use (`linear`'s weight): an fp16 blob of rank 2 stays fp16
+/// ([`Value::Weight`]); anything else decodes as [`decode`] does.
+pub(crate) fn decode_stored(package: &Package, value: &mil_spec::Value) -> OpResult<Value> {
+    let declared = Declared::of(value.r#type.as_ref());
+    match (&value.value, declared) {
+        (Some(value::Value::BlobFileValue(reference)), Some(declared))
+            if declared.data_type == DataType::Float16
+                && declared.dims.as_ref().is_some_and(|d| d.len() == 2) =>
+        {
+            let (file, record, shape, count) = blob_record(package, reference, &declared)?;
+            let mut halves: Vec<f16> = Vec::with_capacity(count);
+            stream_blob(file, &record, count, 2, |chunk| {
+                halves.extend(
+                    chunk
+                        .chunks_exact(2)
+                        .map(|c| f16::from_le_bytes([c[0], c[1]])),
+                );
+                Ok(())
+            })?;
+            Ok(Value::Weight(Arc::new(StoredWeight::f16(&shape, halves)?)))
+        }
+        _ => decode(package, value),
+    }
 }
 
 /// Decodes an fp8 E4M3FN byte (no infinities; 0x7F and 0xFF are NaN).

@@ -19,13 +19,16 @@
 //!   entries, for a `constexpr_sparse_to_dense` to place.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use ndarray::{ArcArray, ArrayD, IxDyn};
 
 use super::axis;
 use super::elementwise::zip_with;
-use crate::runtime::reference::value::{OpResult, Value};
+use crate::runtime::reference::kernels::StoredWeight;
+use crate::runtime::reference::value::{Declared, OpResult, Value};
 use coreml_multifunction_format::package::blob::unpack_sub_byte;
+use coreml_multifunction_format::proto::mil_spec::DataType;
 
 pub(crate) use coreml_multifunction_format::mil::ops::Constexpr;
 
@@ -181,6 +184,52 @@ fn affine_dequantize(args: &HashMap<&str, Value>) -> OpResult<Value> {
     let scale = promote(&scale, "scale")?;
     let shifted = zip_with(&data, &zero_point, |q, z| q - z)?;
     Ok(Value::Float(zip_with(&shifted, &scale, |v, s| v * s)?))
+}
+
+/// `constexpr_blockwise_shift_scale` kept quantized, for `linear`: a
+/// weight of rank 2 with integers of 8 bits or fewer and one scale (and
+/// offset) per row and block of a row, as [`Value::Weight`], holding the
+/// values [`blockwise_shift_scale`] and the rounding to `declared` give.
+/// None for every other form (decompressed as usual).
+pub(crate) fn blockwise_as_stored(
+    args: &HashMap<&str, Value>,
+    declared: &Declared,
+) -> OpResult<Option<Value>> {
+    let fp16 = match declared.data_type {
+        DataType::Float16 => true,
+        DataType::Float32 => false,
+        _ => return Ok(None),
+    };
+    let (Value::Int(data), Some(scale)) = (get(args, "data")?, args.get("scale")) else {
+        return Ok(None);
+    };
+    let shape = data.shape().to_vec();
+    if !declared.admits(&shape) {
+        return Ok(None);
+    }
+    let data = data.as_standard_layout();
+    let Some(data) = data.as_slice() else {
+        return Ok(None);
+    };
+    let scale = scale.to_float()?;
+    let offset = args
+        .get("offset")
+        .map(|o| {
+            o.to_float()
+                .map(|o| (o.shape() == scale.shape()).then(|| o.iter().copied().collect()))
+        })
+        .transpose()?;
+    let offset = match offset {
+        Some(None) => return Ok(None),
+        Some(Some(o)) => Some(o),
+        None => None,
+    };
+    let parameters = scale.shape().to_vec();
+    let scale: Vec<f32> = scale.iter().copied().collect();
+    Ok(
+        StoredWeight::blockwise(&shape, data, &parameters, scale, offset, fp16)
+            .map(|w| Value::Weight(Arc::new(w))),
+    )
 }
 
 fn blockwise_shift_scale(args: &HashMap<&str, Value>) -> OpResult<Value> {

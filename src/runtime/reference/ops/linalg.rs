@@ -9,21 +9,16 @@ use ndarray::{
 use super::elementwise::{broadcast_shape, zip_with};
 use super::reduce::softmax_lanes;
 use super::Args;
+use crate::runtime::reference::kernels::{self, MATVEC_ROWS};
 use crate::runtime::reference::value::{OpResult, Value};
-
-/// Below this many rows, `linear` multiplies row by row (matrix-vector
-/// products read the weight in place); from it on, one matrix product
-/// (which packs the weight into panels, paying off over many rows).
-const MATVEC_ROWS: usize = 8;
 
 pub(super) fn linear(args: &Args<'_>) -> OpResult<Value> {
     let x = args.float("x")?;
-    let weight = args.float("weight")?;
-    let w = weight
-        .view()
-        .into_dimensionality::<Ix2>()
-        .map_err(|_| format!("the weight must have rank 2, not {}", weight.ndim()))?;
-    let (outputs, inputs) = w.dim();
+    let weight = args.required("weight")?;
+    let (outputs, inputs) = match weight.shape().as_slice() {
+        &[outputs, inputs] => (outputs, inputs),
+        other => return Err(format!("the weight must have rank 2, not {}", other.len())),
+    };
     let shape = x.shape().to_vec();
     if shape.last() != Some(&inputs) {
         return Err(format!(
@@ -37,12 +32,31 @@ pub(super) fn linear(args: &Args<'_>) -> OpResult<Value> {
         .into_shape_with_order((rows, inputs))
         .map_err(|e| e.to_string())?;
     let mut out = Array2::<f32>::zeros((rows, outputs));
-    if rows < MATVEC_ROWS {
-        for (row, mut result) in x2.outer_iter().zip(out.outer_iter_mut()) {
-            mat_vec(&w, &row, &mut result);
+    match weight {
+        // Kept as stored (fp16): the kernels widen it as they read it.
+        Value::Weight(stored) => {
+            let x = x2
+                .as_slice()
+                .ok_or("x is not contiguous (interpreter bug)")?;
+            let target = out
+                .as_slice_mut()
+                .ok_or("the output is not contiguous (interpreter bug)")?;
+            kernels::linear(stored, x, rows, target);
         }
-    } else {
-        general_mat_mul(1.0, &x2, &w.t(), 0.0, &mut out);
+        other => {
+            let weight = other.to_float()?;
+            let w = weight
+                .view()
+                .into_dimensionality::<Ix2>()
+                .map_err(|e| e.to_string())?;
+            if rows < MATVEC_ROWS {
+                for (row, mut result) in x2.outer_iter().zip(out.outer_iter_mut()) {
+                    mat_vec(&w, &row, &mut result);
+                }
+            } else {
+                general_mat_mul(1.0, &x2, &w.t(), 0.0, &mut out);
+            }
+        }
     }
     if let Some(bias) = args.get("bias")? {
         let bias = bias.to_float()?;
@@ -68,12 +82,8 @@ pub(super) fn linear(args: &Args<'_>) -> OpResult<Value> {
     Ok(Value::Float(out.into_shared()))
 }
 
-/// The cores an op may split its work over (at most 8: past that, the
-/// memory bandwidth these ops are bound by is spent).
-pub(super) fn cores() -> usize {
-    const MOST_THREADS: usize = 8;
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(MOST_THREADS))
-}
+/// The cores an op may split its work over.
+pub(super) use crate::runtime::reference::kernels::cores;
 
 /// `y = W x`. A large `W` is split by rows over the machine's cores: a
 /// matrix-vector product reads every weight once, so it is bound by memory

@@ -1,0 +1,656 @@
+//! The reference backend's compute kernels, and the weights they read as
+//! stored.
+//!
+//! A `linear` weight stored as fp16 in the package stays fp16 in memory
+//! ([`StoredWeight`], prepared once when the function loads, `program`
+//! deciding which weights only `linear` reads) and is widened to f32 in
+//! registers as the kernel reads it: F16C on x86-64, `fcvtl` on aarch64,
+//! `half` elsewhere. That halves the bytes a matrix-vector product streams,
+//! and matrix-vector products (a token, a decode step, the guide's one-row
+//! LoRA model) are bound by memory bandwidth.
+//!
+//! - A few rows ([`MATVEC_ROWS`]) are matrix-vector products: each output
+//!   is one dot product of a weight row ([`dot`]), the weight rows split
+//!   over the cores, each row read from memory once for every input row.
+//! - More rows are one matrix product per block of weight rows, widened to
+//!   f32 a block at a time (a block is small enough to stay in cache) and
+//!   multiplied by `matrixmultiply`, the blocks split over the cores.
+//!
+//! The instruction set is chosen at run time ([`Isa::detect`]), with a
+//! portable path for every other CPU; tests run every path this machine
+//! has. Each output element is computed by one thread in a fixed order, so
+//! results do not depend on the thread count.
+
+#[cfg(target_arch = "x86_64")]
+mod dequant;
+mod dot;
+mod parallel;
+
+use std::sync::{Arc, OnceLock};
+
+use half::f16;
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArcArray, ArrayView2, ArrayViewMut2, Axis, IxDyn};
+
+pub(crate) use parallel::cores;
+
+use dot::{dots, Element};
+
+/// Below this many input rows, `linear` runs matrix-vector products (which
+/// read the weight once for all rows); from it on, matrix products.
+pub(crate) const MATVEC_ROWS: usize = 8;
+
+/// Below this many weight bytes, a product runs on one thread: starting
+/// threads would cost more than it saves.
+const PARALLEL_BYTES: usize = 1 << 20;
+
+/// The instruction set a kernel runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// x86-64 with AVX2, FMA and F16C.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// aarch64's Advanced SIMD.
+    #[cfg(target_arch = "aarch64")]
+    Neon,
+    /// Plain Rust, for every other CPU.
+    Portable,
+}
+
+impl Isa {
+    /// The best instruction set this CPU has, detected once.
+    pub(crate) fn detect() -> Isa {
+        static DETECTED: OnceLock<Isa> = OnceLock::new();
+        *DETECTED.get_or_init(|| Isa::available().into_iter().next().unwrap_or(Isa::Portable))
+    }
+
+    /// Every instruction set this CPU runs, best first (the tests run each).
+    pub(crate) fn available() -> Vec<Isa> {
+        let mut isas = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            isas.push(Isa::Avx2);
+        }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            isas.push(Isa::Neon);
+        }
+        isas.push(Isa::Portable);
+        isas
+    }
+}
+
+/// How a weight's elements are held.
+#[derive(Debug)]
+enum Storage {
+    /// fp16, as stored in the package, row-major.
+    F16(Vec<f16>),
+    /// 4- or 8-bit integers with a scale per block of a row.
+    Blockwise(Blockwise),
+}
+
+/// A weight quantized by blocks along its rows, as
+/// `constexpr_blockwise_shift_scale` stores it: element `k` of row `n` is
+/// `(q - offset) * scale` (in f32), with one scale and offset per row and
+/// block of `block` elements, rounded to fp16 when the program declares the
+/// weight fp16: the values the decompressed weight would hold, computed a
+/// row at a time as the kernel reaches it.
+#[derive(Debug)]
+struct Blockwise {
+    /// The integers, each row starting on a byte: one a byte (8 bits), or
+    /// two, the first in the low nibble (4 bits).
+    codes: Vec<u8>,
+    bits: Bits,
+    block: usize,
+    /// `outputs × inputs / block`, row-major.
+    scale: Vec<f32>,
+    /// The same; zeros without an offset.
+    offset: Vec<f32>,
+    /// Whether the weight is declared fp16 (each value rounded to fp16).
+    fp16: bool,
+}
+
+/// The width and signedness of [`Blockwise`] codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bits {
+    I4,
+    U4,
+    I8,
+    U8,
+}
+
+impl Bits {
+    /// The narrowest width holding every value of `data`.
+    fn fitting(data: &[i32]) -> Option<Bits> {
+        let (low, high) = data.iter().fold((0, 0), |(l, h), &v| (v.min(l), v.max(h)));
+        [
+            (Bits::I4, -8, 7),
+            (Bits::U4, 0, 15),
+            (Bits::I8, -128, 127),
+            (Bits::U8, 0, 255),
+        ]
+        .into_iter()
+        .find(|&(_, l, h)| l <= low && high <= h)
+        .map(|(bits, _, _)| bits)
+    }
+
+    /// Bits per code.
+    fn width(self) -> usize {
+        match self {
+            Bits::I4 | Bits::U4 => 4,
+            Bits::I8 | Bits::U8 => 8,
+        }
+    }
+
+    fn row_bytes(self, inputs: usize) -> usize {
+        match self {
+            Bits::I4 | Bits::U4 => inputs.div_ceil(2),
+            Bits::I8 | Bits::U8 => inputs,
+        }
+    }
+
+    /// Code `v` (which fits) as its stored bits.
+    fn encode(self, v: i32) -> u8 {
+        match self {
+            Bits::I4 | Bits::U4 => (v & 0xF) as u8,
+            Bits::I8 | Bits::U8 => v as u8,
+        }
+    }
+
+    /// The value of stored bits `b` (a nibble for 4 bits).
+    fn decode(self, b: u8) -> f32 {
+        match self {
+            Bits::I4 => f32::from(((b << 4) as i8) >> 4),
+            Bits::U4 => f32::from(b & 0xF),
+            Bits::I8 => f32::from(b as i8),
+            Bits::U8 => f32::from(b),
+        }
+    }
+}
+
+impl Blockwise {
+    /// Row `n` of a weight of `inputs` columns, dequantized into `out`, on
+    /// instruction set `isa` (every path computes the same values).
+    fn row_on(&self, isa: Isa, n: usize, inputs: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2 && self.block.is_multiple_of(8) {
+            let blocks = inputs / self.block;
+            let row_bytes = self.bits.row_bytes(inputs);
+            let params = n * blocks..(n + 1) * blocks;
+            // SAFETY: `Isa::Avx2` is chosen only on CPUs with AVX2, FMA and
+            // F16C; the codes, parameters and `out` are one row's (`inputs`
+            // elements, a whole number of blocks of a multiple of 8).
+            unsafe {
+                dequant::avx2(
+                    self.bits,
+                    self.block,
+                    &self.codes[n * row_bytes..(n + 1) * row_bytes],
+                    &self.scale[params.clone()],
+                    &self.offset[params],
+                    self.fp16,
+                    out,
+                )
+            };
+            return;
+        }
+        let _ = isa;
+        self.row(n, inputs, out);
+    }
+
+    /// Row `n` of a weight of `inputs` columns, dequantized into `out`.
+    fn row(&self, n: usize, inputs: usize, out: &mut [f32]) {
+        let blocks = inputs / self.block;
+        let row_bytes = self.bits.row_bytes(inputs);
+        let codes = &self.codes[n * row_bytes..(n + 1) * row_bytes];
+        let params = n * blocks..(n + 1) * blocks;
+        let per_block = self.scale[params.clone()]
+            .iter()
+            .zip(&self.offset[params])
+            .zip(out.chunks_exact_mut(self.block));
+        let bits = self.bits;
+        match bits {
+            Bits::I8 | Bits::U8 => {
+                for (b, ((&s, &o), out)) in per_block.enumerate() {
+                    let codes = &codes[b * self.block..(b + 1) * self.block];
+                    for (v, &c) in out.iter_mut().zip(codes) {
+                        *v = (bits.decode(c) - o) * s;
+                    }
+                }
+            }
+            Bits::I4 | Bits::U4 if self.block.is_multiple_of(2) => {
+                // Two codes a byte, both in the same block.
+                for (b, ((&s, &o), out)) in per_block.enumerate() {
+                    let codes = &codes[b * self.block / 2..(b + 1) * self.block / 2];
+                    for (pair, &c) in out.chunks_exact_mut(2).zip(codes) {
+                        pair[0] = (bits.decode(c) - o) * s;
+                        pair[1] = (bits.decode(c >> 4) - o) * s;
+                    }
+                }
+            }
+            Bits::I4 | Bits::U4 => {
+                for (b, ((&s, &o), out)) in per_block.enumerate() {
+                    for (i, v) in out.iter_mut().enumerate() {
+                        let k = b * self.block + i;
+                        let c = codes[k / 2] >> (4 * (k % 2));
+                        *v = (bits.decode(c) - o) * s;
+                    }
+                }
+            }
+        }
+        if self.fp16 {
+            round_to_f16(out);
+        }
+    }
+}
+
+/// Rounds every value to the nearest fp16 (ties to even), as the
+/// decompressed weight's `materialize` does, through `half`'s slice
+/// conversions (F16C or NEON where the CPU has them).
+fn round_to_f16(values: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    let mut halves = [f16::ZERO; 256];
+    for chunk in values.chunks_mut(halves.len()) {
+        let halves = &mut halves[..chunk.len()];
+        halves.convert_from_f32_slice(chunk);
+        halves.convert_to_f32_slice(chunk);
+    }
+}
+
+/// A `[outputs, inputs]` weight kept as the package stores it, in the
+/// row-major layout the kernels read.
+#[derive(Debug)]
+pub(crate) struct StoredWeight {
+    outputs: usize,
+    inputs: usize,
+    storage: Storage,
+}
+
+impl StoredWeight {
+    /// An fp16 weight of `shape` (rank 2) from its row-major elements.
+    pub(crate) fn f16(shape: &[usize], bits: Vec<f16>) -> Result<StoredWeight, String> {
+        let &[outputs, inputs] = shape else {
+            return Err(format!(
+                "a weight kept as stored has rank 2, not shape {shape:?}"
+            ));
+        };
+        if outputs.checked_mul(inputs) != Some(bits.len()) {
+            return Err(format!(
+                "{} elements do not make a weight of shape {shape:?}",
+                bits.len()
+            ));
+        }
+        Ok(StoredWeight {
+            outputs,
+            inputs,
+            storage: Storage::F16(bits),
+        })
+    }
+
+    /// A weight of `shape` (`[outputs, inputs]`) quantized by blocks along
+    /// its rows: integers `data` (row-major), `scale` and the optional
+    /// `offset` of shape `[outputs, inputs / block]`; `fp16` when the
+    /// program declares the weight fp16. None when the integers do not fit
+    /// 8 bits or the parameters are not one per row and block.
+    pub(crate) fn blockwise(
+        shape: &[usize],
+        data: &[i32],
+        parameters: &[usize],
+        scale: Vec<f32>,
+        offset: Option<Vec<f32>>,
+        fp16: bool,
+    ) -> Option<StoredWeight> {
+        let (&[outputs, inputs], &[rows, blocks]) = (shape, parameters) else {
+            return None;
+        };
+        if rows != outputs
+            || blocks == 0
+            || inputs % blocks != 0
+            || data.len() != outputs * inputs
+            || scale.len() != outputs * blocks
+            || offset.as_ref().is_some_and(|o| o.len() != scale.len())
+        {
+            return None;
+        }
+        let bits = Bits::fitting(data)?;
+        let row_bytes = bits.row_bytes(inputs);
+        let mut codes = vec![0u8; outputs * row_bytes];
+        for (row, codes) in data
+            .chunks_exact(inputs.max(1))
+            .zip(codes.chunks_exact_mut(row_bytes.max(1)))
+        {
+            match bits {
+                Bits::I8 | Bits::U8 => {
+                    for (c, &v) in codes.iter_mut().zip(row) {
+                        *c = bits.encode(v);
+                    }
+                }
+                Bits::I4 | Bits::U4 => {
+                    for (k, &v) in row.iter().enumerate() {
+                        codes[k / 2] |= bits.encode(v) << (4 * (k % 2));
+                    }
+                }
+            }
+        }
+        let offset = offset.unwrap_or_else(|| vec![0.0; scale.len()]);
+        Some(StoredWeight {
+            outputs,
+            inputs,
+            storage: Storage::Blockwise(Blockwise {
+                codes,
+                bits,
+                block: inputs / blocks,
+                scale,
+                offset,
+                fp16,
+            }),
+        })
+    }
+
+    /// The weight's shape, `[outputs, inputs]`.
+    pub(crate) fn shape(&self) -> Vec<usize> {
+        vec![self.outputs, self.inputs]
+    }
+
+    /// The weight widened to f32, for an op that reads it as a tensor.
+    pub(crate) fn to_array(&self) -> ArcArray<f32, IxDyn> {
+        let data: Vec<f32> = match &self.storage {
+            Storage::F16(bits) => {
+                let mut data = vec![0.0; bits.len()];
+                f16::widen_slice(bits, &mut data);
+                data
+            }
+            Storage::Blockwise(q) => {
+                let mut data = vec![0.0; self.outputs * self.inputs];
+                for (n, row) in data.chunks_exact_mut(self.inputs.max(1)).enumerate() {
+                    q.row(n, self.inputs, row);
+                }
+                data
+            }
+        };
+        ArcArray::from_shape_vec(IxDyn(&[self.outputs, self.inputs]), data)
+            .unwrap_or_else(|_| unreachable!("the shape holds the elements (checked when made)"))
+    }
+
+    /// The bytes the weight occupies.
+    #[cfg(test)]
+    pub(crate) fn stored_bytes(&self) -> usize {
+        match &self.storage {
+            Storage::F16(bits) => bits.len() * 2,
+            Storage::Blockwise(q) => q.codes.len() + 8 * q.scale.len(),
+        }
+    }
+}
+
+/// `out = x · weightᵀ` for `rows` rows of `x` (`rows × inputs`, row-major),
+/// into `out` (`rows × outputs`), on the best instruction set.
+pub(crate) fn linear(weight: &Arc<StoredWeight>, x: &[f32], rows: usize, out: &mut [f32]) {
+    linear_on(Isa::detect(), weight, x, rows, out);
+}
+
+/// [`linear`] on instruction set `isa`.
+fn linear_on(isa: Isa, weight: &StoredWeight, x: &[f32], rows: usize, out: &mut [f32]) {
+    debug_assert_eq!(x.len(), rows * weight.inputs);
+    debug_assert_eq!(out.len(), rows * weight.outputs);
+    if weight.inputs == 0 {
+        // Empty sums.
+        out.fill(0.0);
+        return;
+    }
+    match &weight.storage {
+        Storage::F16(data) => product(
+            isa,
+            &Stored {
+                data,
+                inputs: weight.inputs,
+            },
+            weight,
+            x,
+            rows,
+            out,
+        ),
+        Storage::Blockwise(q) => product(
+            isa,
+            &Dequantized {
+                q,
+                inputs: weight.inputs,
+                isa,
+            },
+            weight,
+            x,
+            rows,
+            out,
+        ),
+    }
+}
+
+/// Where a kernel reads weight rows from.
+trait RowSource: Sync {
+    /// The element type the rows come in.
+    type Element: Element;
+
+    /// Row `n`: in place, or made in `scratch` (a buffer of the thread
+    /// reading it, reused from row to row).
+    fn row<'a>(&'a self, n: usize, scratch: &'a mut Scratch) -> &'a [Self::Element];
+
+    /// The bytes the whole weight occupies (what a product streams).
+    fn bytes(&self) -> usize;
+
+    /// `row(n) · x` computed without making the row, when a kernel can:
+    /// the same bits as making it and calling `dots`.
+    fn fused_dot(&self, _n: usize, _x: &[f32]) -> Option<f32> {
+        None
+    }
+}
+
+/// A thread's buffers for rows made as they are read.
+#[derive(Default)]
+struct Scratch {
+    f32: Vec<f32>,
+}
+
+/// Rows held as stored.
+struct Stored<'a, W> {
+    data: &'a [W],
+    inputs: usize,
+}
+
+impl<W: Element> RowSource for Stored<'_, W> {
+    type Element = W;
+
+    fn row<'a>(&'a self, n: usize, _: &'a mut Scratch) -> &'a [W] {
+        &self.data[n * self.inputs..(n + 1) * self.inputs]
+    }
+
+    fn bytes(&self) -> usize {
+        std::mem::size_of_val(self.data)
+    }
+}
+
+/// Rows of a [`Blockwise`] weight, dequantized one at a time.
+struct Dequantized<'a> {
+    q: &'a Blockwise,
+    inputs: usize,
+    isa: Isa,
+}
+
+impl RowSource for Dequantized<'_> {
+    type Element = f32;
+
+    fn row<'a>(&'a self, n: usize, scratch: &'a mut Scratch) -> &'a [f32] {
+        scratch.f32.resize(self.inputs, 0.0);
+        self.q.row_on(self.isa, n, self.inputs, &mut scratch.f32);
+        &scratch.f32
+    }
+
+    fn bytes(&self) -> usize {
+        // Dequantizing costs about what streaming f32 would.
+        self.q.codes.len() * 4 * 8 / self.q.bits.width()
+    }
+
+    fn fused_dot(&self, n: usize, x: &[f32]) -> Option<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx2
+            && self.q.block.is_multiple_of(8)
+            && self.inputs.is_multiple_of(dot::LANES)
+        {
+            let blocks = self.inputs / self.q.block;
+            let row_bytes = self.q.bits.row_bytes(self.inputs);
+            let params = n * blocks..(n + 1) * blocks;
+            // SAFETY: `Isa::Avx2` is chosen only on CPUs with AVX2, FMA and
+            // F16C; the codes and parameters are row `n`'s, `x` a row of
+            // `inputs` elements, a multiple of 32 and of the block of 8k.
+            return Some(unsafe {
+                dequant::dot_avx2(
+                    self.q.bits,
+                    self.q.block,
+                    &self.q.codes[n * row_bytes..(n + 1) * row_bytes],
+                    &self.q.scale[params.clone()],
+                    &self.q.offset[params],
+                    self.q.fp16,
+                    x,
+                )
+            });
+        }
+        let _ = (n, x);
+        None
+    }
+}
+
+/// [`linear`] over rows from `source`: matrix-vector products for a few
+/// rows, blocked matrix products for more.
+fn product<S: RowSource>(
+    isa: Isa,
+    source: &S,
+    weight: &StoredWeight,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+) {
+    let threads = if source.bytes() < PARALLEL_BYTES {
+        1
+    } else {
+        cores().min(weight.outputs.max(1))
+    };
+    if rows < MATVEC_ROWS {
+        mat_vec(isa, source, weight, threads, x, rows, out);
+    } else {
+        blocked_gemm(source, weight, threads, x, rows, out);
+    }
+}
+
+/// Matrix-vector products: `out[r][n] = weight[n] · x[r]`, the weight rows
+/// split over `threads`; each weight row is read once for all rows of `x`
+/// (two at a time in registers).
+fn mat_vec<S: RowSource>(
+    isa: Isa,
+    source: &S,
+    weight: &StoredWeight,
+    threads: usize,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+) {
+    let (outputs, inputs) = (weight.outputs, weight.inputs);
+    let x_rows: Vec<&[f32]> = x.chunks_exact(inputs).take(rows).collect();
+    // Each part computes outputs `range` for every row, into its own buffer
+    // (`rows × range`), copied into `out` afterwards.
+    let compute = |range: std::ops::Range<usize>| -> Vec<f32> {
+        let width = range.len();
+        let mut part = vec![0.0f32; rows * width];
+        let mut scratch = Scratch::default();
+        for (i, n) in range.enumerate() {
+            if rows == 1 {
+                if let Some(y) = source.fused_dot(n, x_rows[0]) {
+                    part[i] = y;
+                    continue;
+                }
+            }
+            let w = source.row(n, &mut scratch);
+            let mut r = 0;
+            while r + 1 < rows {
+                let [a, b] = dots(isa, w, [x_rows[r], x_rows[r + 1]]);
+                part[r * width + i] = a;
+                part[(r + 1) * width + i] = b;
+                r += 2;
+            }
+            if r < rows {
+                let [a] = dots(isa, w, [x_rows[r]]);
+                part[r * width + i] = a;
+            }
+        }
+        part
+    };
+    let chunk = outputs.div_ceil(threads).max(1);
+    let ranges: Vec<_> = (0..outputs)
+        .step_by(chunk)
+        .map(|start| start..(start + chunk).min(outputs))
+        .collect();
+    let parts = parallel::map(&ranges, |range| compute(range.clone()));
+    for (range, part) in ranges.iter().zip(parts) {
+        let width = range.len();
+        for r in 0..rows {
+            out[r * outputs + range.start..r * outputs + range.end]
+                .copy_from_slice(&part[r * width..(r + 1) * width]);
+        }
+    }
+}
+
+/// Weight rows per block of [`blocked_gemm`]: about 256 KiB of f32, so a
+/// widened block stays in the L2 cache while it is multiplied.
+fn block_rows(inputs: usize) -> usize {
+    const BLOCK_FLOATS: usize = 1 << 16;
+    (BLOCK_FLOATS / inputs.max(1)).clamp(8, 512)
+}
+
+/// `out = x · weightᵀ` as one matrix product per block of weight rows,
+/// each widened to f32 as it is reached, the blocks split over `threads`.
+/// Each output column is computed by one `matrixmultiply` product over the
+/// whole of `inputs`, so splitting does not change its summation order.
+fn blocked_gemm<S: RowSource>(
+    source: &S,
+    weight: &StoredWeight,
+    threads: usize,
+    x: &[f32],
+    rows: usize,
+    out: &mut [f32],
+) {
+    let (outputs, inputs) = (weight.outputs, weight.inputs);
+    let Ok(x) = ArrayView2::from_shape((rows, inputs), x) else {
+        unreachable!("x holds rows × inputs elements (the caller)");
+    };
+    let Ok(mut out) = ArrayViewMut2::from_shape((rows, outputs), out) else {
+        unreachable!("out holds rows × outputs elements (the caller)");
+    };
+    let block = block_rows(inputs);
+    let threads = threads.min(outputs.div_ceil(block)).max(1);
+    // Whole blocks per thread.
+    let per_thread = outputs.div_ceil(block).div_ceil(threads) * block;
+    let parts: Vec<_> = out
+        .axis_chunks_iter_mut(Axis(1), per_thread.max(1))
+        .enumerate()
+        .collect();
+    parallel::for_each(parts, |(t, mut part)| {
+        let first = t * per_thread;
+        let mut widened = vec![0.0f32; block * inputs];
+        let mut scratch = Scratch::default();
+        for (b, mut target) in part.axis_chunks_iter_mut(Axis(1), block).enumerate() {
+            let start = first + b * block;
+            let count = target.ncols();
+            let data = &mut widened[..count * inputs];
+            for (i, row) in data.chunks_exact_mut(inputs).enumerate() {
+                S::Element::widen_slice(source.row(start + i, &mut scratch), row);
+            }
+            let Ok(w) = ArrayView2::from_shape((count, inputs), &*data) else {
+                unreachable!("the block holds count × inputs elements");
+            };
+            general_mat_mul(1.0, &x, &w.t(), 0.0, &mut target);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,246 @@
+//! Every kernel against a naive implementation, on every instruction set
+//! this CPU runs, on random shapes including tiny and odd ones.
+
+use super::dot::{reduce32, LANES};
+use super::*;
+
+/// A small deterministic generator (xorshift), uniform in [-1, 1).
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+/// `x · wᵀ` in f64, and the bound on an f32 result's error: the sum of
+/// `|w x|` times the steps of rounding (a sum of `inputs` terms).
+fn naive(w: &[f32], x: &[f32], rows: usize, outputs: usize, inputs: usize) -> Vec<(f64, f64)> {
+    let mut out = Vec::with_capacity(rows * outputs);
+    for r in 0..rows {
+        for n in 0..outputs {
+            let (mut sum, mut magnitude) = (0.0f64, 0.0f64);
+            for k in 0..inputs {
+                let p = f64::from(w[n * inputs + k]) * f64::from(x[r * inputs + k]);
+                sum += p;
+                magnitude += p.abs();
+            }
+            let bound = magnitude * f64::from(f32::EPSILON) * (inputs as f64 + 2.0);
+            out.push((sum, bound));
+        }
+    }
+    out
+}
+
+fn f16_weight(random: &mut Random, outputs: usize, inputs: usize) -> (StoredWeight, Vec<f32>) {
+    let halves: Vec<f16> = random
+        .vec(outputs * inputs)
+        .into_iter()
+        .map(f16::from_f32)
+        .collect();
+    let widened = halves.iter().map(|h| h.to_f32()).collect();
+    (
+        StoredWeight::f16(&[outputs, inputs], halves).unwrap(),
+        widened,
+    )
+}
+
+const SHAPES: &[(usize, usize, usize)] = &[
+    // (rows, outputs, inputs)
+    (1, 1, 1),
+    (1, 3, 7),
+    (2, 5, 31),
+    (3, 4, 32),
+    (1, 9, 33),
+    (7, 17, 65),
+    (5, 2, 200),
+    (8, 3, 5),
+    (9, 13, 64),
+    (13, 37, 77),
+    (20, 600, 33),
+    (1, 0, 4),
+    (3, 4, 0),
+    // Over PARALLEL_BYTES: split over the cores.
+    (1, 700, 1000),
+    (3, 513, 1031),
+    (16, 1100, 500),
+];
+
+#[test]
+fn linear_matches_a_naive_product_on_every_instruction_set() {
+    let mut random = Random(0x2545_f491_4f6c_dd1d);
+    for isa in Isa::available() {
+        for &(rows, outputs, inputs) in SHAPES {
+            let (weight, widened) = f16_weight(&mut random, outputs, inputs);
+            let x = random.vec(rows * inputs);
+            let mut out = vec![f32::NAN; rows * outputs];
+            linear_on(isa, &weight, &x, rows, &mut out);
+            for (i, (&got, (want, bound))) in out
+                .iter()
+                .zip(naive(&widened, &x, rows, outputs, inputs))
+                .enumerate()
+            {
+                assert!(
+                    (f64::from(got) - want).abs() <= bound,
+                    "{isa:?}, {rows}×{inputs} by {outputs}: element {i} is {got}, not {want} (±{bound})"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn simd_dot_products_sum_in_the_documented_order() {
+    // The SIMD paths: lane k % 32, one rounding per multiply-add, then
+    // `reduce32`. Emulated here with `mul_add`, they must agree bit for bit.
+    let mut random = Random(77);
+    for isa in Isa::available() {
+        if isa == Isa::Portable {
+            continue;
+        }
+        for n in [1, 8, 31, 32, 33, 95, 100, 1000] {
+            let w: Vec<f16> = random.vec(n).into_iter().map(f16::from_f32).collect();
+            let (x0, x1) = (random.vec(n), random.vec(n));
+            let emulate = |x: &[f32]| {
+                let mut lanes = [0.0f32; LANES];
+                for (k, (&w, &x)) in w.iter().zip(x).enumerate() {
+                    lanes[k % LANES] = w.to_f32().mul_add(x, lanes[k % LANES]);
+                }
+                reduce32(&lanes)
+            };
+            let [a, b] = dot::dots(isa, &w, [&x0, &x1]);
+            let [c] = dot::dots(isa, &w, [&x1]);
+            assert_eq!(a.to_bits(), emulate(&x0).to_bits(), "{isa:?}, n = {n}");
+            assert_eq!(b.to_bits(), emulate(&x1).to_bits(), "{isa:?}, n = {n}");
+            assert_eq!(c, b, "{isa:?}: one row or two give the same sums");
+        }
+    }
+}
+
+#[test]
+fn a_stored_weight_widens_to_its_values() {
+    let halves = [1.5, -2.0, 0.25, 65504.0, 1e-7, 3.0].map(f16::from_f32);
+    let weight = StoredWeight::f16(&[2, 3], halves.to_vec()).unwrap();
+    assert_eq!(weight.shape(), [2, 3]);
+    assert_eq!(weight.stored_bytes(), 12);
+    let array = weight.to_array();
+    assert_eq!(array.shape(), [2, 3]);
+    assert_eq!(array[[1, 0]], 65504.0);
+    assert_eq!(array[[1, 1]], f16::from_f32(1e-7).to_f32());
+    assert!(StoredWeight::f16(&[2, 2], halves.to_vec()).is_err());
+    assert!(StoredWeight::f16(&[6], halves.to_vec()).is_err());
+}
+
+/// A blockwise weight and the values its decompression gives, computed
+/// here as `constexpr_blockwise_shift_scale` defines them.
+fn blockwise_weight(
+    random: &mut Random,
+    outputs: usize,
+    inputs: usize,
+    block: usize,
+    range: (i32, i32),
+    offset: bool,
+    fp16: bool,
+) -> (StoredWeight, Vec<f32>) {
+    let span = (range.1 - range.0 + 1) as f32;
+    let data: Vec<i32> = (0..outputs * inputs)
+        .map(|_| range.0 + (((random.next() + 1.0) / 2.0 * span) as i32).min(range.1 - range.0))
+        .collect();
+    let blocks = inputs / block;
+    let scale: Vec<f32> = random
+        .vec(outputs * blocks)
+        .into_iter()
+        .map(|s| f16::from_f32(s * 0.1).to_f32())
+        .collect();
+    let offsets: Option<Vec<f32>> =
+        offset.then(|| (0..outputs * blocks).map(|i| (i % 3) as f32).collect());
+    let mut dense = vec![0.0f32; outputs * inputs];
+    for n in 0..outputs {
+        for k in 0..inputs {
+            let p = n * blocks + k / block;
+            let o = offsets.as_ref().map_or(0.0, |o| o[p]);
+            let v = (data[n * inputs + k] as f32 - o) * scale[p];
+            dense[n * inputs + k] = if fp16 { f16::from_f32(v).to_f32() } else { v };
+        }
+    }
+    let weight = StoredWeight::blockwise(
+        &[outputs, inputs],
+        &data,
+        &[outputs, blocks],
+        scale,
+        offsets,
+        fp16,
+    )
+    .unwrap();
+    (weight, dense)
+}
+
+#[test]
+fn blockwise_weights_decompress_and_multiply_as_their_dense_values() {
+    let mut random = Random(31);
+    let cases = [
+        // (rows, outputs, inputs, block, range, offset, fp16, bits)
+        (1, 3, 64, 32, (-8, 7), false, true, Bits::I4),
+        (2, 5, 96, 32, (0, 15), true, true, Bits::U4),
+        (3, 4, 15, 5, (-8, 7), true, false, Bits::I4),
+        (1, 7, 40, 8, (-128, 127), false, true, Bits::I8),
+        (9, 6, 48, 16, (0, 255), true, false, Bits::U8),
+        (1, 600, 1024, 32, (-8, 7), false, true, Bits::I4),
+        (12, 300, 256, 32, (-8, 7), true, true, Bits::I4),
+    ];
+    for isa in Isa::available() {
+        for &(rows, outputs, inputs, block, range, offset, fp16, bits) in &cases {
+            let (weight, dense) =
+                blockwise_weight(&mut random, outputs, inputs, block, range, offset, fp16);
+            let Storage::Blockwise(q) = &weight.storage else {
+                panic!("not blockwise");
+            };
+            assert_eq!(q.bits, bits);
+            assert_eq!(weight.to_array().as_slice().unwrap(), dense.as_slice());
+            // Every path dequantizes a row to the same values.
+            let mut row = vec![f32::NAN; inputs];
+            for n in 0..outputs {
+                q.row_on(isa, n, inputs, &mut row);
+                assert_eq!(row, dense[n * inputs..(n + 1) * inputs], "{isa:?}, row {n}");
+            }
+            let x = random.vec(rows * inputs);
+            // A fused dot product gives the bits of dequantizing the row
+            // and taking the dot product of it.
+            let source = Dequantized { q, inputs, isa };
+            for n in 0..outputs {
+                if let Some(fused) = source.fused_dot(n, &x[..inputs]) {
+                    let [unfused] =
+                        dot::dots(isa, &dense[n * inputs..(n + 1) * inputs], [&x[..inputs]]);
+                    assert_eq!(
+                        fused.to_bits(),
+                        unfused.to_bits(),
+                        "{isa:?}, {bits:?}, row {n}"
+                    );
+                }
+            }
+            let mut out = vec![f32::NAN; rows * outputs];
+            linear_on(isa, &weight, &x, rows, &mut out);
+            for (i, (&got, (want, bound))) in out
+                .iter()
+                .zip(naive(&dense, &x, rows, outputs, inputs))
+                .enumerate()
+            {
+                assert!(
+                    (f64::from(got) - want).abs() <= bound,
+                    "{isa:?}, {bits:?} {rows}×{inputs} by {outputs}: element {i} is {got}, not {want}"
+                );
+            }
+        }
+    }
+    // Integers wider than 8 bits, or parameters not one per row and block,
+    // are not kept so.
+    assert!(StoredWeight::blockwise(&[1, 2], &[300, 0], &[1, 1], vec![1.0], None, false).is_none());
+    assert!(StoredWeight::blockwise(&[2, 2], &[0; 4], &[1, 1], vec![1.0], None, false).is_none());
+}
