@@ -12,9 +12,8 @@
 //! - A few rows ([`MATVEC_ROWS`]) are matrix-vector products: each output
 //!   is one dot product of a weight row ([`dot`]), the weight rows split
 //!   over the cores, each row read from memory once for every input row.
-//! - More rows are one matrix product per block of weight rows, widened to
-//!   f32 a block at a time (a block is small enough to stay in cache) and
-//!   multiplied by `matrixmultiply`, the blocks split over the cores.
+//! - More rows are one matrix product on [`gemm`]'s kernel, the weight
+//!   widened to f32 a panel at a time as the product packs it.
 //!
 //! The instruction set is chosen at run time ([`Isa::detect`]), with a
 //! portable path for every other CPU; tests run every path this machine
@@ -22,15 +21,16 @@
 //! results do not depend on the thread count.
 
 mod dot;
+mod gemm;
 mod parallel;
 
 use std::sync::{Arc, OnceLock};
 
 use half::f16;
 
-use ndarray::linalg::general_mat_mul;
-use ndarray::{ArcArray, ArrayView2, ArrayViewMut2, Axis, IxDyn};
+use ndarray::{ArcArray, IxDyn};
 
+pub(crate) use gemm::{gemm, gemm_many, Epilogue, PackB, PackedA, Product, Strided, NR};
 pub(crate) use parallel::cores;
 
 use dot::{dots, Element};
@@ -171,7 +171,7 @@ fn linear_on(isa: Isa, weight: &StoredWeight, x: &[f32], rows: usize, out: &mut 
             if rows < MATVEC_ROWS {
                 mat_vec(isa, &view, x, rows, out);
             } else {
-                blocked_gemm(&view, x, rows, out);
+                gemm::linear_rows(&view, x, rows, out);
             }
         }
     }
@@ -240,49 +240,6 @@ fn mat_vec<W: Element>(isa: Isa, weight: &Rows<'_, W>, x: &[f32], rows: usize, o
                 .copy_from_slice(&part[r * width..(r + 1) * width]);
         }
     }
-}
-
-/// Weight rows per block of [`blocked_gemm`]: about 256 KiB of f32, so a
-/// widened block stays in the L2 cache while it is multiplied.
-fn block_rows(inputs: usize) -> usize {
-    const BLOCK_FLOATS: usize = 1 << 16;
-    (BLOCK_FLOATS / inputs.max(1)).clamp(8, 512)
-}
-
-/// `out = x · weightᵀ` as one matrix product per block of weight rows,
-/// each widened to f32 as it is reached, the blocks split over the cores.
-/// Each output column is computed by one `matrixmultiply` product over the
-/// whole of `inputs`, so splitting does not change its summation order.
-fn blocked_gemm<W: Element>(weight: &Rows<'_, W>, x: &[f32], rows: usize, out: &mut [f32]) {
-    let (outputs, inputs) = (weight.outputs, weight.inputs);
-    let Ok(x) = ArrayView2::from_shape((rows, inputs), x) else {
-        unreachable!("x holds rows × inputs elements (the caller)");
-    };
-    let Ok(mut out) = ArrayViewMut2::from_shape((rows, outputs), out) else {
-        unreachable!("out holds rows × outputs elements (the caller)");
-    };
-    let block = block_rows(inputs);
-    let threads = weight.threads().min(outputs.div_ceil(block)).max(1);
-    // Whole blocks per thread.
-    let per_thread = outputs.div_ceil(block).div_ceil(threads) * block;
-    let parts: Vec<_> = out
-        .axis_chunks_iter_mut(Axis(1), per_thread.max(1))
-        .enumerate()
-        .collect();
-    parallel::for_each(parts, |(t, mut part)| {
-        let first = t * per_thread;
-        let mut widened = vec![0.0f32; block * inputs];
-        for (b, mut target) in part.axis_chunks_iter_mut(Axis(1), block).enumerate() {
-            let start = first + b * block;
-            let count = target.ncols();
-            let data = &mut widened[..count * inputs];
-            W::widen_slice(&weight.data[start * inputs..(start + count) * inputs], data);
-            let Ok(w) = ArrayView2::from_shape((count, inputs), &*data) else {
-                unreachable!("the block holds count × inputs elements");
-            };
-            general_mat_mul(1.0, &x, &w.t(), 0.0, &mut target);
-        }
-    });
 }
 
 #[cfg(test)]
