@@ -37,8 +37,9 @@ const KC: usize = 256;
 /// Rows of `A` per pass over a `B` panel: `MC × KC` of `A` (96 KiB) stays
 /// in L2.
 const MC: usize = 16 * MR;
-/// Columns of a packed block of `B`.
-const NC: usize = 64 * NR;
+/// Columns of a packed block of `B`: `KC × NC` (256 KiB) stays in L2 while
+/// every row of `A` passes over it.
+const NC: usize = 16 * NR;
 /// Below this many multiply-adds per thread, starting a thread costs more
 /// than it saves.
 const WORK_PER_THREAD: usize = 1 << 20;
