@@ -66,6 +66,9 @@ pub(crate) struct Step {
     /// the function was loaded with `fp16_ops` (see [`rounds_fp16`]);
     /// empty otherwise, so the default mode pays nothing.
     pub round_fp16: Vec<Slot>,
+    /// What the op prepared at load from its constant inputs (a
+    /// convolution's packed weight, see [`ops::prepare`]); None for most.
+    pub prepared: Option<ops::Prepared>,
 }
 
 impl Step {
@@ -209,6 +212,7 @@ pub(crate) fn compile(
     let mut program = compiler.program;
     plan_releases(&mut program);
     drop_unread_constants(&mut program);
+    prepare_steps(&mut program);
     Ok(program)
 }
 
@@ -634,6 +638,7 @@ impl Compiler<'_> {
                     blocks,
                     release: Vec::new(),
                     round_fp16,
+                    prepared: None,
                 });
             }
         }
@@ -991,4 +996,19 @@ impl Block {
             }
         }
     }
+}
+
+/// Lets every step prepare what it reads from constants, once, at load
+/// ([`ops::prepare`]), nested blocks' steps included.
+fn prepare_steps(program: &mut Program) {
+    fn walk(steps: &mut [Step], constants: &HashMap<Slot, &Value>) {
+        for step in steps {
+            step.prepared = ops::prepare(step, &|slot| constants.get(&slot).copied());
+            for block in &mut step.blocks {
+                walk(&mut block.steps, constants);
+            }
+        }
+    }
+    let constants: HashMap<Slot, &Value> = program.constants.iter().map(|(s, v)| (*s, v)).collect();
+    walk(&mut program.steps, &constants);
 }

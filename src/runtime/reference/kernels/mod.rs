@@ -24,6 +24,7 @@
 #[cfg(target_arch = "x86_64")]
 mod dequant;
 mod dot;
+mod gemm;
 mod parallel;
 
 use std::sync::{Arc, OnceLock};
@@ -33,6 +34,7 @@ use half::f16;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArcArray, ArrayView2, ArrayViewMut2, Axis, IxDyn};
 
+pub(crate) use gemm::{gemm, gemm_many, Epilogue, PackB, PackedA, Product, Strided, NR};
 pub(crate) use parallel::cores;
 
 use dot::{dots, Element};

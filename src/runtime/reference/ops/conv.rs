@@ -13,12 +13,13 @@
 //! when it has one group (each thread builds the columns of its rows and
 //! multiplies them), by groups otherwise (depthwise convolutions).
 
-use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array2, ArrayD, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, IxDyn};
+use ndarray::{ArrayD, IxDyn};
 
 use super::linalg::{cores, unravel};
 use super::window::{per_axis, Source, Window};
-use super::Args;
+use super::{Args, Prepared};
+use crate::runtime::reference::kernels::{self, Epilogue, PackB, PackedA, Strided, NR};
+use crate::runtime::reference::program::Step;
 use crate::runtime::reference::value::{OpResult, Value};
 
 /// Below this many multiply-adds per thread, starting a thread costs more
@@ -57,28 +58,6 @@ fn groups(args: &Args<'_>) -> OpResult<usize> {
         .ok()
         .filter(|&g| g > 0)
         .ok_or_else(|| format!("groups must be positive, not {groups}"))
-}
-
-/// Adds the optional `bias` (one value per output channel) to `out`
-/// (`[N, C_out, positions]`).
-fn add_bias(args: &Args<'_>, out: &mut ArrayViewMut3<'_, f32>) -> OpResult<()> {
-    let Some(bias) = args.get("bias")? else {
-        return Ok(());
-    };
-    let bias = bias.to_float()?;
-    let out_channels = out.shape()[1];
-    if bias.shape() != [out_channels] {
-        return Err(format!(
-            "the bias has shape {:?}, the convolution {out_channels} output channels",
-            bias.shape()
-        ));
-    }
-    for mut sample in out.outer_iter_mut() {
-        for (mut channel, &b) in sample.outer_iter_mut().zip(bias.iter()) {
-            channel.mapv_inplace(|v| v + b);
-        }
-    }
-    Ok(())
 }
 
 /// Where the rows of the im2col matrix read.
@@ -122,15 +101,18 @@ impl Planar {
         })
     }
 
-    /// Fills `row` (output rows `rows`, each `out_w` long) with what kernel
-    /// position (kh, kw) sees of `plane`.
-    fn fill(
+    /// Calls `run(index, input_row, first, len)` for each stretch of
+    /// output positions `cols` (flat, row by row; `index` counts from 0)
+    /// that kernel position (kh, kw) sees inside `plane`: output `index + i`
+    /// reads `input_row[first + i * stride]` for `i < len`. Positions in the
+    /// padding are skipped (they read 0).
+    fn runs(
         &self,
-        row: &mut [f32],
         plane: &[f32],
         kh: usize,
         kw: usize,
-        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+        mut run: impl FnMut(usize, &[f32], usize, usize),
     ) {
         let [sh, sw] = self.strides;
         let [dh, dw] = self.dilations;
@@ -138,102 +120,205 @@ impl Planar {
         // The output columns whose input column lies inside the plane:
         // ow·sw + kw·dw - pw in [0, in_w).
         let offset = (kw * dw) as isize - pw as isize;
-        let first = if offset >= 0 {
+        let inside_from = if offset >= 0 {
             0
         } else {
             ((-offset) as usize).div_ceil(sw)
         };
-        let end = if (self.in_w as isize) <= offset {
+        let inside_to = if (self.in_w as isize) <= offset {
             0
         } else {
             ((self.in_w as isize - offset) as usize).div_ceil(sw)
         }
         .min(self.out_w);
-        for (segment, oh) in row.chunks_exact_mut(self.out_w).zip(rows) {
+        let (mut oh, mut ow) = (cols.start / self.out_w, cols.start % self.out_w);
+        let mut index = 0;
+        while index < cols.len() {
+            // The rest of output row `oh` within `cols`: columns ow..end.
+            let end = (ow + cols.len() - index).min(self.out_w);
             let ih = (oh * sh + kh * dh) as isize - ph as isize;
-            if ih < 0 || ih as usize >= self.in_h || first >= end {
-                segment.fill(0.0);
-                continue;
+            let (from, to) = (inside_from.max(ow), inside_to.min(end));
+            if ih >= 0 && (ih as usize) < self.in_h && from < to {
+                let input_row = &plane[ih as usize * self.in_w..(ih as usize + 1) * self.in_w];
+                let first = (from as isize * sw as isize + offset) as usize;
+                run(index + from - ow, input_row, first, to - from);
             }
-            let input_row = &plane[ih as usize * self.in_w..(ih as usize + 1) * self.in_w];
-            segment[..first].fill(0.0);
-            segment[end..].fill(0.0);
-            let start = (first as isize * sw as isize + offset) as usize;
-            if sw == 1 {
-                segment[first..end].copy_from_slice(&input_row[start..start + (end - first)]);
-            } else {
-                for (value, at) in segment[first..end].iter_mut().zip((start..).step_by(sw)) {
-                    *value = input_row[at];
-                }
-            }
+            index += end - ow;
+            ow = 0;
+            oh += 1;
         }
     }
 }
 
 /// One convolution's shapes, shared by the threads computing it.
-struct Conv<'a> {
+struct Conv {
     columns: Columns,
-    weight: ArrayView2<'a, f32>,
     group_channels: usize,
     group_out: usize,
     /// Positions in the kernel.
     kernel_size: usize,
     plane: usize,
     out_size: usize,
-    /// Output positions per output row (the last spatial axis).
-    row_len: usize,
 }
 
-impl Conv<'_> {
-    /// Computes output channels of group `g` at output rows `rows` of
-    /// sample `input` (all its channels) into `target` (`group_out` ×
-    /// the rows' positions).
-    fn group(
-        &self,
-        input: &[f32],
-        g: usize,
-        rows: std::ops::Range<usize>,
-        target: &mut ArrayViewMut2<'_, f32>,
-    ) -> OpResult<()> {
-        let kernel_size = self.kernel_size;
-        let (first, end) = (rows.start * self.row_len, rows.end * self.row_len);
-        let width = end - first;
-        let group_input = &input
-            [g * self.group_channels * self.plane..(g + 1) * self.group_channels * self.plane];
-        let wg = self
-            .weight
-            .slice(s![g * self.group_out..(g + 1) * self.group_out, ..]);
-        if let Columns::Identity = self.columns {
-            let planes = ArrayView2::from_shape((self.group_channels, self.plane), group_input)
-                .map_err(|e| e.to_string())?;
-            general_mat_mul(1.0, &wg, &planes.slice(s![.., first..end]), 0.0, target);
-            return Ok(());
-        }
-        let mut columns = Array2::<f32>::zeros((self.group_channels * kernel_size, width));
-        let data = columns
-            .as_slice_mut()
-            .ok_or("the columns are not contiguous (interpreter bug)")?;
-        for (c, rows_of_channel) in data.chunks_exact_mut(kernel_size * width).enumerate() {
-            let plane = &group_input[c * self.plane..(c + 1) * self.plane];
-            for (k, row) in rows_of_channel.chunks_exact_mut(width).enumerate() {
-                match &self.columns {
-                    Columns::Planar(planar) => {
-                        let kw = planar.kernel[1];
-                        planar.fill(row, plane, k / kw, k % kw, rows.clone());
-                    }
-                    Columns::Table(source) => {
-                        let sources = &source[k * self.out_size + first..k * self.out_size + end];
-                        for (value, from) in row.iter_mut().zip(sources) {
-                            *value = from.map_or(0.0, |i| plane[i]);
+/// The im2col matrix of one group of one sample (`group_channels ×
+/// kernel_size` rows, `out_size` columns), computed block by block straight
+/// into the GEMM's packed layout: no full copy of it is ever made.
+struct Im2col<'a> {
+    conv: &'a Conv,
+    /// The group's input channels.
+    input: &'a [f32],
+}
+
+impl PackB for Im2col<'_> {
+    fn rows(&self) -> usize {
+        self.conv.group_channels * self.conv.kernel_size
+    }
+
+    fn cols(&self) -> usize {
+        self.conv.out_size
+    }
+
+    fn pack(&self, k0: usize, kc: usize, cols: std::ops::Range<usize>, out: &mut [f32]) {
+        let conv = self.conv;
+        for k in 0..kc {
+            let (c, position) = ((k0 + k) / conv.kernel_size, (k0 + k) % conv.kernel_size);
+            let plane = &self.input[c * conv.plane..(c + 1) * conv.plane];
+            match &conv.columns {
+                Columns::Planar(planar) => {
+                    let kw = planar.kernel[1];
+                    let stride = planar.strides[1];
+                    let (kh, kw) = (position / kw, position % kw);
+                    planar.runs(plane, kh, kw, cols.clone(), |index, row, first, len| {
+                        if stride == 1 {
+                            copy_into_panels(out, kc, k, index, &row[first..first + len]);
+                        } else {
+                            for i in 0..len {
+                                let at = index + i;
+                                out[((at / NR) * kc + k) * NR + at % NR] = row[first + i * stride];
+                            }
                         }
-                    }
-                    Columns::Identity => unreachable!("handled above"),
+                    });
                 }
+                Columns::Table(source) => {
+                    let row = &source[position * conv.out_size..(position + 1) * conv.out_size];
+                    for (index, from) in row[cols.clone()].iter().enumerate() {
+                        out[((index / NR) * kc + k) * NR + index % NR] =
+                            from.map_or(0.0, |i| plane[i]);
+                    }
+                }
+                Columns::Identity => copy_into_panels(out, kc, k, 0, &plane[cols.clone()]),
             }
         }
-        general_mat_mul(1.0, &wg, &columns, 0.0, target);
-        Ok(())
     }
+}
+
+/// Writes `values` as columns `index..` of row `k` of packed panels `out`
+/// (each `kc × NR`), a panel's share at a time.
+fn copy_into_panels(out: &mut [f32], kc: usize, k: usize, mut index: usize, mut values: &[f32]) {
+    while !values.is_empty() {
+        let (panel, column) = (index / NR, index % NR);
+        let take = (NR - column).min(values.len());
+        let at = (panel * kc + k) * NR + column;
+        out[at..at + take].copy_from_slice(&values[..take]);
+        values = &values[take..];
+        index += take;
+    }
+}
+
+/// The optional `bias`, one value per output channel.
+fn bias(args: &Args<'_>, out_channels: usize) -> OpResult<Option<Vec<f32>>> {
+    let Some(bias) = args.get("bias")? else {
+        return Ok(None);
+    };
+    let bias = bias.to_float()?;
+    if bias.shape() != [out_channels] {
+        return Err(format!(
+            "the bias has shape {:?}, the convolution {out_channels} output channels",
+            bias.shape()
+        ));
+    }
+    Ok(Some(bias.iter().copied().collect()))
+}
+
+/// One channel of a depthwise convolution, `kernel` (`kh × kw`) over
+/// `plane` into `out`: each output the sum over the kernel positions in
+/// order, as the GEMM's depth is (a multiply then an add, without FMA).
+fn depthwise(planar: &Planar, plane: &[f32], kernel: &[f32], out: &mut [f32]) {
+    out.fill(0.0);
+    let (kw, stride) = (planar.kernel[1], planar.strides[1]);
+    for (position, &w) in kernel.iter().enumerate() {
+        planar.runs(
+            plane,
+            position / kw,
+            position % kw,
+            0..out.len(),
+            |index, row, first, len| {
+                let inputs = row[first..].iter().step_by(stride);
+                for (o, &v) in out[index..index + len].iter_mut().zip(inputs) {
+                    *o += w * v;
+                }
+            },
+        );
+    }
+}
+
+/// A convolution's constant weight, packed at load: one [`PackedA`] per
+/// group.
+pub(crate) struct PackedWeight {
+    /// The weight's shape.
+    shape: Vec<usize>,
+    groups: Vec<PackedA>,
+}
+
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PackedWeight({:?}, {} groups)",
+            self.shape,
+            self.groups.len()
+        )
+    }
+}
+
+/// Each group's rows of `weight` (`[C_out, C_in/groups, *K]`, row-major)
+/// packed as the GEMM's `A`.
+fn pack_groups(weight: &[f32], shape: &[usize], groups: usize) -> Option<Vec<PackedA>> {
+    let group_out = shape.first()? / groups;
+    let depth: usize = shape[1..].iter().product();
+    weight
+        .chunks_exact((group_out * depth).max(1))
+        .take(groups)
+        .map(|w| Strided::row_major(w, group_out, depth).map(PackedA::new))
+        .collect()
+}
+
+/// Packs a `conv` step's weight at load, when it and `groups` are
+/// constants (`constant` gives them by slot).
+pub(super) fn prepare<'v>(
+    step: &Step,
+    constant: &dyn Fn(usize) -> Option<&'v Value>,
+) -> Option<PackedWeight> {
+    let slot = |name| match step.input(name) {
+        Some(&[slot]) => Some(slot),
+        _ => None,
+    };
+    let groups = match slot("groups") {
+        None => 1,
+        Some(s) => usize::try_from(constant(s)?.to_i64_scalar().ok()?).ok()?,
+    };
+    let Value::Float(weight) = constant(slot("weight")?)? else {
+        return None;
+    };
+    let shape = weight.shape().to_vec();
+    if shape.len() < 3 || groups == 0 || shape[0] % groups != 0 {
+        // conv reports these when it runs.
+        return None;
+    }
+    let standard = weight.as_standard_layout();
+    let groups = pack_groups(standard.as_slice()?, &shape, groups)?;
+    Some(PackedWeight { shape, groups })
 }
 
 pub(super) fn conv(args: &Args<'_>) -> OpResult<Value> {
@@ -279,75 +364,93 @@ pub(super) fn conv(args: &Args<'_>) -> OpResult<Value> {
                 .collect(),
         )
     };
+    let bias = bias(args, out_channels)?;
 
     let x = x.as_standard_layout();
     let data = x
         .as_slice()
         .ok_or("x is not contiguous (interpreter bug)")?;
     let weight = weight.as_standard_layout();
+    let weight = weight
+        .as_slice()
+        .ok_or("the weight is not contiguous (interpreter bug)")?;
     let kernel_size = window.kernel_size();
     let conv = Conv {
         columns,
-        weight: weight
-            .view()
-            .into_shape_with_order((out_channels, group_channels * kernel_size))
-            .map_err(|e| e.to_string())?,
         group_channels,
         group_out: out_channels / groups,
         kernel_size,
         plane: window.input.iter().product(),
         out_size,
-        row_len: *window.output.last().unwrap_or(&1),
     };
-    let out_rows = out_size / conv.row_len.max(1);
-    let mut out = ArrayD::<f32>::zeros(IxDyn(
-        &[&[batch, out_channels][..], &window.output].concat(),
-    ));
-    let mut out3 = out
-        .view_mut()
-        .into_shape_with_order((batch, out_channels, out_size))
-        .map_err(|e| e.to_string())?;
-    let plane_elements = channels * conv.plane;
-    let work_per_sample = out_channels * group_channels * kernel_size * out_size;
-    let threads = threads_for(work_per_sample);
-    for (n, mut out_n) in out3.outer_iter_mut().enumerate() {
-        let input = &data[n * plane_elements..(n + 1) * plane_elements];
+    let depth = group_channels * kernel_size;
+    // Each group's weight: packed at load when it is a constant, else
+    // now, once for every sample.
+    let packed_now;
+    let packed: &[PackedA] = match &args.step.prepared {
+        Some(Prepared::Conv(p)) if p.shape == ws && p.groups.len() == groups => &p.groups,
+        _ => {
+            packed_now = pack_groups(weight, &ws, groups)
+                .ok_or("the weight does not hold its shape (interpreter bug)")?;
+            &packed_now
+        }
+    };
+    let mut out = vec![0.0f32; batch * out_channels * out_size];
+    let group_input = group_channels * conv.plane;
+    let group_output = conv.group_out * out_size;
+    let work_per_group = conv.group_out * depth * out_size;
+    let threads = threads_for(work_per_group * groups).min(groups);
+    for (input, out_n) in data
+        .chunks_exact((channels * conv.plane).max(1))
+        .zip(out.chunks_exact_mut((out_channels * out_size).max(1)))
+    {
         let conv = &conv;
-        if threads == 1 {
-            for (g, mut target) in out_n
-                .axis_chunks_iter_mut(Axis(0), conv.group_out)
-                .enumerate()
+        let group = |g: usize, target: &mut [f32]| {
+            let input = &input[g * group_input..(g + 1) * group_input];
+            let row_bias = bias
+                .as_deref()
+                .map(|b| &b[g * conv.group_out..(g + 1) * conv.group_out]);
+            if let (Columns::Planar(planar), 1, 1) =
+                (&conv.columns, conv.group_channels, conv.group_out)
             {
-                conv.group(input, g, 0..out_rows, &mut target)?;
+                // Depthwise: a product of one row would waste the tile.
+                depthwise(planar, input, &weight[g * depth..(g + 1) * depth], target);
+                if let Some(&[b]) = row_bias {
+                    target.iter_mut().for_each(|v| *v += b);
+                }
+                return;
             }
-        } else if groups == 1 {
-            // Split the output rows.
-            let rows_per_thread = out_rows.div_ceil(threads);
-            in_parallel(
-                out_n.axis_chunks_iter_mut(Axis(1), rows_per_thread * conv.row_len),
-                |t, mut target| {
-                    let rows = t * rows_per_thread..((t + 1) * rows_per_thread).min(out_rows);
-                    conv.group(input, 0, rows, &mut target)
-                },
-            )?;
+            let columns = Im2col { conv, input };
+            let epilogue = Epilogue {
+                row_bias,
+                ..Epilogue::default()
+            };
+            kernels::gemm(&packed[g], &columns, target, out_size, epilogue);
+        };
+        if threads <= 1 || work_per_group >= WORK_PER_THREAD * cores() {
+            // One group at a time, each product split over the cores.
+            for (g, target) in out_n.chunks_exact_mut(group_output.max(1)).enumerate() {
+                group(g, target);
+            }
         } else {
-            // Split the groups.
+            // Many small groups (depthwise convolutions): split the groups.
             let groups_per_thread = groups.div_ceil(threads);
             in_parallel(
-                out_n.axis_chunks_iter_mut(Axis(0), groups_per_thread * conv.group_out),
-                |t, mut part| {
-                    for (i, mut target) in part
-                        .axis_chunks_iter_mut(Axis(0), conv.group_out)
-                        .enumerate()
-                    {
-                        conv.group(input, t * groups_per_thread + i, 0..out_rows, &mut target)?;
+                out_n.chunks_mut((groups_per_thread * group_output).max(1)),
+                |t, part| {
+                    for (i, target) in part.chunks_exact_mut(group_output.max(1)).enumerate() {
+                        group(t * groups_per_thread + i, target);
                     }
                     Ok(())
                 },
             )?;
         }
     }
-    add_bias(args, &mut out3)?;
+    let out = ArrayD::from_shape_vec(
+        IxDyn(&[&[batch, out_channels][..], &window.output].concat()),
+        out,
+    )
+    .map_err(|e| e.to_string())?;
     Ok(Value::Float(out.into_shared()))
 }
 
@@ -472,45 +575,76 @@ pub(super) fn conv_transpose(args: &Args<'_>) -> OpResult<Value> {
     }
 
     let x = x.as_standard_layout();
-    let x3 = x
-        .view()
-        .into_shape_with_order((batch, channels, plane))
-        .map_err(|e| e.to_string())?;
+    let x = x
+        .as_slice()
+        .ok_or("x is not contiguous (interpreter bug)")?;
     let weight = weight.as_standard_layout();
-    // [C_in, C_out/groups · K]: row c holds input channel c's kernels.
-    let w2 = weight
-        .view()
-        .into_shape_with_order((channels, group_out * kernel_size))
-        .map_err(|e| e.to_string())?;
-    let mut out = ArrayD::<f32>::zeros(IxDyn(&[&[batch, out_channels][..], &out_dims].concat()));
-    let mut out3 = out
-        .view_mut()
-        .into_shape_with_order((batch, out_channels, out_size))
-        .map_err(|e| e.to_string())?;
-    let mut columns = Array2::<f32>::zeros((group_out * kernel_size, plane));
-    for n in 0..batch {
-        for g in 0..groups {
-            let wg = w2.slice(s![g * group_in..(g + 1) * group_in, ..]);
-            let xg = x3.slice(s![n, g * group_in..(g + 1) * group_in, ..]);
-            general_mat_mul(1.0, &wg.t(), &xg, 0.0, &mut columns);
-            for c in 0..group_out {
-                let mut plane_out = out3.slice_mut(s![n, g * group_out + c, ..]);
-                let plane_out = plane_out
-                    .as_slice_mut()
-                    .ok_or("the output is not contiguous (interpreter bug)")?;
-                for k in 0..kernel_size {
-                    let row = columns.row(c * kernel_size + k);
-                    let targets = &target[k * plane..(k + 1) * plane];
-                    for (&value, to) in row.iter().zip(targets) {
-                        if let Some(to) = to {
-                            plane_out[*to] += value;
+    let weight = weight
+        .as_slice()
+        .ok_or("the weight is not contiguous (interpreter bug)")?;
+    let bias = bias(args, out_channels)?;
+    // [C_in, C_out/groups · K]: row c holds input channel c's kernels; a
+    // group's columns are its rows' transpose times its input channels.
+    let spread = group_out * kernel_size;
+    let packed: Vec<PackedA> = weight
+        .chunks_exact((group_in * spread).max(1))
+        .take(groups)
+        .map(|w| {
+            Strided::row_major(w, group_in, spread)
+                .map(|w| PackedA::new(w.t()))
+                .ok_or("the weight does not hold its shape (interpreter bug)")
+        })
+        .collect::<Result<_, _>>()?;
+    let mut out = vec![0.0f32; batch * out_channels * out_size];
+    let mut columns = vec![0.0f32; spread * plane];
+    let threads = threads_for(spread * plane).min(group_out);
+    for (x_n, out_n) in x
+        .chunks_exact((channels * plane).max(1))
+        .zip(out.chunks_exact_mut((out_channels * out_size).max(1)))
+    {
+        for (g, out_g) in out_n
+            .chunks_exact_mut((group_out * out_size).max(1))
+            .enumerate()
+        {
+            let xg = Strided::row_major(&x_n[g * group_in * plane..], group_in, plane)
+                .ok_or("x does not hold its shape (interpreter bug)")?;
+            kernels::gemm(&packed[g], &xg, &mut columns, plane, Epilogue::default());
+            // col2im, the output channels split over the cores (each
+            // channel's plane is summed in the same order by one thread).
+            let columns = &columns;
+            let scatter = |first: usize, part: &mut [f32]| {
+                for (i, plane_out) in part.chunks_exact_mut(out_size.max(1)).enumerate() {
+                    let c = first + i;
+                    for k in 0..kernel_size {
+                        let row = &columns[(c * kernel_size + k) * plane..][..plane];
+                        let targets = &target[k * plane..(k + 1) * plane];
+                        for (&value, to) in row.iter().zip(targets) {
+                            if let Some(to) = to {
+                                plane_out[*to] += value;
+                            }
                         }
                     }
+                    if let Some(bias) = &bias {
+                        let b = bias[g * group_out + c];
+                        plane_out.iter_mut().for_each(|v| *v += b);
+                    }
                 }
-            }
+            };
+            let per_thread = group_out.div_ceil(threads.max(1));
+            in_parallel(
+                out_g.chunks_mut((per_thread * out_size).max(1)),
+                |t, part| {
+                    scatter(t * per_thread, part);
+                    Ok(())
+                },
+            )?;
         }
     }
-    add_bias(args, &mut out3)?;
+    let out = ArrayD::from_shape_vec(
+        IxDyn(&[&[batch, out_channels][..], &out_dims].concat()),
+        out,
+    )
+    .map_err(|e| e.to_string())?;
     Ok(Value::Float(out.into_shared()))
 }
 
@@ -620,6 +754,33 @@ mod tests {
                 [2, 2],
                 [1, 1],
                 [1, 1, 1, 1],
+            ),
+            (
+                "tiny",
+                [1, 1, 1, 1],
+                [1, 1, 1, 1],
+                1,
+                [1, 1],
+                [1, 1],
+                [0, 0, 0, 0],
+            ),
+            (
+                "odd",
+                [3, 5, 7, 11],
+                [13, 5, 2, 3],
+                1,
+                [1, 2],
+                [1, 1],
+                [1, 0, 2, 1],
+            ),
+            (
+                "depthwise padded",
+                [2, 7, 5, 9],
+                [7, 1, 3, 3],
+                7,
+                [1, 1],
+                [2, 1],
+                [2, 2, 1, 1],
             ),
             (
                 "pointwise",

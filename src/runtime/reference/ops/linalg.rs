@@ -1,7 +1,7 @@
 //! `linear`, `matmul` and `scaled_dot_product_attention`, on ndarray's
 //! matrix products (`matrixmultiply` behind them).
 
-use ndarray::linalg::{general_mat_mul, general_mat_vec_mul};
+use ndarray::linalg::general_mat_vec_mul;
 use ndarray::{
     Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewD, ArrayViewMut1, Axis, Ix2, IxDyn,
 };
@@ -9,7 +9,7 @@ use ndarray::{
 use super::elementwise::{broadcast_shape, zip_with};
 use super::reduce::softmax_lanes;
 use super::Args;
-use crate::runtime::reference::kernels::{self, MATVEC_ROWS};
+use crate::runtime::reference::kernels::{self, Epilogue, PackedA, Product, Strided, MATVEC_ROWS};
 use crate::runtime::reference::value::{OpResult, Value};
 
 pub(super) fn linear(args: &Args<'_>) -> OpResult<Value> {
@@ -54,7 +54,28 @@ pub(super) fn linear(args: &Args<'_>) -> OpResult<Value> {
                     mat_vec(&w, &row, &mut result);
                 }
             } else {
-                general_mat_mul(1.0, &x2, &w.t(), 0.0, &mut out);
+                let (x, w) = (x2.as_slice(), w.as_standard_layout());
+                let (Some(x), Some(w_data)) = (x, w.as_slice()) else {
+                    return Err("linear's operands are not contiguous (interpreter bug)".into());
+                };
+                let (Some(x), Some(w)) = (
+                    Strided::row_major(x, rows, inputs),
+                    Strided::row_major(w_data, outputs, inputs),
+                ) else {
+                    return Err(
+                        "linear's operands do not hold their shapes (interpreter bug)".into(),
+                    );
+                };
+                let target = out
+                    .as_slice_mut()
+                    .ok_or("the output is not contiguous (interpreter bug)")?;
+                kernels::gemm(
+                    &PackedA::new(x),
+                    &w.t(),
+                    target,
+                    outputs,
+                    Epilogue::default(),
+                );
             }
         }
     }
@@ -132,7 +153,7 @@ pub(crate) fn batched_matmul(
         s.extend(tail);
         IxDyn(&s)
     };
-    let (Some(ab), Some(bb)) = (a.broadcast(with([m, k])), b.broadcast(with([k, n]))) else {
+    if a.broadcast(with([m, k])).is_none() || b.broadcast(with([k, n])).is_none() {
         return Err(format!(
             "the batch dimensions of {:?} and {:?} do not broadcast",
             a.shape(),
@@ -140,31 +161,48 @@ pub(crate) fn batched_matmul(
         ));
     };
     let count: usize = batch.iter().product();
-    let mut out = ArrayD::<f32>::zeros(with([m, n]));
-    {
-        let mut out3 = out
-            .view_mut()
-            .into_shape_with_order((count, m, n))
-            .map_err(|e| e.to_string())?;
-        for index in 0..count {
+    let mut out = vec![0.0f32; count * m * n];
+    if m * n > 0 {
+        let (a, b) = (a.as_standard_layout(), b.as_standard_layout());
+        let a_data = a
+            .as_slice()
+            .ok_or("x is not contiguous (interpreter bug)")?;
+        let b_data = b
+            .as_slice()
+            .ok_or("y is not contiguous (interpreter bug)")?;
+        // Where product `index` of the batch starts in an operand whose
+        // batch axes are `dims` (right-aligned, broadcast where 1).
+        let offset = |index: usize, dims: &[usize], matrix: usize| {
             let position = unravel(index, &batch);
-            let mut left = ab.view();
-            let mut right = bb.view();
-            for &i in &position {
-                left = left.index_axis_move(Axis(0), i);
-                right = right.index_axis_move(Axis(0), i);
+            let skipped = batch.len() - dims.len();
+            let mut stride = matrix;
+            let mut at = 0;
+            for (d, &dim) in dims.iter().enumerate().rev() {
+                if dim > 1 {
+                    at += position[skipped + d] * stride;
+                }
+                stride *= dim;
             }
-            let left = left
-                .into_dimensionality::<Ix2>()
-                .map_err(|e| e.to_string())?;
-            let right = right
-                .into_dimensionality::<Ix2>()
-                .map_err(|e| e.to_string())?;
-            let mut target = out3.index_axis_mut(Axis(0), index);
-            general_mat_mul(1.0, &left, &right, 0.0, &mut target);
-        }
+            at
+        };
+        let products = out
+            .chunks_exact_mut(m * n)
+            .enumerate()
+            .map(|(index, out)| {
+                let left = &a_data[offset(index, &a.shape()[..ra - 2], m * k)..];
+                let right = &b_data[offset(index, &b.shape()[..rb - 2], k * n)..];
+                match (
+                    Strided::row_major(left, m, k),
+                    Strided::row_major(right, k, n),
+                ) {
+                    (Some(a), Some(b)) => Ok(Product { a, b, out }),
+                    _ => Err("a matmul operand does not hold its shape (interpreter bug)"),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        kernels::gemm_many(products);
     }
-    Ok(out)
+    ArrayD::from_shape_vec(with([m, n]), out).map_err(|e| e.to_string())
 }
 
 /// The multi-index of flat row-major `index` in `dims`.

@@ -40,6 +40,26 @@ pub(crate) use coreml_multifunction_format::mil::ops::{
     spec, Binary, Kind, Pool, Random, Rearrange, Reduce, Unary,
 };
 
+/// What an op prepares at load from its constant inputs, so that no
+/// prediction repeats it.
+#[derive(Debug)]
+pub(crate) enum Prepared {
+    /// A convolution's weight packed for the GEMM.
+    Conv(conv::PackedWeight),
+}
+
+/// What `step` prepares from the constants `constant` gives (by slot), if
+/// anything.
+pub(crate) fn prepare<'v>(
+    step: &Step,
+    constant: &dyn Fn(usize) -> Option<&'v Value>,
+) -> Option<Prepared> {
+    match step.kind {
+        Kind::Conv => conv::prepare(step, constant).map(Prepared::Conv),
+        _ => None,
+    }
+}
+
 /// The values a step reads, by parameter name.
 pub(crate) struct Args<'a> {
     pub step: &'a Step,

@@ -205,6 +205,8 @@ fn with_input(args: &Args<'_>, name: &str, value: Value) -> (Step, Vec<Option<Va
         blocks: Vec::new(),
         release: Vec::new(),
         round_fp16: Vec::new(),
+        // Nothing packed at load: the weight is the one dequantized here.
+        prepared: None,
     };
     (step, env)
 }

@@ -65,6 +65,7 @@ pub(crate) fn run_op(
         blocks: Vec::new(),
         release: Vec::new(),
         round_fp16: Vec::new(),
+        prepared: None,
     };
     run(
         spec.kind,
