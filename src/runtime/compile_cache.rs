@@ -354,6 +354,30 @@ pub fn function_name_to_set<'a>(functions: Option<&[String]>, name: &'a str) -> 
     }
 }
 
+/// How Core ML compiles a package on first load on a given system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompileWith {
+    /// `+[MLModel compileModelAtURL:completionHandler:]` (macOS 13 / iOS 16
+    /// / tvOS 16): Core ML compiles on its own queue and calls back.
+    CompletionHandler,
+    /// The synchronous `+[MLModel compileModelAtURL:error:]`, on the
+    /// loading thread, where the completion-handler one does not exist.
+    Synchronous,
+    /// Neither exists (watchOS): the model must be compiled at build time.
+    Unavailable,
+}
+
+/// How to compile on a system where the completion-handler compile exists
+/// (`handler_api`) or not, and which is watchOS (`watchos`: no compile API
+/// at all).
+pub fn compile_with(handler_api: bool, watchos: bool) -> CompileWith {
+    match (watchos, handler_api) {
+        (true, _) => CompileWith::Unavailable,
+        (false, true) => CompileWith::CompletionHandler,
+        (false, false) => CompileWith::Synchronous,
+    }
+}
+
 /// The `MLModelErrorDomain` (`com.apple.CoreML`).
 pub const CORE_ML_DOMAIN: &str = "com.apple.CoreML";
 
@@ -655,6 +679,14 @@ mod tests {
         );
         assert_eq!(function_name_to_set(Some(&[]), "main"), None);
         assert_eq!(function_name_to_set(None, "decode"), Some("decode"));
+    }
+
+    #[test]
+    fn the_completion_handler_compile_is_used_where_it_exists() {
+        assert_eq!(compile_with(true, false), CompileWith::CompletionHandler);
+        assert_eq!(compile_with(false, false), CompileWith::Synchronous);
+        assert_eq!(compile_with(true, true), CompileWith::Unavailable);
+        assert_eq!(compile_with(false, true), CompileWith::Unavailable);
     }
 
     #[test]

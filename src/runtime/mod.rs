@@ -235,7 +235,11 @@ impl Function {
         function: &str,
         configuration: &Configuration,
     ) -> Result<Function> {
-        let path = package.as_ref();
+        Function::begin_load(package.as_ref(), function, configuration)?.finish()
+    }
+
+    /// [`Function::load`] up to Core ML's own load step.
+    fn begin_load(path: &Path, function: &str, configuration: &Configuration) -> Result<Begun> {
         if is_compiled_model(path) {
             return Err(Error::UnsupportedPlatform(format!(
                 "{}: a compiled model (.mlmodelc) holds no description this crate reads; load it \
@@ -254,35 +258,48 @@ impl Function {
         };
         let description = view.description.into_owned();
         let backend = configuration.backend.resolve();
-        let inner = match backend {
+        match backend {
             #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
-            Backend::Reference | Backend::Auto => FunctionImpl::Reference(Box::new(
-                reference::Function::load(&opened, function, configuration.fp16_ops)?,
-            )),
-            #[cfg(all(target_vendor = "apple", not(feature = "reference-backend")))]
-            Backend::Reference | Backend::Auto => return Err(no_reference_backend()),
-            #[cfg(target_vendor = "apple")]
-            Backend::CoreMl => {
-                FunctionImpl::CoreMl(coreml::Function::load(&opened, function, configuration)?)
+            Backend::Reference | Backend::Auto => {
+                let inner = FunctionImpl::Reference(Box::new(reference::Function::load(
+                    &opened,
+                    function,
+                    configuration.fp16_ops,
+                )?));
+                let root = opened.root().to_path_buf();
+                Ok(Begun::Loaded(Function::new(
+                    root,
+                    description,
+                    backend,
+                    inner,
+                )))
             }
+            #[cfg(all(target_vendor = "apple", not(feature = "reference-backend")))]
+            Backend::Reference | Backend::Auto => Err(no_reference_backend()),
+            #[cfg(target_vendor = "apple")]
+            Backend::CoreMl => Ok(Begun::CoreMl {
+                package: opened.root().to_path_buf(),
+                prepared: coreml::Prepared::package(&opened, function, configuration)?,
+                description,
+            }),
             #[cfg(not(target_vendor = "apple"))]
-            Backend::CoreMl => return Err(no_core_ml()),
-        };
-        Ok(Function::new(
-            opened.root().to_path_buf(),
-            description,
-            backend,
-            inner,
-        ))
+            Backend::CoreMl => Err(no_core_ml()),
+        }
     }
 
     /// Starts loading `function` of the package at `package` as
     /// [`Function::load`] does, and returns a future of the loaded
-    /// function that never blocks the calling thread: with Core ML, the
-    /// work (the package's key, a compile on first load, which may take
-    /// minutes for a multi-gigabyte model, and Core ML's load) runs on a
-    /// thread of its own. The reference backend loads here, and the future
-    /// is ready at once. The future is `Send` and `'static`.
+    /// function that never blocks the calling thread. With Core ML, a
+    /// short-lived thread of its own computes the package's key and finds
+    /// the compiled model, or compiles it on first load (which may take
+    /// minutes for a multi-gigabyte model) with Core ML's completion-handler
+    /// compile where the system has it (macOS 13 / iOS 16), then starts
+    /// Core ML's completion-handler load
+    /// (`loadContentsOfURL:configuration:completionHandler:`), whose
+    /// handler hands the function to the future; a copy that turns out
+    /// damaged is recovered from on a thread. The reference backend loads
+    /// here, and the future is ready at once. The future is `Send` and
+    /// `'static`.
     pub fn load_async(
         package: impl AsRef<Path>,
         function: &str,
@@ -291,7 +308,7 @@ impl Function {
         let package = package.as_ref().to_path_buf();
         let function = function.to_string();
         load_off_thread(configuration, move |configuration| {
-            Function::load(&package, &function, configuration)
+            Function::begin_load(&package, &function, configuration)
         })
     }
 
@@ -307,7 +324,15 @@ impl Function {
         description: FunctionDescription,
         configuration: &Configuration,
     ) -> Result<Function> {
-        let path = compiled.as_ref();
+        Function::begin_load_compiled(compiled.as_ref(), description, configuration)?.finish()
+    }
+
+    /// [`Function::load_compiled`] up to Core ML's own load step.
+    fn begin_load_compiled(
+        path: &Path,
+        description: FunctionDescription,
+        configuration: &Configuration,
+    ) -> Result<Begun> {
         let backend = configuration.backend.resolve();
         if backend != Backend::CoreMl {
             return Err(Error::UnsupportedPlatform(format!(
@@ -324,18 +349,18 @@ impl Function {
         }
         #[cfg(target_vendor = "apple")]
         {
-            let inner = FunctionImpl::CoreMl(coreml::Function::load_compiled(
-                path,
-                &description,
-                configuration,
-            )?);
+            let prepared = coreml::Prepared::compiled(path, &description, configuration)?;
             // Canonical, as packages are, so states compare by location.
-            let path = path.canonicalize().map_err(|source| Error::Io {
+            let package = path.canonicalize().map_err(|source| Error::Io {
                 path: path.to_path_buf(),
                 action: "resolve the compiled model's path",
                 source,
             })?;
-            Ok(Function::new(path, description, backend, inner))
+            Ok(Begun::CoreMl {
+                package,
+                description,
+                prepared,
+            })
         }
     }
 
@@ -351,9 +376,19 @@ impl Function {
         encoded_description: &[u8],
         configuration: &Configuration,
     ) -> Result<Function> {
-        let path = path.as_ref();
+        Function::begin_load_generated(path.as_ref(), function, encoded_description, configuration)?
+            .finish()
+    }
+
+    /// [`Function::load_generated`] up to Core ML's own load step.
+    fn begin_load_generated(
+        path: &Path,
+        function: &str,
+        encoded_description: &[u8],
+        configuration: &Configuration,
+    ) -> Result<Begun> {
         if !is_compiled_model(path) {
-            return Function::load(path, function, configuration);
+            return Function::begin_load(path, function, configuration);
         }
         let invalid = |detail: String| Error::InvalidModel {
             function: function.to_string(),
@@ -371,7 +406,7 @@ impl Function {
                 description.name
             )));
         }
-        Function::load_compiled(path, description, configuration)
+        Function::begin_load_compiled(path, description, configuration)
     }
 
     /// What the generated API's `load_with` and `load_from` call: the
@@ -384,8 +419,19 @@ impl Function {
         encoded_description: &[u8],
         configuration: &Configuration,
     ) -> Result<Function> {
+        Function::begin_load_generated_at(location, function, encoded_description, configuration)?
+            .finish()
+    }
+
+    /// [`Function::load_generated_at`] up to Core ML's own load step.
+    fn begin_load_generated_at(
+        location: &ModelLocation,
+        function: &str,
+        encoded_description: &[u8],
+        configuration: &Configuration,
+    ) -> Result<Begun> {
         let path = location.resolve(configuration)?;
-        Function::load_generated(path, function, encoded_description, configuration)
+        Function::begin_load_generated(&path, function, encoded_description, configuration)
     }
 
     /// What the generated API's `load_async` and `load_from_async` call:
@@ -400,7 +446,12 @@ impl Function {
     ) -> Loading<Function> {
         let function = function.to_string();
         load_off_thread(configuration, move |configuration| {
-            Function::load_generated_at(&location, &function, encoded_description, configuration)
+            Function::begin_load_generated_at(
+                &location,
+                &function,
+                encoded_description,
+                configuration,
+            )
         })
     }
 
@@ -685,12 +736,92 @@ impl ModelLocation {
     }
 }
 
-/// Runs `load` where it cannot block the caller: for Core ML, on a thread
-/// of its own (finding or compiling the compiled model and loading it may
-/// take minutes), its result sent through the one-shot channel of
-/// [`prediction`]; for the reference backend, here (the future is ready at
-/// once).
-fn load_off_thread<T: Send + 'static>(
+/// A load up to the step that waits for Core ML: done (the reference
+/// backend, which loads at once), or ready for Core ML's own load of the
+/// compiled copy, which [`Begun::finish`] waits for and [`load_off_thread`]
+/// starts with Core ML's completion-handler API.
+enum Begun {
+    // Only the reference backend loads at once.
+    #[cfg_attr(
+        all(target_vendor = "apple", not(feature = "reference-backend")),
+        allow(dead_code)
+    )]
+    Loaded(Function),
+    #[cfg(target_vendor = "apple")]
+    CoreMl {
+        /// Where the function is loaded from (canonical).
+        package: PathBuf,
+        description: FunctionDescription,
+        prepared: coreml::Prepared,
+    },
+}
+
+impl Begun {
+    /// The loaded function, waiting for Core ML's load.
+    fn finish(self) -> Result<Function> {
+        match self {
+            Begun::Loaded(function) => Ok(function),
+            #[cfg(target_vendor = "apple")]
+            Begun::CoreMl {
+                package,
+                description,
+                prepared,
+            } => {
+                let inner = FunctionImpl::CoreMl(prepared.load()?);
+                Ok(Function::new(package, description, Backend::CoreMl, inner))
+            }
+        }
+    }
+}
+
+/// Runs `begin` where it cannot block the caller, then Core ML's load
+/// without waiting for it: for Core ML, `begin` (the bundle lookup, the
+/// package's key, the registry, a compile on first load) runs on a
+/// short-lived thread of its own, which then starts Core ML's
+/// completion-handler load ([`coreml::Prepared::start`]) and ends; the
+/// function arrives through the one-shot channel of [`prediction`]. For
+/// the reference backend `begin` loads here, and the future is ready at
+/// once.
+fn load_off_thread(
+    configuration: &Configuration,
+    begin: impl FnOnce(&Configuration) -> Result<Begun> + Send + 'static,
+) -> Loading<Function> {
+    #[cfg(target_vendor = "apple")]
+    if configuration.backend.resolve() == Backend::CoreMl {
+        let (sender, receiver) = prediction::channel();
+        let configuration = configuration.clone();
+        return spawn_loading(receiver, move || {
+            // A panic (a bug) drops the sender unsent, which the
+            // future reports as an error.
+            let begun =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| begin(&configuration)));
+            match begun {
+                Err(_) => {}
+                Ok(Err(error)) => sender.send(Err(error)),
+                Ok(Ok(Begun::Loaded(function))) => sender.send(Ok(function)),
+                Ok(Ok(Begun::CoreMl {
+                    package,
+                    description,
+                    prepared,
+                })) => prepared.start(
+                    move |inner| {
+                        let inner = FunctionImpl::CoreMl(inner);
+                        Function::new(package, description, Backend::CoreMl, inner)
+                    },
+                    sender,
+                ),
+            }
+        });
+    }
+    Loading::ready(begin(configuration).and_then(Begun::finish))
+}
+
+/// Runs the whole of `load` where it cannot block the caller: for Core ML,
+/// on a thread of its own (a [`Pipeline`]'s chunks, loaded one after the
+/// other with the synchronous load), its result sent through the one-shot
+/// channel of [`prediction`]; for the reference backend, here (the future
+/// is ready at once).
+fn load_on_thread<T: Send + 'static>(
     configuration: &Configuration,
     load: impl FnOnce(&Configuration) -> Result<T> + Send + 'static,
 ) -> Loading<T> {
@@ -698,27 +829,38 @@ fn load_off_thread<T: Send + 'static>(
     if configuration.backend.resolve() == Backend::CoreMl {
         let (sender, receiver) = prediction::channel();
         let configuration = configuration.clone();
-        let spawned = std::thread::Builder::new()
-            .name("coreml-multifunction load".to_string())
-            .spawn(move || {
-                // A panic (a bug) drops the sender unsent, which the
-                // future reports as an error.
-                let loaded =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&configuration)));
-                if let Ok(loaded) = loaded {
-                    sender.send(loaded);
-                }
-            });
-        return match spawned {
-            Ok(_) => Loading::received(receiver),
-            Err(source) => Loading::ready(Err(Error::Io {
-                path: PathBuf::new(),
-                action: "start a thread to load the model on",
-                source,
-            })),
-        };
+        return spawn_loading(receiver, move || {
+            // A panic (a bug) drops the sender unsent, which the future
+            // reports as an error.
+            let loaded =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&configuration)));
+            if let Ok(loaded) = loaded {
+                sender.send(loaded);
+            }
+        });
     }
     Loading::ready(load(configuration))
+}
+
+/// Runs `work` on a loading thread of its own, and returns the future of
+/// what it sends to `receiver`'s sender (or the error of a thread that
+/// could not start).
+#[cfg(target_vendor = "apple")]
+fn spawn_loading<T: Send + 'static>(
+    receiver: prediction::Receiver<Result<T>>,
+    work: impl FnOnce() + Send + 'static,
+) -> Loading<T> {
+    let spawned = std::thread::Builder::new()
+        .name("coreml-multifunction load".to_string())
+        .spawn(work);
+    match spawned {
+        Ok(_) => Loading::received(receiver),
+        Err(source) => Loading::ready(Err(Error::Io {
+            path: PathBuf::new(),
+            action: "start a thread to load the model on",
+            source,
+        })),
+    }
 }
 
 /// Whether `path` names a compiled model (`.mlmodelc`).

@@ -443,10 +443,10 @@ impl Pipeline {
         Pipeline::new(name, chunks, outputs)
     }
 
-    /// [`Pipeline::load_generated`] as [`Function::load_async`] runs a
-    /// load: the future never blocks the calling thread (the chunks load
-    /// one after the other on a thread of their own with Core ML, sharing
-    /// one compiled copy; at once on the reference backend).
+    /// [`Pipeline::load_generated`] off the calling thread: the future never
+    /// blocks it (with Core ML the chunks load one after the other with the
+    /// synchronous load, on a thread of their own, sharing one compiled
+    /// copy; at once on the reference backend).
     #[doc(hidden)]
     pub fn load_generated_async(
         location: ModelLocation,
@@ -456,7 +456,7 @@ impl Pipeline {
         configuration: &Configuration,
     ) -> Loading<Pipeline> {
         let name = name.to_string();
-        super::load_off_thread(configuration, move |configuration| {
+        super::load_on_thread(configuration, move |configuration| {
             Pipeline::load_generated(&location, &name, chunks, outputs, configuration)
         })
     }

@@ -213,11 +213,12 @@ pub(crate) fn complete<T>(
 /// what the generated struct wraps it in).
 ///
 /// It is `Send` and `'static`, so it may be awaited on any thread or
-/// executor; it needs no particular async runtime. On Core ML the work
-/// (finding or compiling the compiled model, then loading it) runs on a
-/// thread of its own and the future waits on the one-shot channel above;
-/// on the reference backend the load ran when the future was made, and it
-/// is ready at once.
+/// executor; it needs no particular async runtime. On Core ML a
+/// short-lived thread finds or compiles the compiled model (a compile with
+/// Core ML's completion-handler API where the system has it), then starts
+/// Core ML's completion-handler load, whose handler fills the one-shot
+/// channel above that the future waits on; on the reference backend the
+/// load ran when the future was made, and it is ready at once.
 #[must_use = "a load's result is only seen by awaiting it"]
 pub struct Loading<T> {
     future: Pin<Box<dyn Future<Output = Result<T>> + Send>>,
@@ -242,15 +243,19 @@ impl<T: Send + 'static> Loading<T> {
     }
 
     #[cfg_attr(not(target_vendor = "apple"), allow(dead_code))]
-    /// A load whose result arrives on `receiver` (from a loading thread);
-    /// the sender dropped without sending means that thread panicked.
+    /// A load whose result arrives on `receiver` (from a loading thread or
+    /// Core ML's completion handler); the sender dropped without sending
+    /// means that thread panicked or Core ML never called the handler.
     pub(crate) fn received(receiver: Receiver<Result<T>>) -> Self {
         Loading::new(async move {
             receiver.await.unwrap_or_else(|| {
                 Err(Error::CoreMl {
                     domain: "coreml-multifunction".to_string(),
                     code: 0,
-                    message: "the thread loading the model panicked".to_string(),
+                    message: "the model's load ended without a result: the thread loading \
+                              it panicked, or Core ML released the load's completion handler \
+                              without calling it"
+                        .to_string(),
                     underlying: None,
                 })
             })

@@ -13,20 +13,23 @@
 
 use std::convert::Infallible;
 use std::fs;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::SystemTime;
 
+use block2::RcBlock;
 use objc2::rc::autoreleasepool;
 use objc2_core_ml::MLModel;
+use objc2_foundation::{NSError, NSURL};
 
 use coreml_multifunction_format::compiled::{self, PackageFile, PackageKey, Staged};
 
 use super::super::compile_cache::{
-    self, recovery, Origin, OwnedDir, Recovery, Registry, MAX_ENTRIES,
+    self, recovery, CompileWith, Origin, OwnedDir, Recovery, Registry, MAX_ENTRIES,
 };
 use super::super::error::{Error, Result};
-use super::{backend_error, catching, core_ml_error, directory_url};
+use super::{backend_error, catching, core_ml_error, directory_url, guarded};
 
 /// A compiled model functions load from, shared by all of them in this
 /// process (see the module documentation).
@@ -301,18 +304,21 @@ fn finish_install(package: &Path, cache_root: &Path, entry: &Path, key: &Package
     compile_cache::prune(cache_root, entry, MAX_ENTRIES, now);
 }
 
-/// Compiles the package with `+[MLModel compileModelAtURL:error:]` (macOS
-/// 10.13 / iOS 11 / tvOS 11), waiting for it. Returns the temporary
-/// `.mlmodelc` Core ML wrote (under `NSTemporaryDirectory()`).
+/// Compiles the package with Core ML, waiting for it, and returns the
+/// temporary `.mlmodelc` Core ML wrote (under `NSTemporaryDirectory()`).
 ///
-/// The synchronous call is deprecated in favour of
-/// `compileModelAtURL:completionHandler:` (macOS 13 / iOS 16), which runs
-/// the same compile on a global queue and calls back: blocking on it here
-/// would gain nothing and lose the older systems. Both accept
-/// `.mlpackage` directories. [`super::Function::load_async`] keeps the
-/// wait off the caller's thread.
+/// Where it exists (macOS 13 / iOS 16 / tvOS 16), the compile is
+/// `+[MLModel compileModelAtURL:completionHandler:]`: Core ML compiles on
+/// its own queue and the handler sends the result back over a channel this
+/// thread waits on, so the thread holds the registry's slot for the
+/// package (other loads of it wait and share the one compile) but does no
+/// compiling itself. Older systems compile with the synchronous (and
+/// deprecated, not removed) `+[MLModel compileModelAtURL:error:]` here.
+/// Both accept `.mlpackage` directories. [`super::super::Function::load_async`]
+/// runs this on a loading thread of its own, never on the caller's.
 fn compile_with_core_ml(package: &Path) -> Result<PathBuf> {
-    if cfg!(target_os = "watchos") {
+    let how = compile_cache::compile_with(compile_handler_available(), cfg!(target_os = "watchos"));
+    if how == CompileWith::Unavailable {
         return Err(Error::UnsupportedPlatform(
             "Core ML cannot compile models on watchOS: compile it at build time (a macOS build \
              host does, with xcrun coremlcompiler) and load the .mlmodelc with load_from"
@@ -320,6 +326,9 @@ fn compile_with_core_ml(package: &Path) -> Result<PathBuf> {
         ));
     }
     let url = directory_url(package)?;
+    if how == CompileWith::CompletionHandler {
+        return compile_with_handler(&url);
+    }
     autoreleasepool(|_| {
         // SAFETY: `url` is a file URL of the package directory; the call
         // exists on every system this crate supports (checked at load:
@@ -329,8 +338,63 @@ fn compile_with_core_ml(package: &Path) -> Result<PathBuf> {
             MLModel::compileModelAtURL_error(&url)
         })?
         .map_err(|e| core_ml_error(&e))?;
-        compiled.to_file_path().ok_or_else(|| {
-            backend_error("Core ML compiled the model to a URL that is not a file path")
+        compiled_path(&compiled)
+    })
+}
+
+/// Whether `+[MLModel compileModelAtURL:completionHandler:]` exists
+/// (`API_AVAILABLE(macos(13.0), ios(16.0), tvos(16.0))`, not watchOS).
+fn compile_handler_available() -> bool {
+    objc2::available!(macos = 13.0, ios = 16.0, tvos = 16.0, visionos = 1.0)
+}
+
+/// The file path of the compiled model Core ML wrote.
+fn compiled_path(url: &NSURL) -> Result<PathBuf> {
+    url.to_file_path()
+        .ok_or_else(|| backend_error("Core ML compiled the model to a URL that is not a file path"))
+}
+
+/// Compiles with `+[MLModel compileModelAtURL:completionHandler:]` and
+/// waits for the handler's result.
+fn compile_with_handler(url: &NSURL) -> Result<PathBuf> {
+    let (sender, receiver) = mpsc::channel::<Result<PathBuf>>();
+    let handler = move |compiled: *mut NSURL, error: *mut NSError| {
+        let outcome = guarded(|| {
+            // SAFETY: Core ML passes the compiled model's URL on success
+            // and an error on failure, each valid for this call or nil.
+            let (compiled, error) = unsafe { (compiled.as_ref(), error.as_ref()) };
+            Ok(match (compiled, error) {
+                (Some(compiled), _) => compiled_path(compiled),
+                (None, Some(error)) => Err(core_ml_error(error)),
+                (None, None) => Err(backend_error(
+                    "Core ML finished a compile with neither a compiled model nor an error",
+                )),
+            })
         })
+        .unwrap_or_else(|detail| Err(backend_error(detail)));
+        // On Core ML's queue: nothing may unwind into libdispatch. A send
+        // to a waiter that is gone (the start raised) is dropped.
+        let _ = catch_unwind(AssertUnwindSafe(|| sender.send(outcome)));
+    };
+    // Core ML runs the handler on its own queue, and block2 does not check
+    // what a block captures: this fails to compile unless the handler is
+    // `Send + Sync`.
+    fn send_and_sync<T: Send + Sync>(_: &T) {}
+    send_and_sync(&handler);
+    let handler = RcBlock::new(handler);
+    autoreleasepool(|_| {
+        // SAFETY: `url` is a file URL of the package directory; the API
+        // exists (checked by the caller with `compile_handler_available`);
+        // the handler is a heap block Core ML retains until it has called
+        // it, capturing only `Send + Sync` values (asserted above).
+        catching("starting to compile the model", || unsafe {
+            MLModel::compileModelAtURL_completionHandler(url, &handler)
+        })
+    })?;
+    drop(handler);
+    receiver.recv().unwrap_or_else(|_| {
+        Err(backend_error(
+            "Core ML released the compile's completion handler without calling it",
+        ))
     })
 }

@@ -16,16 +16,20 @@
 //!
 //! # Loading
 //!
-//! Core ML loads compiled models (`.mlmodelc`). [`Function::load_compiled`]
-//! loads one directly (an app bundle's, as `copy-to` ships it): nothing
-//! but Core ML reads it. [`Function::load`] finds or makes one for a
-//! package as [`super::compile_cache`] describes: a build-time compile
-//! from `xcrun coremlcompiler` beside the package whose stamp matches the
-//! package's key, else the on-disk cache, else a compile on first load with
-//! the synchronous `+[MLModel compileModelAtURL:error:]` (macOS 10.13 /
-//! iOS 11; deprecated in favour of a completion-handler version that runs
-//! the same compile on a global queue, so nothing is gained by waiting on
-//! that), moved atomically into the cache. The key stats the package's
+//! Core ML loads compiled models (`.mlmodelc`). [`Prepared::compiled`]
+//! prepares loading one directly (an app bundle's, as `copy-to` ships it):
+//! nothing but Core ML reads it. [`Prepared::package`] finds or makes one
+//! for a package as [`super::compile_cache`] describes: a build-time
+//! compile from `xcrun coremlcompiler` beside the package whose stamp
+//! matches the package's key, else the on-disk cache, else a compile on
+//! first load, moved atomically into the cache. That compile is
+//! `+[MLModel compileModelAtURL:completionHandler:]` where the system has
+//! it (macOS 13 / iOS 16 / tvOS 16, checked with `objc2::available!`):
+//! Core ML compiles on its own queue and the loading thread waits for the
+//! handler's result, holding the package's registry slot so that other
+//! loads of the package wait and share it; on older systems it is the
+//! synchronous `+[MLModel compileModelAtURL:error:]` on the loading
+//! thread ([`compile`]). The key stats the package's
 //! files and reads its manifest and specification: no weight bytes are
 //! read before Core ML reads them (`Package::open` reads the specification
 //! and each weight's 64-byte record header to validate the package).
@@ -46,15 +50,22 @@
 //! when a fallback was tried and failed too, the first error is returned
 //! with what the fallback did appended to its message.
 //!
-//! `super::Function::load_async` runs all of this on a thread of its own
-//! and hands the function over through the one-shot channel of
-//! [`super::prediction`]. Core ML's completion-handler load and compile
-//! (`loadContentsOfURL:configuration:completionHandler:`,
-//! `compileModelAtURL:completionHandler:`) are not used: the compile one
-//! runs the same synchronous compile on a global queue (so waiting for it
-//! would block a dispatch worker instead), and a load that may have to
-//! fall back to another copy and compile again is one sequence of steps,
-//! simplest kept on one thread.
+//! The synchronous loads ([`Prepared::load`]) then load the copy with
+//! `+[MLModel modelWithContentsOfURL:configuration:error:]`.
+//! `super::Function::load_async` (and the generated `load_async` /
+//! `load_from_async`) does the finding (the bundle lookup, the key, the
+//! registry, a compile) on a short-lived thread of its own, which then
+//! starts `+[MLModel loadContentsOfURL:configuration:completionHandler:]`
+//! ([`Prepared::start`], macOS 11 / iOS 14) and ends. The handler, on
+//! Core ML's queue, hands the function to the future through the one-shot
+//! channel of [`super::prediction`], inside `catch_unwind` and with the
+//! channel's panic-safe tail, as the prediction handlers do; an
+//! exception raised when starting the load becomes the future's error.
+//! When that load fails with an error that means the copy may be damaged,
+//! the handler hands over to the synchronous recovery above on a thread of
+//! its own (it may compile again, which must not run on Core ML's queue).
+//! A [`super::Pipeline`]'s async load runs its chunks' synchronous loads
+//! one after the other on a loading thread.
 //!
 //! It loads with an `MLModelConfiguration` whose `computeUnits` is
 //! [`super::ComputeUnits`] (named `MLComputeUnits` constants) and, for a
@@ -125,8 +136,8 @@ mod image;
 
 use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use block2::RcBlock;
 use objc2::exception::Exception;
@@ -423,17 +434,34 @@ impl Drop for Function {
     }
 }
 
-impl Function {
-    /// Loads `function` of `package` with Core ML: from the compiled copy
-    /// every function of the package shares in this process, found or
-    /// compiled once (see [`compile`] and [`super::compile_cache`]), with
-    /// the configuration's compute units and, for a multifunction package,
-    /// the function's name.
-    pub fn load(
+/// A Core ML load up to the step Core ML does: the system checked, the
+/// compiled copy found or made (the package's key, the registry, a compile
+/// on first load), the configuration's values worked out. What is left is
+/// Core ML's load of the copy: [`Prepared::load`] waits for it,
+/// [`Prepared::start`] hands it to Core ML's completion-handler API.
+#[derive(Debug)]
+pub struct Prepared {
+    description: Arc<FunctionDescription>,
+    function_name: Option<String>,
+    compute_units: MLComputeUnits,
+    copy: Arc<CompiledCopy>,
+    /// The package (canonical) and cache root the copy was found or made
+    /// for, to recover from a damaged copy; `None` for a compiled model
+    /// loaded by its own path (there is nothing to compile again from).
+    package: Option<(PathBuf, PathBuf)>,
+}
+
+impl Prepared {
+    /// Prepares loading `function` of `package` with Core ML: from the
+    /// compiled copy every function of the package shares in this process,
+    /// found or compiled once (see [`compile`] and
+    /// [`super::compile_cache`]), with the configuration's compute units
+    /// and, for a multifunction package, the function's name.
+    pub fn package(
         package: &Package,
         function: &str,
         configuration: &Configuration,
-    ) -> Result<Function> {
+    ) -> Result<Prepared> {
         let Some(view) = package.function(function) else {
             return Err(Error::UnknownFunction {
                 package: package.root().to_path_buf(),
@@ -448,24 +476,26 @@ impl Function {
             .cache_dir
             .clone()
             .unwrap_or_else(default_cache_root);
-        let (model, copy) = load_shared(package.root(), &cache_root, function_name, compute_units)?;
-        Ok(Function {
-            model: ManuallyDrop::new(model),
+        let copy = compile::shared_copy(package.root(), &cache_root)?;
+        Ok(Prepared {
             description: Arc::new(description),
+            function_name: function_name.map(str::to_string),
+            compute_units,
             copy,
+            package: Some((package.root().to_path_buf(), cache_root)),
         })
     }
 
-    /// Loads the function `description` describes from the compiled model
-    /// at `compiled` (canonical), reading nothing but what Core ML reads
+    /// Prepares loading the function `description` describes from the
+    /// compiled model at `compiled`, reading nothing but what Core ML reads
     /// (and its `metadata.json`, for whether it is a multifunction model:
     /// `functionName` is set only for one). A load error names the path;
     /// there is no package to compile again from.
-    pub fn load_compiled(
+    pub fn compiled(
         compiled: &Path,
         description: &FunctionDescription,
         configuration: &Configuration,
-    ) -> Result<Function> {
+    ) -> Result<Prepared> {
         let name = description.name.as_str();
         if !compiled.is_dir() {
             return Err(Error::Io {
@@ -482,16 +512,240 @@ impl Function {
             .and_then(|text| compiled::compiled_model_functions(&text));
         let function_name = function_name_to_set(functions.as_deref(), name);
         let compute_units = check_system(description, function_name, configuration.compute_units)?;
-        let copy = compile::given_copy(compiled);
-        let model = load_model(&copy.path, function_name, compute_units)
-            .map_err(|error| in_context(error, &compiled.display().to_string()))?;
-        Ok(Function {
-            model: ManuallyDrop::new(model),
+        Ok(Prepared {
             description: Arc::new(description.clone()),
-            copy,
+            function_name: function_name.map(str::to_string),
+            compute_units,
+            copy: compile::given_copy(compiled),
+            package: None,
         })
     }
 
+    /// Loads the copy with `+[MLModel modelWithContentsOfURL:configuration:error:]`,
+    /// waiting for it, and recovers from a damaged copy ([`recover`]).
+    pub fn load(self) -> Result<Function> {
+        let loaded = load_model(&self.copy.path, self.function_name(), self.compute_units);
+        match loaded {
+            Ok(model) => Ok(self.into_function(model, None)),
+            Err(error) => self.recover(error),
+        }
+    }
+
+    /// Starts loading the copy with Core ML's completion-handler API
+    /// (`+[MLModel loadContentsOfURL:configuration:completionHandler:]`,
+    /// macOS 11 / iOS 14, older than every system this backend runs on),
+    /// and returns at once: the handler sends the function, passed
+    /// through `wrap`, to `sender`. When the load fails with an error that
+    /// means the copy may be damaged ([`compile::recovery_for`]), the
+    /// handler hands over to [`Prepared::load`]'s recovery on a thread of
+    /// its own (it may compile again), which then sends the outcome.
+    pub fn start<T: Send + 'static>(
+        self,
+        wrap: impl FnOnce(Function) -> T + Send + 'static,
+        sender: prediction::Sender<Result<T>>,
+    ) {
+        // Taken by whoever finishes the load: the handler (Core ML calls it
+        // once), or this function when starting fails.
+        let sender = Arc::new(Mutex::new(Some(sender)));
+        let configuration = autoreleasepool(|_| {
+            let url = directory_url(&self.copy.path)?;
+            let configuration = model_configuration(self.function_name(), self.compute_units)?;
+            Ok((url, configuration))
+        });
+        let (url, configuration) = match configuration {
+            Ok(made) => made,
+            Err(error) => return finish(&sender, Err(error)),
+        };
+        let handler_sender = sender.clone();
+        let pending = Mutex::new(Some((self, wrap)));
+        let handler = move |model: *mut MLModel, error: *mut NSError| {
+            let taken = catch_unwind(AssertUnwindSafe(|| {
+                pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+            }));
+            let Ok(Some((prepared, wrap))) = taken else {
+                return;
+            };
+            let outcome = autoreleasepool(|_| {
+                guarded(|| {
+                    // SAFETY: Core ML passes the loaded model on success
+                    // and an error on failure, each valid for this call
+                    // or nil; the model is retained here to keep it.
+                    let (model, error) = unsafe { (Retained::retain(model), error.as_ref()) };
+                    Ok(match (model, error) {
+                        (Some(model), _) => Ok(model),
+                        (None, Some(error)) => Err(core_ml_error(error)),
+                        (None, None) => Err(backend_error(
+                            "Core ML finished a load with neither a model nor an error",
+                        )),
+                    })
+                })
+                .unwrap_or_else(|detail| Err(backend_error(detail)))
+            });
+            // Still on Core ML's queue: nothing may unwind into
+            // libdispatch (a panic here leaves the sender to drop with the
+            // handler, which the future reports as an error).
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                match outcome {
+                    Ok(model) => {
+                        let function = prepared.into_function(model, None);
+                        finish_with(&handler_sender, function, wrap);
+                    }
+                    Err(error) if prepared.may_recover(&error) => {
+                        // A recovery may compile again (minutes): not on Core
+                        // ML's queue.
+                        prepared.recover_on_thread(error, wrap, &handler_sender);
+                    }
+                    Err(error) => {
+                        let error =
+                            Err(in_context(error, &prepared.copy.path.display().to_string()));
+                        finish(&handler_sender, error);
+                    }
+                }
+            }));
+        };
+        // Core ML runs the handler on its own queue, and block2 does not
+        // check what a block captures: this fails to compile unless the
+        // handler (everything it captures) is `Send + Sync`.
+        fn send_and_sync<T: Send + Sync>(_: &T) {}
+        send_and_sync(&handler);
+        let handler = RcBlock::new(handler);
+        // SAFETY: `url` is a file URL of a compiled-model directory and
+        // `configuration` a configuration Core ML copies; the API exists
+        // on every system `check_system` lets through (macOS 11 / iOS 14
+        // and later). The handler is a heap block (`RcBlock`) Core ML
+        // retains until it has called it; what it captures is `Send +
+        // Sync` (asserted above), so running it on Core ML's queue is
+        // sound.
+        let started = autoreleasepool(|_| {
+            catching("starting to load the compiled model", || unsafe {
+                MLModel::loadContentsOfURL_configuration_completionHandler(
+                    &url,
+                    &configuration,
+                    &handler,
+                )
+            })
+        });
+        if let Err(error) = started {
+            // Core ML may have retained the handler, which then never
+            // runs: the future gets the exception.
+            finish(&sender, Err(error));
+        }
+    }
+
+    fn function_name(&self) -> Option<&str> {
+        self.function_name.as_deref()
+    }
+
+    /// The loaded function; `copy` is the one it loaded from when a
+    /// recovery replaced the prepared one.
+    fn into_function(self, model: Retained<MLModel>, copy: Option<Arc<CompiledCopy>>) -> Function {
+        Function {
+            model: ManuallyDrop::new(model),
+            description: self.description,
+            copy: copy.unwrap_or(self.copy),
+        }
+    }
+
+    /// Whether a failed load of the copy with `error` has a recovery to
+    /// try ([`compile::recovery_for`]).
+    fn may_recover(&self, error: &Error) -> bool {
+        let Some((_, cache_root)) = &self.package else {
+            return false;
+        };
+        let (domain, code) = error_code(error);
+        compile::recovery_for(&self.copy, &domain, code, cache_root) != Recovery::GiveUp
+    }
+
+    /// What a failed load of the copy with `error` ends in: the recovery
+    /// of a package's copy ([`recover`]), or the error naming the path.
+    fn recover(self, error: Error) -> Result<Function> {
+        let Some((package, cache_root)) = &self.package else {
+            return Err(in_context(error, &self.copy.path.display().to_string()));
+        };
+        let (model, copy) = recover(
+            package,
+            cache_root,
+            self.copy.clone(),
+            error,
+            self.function_name(),
+            self.compute_units,
+        )?;
+        Ok(self.into_function(model, Some(copy)))
+    }
+
+    /// Runs [`Prepared::recover`] on a thread of its own and sends its
+    /// outcome, passed through `wrap`, to `sender`.
+    fn recover_on_thread<T: Send + 'static>(
+        self,
+        error: Error,
+        wrap: impl FnOnce(Function) -> T + Send + 'static,
+        sender: &Arc<Mutex<Option<prediction::Sender<Result<T>>>>>,
+    ) {
+        let thread_sender = sender.clone();
+        let spawned = std::thread::Builder::new()
+            .name("coreml-multifunction load".to_string())
+            .spawn(move || {
+                // A panic (a bug) drops the sender unsent, which the future
+                // reports as an error.
+                let recovered = catch_unwind(AssertUnwindSafe(|| self.recover(error)));
+                if let Ok(recovered) = recovered {
+                    match recovered {
+                        Ok(function) => finish_with(&thread_sender, function, wrap),
+                        Err(error) => finish(&thread_sender, Err(error)),
+                    }
+                }
+            });
+        if let Err(source) = spawned {
+            finish(
+                sender,
+                Err(Error::Io {
+                    path: PathBuf::new(),
+                    action: "start a thread to recover the model's load on",
+                    source,
+                }),
+            );
+        }
+    }
+}
+
+/// Sends `outcome` to the future through `sender` if nobody did yet, with
+/// no claim to release: the panic-safe tail of a completion handler
+/// ([`prediction::complete`]).
+fn finish<T>(sender: &Mutex<Option<prediction::Sender<Result<T>>>>, outcome: Result<T>) {
+    prediction::complete(sender, &SharedClaim::new(None), outcome);
+}
+
+/// [`finish`] with `function` passed through `wrap`, itself caught if it
+/// panics (it runs on Core ML's queue).
+fn finish_with<T>(
+    sender: &Mutex<Option<prediction::Sender<Result<T>>>>,
+    function: Function,
+    wrap: impl FnOnce(Function) -> T,
+) {
+    match catch_unwind(AssertUnwindSafe(|| wrap(function))) {
+        Ok(wrapped) => finish(sender, Ok(wrapped)),
+        Err(_) => finish(
+            sender,
+            Err(backend_error(
+                "a panic while handing over the loaded model was caught",
+            )),
+        ),
+    }
+}
+
+/// The `NSError` domain and code of a Core ML error (none for another
+/// error).
+fn error_code(error: &Error) -> (String, isize) {
+    match error {
+        Error::CoreMl { domain, code, .. } => (domain.clone(), *code),
+        _ => (String::new(), 0),
+    }
+}
+
+impl Function {
     /// Whether `state` was made by a model of the compiled copy this
     /// function was loaded from: the only states Core ML documents a model
     /// accepting.
@@ -786,39 +1040,29 @@ fn check_system(
     ml_compute_units(units)
 }
 
-/// Loads the package at `package` (canonical) from the compiled copy this
-/// process shares for it, trying another copy when that one turns out
+/// After `copy` of the package at `package` (canonical) failed to load with
+/// `error`, tries another copy when the error means that one may be
 /// damaged ([`compile::recovery_for`]): the cache's after the build's, then
 /// a fresh compile staged beside the cache entry, which replaces the entry
 /// only once it loads. Returns the model and the copy it came from (now
 /// the shared one). The error is the first load's, with what the fallback
 /// then failed with appended.
-fn load_shared(
+fn recover(
     package: &Path,
     cache_root: &Path,
+    mut copy: Arc<CompiledCopy>,
+    error: Error,
     function_name: Option<&str>,
     compute_units: MLComputeUnits,
 ) -> Result<(Retained<MLModel>, Arc<CompiledCopy>)> {
-    let mut copy = compile::shared_copy(package, cache_root)?;
+    let mut failed = in_context(error, &copy.path.display().to_string());
     // The first error, and the fallback whose failure is being added.
     let mut first: Option<(Error, Fallback)> = None;
     loop {
-        let error = match load_model(&copy.path, function_name, compute_units) {
-            Ok(model) => {
-                if first.is_some() {
-                    compile::share(package, cache_root, &copy);
-                }
-                return Ok((model, copy));
-            }
-            Err(error) => in_context(error, &copy.path.display().to_string()),
-        };
-        let (domain, code) = match &error {
-            Error::CoreMl { domain, code, .. } => (domain.clone(), *code),
-            _ => (String::new(), 0),
-        };
+        let (domain, code) = error_code(&failed);
         let error = match first.take() {
-            Some((first, tried)) => first.with_fallback_failure(tried, error),
-            None => error,
+            Some((first, tried)) => first.with_fallback_failure(tried, failed),
+            None => failed,
         };
         match compile::recovery_for(&copy, &domain, code, cache_root) {
             Recovery::GiveUp => return Err(error),
@@ -833,6 +1077,13 @@ fn load_shared(
                 return load_fresh(package, cache_root, &copy, function_name, compute_units)
                     .map_err(|(tried, fallback)| error.with_fallback_failure(tried, fallback));
             }
+        }
+        match load_model(&copy.path, function_name, compute_units) {
+            Ok(model) => {
+                compile::share(package, cache_root, &copy);
+                return Ok((model, copy));
+            }
+            Err(next) => failed = in_context(next, &copy.path.display().to_string()),
         }
     }
 }
@@ -874,8 +1125,31 @@ fn load_fresh(
     Ok((model, copy))
 }
 
-/// Loads the compiled model at `compiled`, setting `functionName` when a
-/// function is named.
+/// The `MLModelConfiguration` of a load: `compute_units`, and
+/// `functionName` when a function is named.
+fn model_configuration(
+    function_name: Option<&str>,
+    compute_units: MLComputeUnits,
+) -> Result<Retained<MLModelConfiguration>> {
+    // SAFETY: a plain configuration object, available since macOS
+    // 10.14 / iOS 12.
+    let configuration = unsafe { MLModelConfiguration::new() };
+    // SAFETY: a named `MLComputeUnits` constant this system has
+    // (`ml_compute_units` checked the Neural Engine one).
+    unsafe { configuration.setComputeUnits(compute_units) };
+    if let Some(name) = function_name {
+        require_multifunction(&format!(
+            "loading function {name:?} of a multifunction model"
+        ))?;
+        // SAFETY: `functionName` exists (checked just above); Core ML
+        // reports a name the model does not have as a load error.
+        unsafe { configuration.setFunctionName(Some(&NSString::from_str(name))) };
+    }
+    Ok(configuration)
+}
+
+/// Loads the compiled model at `compiled`, waiting for it, setting
+/// `functionName` when a function is named.
 fn load_model(
     compiled: &Path,
     function_name: Option<&str>,
@@ -883,20 +1157,7 @@ fn load_model(
 ) -> Result<Retained<MLModel>> {
     autoreleasepool(|_| {
         let url = directory_url(compiled)?;
-        // SAFETY: a plain configuration object, available since macOS
-        // 10.14 / iOS 12.
-        let configuration = unsafe { MLModelConfiguration::new() };
-        // SAFETY: a named `MLComputeUnits` constant this system has
-        // (`ml_compute_units` checked the Neural Engine one).
-        unsafe { configuration.setComputeUnits(compute_units) };
-        if let Some(name) = function_name {
-            require_multifunction(&format!(
-                "loading function {name:?} of a multifunction model"
-            ))?;
-            // SAFETY: `functionName` exists (checked just above); Core ML
-            // reports a name the model does not have as a load error.
-            unsafe { configuration.setFunctionName(Some(&NSString::from_str(name))) };
-        }
+        let configuration = model_configuration(function_name, compute_units)?;
         // SAFETY: `url` is a file URL of a compiled-model directory; Core
         // ML copies the configuration.
         catching("loading the compiled model", || unsafe {
