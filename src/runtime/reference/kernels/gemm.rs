@@ -551,23 +551,8 @@ pub(crate) fn gemm_many(products: Vec<Product<'_>>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::Random;
     use super::*;
-
-    /// A small deterministic generator (xorshift), uniform in [-1, 1).
-    struct Random(u64);
-
-    impl Random {
-        fn next(&mut self) -> f32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        }
-
-        fn vec(&mut self, n: usize) -> Vec<f32> {
-            (0..n).map(|_| self.next()).collect()
-        }
-    }
 
     /// `a · b` (row-major) in f64, with the bound on an f32 result's error.
     fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<(f64, f64)> {

@@ -4,18 +4,19 @@
 use super::dot::{reduce32, LANES};
 use super::*;
 
-/// A small deterministic generator (xorshift), uniform in [-1, 1).
-struct Random(u64);
+/// A small deterministic generator (xorshift), uniform in [-1, 1); the
+/// GEMM's tests use it too.
+pub(super) struct Random(pub(super) u64);
 
 impl Random {
-    fn next(&mut self) -> f32 {
+    pub(super) fn next(&mut self) -> f32 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
 
-    fn vec(&mut self, n: usize) -> Vec<f32> {
+    pub(super) fn vec(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| self.next()).collect()
     }
 }

@@ -368,17 +368,21 @@ pub(super) fn lstm(args: &Args<'_>) -> OpResult<Vec<Value>> {
     ])
 }
 
+/// Whether a one-direction layer (`rnn`, `gru`) runs in reverse; a
+/// bidirectional one is refused, as coremltools' definitions refuse it.
+fn runs_in_reverse(args: &Args<'_>, op: &str) -> OpResult<bool> {
+    match Direction::parse(args)? {
+        Direction::Forward => Ok(false),
+        Direction::Reverse => Ok(true),
+        Direction::Bidirectional => Err(format!("{op} runs forward or reverse, not bidirectional")),
+    }
+}
+
 pub(super) fn rnn(args: &Args<'_>) -> OpResult<Vec<Value>> {
     let x = args.float("x")?;
     let x = sequence(&x)?;
     let (_, batch, input) = x.dim();
-    let reverse = match Direction::parse(args)? {
-        Direction::Forward => false,
-        Direction::Reverse => true,
-        Direction::Bidirectional => {
-            return Err("rnn runs forward or reverse, not bidirectional".to_string())
-        }
-    };
+    let reverse = runs_in_reverse(args, "rnn")?;
     let output_sequence = args.opt_bool("output_sequence")?.unwrap_or(false);
     let activation = Activation::parse(args, "activation", "tanh")?;
     let weights = Weights::of(args, "", 1, input)?;
@@ -472,13 +476,7 @@ pub(super) fn gru(args: &Args<'_>) -> OpResult<Vec<Value>> {
     let x = args.float("x")?;
     let x = sequence(&x)?;
     let (steps, batch, input) = x.dim();
-    let reverse = match Direction::parse(args)? {
-        Direction::Forward => false,
-        Direction::Reverse => true,
-        Direction::Bidirectional => {
-            return Err("gru runs forward or reverse, not bidirectional".to_string())
-        }
-    };
+    let reverse = runs_in_reverse(args, "gru")?;
     let output_sequence = args.opt_bool("output_sequence")?.unwrap_or(false);
     let cell = GruCell {
         recurrent_activation: Activation::parse(args, "recurrent_activation", "sigmoid")?,
