@@ -4,18 +4,51 @@
 //! second core saves.
 //!
 //! The pool has one thread fewer than [`cores`]; the calling thread takes
-//! parts too. One job runs at a time: a caller finding the pool busy (two
+//! parts too. An idle pool thread, and a caller waiting for its parts,
+//! spin for up to [`SPIN`] before they sleep: a thread woken from sleep
+//! starts tens to hundreds of microseconds later (more on a virtual
+//! machine, whose idle core the host parks), which is the whole length of
+//! one of a decode step's products, so without spinning the caller would
+//! run most parts itself. Spinning costs a core for at most [`SPIN`] after
+//! the last job, as ONNX Runtime's and OpenMP's pools do by default. One job runs at a time: a caller finding the pool busy (two
 //! predictions at once) runs its parts itself, which gives the same
 //! results, since each part computes its own outputs.
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, TryLockError};
+use std::time::{Duration, Instant};
+
+/// How long an idle thread watches for work before it sleeps.
+const SPIN: Duration = Duration::from_millis(1);
+
+/// Spins until `ready()` or [`SPIN`] has passed; whether it became ready.
+fn spin_until(ready: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        for _ in 0..64 {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= SPIN {
+            return ready();
+        }
+    }
+}
 
 /// The cores a kernel may split its work over (at most 8: past that, the
 /// memory bandwidth most of these kernels are bound by is spent).
+///
+/// Read once per process: `available_parallelism` reads the cgroup's CPU
+/// quota from files at every call, which costs more than a small product.
 pub(crate) fn cores() -> usize {
     const MOST_THREADS: usize = 8;
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(MOST_THREADS))
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(MOST_THREADS))
+    })
 }
 
 /// `work` applied to every item, the items split over the pool, the results
@@ -37,7 +70,7 @@ pub(super) fn map<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) 
 }
 
 /// `work` applied to every item, the items split over the pool.
-pub(super) fn for_each<T: Send>(items: Vec<T>, work: impl Fn(T) + Sync) {
+pub(crate) fn for_each<T: Send>(items: Vec<T>, work: impl Fn(T) + Sync) {
     let items: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
     run(items.len(), &|i| {
         if let Some(item) = lock(&items[i]).take() {
@@ -80,6 +113,11 @@ struct Pool {
     finished: Condvar,
     /// Held by the caller whose job runs (one at a time).
     running: Mutex<()>,
+    /// Jobs published so far: what a spinning pool thread watches.
+    published: AtomicU64,
+    /// Parts finished so far, over all jobs: what a spinning caller
+    /// watches.
+    parts_finished: AtomicU64,
 }
 
 fn pool() -> &'static Pool {
@@ -90,6 +128,8 @@ fn pool() -> &'static Pool {
             arrived: Condvar::new(),
             finished: Condvar::new(),
             running: Mutex::new(()),
+            published: AtomicU64::new(0),
+            parts_finished: AtomicU64::new(0),
         }));
         for index in 1..cores() {
             // A pool thread that cannot start leaves more parts to the
@@ -119,7 +159,18 @@ impl Pool {
                     job = lock(&self.job);
                     self.finish(&mut job, outcome.err());
                 }
-                _ => job = self.arrived.wait(job).unwrap_or_else(|e| e.into_inner()),
+                _ => {
+                    // Watch for the next job, then sleep; the job's state
+                    // is read again under the lock either way.
+                    let seen = self.published.load(Ordering::Acquire);
+                    drop(job);
+                    let arrived = spin_until(|| self.published.load(Ordering::Acquire) != seen);
+                    job = lock(&self.job);
+                    let waiting = job.as_ref().is_none_or(|j| j.next >= j.parts);
+                    if !arrived && waiting {
+                        job = self.arrived.wait(job).unwrap_or_else(|e| e.into_inner());
+                    }
+                }
             }
         }
     }
@@ -128,6 +179,7 @@ impl Pool {
     fn finish(&self, job: &mut Option<Job>, panic: Option<Box<dyn std::any::Any + Send>>) {
         if let Some(j) = job.as_mut() {
             j.finished += 1;
+            self.parts_finished.fetch_add(1, Ordering::Release);
             if j.panic.is_none() {
                 j.panic = panic;
             }
@@ -172,6 +224,7 @@ fn run(parts: usize, work: &(dyn Fn(usize) + Sync)) {
         finished: 0,
         panic: None,
     });
+    pool.published.fetch_add(1, Ordering::Release);
     pool.arrived.notify_all();
     // Take parts here too.
     loop {
@@ -186,7 +239,16 @@ fn run(parts: usize, work: &(dyn Fn(usize) + Sync)) {
             job = lock(&pool.job);
             pool.finish(&mut job, outcome.err());
         } else if j.finished < j.parts {
-            job = pool.finished.wait(job).unwrap_or_else(|e| e.into_inner());
+            // The other parts are under way: watch for their end, then
+            // sleep until it.
+            let target =
+                pool.parts_finished.load(Ordering::Acquire) + (j.parts - j.finished) as u64;
+            drop(job);
+            spin_until(|| pool.parts_finished.load(Ordering::Acquire) >= target);
+            job = lock(&pool.job);
+            if job.as_ref().is_some_and(|j| j.finished < j.parts) {
+                job = pool.finished.wait(job).unwrap_or_else(|e| e.into_inner());
+            }
         } else {
             break;
         }

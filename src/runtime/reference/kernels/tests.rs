@@ -195,6 +195,15 @@ fn blockwise_weights_decompress_and_multiply_as_their_dense_values() {
         (9, 6, 48, 16, (0, 255), true, false, Bits::U8),
         (1, 600, 1024, 32, (-8, 7), false, true, Bits::I4),
         (12, 300, 256, 32, (-8, 7), true, true, Bits::I4),
+        // The fused dot product's paths: fp16 and f32 tables over blocks
+        // of several chunks of 32, and eight codes at a time for blocks
+        // under 32 and for bytes.
+        (1, 3, 128, 64, (0, 15), true, true, Bits::U4),
+        (1, 5, 128, 64, (-8, 7), true, false, Bits::I4),
+        (1, 4, 96, 32, (0, 15), false, false, Bits::U4),
+        (1, 6, 96, 16, (-8, 7), true, true, Bits::I4),
+        (1, 5, 64, 8, (-128, 127), true, true, Bits::I8),
+        (1, 5, 64, 32, (0, 255), false, false, Bits::U8),
     ];
     for isa in Isa::available() {
         for &(rows, outputs, inputs, block, range, offset, fp16, bits) in &cases {
@@ -215,6 +224,13 @@ fn blockwise_weights_decompress_and_multiply_as_their_dense_values() {
             // A fused dot product gives the bits of dequantizing the row
             // and taking the dot product of it.
             let source = Dequantized { q, inputs, isa };
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx2 && block % 8 == 0 && inputs % 32 == 0 {
+                assert!(
+                    source.fused_dot(0, &x[..inputs]).is_some(),
+                    "{bits:?}, block {block}"
+                );
+            }
             for n in 0..outputs {
                 if let Some(fused) = source.fused_dot(n, &x[..inputs]) {
                     let [unfused] =

@@ -31,24 +31,28 @@ fn threads_for(work: usize) -> usize {
     cores().min(work / WORK_PER_THREAD).max(1)
 }
 
-/// Runs `work(index, part)` for every part on a thread of its own, and
-/// returns the first error (a panicking thread is one too).
+/// Runs `work(index, part)` for every part, split over the kernels'
+/// thread pool, and returns the first error (a panicking part is one too).
 fn in_parallel<P: Send>(
     parts: impl Iterator<Item = P>,
     work: impl Fn(usize, P) -> OpResult<()> + Sync,
 ) -> OpResult<()> {
-    let work = &work;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = parts
-            .enumerate()
-            .map(|(index, part)| scope.spawn(move || work(index, part)))
-            .collect();
-        handles.into_iter().try_for_each(|handle| {
-            handle
-                .join()
-                .unwrap_or_else(|_| Err("a convolution thread panicked".to_string()))
-        })
-    })
+    let first_error = std::sync::Mutex::new(None);
+    kernels::for_each_in_parallel(parts.enumerate().collect(), |(index, part)| {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(index, part)))
+            .unwrap_or_else(|_| Err("a convolution part panicked".to_string()));
+        if let Err(error) = outcome {
+            // The error of the first part in order, whichever ends first.
+            let mut first = first_error.lock().unwrap_or_else(|e| e.into_inner());
+            if first.as_ref().is_none_or(|(earlier, _)| index < *earlier) {
+                *first = Some((index, error));
+            }
+        }
+    });
+    match first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some((_, error)) => Err(error),
+        None => Ok(()),
+    }
 }
 
 /// The `groups` parameter: positive, 1 when absent.

@@ -118,13 +118,12 @@ fn mat_vec(w: &ArrayView2<'_, f32>, x: &ArrayView1<'_, f32>, y: &mut ArrayViewMu
         return;
     }
     let chunk = w.nrows().div_ceil(threads);
-    std::thread::scope(|scope| {
-        for (part, mut result) in w
-            .axis_chunks_iter(Axis(0), chunk)
-            .zip(y.axis_chunks_iter_mut(Axis(0), chunk))
-        {
-            scope.spawn(move || general_mat_vec_mul(1.0, &part, x, 0.0, &mut result));
-        }
+    let parts: Vec<_> = w
+        .axis_chunks_iter(Axis(0), chunk)
+        .zip(y.axis_chunks_iter_mut(Axis(0), chunk))
+        .collect();
+    kernels::for_each_in_parallel(parts, |(part, mut result)| {
+        general_mat_vec_mul(1.0, &part, x, 0.0, &mut result)
     });
 }
 
