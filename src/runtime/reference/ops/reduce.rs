@@ -2,10 +2,11 @@
 //! the normalizations: `layer_norm`, `batch_norm`, `instance_norm`,
 //! `l2_norm`, `local_response_norm`.
 
-use ndarray::{ArcArray, ArrayD, ArrayView1, Axis, IxDyn};
+use ndarray::{ArcArray, ArrayD, ArrayView1, ArrayViewMut1, Axis, IxDyn};
 
 use super::elementwise::zip_with;
 use super::{axis, Args, Reduce};
+use crate::runtime::reference::kernels;
 use crate::runtime::reference::value::{FloatArray, OpResult, Value};
 
 /// Normalized, sorted, distinct axes (`None`: every axis).
@@ -153,17 +154,44 @@ pub(super) fn arg_reduce(max: bool, args: &Args<'_>) -> OpResult<Value> {
 /// Softmax in place along `axis` (max-subtracted, so large inputs do not
 /// overflow).
 pub(crate) fn softmax_lanes(array: &mut ArrayD<f32>, axis: usize) {
-    for mut lane in array.lanes_mut(Axis(axis)) {
-        let max = lane.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let shift = if max.is_finite() { max } else { 0.0 };
-        let mut sum = 0.0;
-        for v in lane.iter_mut() {
-            *v = (*v - shift).exp();
-            sum += *v;
-        }
-        for v in lane.iter_mut() {
-            *v /= sum;
-        }
+    // Below this many elements, handing rows to the pool costs about what
+    // the second core saves.
+    const PARALLEL_ELEMENTS: usize = 1 << 16;
+    let width = array.shape().get(axis).copied().unwrap_or(0);
+    let last = axis + 1 == array.ndim();
+    if let Some(values) = array.as_slice_mut().filter(|_| last && width > 0) {
+        // Contiguous rows: each is computed alone, so splitting the rows
+        // over the pool changes no result.
+        let parts = if values.len() >= PARALLEL_ELEMENTS {
+            kernels::cores()
+        } else {
+            1
+        };
+        let chunk = (values.len() / width).div_ceil(parts).max(1) * width;
+        let chunks: Vec<&mut [f32]> = values.chunks_mut(chunk).collect();
+        kernels::for_each_in_parallel(chunks, |rows| {
+            rows.chunks_exact_mut(width)
+                .for_each(|row| softmax_lane(ArrayViewMut1::from(row)));
+        });
+        return;
+    }
+    for lane in array.lanes_mut(Axis(axis)) {
+        softmax_lane(lane);
+    }
+}
+
+/// One lane's softmax, in place: shifted by its maximum (when finite),
+/// exponentiated, summed in order and divided by the sum.
+fn softmax_lane(mut lane: ArrayViewMut1<'_, f32>) {
+    let max = lane.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let shift = if max.is_finite() { max } else { 0.0 };
+    let mut sum = 0.0;
+    for v in lane.iter_mut() {
+        *v = (*v - shift).exp();
+        sum += *v;
+    }
+    for v in lane.iter_mut() {
+        *v /= sum;
     }
 }
 
@@ -372,4 +400,39 @@ pub(super) fn local_response_norm(args: &Args<'_>) -> OpResult<Value> {
             .for_each(|v, &s| *v /= (k + alpha / size as f32 * s).powf(beta));
     }
     Ok(Value::Float(out.into_shared()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_rows_split_over_the_pool_equal_lane_by_lane_softmax() {
+        // 300 × 301 elements (past the split, uneven parts), and one
+        // masked row (-inf but one) and one all -inf (NaN, as numpy).
+        let mut values: Vec<f32> = (0..300 * 301)
+            .map(|i| (i as f32 * 0.11).cos() * 8.0)
+            .collect();
+        values[301..602]
+            .iter_mut()
+            .skip(1)
+            .for_each(|v| *v = f32::NEG_INFINITY);
+        values[602..903]
+            .iter_mut()
+            .for_each(|v| *v = f32::NEG_INFINITY);
+        let array = ArrayD::from_shape_vec(IxDyn(&[300, 301]), values).unwrap();
+        let mut split = array.clone();
+        softmax_lanes(&mut split, 1);
+        // The same along axis 0 of the transpose (column-major, so not
+        // split): the lane-by-lane path.
+        let mut lanes = array.t().to_owned();
+        softmax_lanes(&mut lanes, 0);
+        for (i, (a, b)) in split.iter().zip(lanes.t().iter()).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "element {i}");
+        }
+        assert_eq!(split[[1, 0]], 1.0);
+        assert!(split[[2, 0]].is_nan());
+        let row_sum: f32 = split.index_axis(Axis(0), 0).sum();
+        assert!((row_sum - 1.0).abs() < 1e-5, "{row_sum}");
+    }
 }
