@@ -10,9 +10,11 @@
 //! machine, whose idle core the host parks), which is the whole length of
 //! one of a decode step's products, so without spinning the caller would
 //! run most parts itself. Spinning costs a core for at most [`SPIN`] after
-//! the last job, as ONNX Runtime's and OpenMP's pools do by default. One job runs at a time: a caller finding the pool busy (two
-//! predictions at once) runs its parts itself, which gives the same
-//! results, since each part computes its own outputs.
+//! the last job, as ONNX Runtime's and OpenMP's pools do by default.
+//!
+//! One job runs at a time: a caller finding the pool busy (two predictions
+//! at once) runs its parts itself, which gives the same results, since
+//! each part computes its own outputs.
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};

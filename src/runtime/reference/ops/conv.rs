@@ -1,5 +1,5 @@
-//! `conv` and `conv_transpose`, as matrix products on ndarray's GEMM
-//! (`matrixmultiply`).
+//! `conv` and `conv_transpose`, as matrix products on the kernels' GEMM
+//! (`kernels/gemm.rs`).
 //!
 //! `conv` lowers each group to one product `weight · columns` (im2col):
 //! row `(c, k)` of `columns` holds what kernel position `k` of input channel
@@ -22,8 +22,8 @@ use crate::runtime::reference::kernels::{self, Epilogue, PackB, PackedA, Strided
 use crate::runtime::reference::program::Step;
 use crate::runtime::reference::value::{OpResult, Value};
 
-/// Below this many multiply-adds per thread, starting a thread costs more
-/// than it saves.
+/// Below this many multiply-adds per thread, handing a part to the pool
+/// costs more than it saves.
 const WORK_PER_THREAD: usize = 1 << 20;
 
 /// How many threads `work` multiply-adds split into.

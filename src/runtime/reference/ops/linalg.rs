@@ -110,7 +110,8 @@ pub(super) use crate::runtime::reference::kernels::cores;
 /// matrix-vector product reads every weight once, so it is bound by memory
 /// bandwidth, which one core does not saturate.
 fn mat_vec(w: &ArrayView2<'_, f32>, x: &ArrayView1<'_, f32>, y: &mut ArrayViewMut1<'_, f32>) {
-    /// Below this many weights, starting threads costs more than it saves.
+    /// Below this many weights, handing parts to the pool costs more than
+    /// it saves.
     const PARALLEL_WEIGHTS: usize = 1 << 20;
     let threads = cores();
     if threads < 2 || w.len() < PARALLEL_WEIGHTS {
