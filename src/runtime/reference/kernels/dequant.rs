@@ -6,15 +6,16 @@
 //! round to nearest even, as `half` rounds.
 
 use std::arch::x86_64::{
-    __m256, _mm256_and_si256, _mm256_blendv_ps, _mm256_broadcastsi128_si256, _mm256_castsi256_ps,
-    _mm256_castsi256_si128, _mm256_cvtepi32_ps, _mm256_cvtepi8_epi32, _mm256_cvtepu8_epi32,
-    _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_extracti128_si256, _mm256_fmadd_ps, _mm256_loadu_ps,
-    _mm256_mul_ps, _mm256_permutevar8x32_ps, _mm256_set1_epi32, _mm256_set1_ps, _mm256_set_m128i,
-    _mm256_setr_epi32, _mm256_setr_ps, _mm256_setzero_ps, _mm256_shuffle_epi8, _mm256_sllv_epi32,
-    _mm256_srlv_epi32, _mm256_storeu_ps, _mm256_sub_epi32, _mm256_sub_ps, _mm256_unpackhi_epi8,
-    _mm256_unpacklo_epi8, _mm256_xor_si256, _mm_and_si128, _mm_loadl_epi64, _mm_loadu_si128,
-    _mm_set1_epi8, _mm_setr_epi8, _mm_shuffle_epi8, _mm_srli_epi16, _mm_unpackhi_epi8,
-    _mm_unpacklo_epi64, _mm_unpacklo_epi8, _MM_FROUND_TO_NEAREST_INT,
+    __m256, __m256i, _mm256_and_si256, _mm256_blendv_ps, _mm256_broadcastsi128_si256,
+    _mm256_castsi256_ps, _mm256_castsi256_si128, _mm256_cvtepi32_ps, _mm256_cvtepi8_epi32,
+    _mm256_cvtepu8_epi32, _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_extracti128_si256,
+    _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_permutevar8x32_ps, _mm256_set1_epi32,
+    _mm256_set1_ps, _mm256_set_m128i, _mm256_setr_epi32, _mm256_setr_ps, _mm256_setzero_ps,
+    _mm256_shuffle_epi8, _mm256_sllv_epi32, _mm256_srlv_epi32, _mm256_storeu_ps, _mm256_sub_epi32,
+    _mm256_sub_ps, _mm256_unpackhi_epi8, _mm256_unpacklo_epi8, _mm256_xor_si256, _mm_and_si128,
+    _mm_loadl_epi64, _mm_loadu_si128, _mm_set1_epi8, _mm_setr_epi8, _mm_shuffle_epi8,
+    _mm_srli_epi16, _mm_unpackhi_epi8, _mm_unpacklo_epi64, _mm_unpacklo_epi8,
+    _MM_FROUND_TO_NEAREST_INT,
 };
 
 use super::dot::{reduce32, LANES};
@@ -56,8 +57,8 @@ pub(super) unsafe fn avx2(
 /// of the f32 dot product (`dot::dots`), so the result is the same bits.
 ///
 /// Four-bit codes in blocks of a multiple of 32 look their values up in a
-/// table per block ([`dot_by_byte_table`] for an fp16 weight,
-/// [`dot_by_table`] for an f32 one); the rest dequantize eight codes at a
+/// table per block ([`dot_by_table`]: an [`Fp16Table`] for an fp16 weight,
+/// an [`F32Table`] for an f32 one); the rest dequantize eight codes at a
 /// time. Looking up costs about half as much as dequantizing: a block's
 /// sixteen values are converted once, not each of its 32 codes.
 ///
@@ -77,12 +78,14 @@ pub(super) unsafe fn dot_avx2(
     debug_assert!(scale.len() * block == x.len() && offset.len() == scale.len());
     debug_assert!(codes.len() * 8 >= x.len() * bits.width());
     if matches!(bits, Bits::I4 | Bits::U4) && block.is_multiple_of(LANES) {
-        if fp16 {
-            // SAFETY: the caller's guarantees, and the block is a multiple of 32.
-            return unsafe { dot_by_byte_table(bits, block, codes, scale, offset, x) };
-        }
         // SAFETY: the caller's guarantees, and the block is a multiple of 32.
-        return unsafe { dot_by_table(bits, block, codes, scale, offset, fp16, x) };
+        return unsafe {
+            if fp16 {
+                dot_by_table::<Fp16Table>(bits, block, codes, scale, offset, x)
+            } else {
+                dot_by_table::<F32Table>(bits, block, codes, scale, offset, x)
+            }
+        };
     }
     // Accumulator `j` takes elements 32c + 8j..32c + 8j + 8 of every chunk
     // `c` of 32: lane `k % 32` for element `k`, as `dot::dots` sums.
@@ -109,67 +112,13 @@ pub(super) unsafe fn dot_avx2(
 
 /// [`dot_avx2`] for four-bit codes in blocks of a multiple of 32. A block
 /// has only sixteen distinct values, so they are computed once per block
-/// (with the same operations as [`eight`], so to the same bits) and each
-/// code looks its value up: the low three bits of the nibble choose a lane
-/// of two tables of eight, its high bit chooses the table.
+/// (with the same operations as [`eight`], so to the same bits) into a
+/// [`Table`], and each code looks its value up.
 ///
 /// # Safety
 /// As [`dot_avx2`], with 4-bit `bits` and `block` a multiple of 32.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_by_table(
-    bits: Bits,
-    block: usize,
-    codes: &[u8],
-    scale: &[f32],
-    offset: &[f32],
-    fp16: bool,
-    x: &[f32],
-) -> f32 {
-    debug_assert!(block.is_multiple_of(LANES) && codes.len() * 2 >= x.len());
-    let (low_codes, high_codes) = nibble_values(bits);
-    // Lane `i` of a broadcast word: nibble `i` in its low bits, and the
-    // nibble's high bit in the sign bit.
-    let to_low = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-    let to_sign = _mm256_setr_epi32(28, 24, 20, 16, 12, 8, 4, 0);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let blocks = x.chunks_exact(block).zip(codes.chunks_exact(block / 2));
-    for ((xs, bytes), (&s, &o)) in blocks.zip(scale.iter().zip(offset)) {
-        let (s, o) = (_mm256_set1_ps(s), _mm256_set1_ps(o));
-        let (low, high) = (value(low_codes, s, o, fp16), value(high_codes, s, o, fp16));
-        for (xs, bytes) in xs.chunks_exact(LANES).zip(bytes.chunks_exact(LANES / 2)) {
-            for (j, a) in acc.iter_mut().enumerate() {
-                let word = i32::from_le_bytes([
-                    bytes[4 * j],
-                    bytes[4 * j + 1],
-                    bytes[4 * j + 2],
-                    bytes[4 * j + 3],
-                ]);
-                let word = _mm256_set1_epi32(word);
-                let index = _mm256_srlv_epi32(word, to_low);
-                let high_bit = _mm256_castsi256_ps(_mm256_sllv_epi32(word, to_sign));
-                let v = _mm256_blendv_ps(
-                    _mm256_permutevar8x32_ps(low, index),
-                    _mm256_permutevar8x32_ps(high, index),
-                    high_bit,
-                );
-                // SAFETY: `xs` holds 32 f32s, so 8j..8j + 8 is inside it.
-                let xv = unsafe { _mm256_loadu_ps(xs.as_ptr().add(8 * j)) };
-                *a = _mm256_fmadd_ps(v, xv, *a);
-            }
-        }
-    }
-    sum_lanes(acc)
-}
-
-/// [`dot_by_table`] for an fp16 weight: the sixteen values of a block are
-/// kept as fp16, their low bytes in one table and their high bytes in
-/// another, so that a byte shuffle looks up 32 codes at once; the values
-/// are then widened to f32 as an fp16 weight's are.
-///
-/// # Safety
-/// As [`dot_by_table`].
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_by_byte_table(
+unsafe fn dot_by_table<T: Table>(
     bits: Bits,
     block: usize,
     codes: &[u8],
@@ -179,45 +128,21 @@ unsafe fn dot_by_byte_table(
 ) -> f32 {
     debug_assert!(block.is_multiple_of(LANES) && codes.len() * 2 >= x.len());
     let (low_codes, high_codes) = nibble_values(bits);
-    // Bytes 0, 2, .., 14 (the low bytes of eight fp16s) into the low half,
-    // and bytes 1, 3, .., 15 (their high bytes).
-    let even = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, -1, -1, -1, -1, -1, -1, -1, -1);
-    let odd = _mm_setr_epi8(1, 3, 5, 7, 9, 11, 13, 15, -1, -1, -1, -1, -1, -1, -1, -1);
-    let nibble = _mm_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); 4];
     let blocks = x.chunks_exact(block).zip(codes.chunks_exact(block / 2));
     for ((xs, bytes), (&s, &o)) in blocks.zip(scale.iter().zip(offset)) {
         let (s, o) = (_mm256_set1_ps(s), _mm256_set1_ps(o));
-        let low = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(value(low_codes, s, o, false));
-        let high = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(value(high_codes, s, o, false));
-        let low_bytes =
-            _mm_unpacklo_epi64(_mm_shuffle_epi8(low, even), _mm_shuffle_epi8(high, even));
-        let high_bytes =
-            _mm_unpacklo_epi64(_mm_shuffle_epi8(low, odd), _mm_shuffle_epi8(high, odd));
-        let (low_bytes, high_bytes) = (
-            _mm256_broadcastsi128_si256(low_bytes),
-            _mm256_broadcastsi128_si256(high_bytes),
-        );
+        // SAFETY: the CPU has the features (the caller).
+        let table = unsafe {
+            T::of_block(
+                value(low_codes, s, o, false),
+                value(high_codes, s, o, false),
+            )
+        };
         for (xs, bytes) in xs.chunks_exact(LANES).zip(bytes.chunks_exact(LANES / 2)) {
-            // SAFETY: `bytes` holds the sixteen bytes the load reads.
-            let c = unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) };
-            let lows = _mm_and_si128(c, nibble);
-            let highs = _mm_and_si128(_mm_srli_epi16::<4>(c), nibble);
-            // Codes 0..16 in the low lane, 16..32 in the high one.
-            let index = _mm256_set_m128i(
-                _mm_unpackhi_epi8(lows, highs),
-                _mm_unpacklo_epi8(lows, highs),
-            );
-            let l = _mm256_shuffle_epi8(low_bytes, index);
-            let h = _mm256_shuffle_epi8(high_bytes, index);
-            // fp16 codes 0..8 and 16..24, then 8..16 and 24..32.
-            let (a, b) = (_mm256_unpacklo_epi8(l, h), _mm256_unpackhi_epi8(l, h));
-            let w = [
-                _mm256_cvtph_ps(_mm256_castsi256_si128(a)),
-                _mm256_cvtph_ps(_mm256_castsi256_si128(b)),
-                _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(a)),
-                _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(b)),
-            ];
+            // SAFETY: the CPU has the features (the caller); `bytes` holds
+            // sixteen bytes.
+            let w = unsafe { table.look_up(bytes) };
             for (j, (a, w)) in acc.iter_mut().zip(w).enumerate() {
                 // SAFETY: `xs` holds 32 f32s, so 8j..8j + 8 is inside it.
                 let xv = unsafe { _mm256_loadu_ps(xs.as_ptr().add(8 * j)) };
@@ -226,6 +151,124 @@ unsafe fn dot_by_byte_table(
         }
     }
     sum_lanes(acc)
+}
+
+/// A block's sixteen values, held as a lookup of 32 codes at a time reads
+/// them.
+trait Table: Copy {
+    /// The table of a block whose nibbles 0..8 and 8..16 dequantize to
+    /// `low` and `high` (in f32).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    unsafe fn of_block(low: __m256, high: __m256) -> Self;
+
+    /// The values of the 32 codes in `bytes` (sixteen, two codes a byte,
+    /// the first in the low nibble), in four vectors of eight.
+    ///
+    /// # Safety
+    /// As [`Table::of_block`], and `bytes` holds sixteen bytes.
+    unsafe fn look_up(self, bytes: &[u8]) -> [__m256; 4];
+}
+
+/// The values of an f32 weight: the low three bits of a nibble choose a
+/// lane of two tables of eight, its high bit chooses the table.
+#[derive(Clone, Copy)]
+struct F32Table {
+    low: __m256,
+    high: __m256,
+}
+
+impl Table for F32Table {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn of_block(low: __m256, high: __m256) -> Self {
+        F32Table { low, high }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn look_up(self, bytes: &[u8]) -> [__m256; 4] {
+        // Lane `i` of a broadcast word: nibble `i` in its low bits, and the
+        // nibble's high bit in the sign bit.
+        let to_low = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+        let to_sign = _mm256_setr_epi32(28, 24, 20, 16, 12, 8, 4, 0);
+        std::array::from_fn(|j| {
+            let word = i32::from_le_bytes([
+                bytes[4 * j],
+                bytes[4 * j + 1],
+                bytes[4 * j + 2],
+                bytes[4 * j + 3],
+            ]);
+            let word = _mm256_set1_epi32(word);
+            let index = _mm256_srlv_epi32(word, to_low);
+            let high_bit = _mm256_castsi256_ps(_mm256_sllv_epi32(word, to_sign));
+            _mm256_blendv_ps(
+                _mm256_permutevar8x32_ps(self.low, index),
+                _mm256_permutevar8x32_ps(self.high, index),
+                high_bit,
+            )
+        })
+    }
+}
+
+/// The values of an fp16 weight, rounded to fp16 and kept so: their low
+/// bytes in one table and their high bytes in another, so that a byte
+/// shuffle looks up 32 codes at once; the values are then widened to f32
+/// as an fp16 weight's are.
+#[derive(Clone, Copy)]
+struct Fp16Table {
+    low_bytes: __m256i,
+    high_bytes: __m256i,
+}
+
+impl Table for Fp16Table {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn of_block(low: __m256, high: __m256) -> Self {
+        // Bytes 0, 2, .., 14 (the low bytes of eight fp16s) into the low
+        // half, and bytes 1, 3, .., 15 (their high bytes).
+        let even = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, -1, -1, -1, -1, -1, -1, -1, -1);
+        let odd = _mm_setr_epi8(1, 3, 5, 7, 9, 11, 13, 15, -1, -1, -1, -1, -1, -1, -1, -1);
+        let low = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(low);
+        let high = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(high);
+        let bytes = |order| {
+            _mm256_broadcastsi128_si256(_mm_unpacklo_epi64(
+                _mm_shuffle_epi8(low, order),
+                _mm_shuffle_epi8(high, order),
+            ))
+        };
+        Fp16Table {
+            low_bytes: bytes(even),
+            high_bytes: bytes(odd),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn look_up(self, bytes: &[u8]) -> [__m256; 4] {
+        let nibble = _mm_set1_epi8(0x0F);
+        // SAFETY: `bytes` holds the sixteen bytes the load reads (the
+        // caller).
+        let c = unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) };
+        let lows = _mm_and_si128(c, nibble);
+        let highs = _mm_and_si128(_mm_srli_epi16::<4>(c), nibble);
+        // Codes 0..16 in the low lane, 16..32 in the high one.
+        let index = _mm256_set_m128i(
+            _mm_unpackhi_epi8(lows, highs),
+            _mm_unpacklo_epi8(lows, highs),
+        );
+        let l = _mm256_shuffle_epi8(self.low_bytes, index);
+        let h = _mm256_shuffle_epi8(self.high_bytes, index);
+        // fp16 codes 0..8 and 16..24, then 8..16 and 24..32.
+        let (a, b) = (_mm256_unpacklo_epi8(l, h), _mm256_unpackhi_epi8(l, h));
+        [
+            _mm256_cvtph_ps(_mm256_castsi256_si128(a)),
+            _mm256_cvtph_ps(_mm256_castsi256_si128(b)),
+            _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(a)),
+            _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(b)),
+        ]
+    }
 }
 
 /// The values of nibbles 0..8 and of nibbles 8..16, as f32 lanes.

@@ -35,7 +35,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{ArcArray, ArrayView2, ArrayViewMut2, Axis, IxDyn};
 
 pub(crate) use gemm::{gemm, gemm_many, Epilogue, PackB, PackedA, Product, Strided, NR};
-pub(crate) use parallel::{cores, for_each as for_each_in_parallel};
+pub(crate) use parallel::{cores, for_each as for_each_in_parallel, PARALLEL_ELEMENTS};
 
 use dot::{dots, Element};
 

@@ -53,6 +53,10 @@ pub(crate) fn cores() -> usize {
     })
 }
 
+/// Below this many elements of an elementwise or row-by-row op, handing
+/// parts to the pool costs about what the second core saves.
+pub(crate) const PARALLEL_ELEMENTS: usize = 1 << 16;
+
 /// `work` applied to every item, the items split over the pool, the results
 /// in the items' order.
 pub(super) fn map<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {

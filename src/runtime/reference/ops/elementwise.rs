@@ -225,13 +225,10 @@ pub(super) fn unary(op: Unary, args: &Args<'_>) -> OpResult<Value> {
 /// `f` applied to every element of `a`, a large array split over the
 /// kernels' pool of threads.
 fn map(a: &FloatArray, f: impl Fn(f32) -> f32 + Sync) -> FloatArray {
-    // Below this many elements, handing parts to the pool costs about what
-    // the second core saves.
-    const PARALLEL_ELEMENTS: usize = 1 << 16;
     let threads = kernels::cores();
     let Some(values) = a
         .as_slice()
-        .filter(|v| threads > 1 && v.len() >= PARALLEL_ELEMENTS)
+        .filter(|v| threads > 1 && v.len() >= kernels::PARALLEL_ELEMENTS)
     else {
         return a.mapv(f).into_shared();
     };
@@ -490,7 +487,8 @@ mod tests {
     #[test]
     fn large_arrays_split_over_the_pool_map_as_one_thread_does() {
         // Sizes around and past the split, odd so the parts are uneven.
-        for len in [(1 << 16) - 1, 1 << 16, 3 * (1 << 16) + 7] {
+        let split = kernels::PARALLEL_ELEMENTS;
+        for len in [split - 1, split, 3 * split + 7] {
             let values: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 5.0).collect();
             let a = ArrayD::from_shape_vec(IxDyn(&[len]), values)
                 .unwrap()

@@ -154,15 +154,12 @@ pub(super) fn arg_reduce(max: bool, args: &Args<'_>) -> OpResult<Value> {
 /// Softmax in place along `axis` (max-subtracted, so large inputs do not
 /// overflow).
 pub(crate) fn softmax_lanes(array: &mut ArrayD<f32>, axis: usize) {
-    // Below this many elements, handing rows to the pool costs about what
-    // the second core saves.
-    const PARALLEL_ELEMENTS: usize = 1 << 16;
     let width = array.shape().get(axis).copied().unwrap_or(0);
     let last = axis + 1 == array.ndim();
     if let Some(values) = array.as_slice_mut().filter(|_| last && width > 0) {
         // Contiguous rows: each is computed alone, so splitting the rows
         // over the pool changes no result.
-        let parts = if values.len() >= PARALLEL_ELEMENTS {
+        let parts = if values.len() >= kernels::PARALLEL_ELEMENTS {
             kernels::cores()
         } else {
             1
