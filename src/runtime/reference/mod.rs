@@ -11,7 +11,8 @@
 //! to install or link (no BLAS, no C toolchain), which keeps the crate
 //! buildable wherever Rust is; its matrix products ([`ndarray::linalg`]'s
 //! `general_mat_mul`, behind `dot`) run on `matrixmultiply`'s packed,
-//! vectorized kernels where the backend's own (`kernels`) do not; and it is already the crate's optional tensor type
+//! vectorized kernels where the backend's own (`kernels`) do not (the
+//! recurrent layers, `einsum`); and it is already the crate's optional tensor type
 //! (the `ndarray` feature converts [`crate::runtime::Tensor`]s to and from
 //! it), so the backend adds no dependency. Arrays are reference-counted
 //! (`ArcArray`): weights are never copied when an op reads them, and the
@@ -66,11 +67,12 @@
 //! (`kernels`). Their matrix-vector products (fewer than eight rows) sum
 //! each dot product in 32 lanes, then in a fixed tree, with one rounding
 //! per multiply-add on AVX2 and NEON (the portable path rounds the product
-//! first); the convolutions, `conv_transpose` and `matmul` sum in
-//! `kernels/gemm.rs`'s order (in order of `k` within 256-deep blocks, the
-//! block sums in order, then the bias); `linear` over eight rows or more
-//! sums in `matrixmultiply`'s order. Each output element is computed by
-//! one thread, so results do not depend on the thread count. Values are
+//! first); the convolutions, `conv_transpose`, `matmul` and `linear` over
+//! eight rows or more sum in `kernels/gemm.rs`'s order (in order of `k`
+//! within 256-deep blocks, one rounding per multiply-add on AVX2, AVX-512
+//! and NEON, the block sums in order, then the bias). Each output element
+//! is computed by one thread, so results do not depend on the thread count
+//! or, among the FMA paths, on the instruction set. Values are
 //! rounded to fp16 only where the program itself says a value *is* fp16:
 //! a `cast` to fp16, a decompressed fp16 weight, a write to an fp16 state,
 //! an fp16 input and an fp16 output.

@@ -13,10 +13,11 @@ use std::arch::x86_64::{
     _mm256_set1_ps, _mm256_set_m128i, _mm256_setr_epi32, _mm256_setr_ps, _mm256_setzero_ps,
     _mm256_shuffle_epi8, _mm256_sllv_epi32, _mm256_srlv_epi32, _mm256_storeu_ps, _mm256_sub_epi32,
     _mm256_sub_ps, _mm256_unpackhi_epi8, _mm256_unpacklo_epi8, _mm256_xor_si256, _mm_and_si128,
-    _mm_loadl_epi64, _mm_loadu_si128, _mm_set1_epi8, _mm_setr_epi8, _mm_shuffle_epi8,
+    _mm_loadl_epi64, _mm_loadu_si128, _mm_prefetch, _mm_set1_epi8, _mm_setr_epi8, _mm_shuffle_epi8,
     _mm_srli_epi16, _mm_unpackhi_epi8, _mm_unpacklo_epi64, _mm_unpacklo_epi8,
-    _MM_FROUND_TO_NEAREST_INT,
+    _MM_FROUND_TO_NEAREST_INT, _MM_HINT_T1,
 };
+const PREFETCH_BYTES: usize = 8192;
 
 use super::dot::{reduce32, LANES};
 use super::Bits;
@@ -130,8 +131,19 @@ unsafe fn dot_by_table<T: Table>(
     let (low_codes, high_codes) = nibble_values(bits);
     let mut acc = [_mm256_setzero_ps(); 4];
     let blocks = x.chunks_exact(block).zip(codes.chunks_exact(block / 2));
-    for ((xs, bytes), (&s, &o)) in blocks.zip(scale.iter().zip(offset)) {
-        let (s, o) = (_mm256_set1_ps(s), _mm256_set1_ps(o));
+    for ((xs, bytes), (s, o)) in blocks.zip(scale.iter().zip(offset)) {
+        _mm_prefetch::<_MM_HINT_T1>(bytes.as_ptr().cast::<i8>().wrapping_add(PREFETCH_BYTES));
+        _mm_prefetch::<_MM_HINT_T1>(
+            (s as *const f32)
+                .cast::<i8>()
+                .wrapping_add(PREFETCH_BYTES / 2),
+        );
+        _mm_prefetch::<_MM_HINT_T1>(
+            (o as *const f32)
+                .cast::<i8>()
+                .wrapping_add(PREFETCH_BYTES / 2),
+        );
+        let (s, o) = (_mm256_set1_ps(*s), _mm256_set1_ps(*o));
         // SAFETY: the CPU has the features (the caller).
         let table = unsafe {
             T::of_block(

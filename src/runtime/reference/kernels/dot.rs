@@ -137,9 +137,10 @@ pub(super) fn dots<W: Element, const R: usize>(isa: Isa, w: &[W], x: [&[f32]; R]
     debug_assert!(x.iter().all(|x| x.len() == w.len()));
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` is only chosen (`Isa::detect`, and the tests
-        // forcing it) when the CPU has AVX2, FMA and F16C.
-        Isa::Avx2 => unsafe { x86::dots(w, x) },
+        // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only chosen
+        // (`Isa::detect`, and the tests forcing them) when the CPU has AVX2,
+        // FMA and F16C.
+        Isa::Avx2 | Isa::Avx512 => unsafe { x86::dots(w, x) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: `Isa::Neon` is only chosen when the CPU has NEON (every
         // aarch64 CPU this crate targets; detected all the same).
@@ -189,8 +190,10 @@ impl<W: Element, const R: usize> Tail<W, R> {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps, _mm_prefetch,
+        _MM_HINT_T1,
     };
+    const PREFETCH: usize = 32768;
 
     use super::{reduce32, Element, Tail, LANES};
 
@@ -220,6 +223,7 @@ mod x86 {
             // SAFETY: `wp` and every `xp[r]` point at 32 readable elements
             // (above); the CPU has the features (the caller).
             unsafe {
+                _mm_prefetch::<_MM_HINT_T1>(wp.cast::<i8>().wrapping_add(PREFETCH));
                 let wv = [
                     W::load8_avx2(wp),
                     W::load8_avx2(wp.add(8)),
@@ -241,6 +245,80 @@ mod x86 {
             }
             reduce32(&lanes)
         })
+    }
+}
+
+/// Rows `rows` (each at least `k0 + kc` long) widened into a packed panel
+/// of the matrix product's `B`: `panel[k * 16 + j] = rows[j][k0 + k]`, for
+/// sixteen rows and `kc` a multiple of 8, on the AVX2 path: eight elements
+/// of each row widened, then two 8 × 8 transposes in registers.
+///
+/// # Safety
+/// The CPU must have AVX2 and F16C; `kc` is a multiple of 8 and `panel`
+/// holds `kc * 16` elements.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn pack_panel_avx2<W: Element>(
+    rows: [&[W]; 16],
+    k0: usize,
+    kc: usize,
+    panel: &mut [f32],
+) {
+    use std::arch::x86_64::{
+        __m256, _mm256_permute2f128_ps, _mm256_shuffle_ps, _mm256_storeu_ps, _mm256_unpackhi_ps,
+        _mm256_unpacklo_ps,
+    };
+    /// Row `t` of the result is column `t` of `r`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        let t: [__m256; 8] = std::array::from_fn(|i| {
+            let (a, b) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_ps(a, b)
+            } else {
+                _mm256_unpackhi_ps(a, b)
+            }
+        });
+        // u[0..4]: columns 0, 1, 2, 3 (and 4..8 in the high halves) of rows
+        // 0..4; u[4..8] the same of rows 4..8.
+        let u: [__m256; 8] = std::array::from_fn(|i| {
+            let half = 4 * (i / 4);
+            let (a, b) = match i % 4 {
+                0 | 1 => (t[half], t[half + 2]),
+                _ => (t[half + 1], t[half + 3]),
+            };
+            if i % 2 == 0 {
+                _mm256_shuffle_ps::<0x44>(a, b)
+            } else {
+                _mm256_shuffle_ps::<0xEE>(a, b)
+            }
+        });
+        std::array::from_fn(|c| {
+            if c < 4 {
+                _mm256_permute2f128_ps::<0x20>(u[c], u[c + 4])
+            } else {
+                _mm256_permute2f128_ps::<0x31>(u[c - 4], u[c])
+            }
+        })
+    }
+    debug_assert!(kc.is_multiple_of(8) && panel.len() >= kc * 16);
+    debug_assert!(rows.iter().all(|r| r.len() >= k0 + kc));
+    for k in (0..kc).step_by(8) {
+        for half in 0..2 {
+            // SAFETY: each row holds `k0 + kc` elements (the caller), so the
+            // eight from `k0 + k` are inside it; the CPU has the features.
+            let r: [__m256; 8] = std::array::from_fn(|j| unsafe {
+                W::load8_avx2(rows[8 * half + j].as_ptr().add(k0 + k))
+            });
+            for (t, column) in transpose8(r).into_iter().enumerate() {
+                // SAFETY: `(k + t) * 16 + 8 * half + 8 <= kc * 16`, inside
+                // `panel` (the caller).
+                unsafe {
+                    _mm256_storeu_ps(panel.as_mut_ptr().add((k + t) * 16 + 8 * half), column)
+                };
+            }
+        }
     }
 }
 

@@ -12,13 +12,17 @@
 //!   matrix (a transpose costs nothing) or a convolution's im2col columns,
 //!   computed straight into the panel (no full im2col copy).
 //! - The microkernel computes an `MR × NR` tile in registers: 6 × 16 is
-//!   twelve AVX2 registers or twenty-four NEON ones of accumulators.
+//!   twelve AVX2 registers or twenty-four NEON ones of accumulators. With
+//!   AVX-512 it computes four tiles at once (two panels of `A` by two of
+//!   `B`, 12 × 32): twenty-four 512-bit accumulators, so that each load of
+//!   `B` feeds more multiply-adds.
 //!
 //! # The summation order
 //!
 //! Element `C[i][j]` is `Σ_k A[i][k] B[k][j]` summed in order of `k` within
-//! each block of `KC` (fused multiply-adds on AVX2 and NEON; a multiply then
-//! an add on the portable path, which may differ in the last bits), the
+//! each block of `KC` (fused multiply-adds on AVX2, AVX-512 and NEON, the
+//! same bits on each; a multiply then an add on the portable path, which
+//! may differ in the last bits), the
 //! blocks' partial sums added in order of `k`, then the bias added, then
 //! ReLU. Threads split `m` and `n`, never `k`, so results do not depend on
 //! the thread count.
@@ -31,6 +35,8 @@ use super::{cores, parallel, Isa};
 pub(crate) const MR: usize = 6;
 /// Columns of a microkernel tile.
 pub(crate) const NR: usize = 16;
+/// The most panels of `A`, and of `B`, one microkernel call takes.
+const PANELS: usize = 2;
 /// Depth of a packed block: a `KC × NR` panel of `B` (16 KiB) stays in L1.
 const KC: usize = 256;
 /// Rows of `A` per pass over a `B` panel: `MC × KC` of `A` (96 KiB) stays
@@ -231,9 +237,14 @@ pub(crate) fn gemm(
     out_stride: usize,
     epilogue: Epilogue<'_>,
 ) {
-    let work = a.rows * a.depth * b.cols();
-    let threads = cores().min(work / WORK_PER_THREAD).max(1);
+    let threads = threads_for(a.rows, a.depth, b.cols());
     gemm_on(Isa::detect(), threads, a, b, out, out_stride, epilogue);
+}
+
+/// The threads an `m × k` by `k × n` product is split over: the cores, or
+/// fewer when each would get too little work.
+pub(crate) fn threads_for(m: usize, k: usize, n: usize) -> usize {
+    cores().min(m * k * n / WORK_PER_THREAD).max(1)
 }
 
 /// [`gemm`] on instruction set `isa`, on at most `threads` threads.
@@ -295,7 +306,7 @@ fn region(
     epilogue: Epilogue<'_>,
 ) {
     let depth = a.depth;
-    let mut tile = [0.0f32; MR * NR];
+    let tile = [0.0f32; MR * NR];
     if depth == 0 {
         // Empty sums: only the epilogue.
         for r in rows.clone().step_by(MR) {
@@ -307,6 +318,10 @@ fn region(
         return;
     }
     let mut packed = vec![0.0f32; NC.min(cols.len()).div_ceil(NR) * NR * KC.min(depth)];
+    // The microkernel computes up to `PANELS × PANELS` tiles at a time: up
+    // to `across_a` panels of `A` by `across_b` of `B`.
+    let (across_a, across_b) = isa.tiles_at_once();
+    let mut tiles = [[0.0f32; MR * NR]; PANELS * PANELS];
     for c0 in cols.clone().step_by(NC) {
         let nc = NC.min(cols.end - c0);
         let panels = nc.div_ceil(NR);
@@ -316,15 +331,28 @@ fn region(
             block.fill(0.0);
             b.pack(k0, kc, c0..c0 + nc, block);
             let (first, last) = (k0 == 0, k0 + kc == depth);
+            let b_panels: Vec<&[f32]> = block.chunks_exact(kc * NR).collect();
             for r0 in rows.clone().step_by(MC) {
                 let r_end = (r0 + MC).min(rows.end);
-                for (p, b_panel) in block.chunks_exact(kc * NR).enumerate() {
-                    let c = c0 + p * NR;
-                    let nr = NR.min(c0 + nc - c);
-                    for r in (r0..r_end).step_by(MR) {
-                        microkernel(isa, kc, a.panel(k0, kc, r / MR), b_panel, &mut tile);
-                        let mr = MR.min(r_end - r);
-                        store(out, &tile, r, c, mr, nr, first, last, epilogue);
+                for p in (0..panels).step_by(across_b) {
+                    let b_here = &b_panels[p..(p + across_b).min(panels)];
+                    for r in (r0..r_end).step_by(MR * across_a) {
+                        let a_count = across_a.min((r_end - r).div_ceil(MR));
+                        let mut a_here: [&[f32]; PANELS] = [&[]; PANELS];
+                        for (i, panel) in a_here.iter_mut().take(a_count).enumerate() {
+                            *panel = a.panel(k0, kc, r / MR + i);
+                        }
+                        microkernel(isa, kc, &a_here[..a_count], b_here, &mut tiles);
+                        for i in 0..a_count {
+                            let r = r + i * MR;
+                            let mr = MR.min(r_end - r);
+                            for j in 0..b_here.len() {
+                                let c = c0 + (p + j) * NR;
+                                let nr = NR.min(c0 + nc - c);
+                                let tile = &tiles[i * PANELS + j];
+                                store(out, tile, r, c, mr, nr, first, last, epilogue);
+                            }
+                        }
                     }
                 }
             }
@@ -380,21 +408,49 @@ fn store(
     }
 }
 
-/// `tile = a_panel · b_panel` over `kc` steps (`a_panel` `kc × MR`,
-/// `b_panel` `kc × NR`, both as packed), on `isa`.
-fn microkernel(isa: Isa, kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
-    assert!(a.len() >= kc * MR && b.len() >= kc * NR);
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` is only chosen (`Isa::detect`, and the tests
-        // through `Isa::available`) when the CPU has AVX2 and FMA; the
-        // panels' lengths were checked above.
-        Isa::Avx2 => unsafe { avx2::kernel(kc, a, b, tile) },
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: `Isa::Neon` is only chosen when the CPU has NEON; the
-        // panels' lengths were checked above.
-        Isa::Neon => unsafe { neon::kernel(kc, a, b, tile) },
-        Isa::Portable => portable(kc, a, b, tile),
+/// `tiles[i * PANELS + j] = a[i] · b[j]` over `kc` steps (each `a[i]` a
+/// `kc × MR` panel and each `b[j]` a `kc × NR` panel, as packed), on `isa`:
+/// as many panels as [`Isa::tiles_at_once`] allows.
+fn microkernel(
+    isa: Isa,
+    kc: usize,
+    a: &[&[f32]],
+    b: &[&[f32]],
+    tiles: &mut [[f32; MR * NR]; PANELS * PANELS],
+) {
+    assert!(a.len() <= PANELS && b.len() <= PANELS);
+    assert!(a.iter().all(|a| a.len() >= kc * MR) && b.iter().all(|b| b.len() >= kc * NR));
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: `Isa::Avx512` is only chosen (`Isa::detect`, and the
+        // tests through `Isa::available`) when the CPU has AVX-512F; the
+        // panels' counts and lengths were checked above.
+        unsafe {
+            match (a.len(), b.len()) {
+                (2, 2) => avx512::kernel::<2, 2>(kc, [a[0], a[1]], [b[0], b[1]], tiles),
+                (2, 1) => avx512::kernel::<2, 1>(kc, [a[0], a[1]], [b[0]], tiles),
+                (1, 2) => avx512::kernel::<1, 2>(kc, [a[0]], [b[0], b[1]], tiles),
+                _ => avx512::kernel::<1, 1>(kc, [a[0]], [b[0]], tiles),
+            }
+        }
+        return;
+    }
+    for (i, a) in a.iter().enumerate() {
+        for (j, b) in b.iter().enumerate() {
+            let tile = &mut tiles[i * PANELS + j];
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Isa::Avx2` is only chosen (`Isa::detect`, and the
+                // tests through `Isa::available`) when the CPU has AVX2 and
+                // FMA; the panels' lengths were checked above.
+                Isa::Avx2 | Isa::Avx512 => unsafe { avx2::kernel(kc, a, b, tile) },
+                #[cfg(target_arch = "aarch64")]
+                // SAFETY: `Isa::Neon` is only chosen when the CPU has NEON;
+                // the panels' lengths were checked above.
+                Isa::Neon => unsafe { neon::kernel(kc, a, b, tile) },
+                Isa::Portable => portable(kc, a, b, tile),
+            }
+        }
     }
 }
 
@@ -451,6 +507,59 @@ mod avx2 {
             unsafe {
                 _mm256_storeu_ps(tile.as_mut_ptr().add(i * NR), row[0]);
                 _mm256_storeu_ps(tile.as_mut_ptr().add(i * NR + 8), row[1]);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{MR, NR, PANELS};
+    use std::arch::x86_64::{
+        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
+        _mm512_storeu_ps,
+    };
+
+    /// `A` panels `a` by `B` panels `b`: up to 12 × 32, twenty-four
+    /// accumulators, two loads of `B` and twelve broadcasts of `A` per
+    /// step. Each element is summed in the order the AVX2 kernel sums it.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, each `a[i]` hold `kc * MR` elements and
+    /// each `b[j]` `kc * NR`; `A` and `B` at most [`PANELS`] panels.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn kernel<const A: usize, const B: usize>(
+        kc: usize,
+        a: [&[f32]; A],
+        b: [&[f32]; B],
+        tiles: &mut [[f32; MR * NR]; PANELS * PANELS],
+    ) {
+        let mut sums: [[[__m512; B]; MR]; A] = [[[_mm512_setzero_ps(); B]; MR]; A];
+        let a = a.map(<[f32]>::as_ptr);
+        let b = b.map(<[f32]>::as_ptr);
+        for k in 0..kc {
+            // SAFETY: step `k < kc` reads `b[j][k * NR..(k + 1) * NR]` and
+            // `a[i][k * MR..(k + 1) * MR]`, inside the panels (the caller);
+            // the loads are unaligned.
+            unsafe {
+                let bk: [__m512; B] = std::array::from_fn(|j| _mm512_loadu_ps(b[j].add(k * NR)));
+                for (panel, sums) in a.iter().zip(sums.iter_mut()) {
+                    for (i, row) in sums.iter_mut().enumerate() {
+                        let ai = _mm512_set1_ps(*panel.add(k * MR + i));
+                        for (s, &bj) in row.iter_mut().zip(&bk) {
+                            *s = _mm512_fmadd_ps(ai, bj, *s);
+                        }
+                    }
+                }
+            }
+        }
+        for (p, sums) in sums.iter().enumerate() {
+            for (i, row) in sums.iter().enumerate() {
+                for (j, &s) in row.iter().enumerate() {
+                    // SAFETY: tile `p * PANELS + j` holds MR × NR elements;
+                    // row `i` is its `[i * NR..(i + 1) * NR]`, one store.
+                    unsafe { _mm512_storeu_ps(tiles[p * PANELS + j].as_mut_ptr().add(i * NR), s) };
+                }
             }
         }
     }
@@ -649,6 +758,41 @@ mod tests {
             for threads in [2, 3, 5] {
                 assert_eq!(run(threads), one, "{isa:?}, {threads} threads");
             }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_512_bit_kernel_sums_as_the_256_bit_one_does() {
+        // Both take one fused multiply-add per step of `k`, in order, so the
+        // wider tiles change the speed only; every tile shape and edge here.
+        if !Isa::available().contains(&Isa::Avx512) {
+            eprintln!("no AVX-512 on this CPU: the 512-bit kernel is not run");
+            return;
+        }
+        let mut random = Random(3);
+        for (m, k, n) in [
+            (12, 300, 32),
+            (13, 7, 33),
+            (6, 1, 16),
+            (25, 513, 70),
+            (5, 64, 100),
+        ] {
+            let (a, b) = (random.vec(m * k), random.vec(k * n));
+            let packed = PackedA::new(Strided::row_major(&a, m, k).unwrap());
+            let b = Strided::row_major(&b, k, n).unwrap();
+            let run = |isa| {
+                let mut out = vec![0.0; m * n];
+                gemm_on(isa, 2, &packed, &b, &mut out, n, Epilogue::default());
+                out
+            };
+            let (wide, narrow) = (run(Isa::Avx512), run(Isa::Avx2));
+            assert!(
+                wide.iter()
+                    .zip(&narrow)
+                    .all(|(w, n)| w.to_bits() == n.to_bits()),
+                "{m}×{k}×{n}"
+            );
         }
     }
 

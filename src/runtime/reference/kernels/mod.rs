@@ -12,9 +12,14 @@
 //! - A few rows ([`MATVEC_ROWS`]) are matrix-vector products: each output
 //!   is one dot product of a weight row ([`dot`]), the weight rows split
 //!   over the cores, each row read from memory once for every input row.
-//! - More rows are one matrix product per block of weight rows, widened to
-//!   f32 a block at a time (a block is small enough to stay in cache) and
-//!   multiplied by `matrixmultiply`, the blocks split over the cores.
+//! - More rows are a matrix product (`gemm.rs`): `x` is packed once, and
+//!   the weight's rows, `B`'s columns, are widened or dequantized straight
+//!   into its packed panels a segment at a time (a transpose of eight by
+//!   eight in registers on AVX2), so no f32 copy of the weight is made.
+//!
+//! Streaming kernels prefetch the weight well ahead of the row they read
+//! (into L2): one core's outstanding misses do not saturate the memory
+//! bandwidth otherwise.
 //!
 //! The instruction set is chosen at run time ([`Isa::detect`]), with a
 //! portable path for every other CPU; tests run every path this machine
@@ -31,8 +36,7 @@ use std::sync::{Arc, OnceLock};
 
 use half::f16;
 
-use ndarray::linalg::general_mat_mul;
-use ndarray::{ArcArray, ArrayView2, ArrayViewMut2, Axis, IxDyn};
+use ndarray::{ArcArray, IxDyn};
 
 pub(crate) use gemm::{gemm, gemm_many, Epilogue, PackB, PackedA, Product, Strided, NR};
 pub(crate) use parallel::{cores, for_each as for_each_in_parallel, PARALLEL_ELEMENTS};
@@ -53,6 +57,11 @@ pub(crate) enum Isa {
     /// x86-64 with AVX2, FMA and F16C.
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// x86-64 with AVX-512F besides AVX2, FMA and F16C: the matrix
+    /// product's microkernel runs on 512-bit registers, every other kernel
+    /// on the AVX2 paths.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
     /// aarch64's Advanced SIMD.
     #[cfg(target_arch = "aarch64")]
     Neon,
@@ -75,6 +84,9 @@ impl Isa {
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
+            if is_x86_feature_detected!("avx512f") {
+                isas.push(Isa::Avx512);
+            }
             isas.push(Isa::Avx2);
         }
         #[cfg(target_arch = "aarch64")]
@@ -83,6 +95,25 @@ impl Isa {
         }
         isas.push(Isa::Portable);
         isas
+    }
+
+    /// How many panels of `A`, and of `B`, the matrix product's
+    /// microkernel takes at once: 2 × 2 (a 12 × 32 tile) in 512-bit
+    /// registers, one of each otherwise.
+    fn tiles_at_once(self) -> (usize, usize) {
+        #[cfg(target_arch = "x86_64")]
+        if self == Isa::Avx512 {
+            return (2, 2);
+        }
+        (1, 1)
+    }
+
+    /// Whether the CPU runs the AVX2 kernels (AVX2, FMA and F16C).
+    pub(crate) fn has_avx2(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return matches!(self, Isa::Avx2 | Isa::Avx512);
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 }
 
@@ -175,71 +206,70 @@ impl Bits {
 }
 
 impl Blockwise {
-    /// Row `n` of a weight of `inputs` columns, dequantized into `out`, on
-    /// instruction set `isa` (every path computes the same values).
-    fn row_on(&self, isa: Isa, n: usize, inputs: usize, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2 && self.block.is_multiple_of(8) {
-            let blocks = inputs / self.block;
-            let row_bytes = self.bits.row_bytes(inputs);
-            let params = n * blocks..(n + 1) * blocks;
-            // SAFETY: `Isa::Avx2` is chosen only on CPUs with AVX2, FMA and
-            // F16C; the codes, parameters and `out` are one row's (`inputs`
-            // elements, a whole number of blocks of a multiple of 8).
-            unsafe {
-                dequant::avx2(
-                    self.bits,
-                    self.block,
-                    &self.codes[n * row_bytes..(n + 1) * row_bytes],
-                    &self.scale[params.clone()],
-                    &self.offset[params],
-                    self.fp16,
-                    out,
-                )
-            };
-            return;
-        }
-        let _ = isa;
-        self.row(n, inputs, out);
-    }
-
-    /// Row `n` of a weight of `inputs` columns, dequantized into `out`.
-    fn row(&self, n: usize, inputs: usize, out: &mut [f32]) {
+    /// Elements `k0..k0 + out.len()` of row `n` of a weight of `inputs`
+    /// columns, dequantized into `out`, on instruction set `isa` (every
+    /// path computes the same values). A matrix product reads a row a
+    /// segment at a time; a whole row is the segment from 0.
+    fn segment_on(&self, isa: Isa, n: usize, inputs: usize, k0: usize, out: &mut [f32]) {
         let blocks = inputs / self.block;
         let row_bytes = self.bits.row_bytes(inputs);
         let codes = &self.codes[n * row_bytes..(n + 1) * row_bytes];
-        let params = n * blocks..(n + 1) * blocks;
-        let per_block = self.scale[params.clone()]
-            .iter()
-            .zip(&self.offset[params])
-            .zip(out.chunks_exact_mut(self.block));
+        let end = k0 + out.len();
+        let mut k = k0;
+        // One piece per block the segment meets: one scale and offset each.
+        while k < end {
+            let b = k / self.block;
+            let piece_end = ((b + 1) * self.block).min(end);
+            let param = n * blocks + b;
+            let (s, o) = (self.scale[param], self.offset[param]);
+            let piece = &mut out[k - k0..piece_end - k0];
+            #[cfg(target_arch = "x86_64")]
+            if isa.has_avx2() && k.is_multiple_of(8) && piece.len().is_multiple_of(8) {
+                // SAFETY: `has_avx2` holds only on CPUs with AVX2, FMA and
+                // F16C; the piece is one block's (one scale and offset),
+                // of a multiple of 8 elements, and its codes start at
+                // element `k`, on a byte (`k` is a multiple of 8).
+                unsafe {
+                    dequant::avx2(
+                        self.bits,
+                        piece.len(),
+                        &codes[k * self.bits.width() / 8..],
+                        &[s],
+                        &[o],
+                        self.fp16,
+                        piece,
+                    )
+                };
+                k = piece_end;
+                continue;
+            }
+            self.piece(codes, k, s, o, piece);
+            k = piece_end;
+        }
+        let _ = isa;
+    }
+
+    /// Elements `k..k + out.len()` of a row whose codes are `codes`, all in
+    /// one block of scale `s` and offset `o`, dequantized in plain Rust.
+    fn piece(&self, codes: &[u8], k: usize, s: f32, o: f32, out: &mut [f32]) {
         let bits = self.bits;
         match bits {
             Bits::I8 | Bits::U8 => {
-                for (b, ((&s, &o), out)) in per_block.enumerate() {
-                    let codes = &codes[b * self.block..(b + 1) * self.block];
-                    for (v, &c) in out.iter_mut().zip(codes) {
-                        *v = (bits.decode(c) - o) * s;
-                    }
+                for (v, &c) in out.iter_mut().zip(&codes[k..]) {
+                    *v = (bits.decode(c) - o) * s;
                 }
             }
-            Bits::I4 | Bits::U4 if self.block.is_multiple_of(2) => {
-                // Two codes a byte, both in the same block.
-                for (b, ((&s, &o), out)) in per_block.enumerate() {
-                    let codes = &codes[b * self.block / 2..(b + 1) * self.block / 2];
-                    for (pair, &c) in out.chunks_exact_mut(2).zip(codes) {
-                        pair[0] = (bits.decode(c) - o) * s;
-                        pair[1] = (bits.decode(c >> 4) - o) * s;
-                    }
+            Bits::I4 | Bits::U4 if k.is_multiple_of(2) && out.len().is_multiple_of(2) => {
+                // Two codes a byte.
+                for (pair, &c) in out.chunks_exact_mut(2).zip(&codes[k / 2..]) {
+                    pair[0] = (bits.decode(c) - o) * s;
+                    pair[1] = (bits.decode(c >> 4) - o) * s;
                 }
             }
             Bits::I4 | Bits::U4 => {
-                for (b, ((&s, &o), out)) in per_block.enumerate() {
-                    for (i, v) in out.iter_mut().enumerate() {
-                        let k = b * self.block + i;
-                        let c = codes[k / 2] >> (4 * (k % 2));
-                        *v = (bits.decode(c) - o) * s;
-                    }
+                for (i, v) in out.iter_mut().enumerate() {
+                    let c = codes[(k + i) / 2] >> (4 * ((k + i) % 2));
+                    *v = (bits.decode(c) - o) * s;
                 }
             }
         }
@@ -368,7 +398,7 @@ impl StoredWeight {
             Storage::Blockwise(q) => {
                 let mut data = vec![0.0; self.outputs * self.inputs];
                 for (n, row) in data.chunks_exact_mut(self.inputs.max(1)).enumerate() {
-                    q.row(n, self.inputs, row);
+                    q.segment_on(Isa::detect(), n, self.inputs, 0, row);
                 }
                 data
             }
@@ -408,6 +438,7 @@ fn linear_on(isa: Isa, weight: &StoredWeight, x: &[f32], rows: usize, out: &mut 
             &Stored {
                 data,
                 inputs: weight.inputs,
+                isa,
             },
             weight,
             x,
@@ -438,6 +469,23 @@ trait RowSource: Sync {
     /// reading it, reused from row to row).
     fn row<'a>(&'a self, n: usize, scratch: &'a mut Scratch) -> &'a [Self::Element];
 
+    /// Elements `k0..k0 + out.len()` of row `n`, as f32, into `out`.
+    fn segment(&self, n: usize, k0: usize, out: &mut [f32]);
+
+    /// Rows `first..first + width` (at most [`NR`]), elements `k0..k0 +
+    /// kc`, into a packed panel of the matrix product's `B`: `panel[k * NR
+    /// + j] = row(first + j)[k0 + k]`, the rest of `panel` left as it is.
+    fn pack_panel(&self, first: usize, width: usize, k0: usize, panel: &mut [f32]) {
+        let kc = panel.len() / NR;
+        let mut segment = vec![0.0f32; kc];
+        for j in 0..width {
+            self.segment(first + j, k0, &mut segment);
+            for (k, &value) in segment.iter().enumerate() {
+                panel[k * NR + j] = value;
+            }
+        }
+    }
+
     /// The bytes the whole weight occupies (what a product streams).
     fn bytes(&self) -> usize;
 
@@ -458,6 +506,7 @@ struct Scratch {
 struct Stored<'a, W> {
     data: &'a [W],
     inputs: usize,
+    isa: Isa,
 }
 
 impl<W: Element> RowSource for Stored<'_, W> {
@@ -465,6 +514,34 @@ impl<W: Element> RowSource for Stored<'_, W> {
 
     fn row<'a>(&'a self, n: usize, _: &'a mut Scratch) -> &'a [W] {
         &self.data[n * self.inputs..(n + 1) * self.inputs]
+    }
+
+    fn segment(&self, n: usize, k0: usize, out: &mut [f32]) {
+        let start = n * self.inputs + k0;
+        W::widen_slice(&self.data[start..start + out.len()], out);
+    }
+
+    fn pack_panel(&self, first: usize, width: usize, k0: usize, panel: &mut [f32]) {
+        let kc = panel.len() / NR;
+        #[cfg(target_arch = "x86_64")]
+        if self.isa.has_avx2() && width == NR && kc.is_multiple_of(8) {
+            let rows: [&[W]; NR] = std::array::from_fn(|j| {
+                let n = first + j;
+                &self.data[n * self.inputs..(n + 1) * self.inputs]
+            });
+            // SAFETY: `has_avx2` holds only on CPUs with AVX2, FMA and
+            // F16C; `kc` is a multiple of 8, `panel` holds `kc * NR`
+            // elements and each row `k0 + kc` (the product's bounds).
+            unsafe { dot::pack_panel_avx2(rows, k0, kc, panel) };
+            return;
+        }
+        let mut segment = vec![0.0f32; kc];
+        for j in 0..width {
+            self.segment(first + j, k0, &mut segment);
+            for (k, &value) in segment.iter().enumerate() {
+                panel[k * NR + j] = value;
+            }
+        }
     }
 
     fn bytes(&self) -> usize {
@@ -484,8 +561,12 @@ impl RowSource for Dequantized<'_> {
 
     fn row<'a>(&'a self, n: usize, scratch: &'a mut Scratch) -> &'a [f32] {
         scratch.f32.resize(self.inputs, 0.0);
-        self.q.row_on(self.isa, n, self.inputs, &mut scratch.f32);
+        self.segment(n, 0, &mut scratch.f32);
         &scratch.f32
+    }
+
+    fn segment(&self, n: usize, k0: usize, out: &mut [f32]) {
+        self.q.segment_on(self.isa, n, self.inputs, k0, out);
     }
 
     fn bytes(&self) -> usize {
@@ -495,14 +576,14 @@ impl RowSource for Dequantized<'_> {
 
     fn fused_dot(&self, n: usize, x: &[f32]) -> Option<f32> {
         #[cfg(target_arch = "x86_64")]
-        if self.isa == Isa::Avx2
+        if self.isa.has_avx2()
             && self.q.block.is_multiple_of(8)
             && self.inputs.is_multiple_of(dot::LANES)
         {
             let blocks = self.inputs / self.q.block;
             let row_bytes = self.q.bits.row_bytes(self.inputs);
             let params = n * blocks..(n + 1) * blocks;
-            // SAFETY: `Isa::Avx2` is chosen only on CPUs with AVX2, FMA and
+            // SAFETY: `has_avx2` holds only on CPUs with AVX2, FMA and
             // F16C; the codes and parameters are row `n`'s, `x` a row of
             // `inputs` elements, a multiple of 32 and of the block of 8k.
             return Some(unsafe {
@@ -540,7 +621,7 @@ fn product<S: RowSource>(
     if rows < MATVEC_ROWS {
         mat_vec(isa, source, weight, threads, x, rows, out);
     } else {
-        blocked_gemm(source, weight, threads, x, rows, out);
+        many_rows(isa, source, weight, x, rows, out);
     }
 }
 
@@ -601,57 +682,65 @@ fn mat_vec<S: RowSource>(
     }
 }
 
-/// Weight rows per block of [`blocked_gemm`]: about 256 KiB of f32, so a
-/// widened block stays in the L2 cache while it is multiplied.
-fn block_rows(inputs: usize) -> usize {
-    const BLOCK_FLOATS: usize = 1 << 16;
-    (BLOCK_FLOATS / inputs.max(1)).clamp(8, 512)
-}
-
-/// `out = x · weightᵀ` as one matrix product per block of weight rows,
-/// each widened to f32 as it is reached, the blocks split over `threads`.
-/// Each output column is computed by one `matrixmultiply` product over the
-/// whole of `inputs`, so splitting does not change its summation order.
-fn blocked_gemm<S: RowSource>(
+/// `out = x · weightᵀ` on the matrix product of `gemm.rs`: `x` is packed
+/// once, and the weight's rows are `B`'s columns, widened (or
+/// dequantized) straight into its packed panels a segment at a time as the
+/// product reaches them, so the weight stays as stored. The product splits
+/// its output over the cores and sums each element in order of `k`, so
+/// splitting does not change the result.
+fn many_rows<S: RowSource>(
+    isa: Isa,
     source: &S,
     weight: &StoredWeight,
-    threads: usize,
     x: &[f32],
     rows: usize,
     out: &mut [f32],
 ) {
     let (outputs, inputs) = (weight.outputs, weight.inputs);
-    let Ok(x) = ArrayView2::from_shape((rows, inputs), x) else {
+    let Some(x) = Strided::row_major(x, rows, inputs) else {
         unreachable!("x holds rows × inputs elements (the caller)");
     };
-    let Ok(mut out) = ArrayViewMut2::from_shape((rows, outputs), out) else {
-        unreachable!("out holds rows × outputs elements (the caller)");
+    let columns = WeightColumns {
+        source,
+        outputs,
+        inputs,
     };
-    let block = block_rows(inputs);
-    let threads = threads.min(outputs.div_ceil(block)).max(1);
-    // Whole blocks per thread.
-    let per_thread = outputs.div_ceil(block).div_ceil(threads) * block;
-    let parts: Vec<_> = out
-        .axis_chunks_iter_mut(Axis(1), per_thread.max(1))
-        .enumerate()
-        .collect();
-    parallel::for_each(parts, |(t, mut part)| {
-        let first = t * per_thread;
-        let mut widened = vec![0.0f32; block * inputs];
-        let mut scratch = Scratch::default();
-        for (b, mut target) in part.axis_chunks_iter_mut(Axis(1), block).enumerate() {
-            let start = first + b * block;
-            let count = target.ncols();
-            let data = &mut widened[..count * inputs];
-            for (i, row) in data.chunks_exact_mut(inputs).enumerate() {
-                S::Element::widen_slice(source.row(start + i, &mut scratch), row);
-            }
-            let Ok(w) = ArrayView2::from_shape((count, inputs), &*data) else {
-                unreachable!("the block holds count × inputs elements");
-            };
-            general_mat_mul(1.0, &x, &w.t(), 0.0, &mut target);
+    let threads = gemm::threads_for(rows, inputs, outputs);
+    gemm::gemm_on(
+        isa,
+        threads,
+        &PackedA::new(x),
+        &columns,
+        out,
+        outputs,
+        Epilogue::default(),
+    );
+}
+
+/// A weight read as `B = weightᵀ` (`inputs × outputs`) by the matrix
+/// product: column `j` of `B` is row `j` of the weight.
+struct WeightColumns<'a, S> {
+    source: &'a S,
+    outputs: usize,
+    inputs: usize,
+}
+
+impl<S: RowSource> PackB for WeightColumns<'_, S> {
+    fn rows(&self) -> usize {
+        self.inputs
+    }
+
+    fn cols(&self) -> usize {
+        self.outputs
+    }
+
+    fn pack(&self, k0: usize, kc: usize, cols: std::ops::Range<usize>, out: &mut [f32]) {
+        for (p, panel) in out.chunks_exact_mut(kc * NR).enumerate() {
+            let first = cols.start + p * NR;
+            self.source
+                .pack_panel(first, NR.min(cols.end - first), k0, panel);
         }
-    });
+    }
 }
 
 #[cfg(test)]

@@ -66,6 +66,10 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (9, 13, 64),
     (13, 37, 77),
     (20, 600, 33),
+    // Whole panels of sixteen rows, depths of a multiple of 8: the
+    // transposing pack; the last panel partial.
+    (10, 48, 264),
+    (12, 35, 520),
     (1, 0, 4),
     (3, 4, 0),
     // Over PARALLEL_BYTES: split over the cores.
@@ -195,6 +199,12 @@ fn blockwise_weights_decompress_and_multiply_as_their_dense_values() {
         (9, 6, 48, 16, (0, 255), true, false, Bits::U8),
         (1, 600, 1024, 32, (-8, 7), false, true, Bits::I4),
         (12, 300, 256, 32, (-8, 7), true, true, Bits::I4),
+        // Matrix products over more than one block of depth (256): blocks
+        // met in pieces, one wider than the depth block (per channel) and
+        // one of an odd size, whose pieces start on a nibble.
+        (9, 20, 520, 520, (-128, 127), true, true, Bits::I8),
+        (8, 33, 560, 16, (-8, 7), false, true, Bits::I4),
+        (8, 5, 265, 5, (-8, 7), true, false, Bits::I4),
         // The fused dot product's paths: fp16 and f32 tables over blocks
         // of several chunks of 32, and eight codes at a time for blocks
         // under 32 and for bytes.
@@ -214,18 +224,27 @@ fn blockwise_weights_decompress_and_multiply_as_their_dense_values() {
             };
             assert_eq!(q.bits, bits);
             assert_eq!(weight.to_array().as_slice().unwrap(), dense.as_slice());
-            // Every path dequantizes a row to the same values.
+            // Every path dequantizes a row, and any segment of it (as the
+            // matrix product reads them), to the same values.
             let mut row = vec![f32::NAN; inputs];
             for n in 0..outputs {
-                q.row_on(isa, n, inputs, &mut row);
+                q.segment_on(isa, n, inputs, 0, &mut row);
                 assert_eq!(row, dense[n * inputs..(n + 1) * inputs], "{isa:?}, row {n}");
+                for (k0, len) in [(8, 24), (3, 17), (inputs / 2, inputs / 2), (inputs - 1, 1)] {
+                    if k0 + len <= inputs {
+                        let mut segment = vec![f32::NAN; len];
+                        q.segment_on(isa, n, inputs, k0, &mut segment);
+                        let want = &dense[n * inputs + k0..n * inputs + k0 + len];
+                        assert_eq!(segment, want, "{isa:?}, row {n} from {k0}");
+                    }
+                }
             }
             let x = random.vec(rows * inputs);
             // A fused dot product gives the bits of dequantizing the row
             // and taking the dot product of it.
             let source = Dequantized { q, inputs, isa };
             #[cfg(target_arch = "x86_64")]
-            if isa == Isa::Avx2 && block % 8 == 0 && inputs % 32 == 0 {
+            if isa.has_avx2() && block % 8 == 0 && inputs % 32 == 0 {
                 assert!(
                     source.fused_dot(0, &x[..inputs]).is_some(),
                     "{bits:?}, block {block}"

@@ -1,5 +1,6 @@
-//! `linear`, `matmul` and `scaled_dot_product_attention`, on ndarray's
-//! matrix products (`matrixmultiply` behind them).
+//! `linear`, `matmul` and `scaled_dot_product_attention`, on the kernels'
+//! matrix products (`kernels`), and ndarray's matrix-vector product for a
+//! few rows of a weight that is not kept as stored.
 
 use ndarray::linalg::general_mat_vec_mul;
 use ndarray::{
