@@ -1,9 +1,11 @@
 //! Dequantizing a row of a blockwise-quantized weight with AVX2: eight
 //! codes widened to f32 lanes at a time, shifted, scaled and (for an fp16
 //! weight) rounded to fp16 in registers, or, for four-bit codes, looked up
-//! in the block's sixteen values computed so. The values are those of the
-//! portable `Blockwise::row`: `(q - offset) * scale` in f32, then F16C's
-//! round to nearest even, as `half` rounds.
+//! in the block's sixteen values computed so (with AVX-512, sixteen codes
+//! a permute). The values are those of the portable `Blockwise::piece`:
+//! `(q - offset) * scale` in f32, then F16C's round to nearest even, as
+//! `half` rounds. The dot products prefetch the codes and parameters
+//! [`PREFETCH_BYTES`] ahead.
 
 use std::arch::x86_64::{
     __m256, __m256i, _mm256_and_si256, _mm256_blendv_ps, _mm256_broadcastsi128_si256,
@@ -17,9 +19,20 @@ use std::arch::x86_64::{
     _mm_srli_epi16, _mm_unpackhi_epi8, _mm_unpacklo_epi64, _mm_unpacklo_epi8,
     _MM_FROUND_TO_NEAREST_INT, _MM_HINT_T1,
 };
+use std::arch::x86_64::{
+    __m512, _mm256_castpd_ps, _mm512_castps512_ps256, _mm512_castps_pd, _mm512_cvtepu8_epi32,
+    _mm512_cvtph_ps, _mm512_cvtps_ph, _mm512_extractf64x4_pd, _mm512_fmadd_ps, _mm512_loadu_ps,
+    _mm512_mul_ps, _mm512_permutex2var_ps, _mm512_permutexvar_ps, _mm512_set1_ps,
+    _mm512_setr_epi32, _mm512_setr_ps, _mm512_setzero_ps, _mm512_srli_epi32, _mm512_sub_ps,
+    _MM_FROUND_NO_EXC,
+};
+
+/// How far ahead of the codes a dot product reads, it asks for them (into
+/// L2): far enough that a core keeps enough misses in flight to stream
+/// the weight at the memory's bandwidth.
 const PREFETCH_BYTES: usize = 8192;
 
-use super::dot::{reduce32, LANES};
+use super::dot::{reduce32_avx2, LANES};
 use super::Bits;
 
 /// Dequantizes one row: `codes` (its bytes), one `scale` and `offset` per
@@ -35,15 +48,17 @@ pub(super) unsafe fn avx2(
     block: usize,
     codes: &[u8],
     scale: &[f32],
-    offset: &[f32],
+    offset: Option<&[f32]>,
     fp16: bool,
     out: &mut [f32],
 ) {
     debug_assert!(block.is_multiple_of(8) && out.len().is_multiple_of(block));
-    debug_assert!(scale.len() * block == out.len() && offset.len() == scale.len());
+    debug_assert!(
+        scale.len() * block == out.len() && offset.is_none_or(|o| o.len() == scale.len())
+    );
     debug_assert!(codes.len() * 8 >= out.len() * bits.width());
-    for (b, (&s, &o)) in scale.iter().zip(offset).enumerate() {
-        let (s, o) = (_mm256_set1_ps(s), _mm256_set1_ps(o));
+    for (b, &s) in scale.iter().enumerate() {
+        let (s, o) = (_mm256_set1_ps(s), _mm256_set1_ps(offset_of(offset, b)));
         for g in (b * block..(b + 1) * block).step_by(8) {
             let v = eight(bits, codes, g, s, o, fp16);
             let target = &mut out[g..g + 8];
@@ -71,12 +86,12 @@ pub(super) unsafe fn dot_avx2(
     block: usize,
     codes: &[u8],
     scale: &[f32],
-    offset: &[f32],
+    offset: Option<&[f32]>,
     fp16: bool,
     x: &[f32],
 ) -> f32 {
     debug_assert!(block.is_multiple_of(8) && x.len().is_multiple_of(LANES));
-    debug_assert!(scale.len() * block == x.len() && offset.len() == scale.len());
+    debug_assert!(scale.len() * block == x.len() && offset.is_none_or(|o| o.len() == scale.len()));
     debug_assert!(codes.len() * 8 >= x.len() * bits.width());
     if matches!(bits, Bits::I4 | Bits::U4) && block.is_multiple_of(LANES) {
         // SAFETY: the caller's guarantees, and the block is a multiple of 32.
@@ -100,7 +115,7 @@ pub(super) unsafe fn dot_avx2(
                 codes,
                 g,
                 _mm256_set1_ps(scale[b]),
-                _mm256_set1_ps(offset[b]),
+                _mm256_set1_ps(offset_of(offset, b)),
                 fp16,
             );
             // SAFETY: `xs` holds 32 f32s, so 8j..8j + 8 is inside it.
@@ -124,26 +139,20 @@ unsafe fn dot_by_table<T: Table>(
     block: usize,
     codes: &[u8],
     scale: &[f32],
-    offset: &[f32],
+    offset: Option<&[f32]>,
     x: &[f32],
 ) -> f32 {
     debug_assert!(block.is_multiple_of(LANES) && codes.len() * 2 >= x.len());
     let (low_codes, high_codes) = nibble_values(bits);
     let mut acc = [_mm256_setzero_ps(); 4];
     let blocks = x.chunks_exact(block).zip(codes.chunks_exact(block / 2));
-    for ((xs, bytes), (s, o)) in blocks.zip(scale.iter().zip(offset)) {
-        _mm_prefetch::<_MM_HINT_T1>(bytes.as_ptr().cast::<i8>().wrapping_add(PREFETCH_BYTES));
-        _mm_prefetch::<_MM_HINT_T1>(
-            (s as *const f32)
-                .cast::<i8>()
-                .wrapping_add(PREFETCH_BYTES / 2),
+    let ahead = params_ahead(block);
+    for (b, (xs, bytes)) in blocks.enumerate() {
+        prefetch_block(bytes, scale, offset, b, ahead);
+        let (s, o) = (
+            _mm256_set1_ps(scale[b]),
+            _mm256_set1_ps(offset_of(offset, b)),
         );
-        _mm_prefetch::<_MM_HINT_T1>(
-            (o as *const f32)
-                .cast::<i8>()
-                .wrapping_add(PREFETCH_BYTES / 2),
-        );
-        let (s, o) = (_mm256_set1_ps(*s), _mm256_set1_ps(*o));
         // SAFETY: the CPU has the features (the caller).
         let table = unsafe {
             T::of_block(
@@ -163,6 +172,109 @@ unsafe fn dot_by_table<T: Table>(
         }
     }
     sum_lanes(acc)
+}
+
+/// [`dot_by_table`] with AVX-512F: a block's sixteen values are one 512-bit
+/// register, so one permute looks up sixteen codes (it reads the low four
+/// bits of each index, so a byte's low nibble needs no mask). The codes of
+/// a byte are two neighbouring elements, so the lookups give the even and
+/// the odd elements of each chunk of 32 apart: `x` comes split so
+/// ([`split_lanes`]), and lane `2i` of the dot product's 32 partial sums is
+/// lane `i` of the even accumulator, lane `2i + 1` of the odd one. Each
+/// partial sum therefore takes the same terms in the same order as in
+/// [`dot_by_table`], to the same bits.
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX2, FMA and F16C; 4-bit `bits`, `block` a
+/// multiple of 32, a scale and an offset for each block of the row, `codes`
+/// holding its codes and `x_split` as long as it (a multiple of 32).
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub(super) unsafe fn dot_by_table_avx512(
+    bits: Bits,
+    block: usize,
+    codes: &[u8],
+    scale: &[f32],
+    offset: Option<&[f32]>,
+    fp16: bool,
+    x_split: &[f32],
+) -> f32 {
+    debug_assert!(block.is_multiple_of(LANES) && codes.len() * 2 >= x_split.len());
+    debug_assert!(
+        scale.len() * block == x_split.len() && offset.is_none_or(|o| o.len() == scale.len())
+    );
+    let nibbles = if bits == Bits::I4 {
+        _mm512_setr_ps(
+            0., 1., 2., 3., 4., 5., 6., 7., -8., -7., -6., -5., -4., -3., -2., -1.,
+        )
+    } else {
+        _mm512_setr_ps(
+            0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15.,
+        )
+    };
+    let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let blocks = x_split
+        .chunks_exact(block)
+        .zip(codes.chunks_exact(block / 2));
+    let ahead = params_ahead(block);
+    for (b, (xs, bytes)) in blocks.enumerate() {
+        prefetch_block(bytes, scale, offset, b, ahead);
+        // The operations of `value`, sixteen lanes wide.
+        let (s, o) = (
+            _mm512_set1_ps(scale[b]),
+            _mm512_set1_ps(offset_of(offset, b)),
+        );
+        let mut table = _mm512_mul_ps(_mm512_sub_ps(nibbles, o), s);
+        if fp16 {
+            table = _mm512_cvtph_ps(_mm512_cvtps_ph::<
+                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+            >(table));
+        }
+        for (xs, bytes) in xs.chunks_exact(LANES).zip(bytes.chunks_exact(LANES / 2)) {
+            // SAFETY: `bytes` holds the sixteen bytes the load reads, `xs`
+            // the 32 f32s of the two (even, then odd elements); the CPU has
+            // the features (the caller).
+            unsafe {
+                let low = _mm512_cvtepu8_epi32(_mm_loadu_si128(bytes.as_ptr().cast()));
+                let high = _mm512_srli_epi32::<4>(low);
+                let x_even = _mm512_loadu_ps(xs.as_ptr());
+                let x_odd = _mm512_loadu_ps(xs.as_ptr().add(16));
+                even = _mm512_fmadd_ps(_mm512_permutexvar_ps(low, table), x_even, even);
+                odd = _mm512_fmadd_ps(_mm512_permutexvar_ps(high, table), x_odd, odd);
+            }
+        }
+    }
+    // Lanes 0..16 and 16..32 of the 32, interleaved back from the even and
+    // the odd ones, then added as the AVX2 paths add theirs.
+    let first = _mm512_permutex2var_ps(
+        even,
+        _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
+        odd,
+    );
+    let second = _mm512_permutex2var_ps(
+        even,
+        _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31),
+        odd,
+    );
+    // (The upper half through the f64 view: extracting f32 lanes is
+    // AVX-512DQ, and this path needs only AVX-512F.)
+    let upper = |v: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    reduce32_avx2([
+        _mm512_castps512_ps256(first),
+        upper(first),
+        _mm512_castps512_ps256(second),
+        upper(second),
+    ])
+}
+
+/// `x` as [`dot_by_table_avx512`] reads it: each chunk of 32 elements as
+/// its sixteen even elements, then its sixteen odd ones.
+pub(super) fn split_lanes(x: &[f32]) -> Vec<f32> {
+    let mut split = Vec::with_capacity(x.len());
+    for chunk in x.chunks_exact(LANES) {
+        split.extend(chunk.iter().step_by(2));
+        split.extend(chunk.iter().skip(1).step_by(2));
+    }
+    split
 }
 
 /// A block's sixteen values, held as a lookup of 32 codes at a time reads
@@ -295,16 +407,45 @@ fn nibble_values(bits: Bits) -> (__m256, __m256) {
     }
 }
 
+/// Block `b`'s offset: zero for a weight without offsets.
+#[inline]
+fn offset_of(offset: Option<&[f32]>, b: usize) -> f32 {
+    offset.map_or(0.0, |o| o[b])
+}
+
+/// Asks for the codes and parameters [`PREFETCH_BYTES`] of codes past
+/// block `b` (whose codes are `bytes`), into L2; `params_ahead` is how many
+/// bytes of parameters that many codes have.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn prefetch_block(
+    bytes: &[u8],
+    scale: &[f32],
+    offset: Option<&[f32]>,
+    b: usize,
+    params_ahead: usize,
+) {
+    let ahead = |p: *const u8, by: usize| p.wrapping_add(by).cast::<i8>();
+    let params = |v: &[f32]| v.as_ptr().wrapping_add(b).cast::<u8>();
+    // Prefetches never fault, so addresses past the row are harmless.
+    _mm_prefetch::<_MM_HINT_T1>(ahead(bytes.as_ptr(), PREFETCH_BYTES));
+    _mm_prefetch::<_MM_HINT_T1>(ahead(params(scale), params_ahead));
+    if let Some(offset) = offset {
+        _mm_prefetch::<_MM_HINT_T1>(ahead(params(offset), params_ahead));
+    }
+}
+
+/// [`prefetch_block`]'s `params_ahead` for blocks of `block` 4-bit codes:
+/// four bytes of each parameter per `block / 2` bytes of codes.
+fn params_ahead(block: usize) -> usize {
+    PREFETCH_BYTES * 8 / block.max(1)
+}
+
 /// The 32 partial sums of four accumulators, added in `reduce32`'s tree.
 #[inline]
 #[target_feature(enable = "avx2")]
 fn sum_lanes(acc: [__m256; 4]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    for (j, a) in acc.iter().enumerate() {
-        // SAFETY: lanes 8j..8j+8 are inside the 32 of `lanes`.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * j), *a) };
-    }
-    reduce32(&lanes)
+    reduce32_avx2(acc)
 }
 
 /// Codes `q` (as f32) dequantized: `(q - o) * s`, rounded to fp16 with

@@ -188,14 +188,36 @@ impl<W: Element, const R: usize> Tail<W, R> {
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(super) use x86::reduce32_avx2;
+
+#[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps, _mm_prefetch,
-        _MM_HINT_T1,
+        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm_prefetch, _MM_HINT_T1,
     };
     const PREFETCH: usize = 32768;
 
-    use super::{reduce32, Element, Tail, LANES};
+    use std::arch::x86_64::{
+        __m256, _mm256_add_ps, _mm256_castps256_ps128, _mm256_extractf128_ps, _mm_add_ps,
+        _mm_add_ss, _mm_cvtss_f32, _mm_movehl_ps, _mm_shuffle_ps,
+    };
+
+    use super::{Element, Tail, LANES};
+
+    /// The 32 partial sums of four accumulators (lanes `8j..8j + 8` in
+    /// `acc[j]`) added in [`reduce32`](super::reduce32)'s tree, in
+    /// registers: the same additions in the same order, so the same bits.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn reduce32_avx2(acc: [__m256; 4]) -> f32 {
+        let eight = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let four = _mm_add_ps(
+            _mm256_castps256_ps128(eight),
+            _mm256_extractf128_ps::<1>(eight),
+        );
+        let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+        _mm_cvtss_f32(_mm_add_ss(two, _mm_shuffle_ps::<1>(two, two)))
+    }
 
     /// # Safety
     /// The CPU must have AVX2, FMA and F16C; every `x[r]` is as long as `w`.
@@ -237,14 +259,7 @@ mod x86 {
                 }
             }
         }
-        acc.map(|acc| {
-            let mut lanes = [0.0f32; LANES];
-            for (j, a) in acc.iter().enumerate() {
-                // SAFETY: lanes 8j..8j+8 are inside the 32 of `lanes`.
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * j), *a) };
-            }
-            reduce32(&lanes)
-        })
+        acc.map(|acc| reduce32_avx2(acc))
     }
 }
 

@@ -51,6 +51,9 @@ pub(crate) const MATVEC_ROWS: usize = 8;
 /// threads would cost more than it saves.
 const PARALLEL_BYTES: usize = 1 << 20;
 
+/// Parts per thread of a matrix-vector product split over the cores.
+const PARTS_PER_THREAD: usize = 4;
+
 /// The instruction set a kernel runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Isa {
@@ -141,8 +144,8 @@ struct Blockwise {
     block: usize,
     /// `outputs × inputs / block`, row-major.
     scale: Vec<f32>,
-    /// The same; zeros without an offset.
-    offset: Vec<f32>,
+    /// The same, when the weight has offsets.
+    offset: Option<Vec<f32>>,
     /// Whether the weight is declared fp16 (each value rounded to fp16).
     fp16: bool,
 }
@@ -221,7 +224,8 @@ impl Blockwise {
             let b = k / self.block;
             let piece_end = ((b + 1) * self.block).min(end);
             let param = n * blocks + b;
-            let (s, o) = (self.scale[param], self.offset[param]);
+            let s = self.scale[param];
+            let o = self.offset.as_ref().map_or(0.0, |o| o[param]);
             let piece = &mut out[k - k0..piece_end - k0];
             #[cfg(target_arch = "x86_64")]
             if isa.has_avx2() && k.is_multiple_of(8) && piece.len().is_multiple_of(8) {
@@ -235,7 +239,7 @@ impl Blockwise {
                         piece.len(),
                         &codes[k * self.bits.width() / 8..],
                         &[s],
-                        &[o],
+                        Some(&[o]),
                         self.fp16,
                         piece,
                     )
@@ -367,7 +371,6 @@ impl StoredWeight {
                 }
             }
         }
-        let offset = offset.unwrap_or_else(|| vec![0.0; scale.len()]);
         Some(StoredWeight {
             outputs,
             inputs,
@@ -412,7 +415,9 @@ impl StoredWeight {
     pub(crate) fn stored_bytes(&self) -> usize {
         match &self.storage {
             Storage::F16(bits) => bits.len() * 2,
-            Storage::Blockwise(q) => q.codes.len() + 8 * q.scale.len(),
+            Storage::Blockwise(q) => {
+                q.codes.len() + 4 * q.scale.len() + q.offset.as_ref().map_or(0, |o| 4 * o.len())
+            }
         }
     }
 }
@@ -491,8 +496,32 @@ trait RowSource: Sync {
 
     /// `row(n) · x` computed without making the row, when a kernel can:
     /// the same bits as making it and calling `dots`.
-    fn fused_dot(&self, _n: usize, _x: &[f32]) -> Option<f32> {
+    fn fused_dot(&self, _n: usize, _x: &FusedInput) -> Option<f32> {
         None
+    }
+}
+
+/// The one row of `x` a matrix-vector product's fused dot products read,
+/// in the layouts they read it in, made once per product.
+struct FusedInput<'a> {
+    x: &'a [f32],
+    /// `x` as the AVX-512 four-bit lookup reads it (`dequant::split_lanes`),
+    /// on CPUs that run it.
+    #[cfg(target_arch = "x86_64")]
+    split: Option<Vec<f32>>,
+}
+
+impl<'a> FusedInput<'a> {
+    fn new(isa: Isa, x: &'a [f32]) -> FusedInput<'a> {
+        #[cfg(target_arch = "x86_64")]
+        let split = (isa == Isa::Avx512 && x.len().is_multiple_of(dot::LANES))
+            .then(|| dequant::split_lanes(x));
+        let _ = isa;
+        FusedInput {
+            x,
+            #[cfg(target_arch = "x86_64")]
+            split,
+        }
     }
 }
 
@@ -574,7 +603,7 @@ impl RowSource for Dequantized<'_> {
         self.q.codes.len() * 4 * 8 / self.q.bits.width()
     }
 
-    fn fused_dot(&self, n: usize, x: &[f32]) -> Option<f32> {
+    fn fused_dot(&self, n: usize, input: &FusedInput) -> Option<f32> {
         #[cfg(target_arch = "x86_64")]
         if self.isa.has_avx2()
             && self.q.block.is_multiple_of(8)
@@ -583,6 +612,28 @@ impl RowSource for Dequantized<'_> {
             let blocks = self.inputs / self.q.block;
             let row_bytes = self.q.bits.row_bytes(self.inputs);
             let params = n * blocks..(n + 1) * blocks;
+            let x = input.x;
+            if let (Some(x_split), Bits::I4 | Bits::U4, true) = (
+                &input.split,
+                self.q.bits,
+                self.q.block.is_multiple_of(dot::LANES),
+            ) {
+                // SAFETY: `split` is made only for `Isa::Avx512`, chosen
+                // only on CPUs with AVX-512F, AVX2, FMA and F16C; 4-bit
+                // codes in blocks of a multiple of 32; the codes and
+                // parameters are row `n`'s, `x_split` as long as the row.
+                return Some(unsafe {
+                    dequant::dot_by_table_avx512(
+                        self.q.bits,
+                        self.q.block,
+                        &self.q.codes[n * row_bytes..(n + 1) * row_bytes],
+                        &self.q.scale[params.clone()],
+                        self.q.offset.as_ref().map(|o| &o[params]),
+                        self.q.fp16,
+                        x_split,
+                    )
+                });
+            }
             // SAFETY: `has_avx2` holds only on CPUs with AVX2, FMA and
             // F16C; the codes and parameters are row `n`'s, `x` a row of
             // `inputs` elements, a multiple of 32 and of the block of 8k.
@@ -592,13 +643,13 @@ impl RowSource for Dequantized<'_> {
                     self.q.block,
                     &self.q.codes[n * row_bytes..(n + 1) * row_bytes],
                     &self.q.scale[params.clone()],
-                    &self.q.offset[params],
+                    self.q.offset.as_ref().map(|o| &o[params]),
                     self.q.fp16,
                     x,
                 )
             });
         }
-        let _ = (n, x);
+        let _ = (n, input);
         None
     }
 }
@@ -639,6 +690,7 @@ fn mat_vec<S: RowSource>(
 ) {
     let (outputs, inputs) = (weight.outputs, weight.inputs);
     let x_rows: Vec<&[f32]> = x.chunks_exact(inputs).take(rows).collect();
+    let fused = (rows == 1).then(|| FusedInput::new(isa, x_rows[0]));
     // Each part computes outputs `range` for every row, into its own buffer
     // (`rows × range`), copied into `out` afterwards.
     let compute = |range: std::ops::Range<usize>| -> Vec<f32> {
@@ -646,8 +698,8 @@ fn mat_vec<S: RowSource>(
         let mut part = vec![0.0f32; rows * width];
         let mut scratch = Scratch::default();
         for (i, n) in range.enumerate() {
-            if rows == 1 {
-                if let Some(y) = source.fused_dot(n, x_rows[0]) {
+            if let Some(input) = &fused {
+                if let Some(y) = source.fused_dot(n, input) {
                     part[i] = y;
                     continue;
                 }
@@ -667,7 +719,14 @@ fn mat_vec<S: RowSource>(
         }
         part
     };
-    let chunk = outputs.div_ceil(threads).max(1);
+    // A few parts per thread, claimed as threads come free, so that a core
+    // slowed by another process (or by memory) does not hold up the rest.
+    let parts = if threads > 1 {
+        threads * PARTS_PER_THREAD
+    } else {
+        1
+    };
+    let chunk = outputs.div_ceil(parts).max(1);
     let ranges: Vec<_> = (0..outputs)
         .step_by(chunk)
         .map(|start| start..(start + chunk).min(outputs))

@@ -246,12 +246,14 @@ fn blockwise_weights_decompress_and_multiply_as_their_dense_values() {
             #[cfg(target_arch = "x86_64")]
             if isa.has_avx2() && block % 8 == 0 && inputs % 32 == 0 {
                 assert!(
-                    source.fused_dot(0, &x[..inputs]).is_some(),
+                    source
+                        .fused_dot(0, &FusedInput::new(isa, &x[..inputs]))
+                        .is_some(),
                     "{bits:?}, block {block}"
                 );
             }
             for n in 0..outputs {
-                if let Some(fused) = source.fused_dot(n, &x[..inputs]) {
+                if let Some(fused) = source.fused_dot(n, &FusedInput::new(isa, &x[..inputs])) {
                     let [unfused] =
                         dot::dots(isa, &dense[n * inputs..(n + 1) * inputs], [&x[..inputs]]);
                     assert_eq!(
