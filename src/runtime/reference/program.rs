@@ -69,6 +69,9 @@ pub(crate) struct Step {
     /// What the op prepared at load from its constant inputs (a
     /// convolution's packed weight, see [`ops::prepare`]); None for most.
     pub prepared: Option<ops::Prepared>,
+    /// Whether a `relu` that read only this step's output was fused into
+    /// it ([`fuse_relus`]): the step applies it as it stores its output.
+    pub relu_after: bool,
 }
 
 impl Step {
@@ -210,6 +213,7 @@ pub(crate) fn compile(
         compiler.program.outputs.push((output.clone(), slot));
     }
     let mut program = compiler.program;
+    fuse_relus(&mut program);
     plan_releases(&mut program);
     drop_unread_constants(&mut program);
     prepare_steps(&mut program);
@@ -639,6 +643,7 @@ impl Compiler<'_> {
                     release: Vec::new(),
                     round_fp16,
                     prepared: None,
+                    relu_after: false,
                 });
             }
         }
@@ -914,6 +919,52 @@ fn drop_unread_constants(program: &mut Program) {
     program.constants.retain(|(slot, _)| read.contains(slot));
 }
 
+/// Fuses each `relu` into the convolution right before it, when the relu
+/// is the only reader of the convolution's output (no other step, in any
+/// block, and not the function's outputs): the convolution then applies
+/// `max(0, ·)` as its kernel stores each element and writes the relu's
+/// output, and the relu step is gone. The values are the same bits: ReLU
+/// of the same sums. Steps rounding fp16 (`fp16_ops`) are left alone.
+fn fuse_relus(program: &mut Program) {
+    let mut reads: HashMap<Slot, usize> = HashMap::new();
+    for step in &program.steps {
+        step.visit_reads(&mut |slot| *reads.entry(slot).or_default() += 1);
+    }
+    for (_, slot) in &program.outputs {
+        *reads.entry(*slot).or_default() += 1;
+    }
+    let steps = std::mem::take(&mut program.steps);
+    let mut fused: Vec<Step> = Vec::with_capacity(steps.len());
+    for step in steps {
+        if let Some(conv) = fused.last_mut() {
+            if fusable(conv, &step, &reads) {
+                conv.outputs = step.outputs;
+                conv.relu_after = true;
+                continue;
+            }
+        }
+        fused.push(step);
+    }
+    program.steps = fused;
+}
+
+/// Whether `relu` can be fused into `conv`, the step before it (see
+/// [`fuse_relus`]); `reads` counts every step's and output's reads of a
+/// slot.
+fn fusable(conv: &Step, relu: &Step, reads: &HashMap<Slot, usize>) -> bool {
+    let [(conv_output, _)] = conv.outputs.as_slice() else {
+        return false;
+    };
+    conv.kind == ops::Kind::Conv
+        && !conv.relu_after
+        && relu.kind == ops::Kind::Unary(ops::Unary::Relu)
+        && relu.input("x") == Some(std::slice::from_ref(conv_output))
+        && relu.outputs.len() == 1
+        && reads.get(conv_output) == Some(&1)
+        && conv.round_fp16.is_empty()
+        && relu.round_fp16.is_empty()
+}
+
 /// Decides after which step each slot can be emptied: the last step that
 /// reads it (or the step that writes it, if nothing reads it), a step
 /// holding nested blocks counting as reading every slot they read. The
@@ -958,6 +1009,20 @@ fn plan(steps: &mut [Step], keep: &HashSet<Slot>, releasable: &dyn Fn(Slot) -> b
 }
 
 impl Step {
+    /// Calls `visit` with every slot the step reads, in its nested blocks
+    /// too (once per read).
+    fn visit_reads(&self, visit: &mut dyn FnMut(Slot)) {
+        for (_, slots) in &self.inputs {
+            slots.iter().for_each(|&slot| visit(slot));
+        }
+        for block in &self.blocks {
+            for step in &block.steps {
+                step.visit_reads(visit);
+            }
+            block.outputs.iter().for_each(|&slot| visit(slot));
+        }
+    }
+
     /// Calls `visit` with every slot the step reads or writes, in its
     /// nested blocks too.
     fn visit_slots(&self, visit: &mut dyn FnMut(Slot)) {

@@ -50,9 +50,14 @@ fn boolean() -> mil_spec::ValueType {
 
 /// A scalar immediate.
 fn scalar(data_type: DataType, value: tensor_value::Value) -> mil_spec::Value {
+    immediate(data_type, &[], value)
+}
+
+/// An immediate tensor of shape `dims`.
+fn immediate(data_type: DataType, dims: &[u64], value: tensor_value::Value) -> mil_spec::Value {
     mil_spec::Value {
         doc_string: String::new(),
-        r#type: Some(tensor(data_type, &[])),
+        r#type: Some(tensor(data_type, dims)),
         value: Some(value::Value::ImmediateValue(value::ImmediateValue {
             value: Some(value::immediate_value::Value::Tensor(
                 mil_spec::TensorValue { value: Some(value) },
@@ -851,4 +856,103 @@ fn a_function_split_at_an_fp16_value_gives_bit_for_bit_what_it_gives_whole() {
     // Without the mode the split adds a rounding the whole lacks, so the
     // equality above is the mode's doing.
     assert!(differs_by_default);
+}
+
+/// `y` = `relu(conv(x))` over `x` as a `[1, 2, 4, 4]` image, 3 × 3 kernel
+/// (padding `same`), with the convolution's output also read by `extra`
+/// ops when given (which keeps the relu from being fused).
+fn conv_relu(extra: bool) -> mil_spec::Block {
+    let ints = |values: &[i32]| {
+        immediate(
+            DataType::Int32,
+            &[values.len() as u64],
+            tensor_value::Value::Ints(tensor_value::RepeatedInts {
+                values: values.to_vec(),
+            }),
+        )
+    };
+    let image = || tensor(DataType::Float32, &[1, 2, 4, 4]);
+    let weights: Vec<f32> = (0..36).map(|i| ((i * 7 % 11) as f32 - 5.0) / 8.0).collect();
+    let weight = immediate(
+        DataType::Float32,
+        &[2, 2, 3, 3],
+        tensor_value::Value::Floats(tensor_value::RepeatedFloats { values: weights }),
+    );
+    let pad_type = scalar(
+        DataType::String,
+        tensor_value::Value::Strings(tensor_value::RepeatedStrings {
+            values: vec!["same".to_string()],
+        }),
+    );
+    let mut ops = vec![
+        simple(
+            "reshape",
+            vec![("x", Name("x")), ("shape", v(ints(&[1, 2, 4, 4])))],
+            ("image", image()),
+        ),
+        simple(
+            "conv",
+            vec![
+                ("x", Name("image")),
+                ("weight", v(weight)),
+                ("strides", v(ints(&[1, 1]))),
+                ("pad_type", v(pad_type)),
+                ("pad", v(ints(&[0, 0, 0, 0]))),
+                ("dilations", v(ints(&[1, 1]))),
+                ("groups", v(i32_value(1))),
+            ],
+            ("c", image()),
+        ),
+        simple("relu", vec![("x", Name("c"))], ("r", image())),
+    ];
+    let result = if extra {
+        // r + 0 · c: the same values (c is finite), but c is read twice.
+        ops.push(simple(
+            "mul",
+            vec![("x", Name("c")), ("y", v(f32_value(0.0)))],
+            ("zero", image()),
+        ));
+        ops.push(simple(
+            "add",
+            vec![("x", Name("r")), ("y", Name("zero"))],
+            ("sum", image()),
+        ));
+        "sum"
+    } else {
+        "r"
+    };
+    ops.push(simple(
+        "reshape",
+        vec![("x", Name(result)), ("shape", v(ints(&[1, 32])))],
+        ("y", row()),
+    ));
+    block(&[], ops, &["y"])
+}
+
+#[test]
+fn a_relu_reading_only_a_convolution_is_fused_into_it_to_the_same_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let fused = Function::load(&package_with(dir.path(), conv_relu(false)), "main", false).unwrap();
+    let kinds = |function: &Function| -> Vec<(String, bool)> {
+        all_steps(&function.program.steps)
+            .iter()
+            .map(|step| (step.op_type.clone(), step.relu_after))
+            .collect()
+    };
+    assert!(kinds(&fused).contains(&("conv".to_string(), true)));
+    assert!(!kinds(&fused).iter().any(|(op, _)| op == "relu"));
+    let other = tempfile::tempdir().unwrap();
+    let kept = Function::load(&package_with(other.path(), conv_relu(true)), "main", false).unwrap();
+    assert!(kinds(&kept).contains(&("conv".to_string(), false)));
+    assert!(kinds(&kept).iter().any(|(op, _)| op == "relu"));
+    for seed in 0..4 {
+        let x = sample(seed);
+        let y = output(&fused.predict(&input(&x), None).unwrap());
+        let want = output(&kept.predict(&input(&x), None).unwrap());
+        assert_eq!(
+            y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert!(y.iter().all(|&v| v >= 0.0) && y.iter().any(|&v| v > 0.0));
+    }
 }

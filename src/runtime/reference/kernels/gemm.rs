@@ -384,25 +384,40 @@ fn store(
         let row =
             unsafe { std::slice::from_raw_parts_mut(out.data.add((r + i) * out.stride + c), nr) };
         let values = &tile[i * NR..i * NR + nr];
-        if first {
-            row.copy_from_slice(values);
+        let row_bias = epilogue.row_bias.filter(|_| last).map(|bias| bias[r + i]);
+        let col_bias = epilogue
+            .col_bias
+            .filter(|_| last)
+            .map(|bias| &bias[c..c + nr]);
+        let relu = last && epilogue.relu;
+        let finish = |j: usize, sum: f32| {
+            // The block sums in order, then the biases, then ReLU.
+            let mut v = sum;
+            if let Some(bias) = row_bias {
+                v += bias;
+            }
+            if let Some(bias) = col_bias {
+                v += bias[j];
+            }
+            if relu {
+                v = v.max(0.0);
+            }
+            v
+        };
+        if let (Ok(row), Ok(values)) = (
+            <&mut [f32; NR]>::try_from(&mut *row),
+            <&[f32; NR]>::try_from(values),
+        ) {
+            // A whole tile row: a loop of constant length, which the
+            // compiler unrolls into vector operations.
+            for j in 0..NR {
+                let sum = if first { values[j] } else { row[j] + values[j] };
+                row[j] = finish(j, sum);
+            }
         } else {
-            for (o, v) in row.iter_mut().zip(values) {
-                *o += v;
-            }
-        }
-        if last {
-            if let Some(bias) = epilogue.row_bias {
-                let b = bias[r + i];
-                row.iter_mut().for_each(|o| *o += b);
-            }
-            if let Some(bias) = epilogue.col_bias {
-                for (o, b) in row.iter_mut().zip(&bias[c..c + nr]) {
-                    *o += b;
-                }
-            }
-            if epilogue.relu {
-                row.iter_mut().for_each(|o| *o = o.max(0.0));
+            for (j, (o, &v)) in row.iter_mut().zip(values).enumerate() {
+                let sum = if first { v } else { *o + v };
+                *o = finish(j, sum);
             }
         }
     }

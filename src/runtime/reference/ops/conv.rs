@@ -224,7 +224,19 @@ fn copy_into_panels(out: &mut [f32], kc: usize, k: usize, mut index: usize, mut 
         let (panel, column) = (index / NR, index % NR);
         let take = (NR - column).min(values.len());
         let at = (panel * kc + k) * NR + column;
-        out[at..at + take].copy_from_slice(&values[..take]);
+        let (to, from) = (&mut out[at..at + take], &values[..take]);
+        if let (Ok(to), Ok(from)) = (
+            <&mut [f32; NR]>::try_from(&mut *to),
+            <&[f32; NR]>::try_from(from),
+        ) {
+            // A whole panel row: a copy of constant length, a few vector
+            // moves rather than a call (most rows of a wide plane).
+            *to = *from;
+        } else {
+            for (to, &from) in to.iter_mut().zip(from) {
+                *to = from;
+            }
+        }
         values = &values[take..];
         index += take;
     }
@@ -399,6 +411,8 @@ pub(super) fn conv(args: &Args<'_>) -> OpResult<Value> {
             &packed_now
         }
     };
+    // A relu fused into this step at load (`program`'s `fuse_relus`).
+    let relu = args.step.relu_after;
     let mut out = vec![0.0f32; batch * out_channels * out_size];
     let group_input = group_channels * conv.plane;
     let group_output = conv.group_out * out_size;
@@ -422,11 +436,15 @@ pub(super) fn conv(args: &Args<'_>) -> OpResult<Value> {
                 if let Some(&[b]) = row_bias {
                     target.iter_mut().for_each(|v| *v += b);
                 }
+                if relu {
+                    target.iter_mut().for_each(|v| *v = v.max(0.0));
+                }
                 return;
             }
             let columns = Im2col { conv, input };
             let epilogue = Epilogue {
                 row_bias,
+                relu,
                 ..Epilogue::default()
             };
             kernels::gemm(&packed[g], &columns, target, out_size, epilogue);

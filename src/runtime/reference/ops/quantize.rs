@@ -207,6 +207,7 @@ fn with_input(args: &Args<'_>, name: &str, value: Value) -> (Step, Vec<Option<Va
         round_fp16: Vec::new(),
         // Nothing packed at load: the weight is the one dequantized here.
         prepared: None,
+        relu_after: args.step.relu_after,
     };
     (step, env)
 }

@@ -66,6 +66,7 @@ pub(crate) fn run_op(
         release: Vec::new(),
         round_fp16: Vec::new(),
         prepared: None,
+        relu_after: false,
     };
     run(
         spec.kind,
