@@ -9,6 +9,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use super::window::{Source, Window};
 use super::{Args, Pool};
+use crate::runtime::reference::kernels;
 use crate::runtime::reference::value::{OpResult, Value};
 
 pub(super) fn pool(op: Pool, args: &Args<'_>) -> OpResult<Value> {
@@ -43,7 +44,7 @@ pub(super) fn pool(op: Pool, args: &Args<'_>) -> OpResult<Value> {
     let out_size = window.output_size();
     let mut out = vec![0f32; planes * out_size];
     let positions = positions(&window);
-    for (input, target) in data.chunks_exact(plane).zip(out.chunks_exact_mut(out_size)) {
+    let pool_plane = |input: &[f32], target: &mut [f32]| {
         for (slot, (reads, count)) in target.iter_mut().zip(&positions) {
             let count = if exclude_padding { reads.len() } else { *count };
             *slot = match op {
@@ -64,7 +65,28 @@ pub(super) fn pool(op: Pool, args: &Args<'_>) -> OpResult<Value> {
                     .sqrt(),
             };
         }
-    }
+    };
+    // Each plane's outputs depend on that plane alone, so splitting the
+    // planes over the pool changes no result.
+    let threads = kernels::cores();
+    let reads = out.len() * window.kernel_size();
+    let planes_per_part = if threads > 1 && reads >= kernels::PARALLEL_ELEMENTS {
+        planes.div_ceil(threads)
+    } else {
+        planes
+    };
+    let parts: Vec<_> = data
+        .chunks(planes_per_part.max(1) * plane)
+        .zip(out.chunks_mut(planes_per_part.max(1) * out_size))
+        .collect();
+    kernels::for_each_in_parallel(parts, |(inputs, targets)| {
+        for (input, target) in inputs
+            .chunks_exact(plane)
+            .zip(targets.chunks_exact_mut(out_size))
+        {
+            pool_plane(input, target);
+        }
+    });
     let out_shape = [&shape[..2], &window.output[..]].concat();
     ArrayD::from_shape_vec(IxDyn(&out_shape), out)
         .map(|a| Value::Float(a.into_shared()))

@@ -468,3 +468,37 @@ fn no_op_panics_on_degenerate_inputs() {
     // Not vacuous: most elementwise ops compute on these.
     assert!(computed > 1000, "only {computed} calls computed anything");
 }
+
+#[test]
+fn pools_split_over_the_cores_match_a_window_by_window_maximum() {
+    // Nine 64 × 64 planes, a 3 × 3 window with stride 2: enough reads to
+    // split the planes over the pool, in parts of uneven size.
+    let (planes, side, out_side) = (9usize, 64usize, 31usize);
+    let data: Vec<f32> = (0..planes * side * side)
+        .map(|k| ((k * 7919 % 1009) as f32 - 504.0) / 100.0)
+        .collect();
+    let out = run_op(
+        "max_pool",
+        vec![
+            ("x", f(&[1, planes, side, side], &data)),
+            ("kernel_sizes", i(&[2], &[3, 3])),
+            ("strides", i(&[2], &[2, 2])),
+            ("pad_type", s("valid")),
+        ],
+        1,
+    )
+    .unwrap();
+    let Value::Float(out) = &out[0] else {
+        panic!("max_pool gave no tensor");
+    };
+    assert_eq!(out.shape(), [1, planes, out_side, out_side]);
+    for p in 0..planes {
+        for (oh, ow) in (0..out_side).flat_map(|h| (0..out_side).map(move |w| (h, w))) {
+            let mut want = f32::NEG_INFINITY;
+            for (kh, kw) in (0..3).flat_map(|h| (0..3).map(move |w| (h, w))) {
+                want = want.max(data[(p * side + 2 * oh + kh) * side + 2 * ow + kw]);
+            }
+            assert_eq!(out[[0, p, oh, ow]], want, "plane {p} at ({oh}, {ow})");
+        }
+    }
+}
