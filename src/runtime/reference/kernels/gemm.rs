@@ -185,8 +185,16 @@ impl PackedA {
                 let panel = &mut data[at..at + MR * kc];
                 for i in 0..MR.min(rows - p * MR) {
                     let r = p * MR + i;
-                    for k in 0..kc {
-                        panel[k * MR + i] = a.at(r, k0 + k);
+                    if a.col_stride == 1 {
+                        // A row-major `A`: read the row along.
+                        let start = r * a.row_stride + k0;
+                        for (k, &value) in a.data[start..start + kc].iter().enumerate() {
+                            panel[k * MR + i] = value;
+                        }
+                    } else {
+                        for k in 0..kc {
+                            panel[k * MR + i] = a.at(r, k0 + k);
+                        }
                     }
                 }
                 at += MR * kc;
@@ -390,36 +398,41 @@ fn store(
             .filter(|_| last)
             .map(|bias| &bias[c..c + nr]);
         let relu = last && epilogue.relu;
-        let finish = |j: usize, sum: f32| {
-            // The block sums in order, then the biases, then ReLU.
-            let mut v = sum;
-            if let Some(bias) = row_bias {
-                v += bias;
-            }
-            if let Some(bias) = col_bias {
-                v += bias[j];
-            }
-            if relu {
-                v = v.max(0.0);
-            }
-            v
-        };
         if let (Ok(row), Ok(values)) = (
             <&mut [f32; NR]>::try_from(&mut *row),
             <&[f32; NR]>::try_from(values),
         ) {
-            // A whole tile row: a loop of constant length, which the
-            // compiler unrolls into vector operations.
-            for j in 0..NR {
-                let sum = if first { values[j] } else { row[j] + values[j] };
-                row[j] = finish(j, sum);
+            // A whole tile row: each step a loop of constant length, which
+            // the compiler turns into a few vector operations.
+            if first {
+                *row = *values;
+            } else {
+                row.iter_mut().zip(values).for_each(|(o, v)| *o += v);
             }
+            finish(row, row_bias, col_bias, relu);
         } else {
-            for (j, (o, &v)) in row.iter_mut().zip(values).enumerate() {
-                let sum = if first { v } else { *o + v };
-                *o = finish(j, sum);
+            if first {
+                row.copy_from_slice(values);
+            } else {
+                row.iter_mut().zip(values).for_each(|(o, v)| *o += v);
             }
+            finish(row, row_bias, col_bias, relu);
         }
+    }
+}
+
+/// The epilogue of one stored row: the row's bias, then the columns'
+/// biases, then ReLU, each element in that order.
+#[inline(always)]
+fn finish(row: &mut [f32], row_bias: Option<f32>, col_bias: Option<&[f32]>, relu: bool) {
+    if let Some(bias) = row_bias {
+        row.iter_mut().for_each(|o| *o += bias);
+    }
+    if let Some(bias) = col_bias {
+        row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+    }
+    if relu {
+        row.iter_mut().for_each(|o| *o = o.max(0.0));
     }
 }
 

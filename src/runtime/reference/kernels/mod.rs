@@ -422,23 +422,79 @@ impl StoredWeight {
     }
 }
 
-/// `out = x · weightᵀ` for `rows` rows of `x` (`rows × inputs`, row-major),
-/// into `out` (`rows × outputs`), on the best instruction set.
-pub(crate) fn linear(weight: &Arc<StoredWeight>, x: &[f32], rows: usize, out: &mut [f32]) {
-    linear_on(Isa::detect(), weight, x, rows, out);
+/// `out = x · weightᵀ + bias` for `rows` rows of `x` (`rows × inputs`,
+/// row-major), into `out` (`rows × outputs`), on the best instruction set;
+/// `bias` (`outputs` long) is added to each row's sums.
+pub(crate) fn linear(
+    weight: &Arc<StoredWeight>,
+    x: &[f32],
+    rows: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    linear_on(Isa::detect(), weight, x, rows, bias, out);
 }
 
 /// [`linear`] on instruction set `isa`.
-fn linear_on(isa: Isa, weight: &StoredWeight, x: &[f32], rows: usize, out: &mut [f32]) {
+fn linear_on(
+    isa: Isa,
+    weight: &StoredWeight,
+    x: &[f32],
+    rows: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     debug_assert_eq!(x.len(), rows * weight.inputs);
     debug_assert_eq!(out.len(), rows * weight.outputs);
-    if weight.inputs == 0 {
-        // Empty sums.
-        out.fill(0.0);
+    debug_assert!(bias.is_none_or(|b| b.len() == weight.outputs));
+    if weight.inputs == 0 || rows < MATVEC_ROWS {
+        if weight.inputs == 0 {
+            // Empty sums.
+            out.fill(0.0);
+        } else {
+            linear_without_bias(isa, weight, x, rows, out);
+        }
+        if let Some(bias) = bias {
+            for row in out.chunks_exact_mut(weight.outputs.max(1)) {
+                row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+            }
+        }
         return;
     }
     match &weight.storage {
-        Storage::F16(data) => product(
+        Storage::F16(data) => many_rows(
+            isa,
+            &Stored {
+                data,
+                inputs: weight.inputs,
+                isa,
+            },
+            weight,
+            x,
+            rows,
+            bias,
+            out,
+        ),
+        Storage::Blockwise(q) => many_rows(
+            isa,
+            &Dequantized {
+                q,
+                inputs: weight.inputs,
+                isa,
+            },
+            weight,
+            x,
+            rows,
+            bias,
+            out,
+        ),
+    }
+}
+
+/// Matrix-vector products of fewer than [`MATVEC_ROWS`] rows, on `isa`.
+fn linear_without_bias(isa: Isa, weight: &StoredWeight, x: &[f32], rows: usize, out: &mut [f32]) {
+    match &weight.storage {
+        Storage::F16(data) => mat_vec(
             isa,
             &Stored {
                 data,
@@ -450,7 +506,7 @@ fn linear_on(isa: Isa, weight: &StoredWeight, x: &[f32], rows: usize, out: &mut 
             rows,
             out,
         ),
-        Storage::Blockwise(q) => product(
+        Storage::Blockwise(q) => mat_vec(
             isa,
             &Dequantized {
                 q,
@@ -654,9 +710,10 @@ impl RowSource for Dequantized<'_> {
     }
 }
 
-/// [`linear`] over rows from `source`: matrix-vector products for a few
-/// rows, blocked matrix products for more.
-fn product<S: RowSource>(
+/// Matrix-vector products: `out[r][n] = weight[n] · x[r]`, the weight rows
+/// split over `threads`; each weight row is read once for all rows of `x`
+/// (two at a time in registers).
+fn mat_vec<S: RowSource>(
     isa: Isa,
     source: &S,
     weight: &StoredWeight,
@@ -669,25 +726,6 @@ fn product<S: RowSource>(
     } else {
         cores().min(weight.outputs.max(1))
     };
-    if rows < MATVEC_ROWS {
-        mat_vec(isa, source, weight, threads, x, rows, out);
-    } else {
-        many_rows(isa, source, weight, x, rows, out);
-    }
-}
-
-/// Matrix-vector products: `out[r][n] = weight[n] · x[r]`, the weight rows
-/// split over `threads`; each weight row is read once for all rows of `x`
-/// (two at a time in registers).
-fn mat_vec<S: RowSource>(
-    isa: Isa,
-    source: &S,
-    weight: &StoredWeight,
-    threads: usize,
-    x: &[f32],
-    rows: usize,
-    out: &mut [f32],
-) {
     let (outputs, inputs) = (weight.outputs, weight.inputs);
     let x_rows: Vec<&[f32]> = x.chunks_exact(inputs).take(rows).collect();
     let fused = (rows == 1).then(|| FusedInput::new(isa, x_rows[0]));
@@ -741,7 +779,7 @@ fn mat_vec<S: RowSource>(
     }
 }
 
-/// `out = x · weightᵀ` on the matrix product of `gemm.rs`: `x` is packed
+/// `out = x · weightᵀ + bias` on the matrix product of `gemm.rs`: `x` is packed
 /// once, and the weight's rows are `B`'s columns, widened (or
 /// dequantized) straight into its packed panels a segment at a time as the
 /// product reaches them, so the weight stays as stored. The product splits
@@ -753,6 +791,7 @@ fn many_rows<S: RowSource>(
     weight: &StoredWeight,
     x: &[f32],
     rows: usize,
+    bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
     let (outputs, inputs) = (weight.outputs, weight.inputs);
@@ -772,7 +811,10 @@ fn many_rows<S: RowSource>(
         &columns,
         out,
         outputs,
-        Epilogue::default(),
+        Epilogue {
+            col_bias: bias,
+            ..Epilogue::default()
+        },
     );
 }
 

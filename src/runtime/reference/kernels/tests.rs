@@ -85,15 +85,18 @@ fn linear_matches_a_naive_product_on_every_instruction_set() {
         for &(rows, outputs, inputs) in SHAPES {
             let (weight, widened) = f16_weight(&mut random, outputs, inputs);
             let x = random.vec(rows * inputs);
+            // A bias on every other shape, matrix-vector and matrix paths.
+            let bias = (outputs % 2 == 1).then(|| random.vec(outputs));
             let mut out = vec![f32::NAN; rows * outputs];
-            linear_on(isa, &weight, &x, rows, &mut out);
+            linear_on(isa, &weight, &x, rows, bias.as_deref(), &mut out);
             for (i, (&got, (want, bound))) in out
                 .iter()
                 .zip(naive(&widened, &x, rows, outputs, inputs))
                 .enumerate()
             {
+                let want = want + bias.as_ref().map_or(0.0, |b| f64::from(b[i % outputs]));
                 assert!(
-                    (f64::from(got) - want).abs() <= bound,
+                    (f64::from(got) - want).abs() <= bound + 1e-6,
                     "{isa:?}, {rows}×{inputs} by {outputs}: element {i} is {got}, not {want} (±{bound})"
                 );
             }
@@ -264,7 +267,7 @@ fn blockwise_weights_decompress_and_multiply_as_their_dense_values() {
                 }
             }
             let mut out = vec![f32::NAN; rows * outputs];
-            linear_on(isa, &weight, &x, rows, &mut out);
+            linear_on(isa, &weight, &x, rows, None, &mut out);
             for (i, (&got, (want, bound))) in out
                 .iter()
                 .zip(naive(&dense, &x, rows, outputs, inputs))

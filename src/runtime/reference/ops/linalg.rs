@@ -32,6 +32,20 @@ pub(super) fn linear(args: &Args<'_>) -> OpResult<Value> {
         .view()
         .into_shape_with_order((rows, inputs))
         .map_err(|e| e.to_string())?;
+    // The bias, added to each row's sums as the kernels store them.
+    let bias = match args.get("bias")? {
+        None => None,
+        Some(bias) => {
+            let bias = bias.to_float()?;
+            if bias.shape() != [outputs] {
+                return Err(format!(
+                    "the bias has shape {:?}, the weight {outputs} outputs",
+                    bias.shape()
+                ));
+            }
+            Some(bias.iter().copied().collect::<Vec<f32>>())
+        }
+    };
     let mut out = Array2::<f32>::zeros((rows, outputs));
     match weight {
         // Kept as stored (fp16): the kernels widen it as they read it.
@@ -42,7 +56,7 @@ pub(super) fn linear(args: &Args<'_>) -> OpResult<Value> {
             let target = out
                 .as_slice_mut()
                 .ok_or("the output is not contiguous (interpreter bug)")?;
-            kernels::linear(stored, x, rows, target);
+            kernels::linear(stored, x, rows, bias.as_deref(), target);
         }
         other => {
             let weight = other.to_float()?;
@@ -53,6 +67,9 @@ pub(super) fn linear(args: &Args<'_>) -> OpResult<Value> {
             if rows < MATVEC_ROWS {
                 for (row, mut result) in x2.outer_iter().zip(out.outer_iter_mut()) {
                     mat_vec(&w, &row, &mut result);
+                    if let Some(bias) = &bias {
+                        result.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+                    }
                 }
             } else {
                 let (x, w) = (x2.as_slice(), w.as_standard_layout());
@@ -70,29 +87,13 @@ pub(super) fn linear(args: &Args<'_>) -> OpResult<Value> {
                 let target = out
                     .as_slice_mut()
                     .ok_or("the output is not contiguous (interpreter bug)")?;
-                kernels::gemm(
-                    &PackedA::new(x),
-                    &w.t(),
-                    target,
-                    outputs,
-                    Epilogue::default(),
-                );
+                let epilogue = Epilogue {
+                    col_bias: bias.as_deref(),
+                    ..Epilogue::default()
+                };
+                kernels::gemm(&PackedA::new(x), &w.t(), target, outputs, epilogue);
             }
         }
-    }
-    if let Some(bias) = args.get("bias")? {
-        let bias = bias.to_float()?;
-        if bias.shape() != [outputs] {
-            return Err(format!(
-                "the bias has shape {:?}, the weight {outputs} outputs",
-                bias.shape()
-            ));
-        }
-        let bias = bias
-            .view()
-            .into_dimensionality::<ndarray::Ix1>()
-            .map_err(|e| e.to_string())?;
-        out += &bias;
     }
     let mut out_shape = shape;
     if let Some(last) = out_shape.last_mut() {
