@@ -447,22 +447,8 @@ fn linear_on(
     debug_assert_eq!(x.len(), rows * weight.inputs);
     debug_assert_eq!(out.len(), rows * weight.outputs);
     debug_assert!(bias.is_none_or(|b| b.len() == weight.outputs));
-    if weight.inputs == 0 || rows < MATVEC_ROWS {
-        if weight.inputs == 0 {
-            // Empty sums.
-            out.fill(0.0);
-        } else {
-            linear_without_bias(isa, weight, x, rows, out);
-        }
-        if let Some(bias) = bias {
-            for row in out.chunks_exact_mut(weight.outputs.max(1)) {
-                row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
-            }
-        }
-        return;
-    }
     match &weight.storage {
-        Storage::F16(data) => many_rows(
+        Storage::F16(data) => product(
             isa,
             &Stored {
                 data,
@@ -475,7 +461,7 @@ fn linear_on(
             bias,
             out,
         ),
-        Storage::Blockwise(q) => many_rows(
+        Storage::Blockwise(q) => product(
             isa,
             &Dequantized {
                 q,
@@ -491,33 +477,33 @@ fn linear_on(
     }
 }
 
-/// Matrix-vector products of fewer than [`MATVEC_ROWS`] rows, on `isa`.
-fn linear_without_bias(isa: Isa, weight: &StoredWeight, x: &[f32], rows: usize, out: &mut [f32]) {
-    match &weight.storage {
-        Storage::F16(data) => mat_vec(
-            isa,
-            &Stored {
-                data,
-                inputs: weight.inputs,
-                isa,
-            },
-            weight,
-            x,
-            rows,
-            out,
-        ),
-        Storage::Blockwise(q) => mat_vec(
-            isa,
-            &Dequantized {
-                q,
-                inputs: weight.inputs,
-                isa,
-            },
-            weight,
-            x,
-            rows,
-            out,
-        ),
+/// [`linear`] over rows from `source`: matrix-vector products for a few
+/// rows, the bias added after; a matrix product for more, the bias added
+/// as it stores.
+#[allow(clippy::too_many_arguments)]
+fn product<S: RowSource>(
+    isa: Isa,
+    source: &S,
+    weight: &StoredWeight,
+    x: &[f32],
+    rows: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    if weight.inputs > 0 && rows >= MATVEC_ROWS {
+        many_rows(isa, source, weight, x, rows, bias, out);
+        return;
+    }
+    if weight.inputs == 0 {
+        // Empty sums.
+        out.fill(0.0);
+    } else {
+        mat_vec(isa, source, weight, x, rows, out);
+    }
+    if let Some(bias) = bias {
+        for row in out.chunks_exact_mut(weight.outputs.max(1)) {
+            row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+        }
     }
 }
 
@@ -537,14 +523,7 @@ trait RowSource: Sync {
     /// kc`, into a packed panel of the matrix product's `B`: `panel[k * NR
     /// + j] = row(first + j)[k0 + k]`, the rest of `panel` left as it is.
     fn pack_panel(&self, first: usize, width: usize, k0: usize, panel: &mut [f32]) {
-        let kc = panel.len() / NR;
-        let mut segment = vec![0.0f32; kc];
-        for j in 0..width {
-            self.segment(first + j, k0, &mut segment);
-            for (k, &value) in segment.iter().enumerate() {
-                panel[k * NR + j] = value;
-            }
-        }
+        pack_by_segments(self, first, width, k0, panel);
     }
 
     /// The bytes the whole weight occupies (what a product streams).
@@ -554,6 +533,25 @@ trait RowSource: Sync {
     /// the same bits as making it and calling `dots`.
     fn fused_dot(&self, _n: usize, _x: &FusedInput) -> Option<f32> {
         None
+    }
+}
+
+/// [`RowSource::pack_panel`] a row segment at a time: each made, then
+/// written down its column of the panel.
+fn pack_by_segments<S: RowSource + ?Sized>(
+    source: &S,
+    first: usize,
+    width: usize,
+    k0: usize,
+    panel: &mut [f32],
+) {
+    let kc = panel.len() / NR;
+    let mut segment = vec![0.0f32; kc];
+    for j in 0..width {
+        source.segment(first + j, k0, &mut segment);
+        for (k, &value) in segment.iter().enumerate() {
+            panel[k * NR + j] = value;
+        }
     }
 }
 
@@ -620,13 +618,7 @@ impl<W: Element> RowSource for Stored<'_, W> {
             unsafe { dot::pack_panel_avx2(rows, k0, kc, panel) };
             return;
         }
-        let mut segment = vec![0.0f32; kc];
-        for j in 0..width {
-            self.segment(first + j, k0, &mut segment);
-            for (k, &value) in segment.iter().enumerate() {
-                panel[k * NR + j] = value;
-            }
-        }
+        pack_by_segments(self, first, width, k0, panel);
     }
 
     fn bytes(&self) -> usize {
