@@ -232,6 +232,9 @@ pub(super) fn layer_norm(args: &Args<'_>) -> OpResult<Value> {
     let rank = x.ndim();
     let axes = axes(args.opt_i64_vec("axes")?, rank)?;
     let epsilon = args.opt_f32("epsilon")?.unwrap_or(1e-5);
+    if let Some(out) = layer_norm_rows(&x, &axes, epsilon, args)? {
+        return Ok(Value::Float(out));
+    }
     let mut out = normalize(&x, &axes, epsilon)?;
     // gamma and beta have the normalized axes' shape; they broadcast over
     // the others.
@@ -259,6 +262,82 @@ pub(super) fn layer_norm(args: &Args<'_>) -> OpResult<Value> {
         }
     }
     Ok(Value::Float(out))
+}
+
+/// `layer_norm` over the trailing axes of a row-major `x` (a transformer's
+/// every layer), a row at a time, the rows split over the kernels' pool:
+/// each row's mean, centred values, variance, scale and affine are the
+/// operations `normalize` and the broadcasts after it apply, in the same
+/// order, so the same bits. None when `x` or the axes are otherwise, or
+/// `gamma` or `beta` do not have the normalized shape (the general path
+/// reports that).
+fn layer_norm_rows(
+    x: &FloatArray,
+    axes: &[usize],
+    epsilon: f32,
+    args: &Args<'_>,
+) -> OpResult<Option<FloatArray>> {
+    let rank = x.ndim();
+    let trailing = !axes.is_empty()
+        && axes
+            .iter()
+            .enumerate()
+            .all(|(i, &a)| a == rank - axes.len() + i);
+    let Some(data) = x.as_slice().filter(|_| trailing) else {
+        return Ok(None);
+    };
+    let count: usize = x.shape()[rank - axes.len()..].iter().product();
+    if count == 0 {
+        return Ok(None);
+    }
+    let param = |name: &str| -> OpResult<Option<Option<Vec<f32>>>> {
+        match args.get(name)? {
+            None => Ok(Some(None)),
+            Some(p) => {
+                let p = p.to_float()?;
+                Ok((p.shape() == &x.shape()[rank - axes.len()..])
+                    .then(|| p.iter().copied().collect())
+                    .map(Some))
+            }
+        }
+    };
+    let (Some(gamma), Some(beta)) = (param("gamma")?, param("beta")?) else {
+        return Ok(None);
+    };
+    let mut out = vec![0.0f32; data.len()];
+    let row = |input: &[f32], out: &mut [f32]| {
+        let mean = ArrayView1::from(input).sum() / count as f32;
+        for (o, &v) in out.iter_mut().zip(input) {
+            *o = v - mean;
+        }
+        let variance = out.iter().map(|v| v * v).sum::<f32>() / count as f32;
+        let scale = 1.0 / (variance + epsilon).sqrt();
+        out.iter_mut().for_each(|o| *o *= scale);
+        if let Some(gamma) = &gamma {
+            out.iter_mut().zip(gamma).for_each(|(o, g)| *o *= g);
+        }
+        if let Some(beta) = &beta {
+            out.iter_mut().zip(beta).for_each(|(o, b)| *o += b);
+        }
+    };
+    let threads = kernels::cores();
+    let rows_per_part = if threads > 1 && data.len() >= kernels::PARALLEL_ELEMENTS {
+        (data.len() / count).div_ceil(threads)
+    } else {
+        data.len() / count
+    };
+    let parts: Vec<_> = data
+        .chunks(rows_per_part.max(1) * count)
+        .zip(out.chunks_mut(rows_per_part.max(1) * count))
+        .collect();
+    kernels::for_each_in_parallel(parts, |(inputs, outs)| {
+        for (input, out) in inputs.chunks_exact(count).zip(outs.chunks_exact_mut(count)) {
+            row(input, out);
+        }
+    });
+    ArrayD::from_shape_vec(x.raw_dim(), out)
+        .map(|a| Some(a.into_shared()))
+        .map_err(|e| e.to_string())
 }
 
 /// `x` with each channel's values (axis 1 of `[N, C, *D]`) scaled by
@@ -402,6 +481,54 @@ pub(super) fn local_response_norm(args: &Args<'_>) -> OpResult<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_norm_by_rows_gives_the_bits_of_the_general_path() {
+        use crate::runtime::reference::ops::tests::run_op;
+        // 300 rows of 301 (past the split, uneven parts), gamma and beta.
+        let (rows, width) = (300, 301);
+        let values: Vec<f32> = (0..rows * width)
+            .map(|i| (i as f32 * 0.37).sin() * 3.0 + (i % 7) as f32)
+            .collect();
+        let x = ArrayD::from_shape_vec(IxDyn(&[rows, width]), values).unwrap();
+        // The same values in column-major memory: not row-major, so the
+        // general path (normalize, then the broadcasts) runs.
+        let mut column_major = ArrayD::<f32>::zeros(IxDyn(&[width, rows]));
+        column_major.assign(&x.t());
+        let strided = column_major.into_shared().reversed_axes();
+        assert!(!strided.is_standard_layout());
+        assert_eq!(strided, x);
+        let gamma: Vec<f32> = (0..width).map(|i| 0.5 + (i % 5) as f32 * 0.25).collect();
+        let beta: Vec<f32> = (0..width).map(|i| (i % 3) as f32 - 1.0).collect();
+        let run = |x: FloatArray| {
+            let out = run_op(
+                "layer_norm",
+                vec![
+                    ("x", Value::Float(x)),
+                    ("axes", Value::Int(ArcArray::from_vec(vec![-1]).into_dyn())),
+                    (
+                        "gamma",
+                        Value::Float(ArcArray::from_vec(gamma.clone()).into_dyn()),
+                    ),
+                    (
+                        "beta",
+                        Value::Float(ArcArray::from_vec(beta.clone()).into_dyn()),
+                    ),
+                    (
+                        "epsilon",
+                        Value::Float(ArcArray::from_elem(IxDyn(&[]), 1e-5)),
+                    ),
+                ],
+                1,
+            )
+            .unwrap();
+            let Value::Float(out) = &out[0] else {
+                panic!("layer_norm gave no tensor");
+            };
+            out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+        };
+        assert_eq!(run(x.into_shared()), run(strided));
+    }
 
     #[test]
     fn softmax_rows_split_over_the_pool_equal_lane_by_lane_softmax() {
