@@ -31,11 +31,33 @@ pub(super) fn reshaped<T: Copy>(
     let standard = if a.is_standard_layout() {
         a.clone()
     } else {
-        a.as_standard_layout().into_owned().into_shared()
+        standard_copy(a)
     };
     standard
         .into_shape_with_order(IxDyn(shape))
         .map_err(|e| e.to_string())
+}
+
+/// `a` copied into row-major order. When its last axis is contiguous (a
+/// transposed or sliced activation: attention's heads, a split of q, k and
+/// v), a row of it at a time, each one copy; ndarray's general copy steps
+/// through every element's index, many times slower.
+fn standard_copy<T: Copy>(a: &ArcArray<T, IxDyn>) -> ArcArray<T, IxDyn> {
+    if let Some(last) = a.ndim().checked_sub(1) {
+        if a.strides()[last] == 1 && a.shape()[last] > 1 {
+            let mut data = Vec::with_capacity(a.len());
+            for lane in a.lanes(ndarray::Axis(last)) {
+                match lane.as_slice() {
+                    Some(row) => data.extend_from_slice(row),
+                    None => data.extend(lane.iter().copied()),
+                }
+            }
+            if let Ok(copied) = ArcArray::from_shape_vec(a.raw_dim(), data) {
+                return copied;
+            }
+        }
+    }
+    a.as_standard_layout().into_owned().into_shared()
 }
 
 pub(super) fn reshape(args: &Args<'_>) -> OpResult<Value> {

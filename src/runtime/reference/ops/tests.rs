@@ -502,3 +502,25 @@ fn pools_split_over_the_cores_match_a_window_by_window_maximum() {
         }
     }
 }
+
+#[test]
+fn reshaping_a_transposed_tensor_copies_it_in_logical_order() {
+    // Permutations keeping the last axis contiguous (copied a row at a
+    // time) and not (element by element).
+    let data: Vec<f32> = (0..60).map(|i| i as f32).collect();
+    let x = ndarray::ArcArray::from_shape_vec(IxDyn(&[3, 4, 5]), data).unwrap();
+    for perm in [[1, 0, 2], [2, 0, 1], [0, 2, 1]] {
+        let permuted = x.clone().permuted_axes(IxDyn(&perm));
+        let want: Vec<f32> = permuted.iter().copied().collect();
+        let out = run_op(
+            "reshape",
+            vec![("x", Value::Float(permuted)), ("shape", i(&[1], &[60]))],
+            1,
+        )
+        .unwrap();
+        let Value::Float(out) = &out[0] else {
+            panic!("reshape gave no tensor");
+        };
+        assert_eq!(out.as_slice().unwrap(), want.as_slice(), "{perm:?}");
+    }
+}
