@@ -112,11 +112,9 @@ impl Isa {
     }
 
     /// Whether the CPU runs the AVX2 kernels (AVX2, FMA and F16C).
+    #[cfg(target_arch = "x86_64")]
     pub(crate) fn has_avx2(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return matches!(self, Isa::Avx2 | Isa::Avx512);
-        #[cfg(not(target_arch = "x86_64"))]
-        false
+        matches!(self, Isa::Avx2 | Isa::Avx512)
     }
 }
 
@@ -582,6 +580,8 @@ fn pack_by_segments<S: RowSource + ?Sized>(
 /// The one row of `x` a matrix-vector product's fused dot products read,
 /// in the layouts they read it in, made once per product.
 struct FusedInput<'a> {
+    // Only the x86-64 kernels fuse (the rest read rows as made).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     x: &'a [f32],
     /// `x` as the AVX-512 four-bit lookup reads it (`dequant::split_lanes`),
     /// on CPUs that run it.
@@ -613,6 +613,9 @@ struct Scratch {
 struct Stored<'a, W> {
     data: &'a [W],
     inputs: usize,
+    /// The instruction set the panel pack runs on (only x86-64 has a
+    /// transposing one).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     isa: Isa,
 }
 
@@ -629,9 +632,9 @@ impl<W: Element> RowSource for Stored<'_, W> {
     }
 
     fn pack_panel(&self, first: usize, width: usize, k0: usize, panel: &mut [f32]) {
-        let kc = panel.len() / NR;
         #[cfg(target_arch = "x86_64")]
-        if self.isa.has_avx2() && width == NR && kc.is_multiple_of(8) {
+        if self.isa.has_avx2() && width == NR && (panel.len() / NR).is_multiple_of(8) {
+            let kc = panel.len() / NR;
             let rows: [&[W]; NR] = std::array::from_fn(|j| {
                 let n = first + j;
                 &self.data[n * self.inputs..(n + 1) * self.inputs]
