@@ -123,7 +123,7 @@ pub(super) unsafe fn dot_avx2(
             *a = _mm256_fmadd_ps(v, xv, *a);
         }
     }
-    sum_lanes(acc)
+    reduce32_avx2(acc)
 }
 
 /// [`dot_avx2`] for four-bit codes in blocks of a multiple of 32. A block
@@ -171,7 +171,7 @@ unsafe fn dot_by_table<T: Table>(
             }
         }
     }
-    sum_lanes(acc)
+    reduce32_avx2(acc)
 }
 
 /// [`dot_by_table`] with AVX-512F: a block's sixteen values are one 512-bit
@@ -186,7 +186,7 @@ unsafe fn dot_by_table<T: Table>(
 ///
 /// # Safety
 /// The CPU must have AVX-512F, AVX2, FMA and F16C; 4-bit `bits`, `block` a
-/// multiple of 32, a scale and an offset for each block of the row, `codes`
+/// multiple of 32, a scale (and an offset, if any) for each block of the row, `codes`
 /// holding its codes and `x_split` as long as it (a multiple of 32).
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub(super) unsafe fn dot_by_table_avx512(
@@ -439,13 +439,6 @@ fn prefetch_block(
 /// four bytes of each parameter per `block / 2` bytes of codes.
 fn params_ahead(block: usize) -> usize {
     PREFETCH_BYTES * 8 / block.max(1)
-}
-
-/// The 32 partial sums of four accumulators, added in `reduce32`'s tree.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn sum_lanes(acc: [__m256; 4]) -> f32 {
-    reduce32_avx2(acc)
 }
 
 /// Codes `q` (as f32) dequantized: `(q - o) * s`, rounded to fp16 with

@@ -468,9 +468,10 @@ fn microkernel(
             let tile = &mut tiles[i * PANELS + j];
             match isa {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: `Isa::Avx2` is only chosen (`Isa::detect`, and the
-                // tests through `Isa::available`) when the CPU has AVX2 and
-                // FMA; the panels' lengths were checked above.
+                // SAFETY: `Isa::Avx2` and `Isa::Avx512` are only chosen
+                // (`Isa::detect`, and the tests through `Isa::available`)
+                // when the CPU has AVX2 and FMA; the panels' lengths were
+                // checked above.
                 Isa::Avx2 | Isa::Avx512 => unsafe { avx2::kernel(kc, a, b, tile) },
                 #[cfg(target_arch = "aarch64")]
                 // SAFETY: `Isa::Neon` is only chosen when the CPU has NEON;

@@ -61,8 +61,8 @@ pub(crate) enum Isa {
     #[cfg(target_arch = "x86_64")]
     Avx2,
     /// x86-64 with AVX-512F besides AVX2, FMA and F16C: the matrix
-    /// product's microkernel runs on 512-bit registers, every other kernel
-    /// on the AVX2 paths.
+    /// product's microkernel and the four-bit lookup run on 512-bit
+    /// registers, every other kernel on the AVX2 paths.
     #[cfg(target_arch = "x86_64")]
     Avx512,
     /// aarch64's Advanced SIMD.
