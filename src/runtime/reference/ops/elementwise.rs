@@ -244,8 +244,9 @@ fn map(a: &FloatArray, f: impl Fn(f32) -> f32 + Sync) -> FloatArray {
     }
 }
 
-/// The error function in f32, to 4.2e-7 absolute (a few units in the last
-/// place): the rational minimax fit Eigen and XLA use, `x P(x²) / Q(x²)`
+/// The error function in f32, to 4.2e-7 absolute (about seven units in
+/// the last place near ±1; measured against `math.erf` on 200 001 points
+/// of [-5, 5]): the rational minimax fit Eigen and XLA use, `x P(x²) / Q(x²)`
 /// on `x` clamped to [-4, 4] (beyond which erf is ±1 in f32). It has no
 /// branch and no `exp`, so the compiler vectorizes a map of it.
 pub(crate) fn erf(x: f32) -> f32 {
