@@ -29,7 +29,8 @@
 
 use std::ops::Range;
 
-use super::{cores, parallel, Isa};
+use super::parallel::{self, threads_for};
+use super::Isa;
 
 /// Rows of a microkernel tile.
 pub(crate) const MR: usize = 6;
@@ -45,9 +46,6 @@ const MC: usize = 16 * MR;
 /// Columns of a packed block of `B`: `KC × NC` (256 KiB) stays in L2 while
 /// every row of `A` passes over it.
 const NC: usize = 16 * NR;
-/// Below this many multiply-adds per thread, starting a thread costs more
-/// than it saves.
-const WORK_PER_THREAD: usize = 1 << 20;
 
 /// A read-only f32 matrix with arbitrary strides (a transpose is a swap of
 /// strides).
@@ -245,14 +243,8 @@ pub(crate) fn gemm(
     out_stride: usize,
     epilogue: Epilogue<'_>,
 ) {
-    let threads = threads_for(a.rows, a.depth, b.cols());
+    let threads = threads_for(a.rows * a.depth * b.cols());
     gemm_on(Isa::detect(), threads, a, b, out, out_stride, epilogue);
-}
-
-/// The threads an `m × k` by `k × n` product is split over: the cores, or
-/// fewer when each would get too little work.
-pub(crate) fn threads_for(m: usize, k: usize, n: usize) -> usize {
-    cores().min(m * k * n / WORK_PER_THREAD).max(1)
 }
 
 /// [`gemm`] on instruction set `isa`, on at most `threads` threads.
@@ -398,40 +390,49 @@ fn store(
             .filter(|_| last)
             .map(|bias| &bias[c..c + nr]);
         let relu = last && epilogue.relu;
+        let epilogue = RowEpilogue {
+            row_bias,
+            col_bias,
+            relu,
+        };
         if let (Ok(row), Ok(values)) = (
             <&mut [f32; NR]>::try_from(&mut *row),
             <&[f32; NR]>::try_from(values),
         ) {
-            // A whole tile row: each step a loop of constant length, which
-            // the compiler turns into a few vector operations.
-            if first {
-                *row = *values;
-            } else {
-                row.iter_mut().zip(values).for_each(|(o, v)| *o += v);
-            }
-            finish(row, row_bias, col_bias, relu);
+            // A whole tile row: inlined with a constant length, each loop
+            // becomes a few vector operations.
+            store_row(row, values, first, epilogue);
         } else {
-            if first {
-                row.copy_from_slice(values);
-            } else {
-                row.iter_mut().zip(values).for_each(|(o, v)| *o += v);
-            }
-            finish(row, row_bias, col_bias, relu);
+            store_row(row, values, first, epilogue);
         }
     }
 }
 
-/// The epilogue of one stored row: the row's bias, then the columns'
-/// biases, then ReLU, each element in that order.
+/// What the last block's store applies to one row.
+#[derive(Clone, Copy)]
+struct RowEpilogue<'a> {
+    row_bias: Option<f32>,
+    col_bias: Option<&'a [f32]>,
+    relu: bool,
+}
+
+/// `values` stored into `row` (replacing it on the first block of `k`,
+/// added to it after), then the row's bias, the columns' biases and ReLU,
+/// each element in that order.
 #[inline(always)]
-fn finish(row: &mut [f32], row_bias: Option<f32>, col_bias: Option<&[f32]>, relu: bool) {
-    if let Some(bias) = row_bias {
+fn store_row(row: &mut [f32], values: &[f32], first: bool, epilogue: RowEpilogue<'_>) {
+    if first {
+        row.copy_from_slice(values);
+    } else {
+        row.iter_mut().zip(values).for_each(|(o, v)| *o += v);
+    }
+    if let Some(bias) = epilogue.row_bias {
         row.iter_mut().for_each(|o| *o += bias);
     }
-    if let Some(bias) = col_bias {
+    if let Some(bias) = epilogue.col_bias {
         row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
     }
-    if relu {
+    if epilogue.relu {
         row.iter_mut().for_each(|o| *o = o.max(0.0));
     }
 }
@@ -654,7 +655,7 @@ pub(crate) fn gemm_many(products: Vec<Product<'_>>) {
         .iter()
         .map(|p| p.a.rows * p.a.cols * p.b.cols)
         .sum();
-    let threads = cores().min(work / WORK_PER_THREAD).max(1);
+    let threads = threads_for(work);
     let count = products.len();
     let run = |p: Product<'_>, threads: usize| {
         let n = p.b.cols;

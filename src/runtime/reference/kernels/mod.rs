@@ -39,7 +39,9 @@ use half::f16;
 use ndarray::{ArcArray, IxDyn};
 
 pub(crate) use gemm::{gemm, gemm_many, Epilogue, PackB, PackedA, Product, Strided, NR};
-pub(crate) use parallel::{cores, for_each as for_each_in_parallel, PARALLEL_ELEMENTS};
+pub(crate) use parallel::{
+    cores, for_each as for_each_in_parallel, threads_for, PARALLEL_ELEMENTS, WORK_PER_THREAD,
+};
 
 use dot::{dots, Element};
 
@@ -822,7 +824,7 @@ fn many_rows<S: RowSource>(
         outputs,
         inputs,
     };
-    let threads = gemm::threads_for(rows, inputs, outputs);
+    let threads = threads_for(rows * inputs * outputs);
     gemm::gemm_on(
         isa,
         threads,

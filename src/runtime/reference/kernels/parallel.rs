@@ -53,6 +53,16 @@ pub(crate) fn cores() -> usize {
     })
 }
 
+/// Below this many multiply-adds per thread, handing a part of a product
+/// to the pool costs more than it saves.
+pub(crate) const WORK_PER_THREAD: usize = 1 << 20;
+
+/// How many threads `work` multiply-adds split into: the cores, or fewer
+/// when each would get less than [`WORK_PER_THREAD`].
+pub(crate) fn threads_for(work: usize) -> usize {
+    cores().min(work / WORK_PER_THREAD).max(1)
+}
+
 /// Below this many elements of an elementwise or row-by-row op, handing
 /// parts to the pool costs about what the second core saves.
 pub(crate) const PARALLEL_ELEMENTS: usize = 1 << 16;

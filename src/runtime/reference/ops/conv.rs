@@ -18,18 +18,11 @@ use ndarray::{ArrayD, IxDyn};
 use super::linalg::{cores, unravel};
 use super::window::{per_axis, Source, Window};
 use super::{Args, Prepared};
-use crate::runtime::reference::kernels::{self, Epilogue, PackB, PackedA, Strided, NR};
+use crate::runtime::reference::kernels::{
+    self, threads_for, Epilogue, PackB, PackedA, Strided, NR, WORK_PER_THREAD,
+};
 use crate::runtime::reference::program::Step;
 use crate::runtime::reference::value::{OpResult, Value};
-
-/// Below this many multiply-adds per thread, handing a part to the pool
-/// costs more than it saves.
-const WORK_PER_THREAD: usize = 1 << 20;
-
-/// How many threads `work` multiply-adds split into.
-fn threads_for(work: usize) -> usize {
-    cores().min(work / WORK_PER_THREAD).max(1)
-}
 
 /// Runs `work(index, part)` for every part, split over the kernels'
 /// thread pool, and returns the first error (a panicking part is one too).
