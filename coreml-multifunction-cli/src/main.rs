@@ -46,7 +46,7 @@ Usage:
       blobs, with content-derived manifest identifiers (byte-reproducible).
   coreml-multifunction predict PACKAGE [--function NAME] --input NAME=FILE.npy ...
                        [--state NAME=FILE.npy ...] --output-dir DIR [--repeat N]
-                       [--fp16-ops]
+                       [--fp16-ops] [--threads N]
       Run a function on the reference CPU backend. NAME defaults to the
       package's default function. Each --input is a .npy array, converted to
       the input's declared type (fp16 inputs accept fp32 files); an image input is a uint8 [H, W, C] array
@@ -60,6 +60,9 @@ Usage:
       time and the median prediction time. --fp16-ops rounds every fp16
       value to fp16 after every op, as the GPU and the Neural Engine do, so
       fp16 overflow (inf, NaN) and precision loss show up as on a device.
+      --threads N splits the prediction over N threads (default:
+      RAYON_NUM_THREADS, else the cores available, at most 8); any count
+      gives the same results.
   coreml-multifunction --help | --version
 ";
 

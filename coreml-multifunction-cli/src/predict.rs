@@ -56,6 +56,7 @@ pub(super) fn command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
     let mut output_dir: Option<PathBuf> = None;
     let mut repeat = 1usize;
     let mut fp16_ops = false;
+    let mut threads = None;
     while let Some(arg) = parser.next()? {
         match arg {
             Long("function") | Short('f') => function = Some(parser.value()?.string()?),
@@ -75,6 +76,12 @@ pub(super) fn command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
                         Failure::usage(format!("--repeat {text:?} is not a positive number"))
                     })?;
             }
+            Long("threads") => {
+                let text = parser.value()?.string()?;
+                threads = Some(text.parse::<std::num::NonZeroUsize>().map_err(|_| {
+                    Failure::usage(format!("--threads {text:?} is not a positive number"))
+                })?);
+            }
             Value(value) if package.is_none() => package = Some(value.into()),
             other => return Err(other.unexpected().into()),
         }
@@ -89,6 +96,7 @@ pub(super) fn command(parser: &mut lexopt::Parser) -> Result<(), Failure> {
     let started = Instant::now();
     let configuration = Configuration {
         fp16_ops,
+        threads,
         ..Configuration::with_backend(Backend::Reference)
     };
     let loaded = runtime::Function::load(&package, &function, &configuration)?;

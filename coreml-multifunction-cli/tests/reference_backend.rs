@@ -78,6 +78,54 @@ fn every_source_fixture_reproduces_torch() {
 }
 
 #[test]
+fn every_thread_count_gives_the_same_bits() {
+    // Models whose products, convolutions, attention and row-wise ops are
+    // large enough to split over the pool, fp16 and quantized weights too.
+    let mut compared = 0;
+    for fixture in [
+        "resnet",
+        "vit",
+        "llama",
+        "bert",
+        "compressed_int4",
+        "unet",
+        "diffusion_unet",
+        "whisper_encoder",
+        "convnext",
+    ] {
+        let package = common::source_package(fixture);
+        let step = &steps(fixture)[0];
+        let mut first: Option<Vec<(String, Vec<u32>)>> = None;
+        for threads in [1, 2, 3] {
+            let configuration = Configuration {
+                threads: std::num::NonZeroUsize::new(threads),
+                ..reference()
+            };
+            let model = Function::load(&package, &step.function, &configuration).unwrap();
+            let outputs = model.predict(&inputs(model.description(), step)).unwrap();
+            let bits: Vec<(String, Vec<u32>)> = outputs
+                .iter()
+                .map(|(name, value)| {
+                    let (_, data) = values(value);
+                    (name.clone(), data.iter().map(|v| v.to_bits()).collect())
+                })
+                .collect();
+            match &first {
+                None => first = Some(bits),
+                Some(want) => {
+                    assert!(
+                        *want == bits,
+                        "{fixture}: {threads} threads differ from one"
+                    );
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(compared, 18);
+}
+
+#[test]
 fn compressed_weights_decompress_as_coremltools_does() {
     // The first outputs of each compressed model as coremltools' own numpy
     // decompression (`constexpr_*.decompress`, `dequantize_by_scale_and_zp`)
@@ -974,6 +1022,10 @@ fn cli_predict_writes_torchs_outputs() {
                 .into(),
             );
         }
+        if fixture == "compressed_int4" {
+            // On one thread: the same outputs.
+            args.extend(["--threads".into(), "1".into()]);
+        }
         let target = out.path().join(fixture);
         args.push("--output-dir".into());
         args.push(target.clone().into());
@@ -1092,6 +1144,16 @@ fn cli_predict_errors_are_one_clear_message() {
     let result = cli(&[os("predict"), package.as_os_str()]);
     assert_eq!(result.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&result.stderr).contains("--output-dir"));
+    let result = cli(&[
+        os("predict"),
+        package.as_os_str(),
+        os("--threads"),
+        os("0"),
+        os("--output-dir"),
+        out.path().as_os_str(),
+    ]);
+    assert_eq!(result.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&result.stderr).contains("--threads \"0\""));
     // An unknown function is the runtime's message.
     let result = cli(&[
         os("predict"),

@@ -36,6 +36,7 @@ mod value;
 
 use std::cell::Cell;
 use std::marker::PhantomData;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -159,6 +160,17 @@ pub struct Configuration {
     /// already round after every op, and its CPU compute unit may run
     /// fp16 models in fp32 whatever this says.
     pub fp16_ops: bool,
+    /// How many threads the reference backend splits a prediction's
+    /// kernels over, the calling thread included; `None` (the default) for
+    /// `RAYON_NUM_THREADS` when it is set to a positive integer, else the
+    /// cores available, at most 8.
+    ///
+    /// The backend's threads are one pool per process, shared by every
+    /// loaded function; each prediction uses as many of them as its
+    /// function's setting allows. Results are the same bits for every
+    /// count: each kernel splits its outputs, never a sum. Ignored by the
+    /// Core ML backend, which schedules its own work.
+    pub threads: Option<NonZeroUsize>,
 }
 
 impl Configuration {
@@ -261,11 +273,10 @@ impl Function {
         match backend {
             #[cfg(any(not(target_vendor = "apple"), feature = "reference-backend"))]
             Backend::Reference | Backend::Auto => {
-                let inner = FunctionImpl::Reference(Box::new(reference::Function::load(
-                    &opened,
-                    function,
-                    configuration.fp16_ops,
-                )?));
+                let inner = FunctionImpl::Reference(Box::new(
+                    reference::Function::load(&opened, function, configuration.fp16_ops)?
+                        .with_threads(configuration.threads),
+                ));
                 let root = opened.root().to_path_buf();
                 Ok(Begun::Loaded(Function::new(
                     root,

@@ -163,6 +163,7 @@ mod weights;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use half::f16;
@@ -196,6 +197,9 @@ pub struct Function {
     program: Program,
     outputs: Vec<Output>,
     states: Vec<StateSpec>,
+    /// The threads its predictions split their kernels over
+    /// (`Configuration::threads`); `None` for the default.
+    threads: Option<NonZeroUsize>,
     /// Keeps the package's shared weights alive while the function is.
     _weights: Arc<WeightStore>,
 }
@@ -340,8 +344,16 @@ impl Function {
             program,
             outputs,
             states,
+            threads: None,
             _weights: store,
         })
+    }
+
+    /// The function with its predictions' kernels split over `threads`
+    /// threads (`None`: `RAYON_NUM_THREADS`, else the cores available).
+    /// Any count gives the same results.
+    pub fn with_threads(self, threads: Option<NonZeroUsize>) -> Function {
+        Function { threads, ..self }
     }
 
     #[cfg(test)]
@@ -412,7 +424,9 @@ impl Function {
             }
         }
 
-        let results = exec::run(&self.name, &self.program, bound, &mut states)?;
+        let results = kernels::with_threads(self.threads, || {
+            exec::run(&self.name, &self.program, bound, &mut states)
+        })?;
 
         let mut outputs = Features::new();
         for output in &self.outputs {

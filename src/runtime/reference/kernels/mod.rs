@@ -40,7 +40,8 @@ use ndarray::{ArcArray, IxDyn};
 
 pub(crate) use gemm::{gemm, gemm_many, Epilogue, PackB, PackedA, Product, Strided, NR};
 pub(crate) use parallel::{
-    cores, for_each as for_each_in_parallel, threads_for, PARALLEL_ELEMENTS, WORK_PER_THREAD,
+    cores, for_each as for_each_in_parallel, threads_for, with_threads, PARALLEL_ELEMENTS,
+    WORK_PER_THREAD,
 };
 
 use dot::{dots, Element};

@@ -3,8 +3,13 @@
 //! products, and starting threads for each would cost about what the
 //! second core saves.
 //!
-//! The pool has one thread fewer than [`cores`]; the calling thread takes
-//! parts too. An idle pool thread, and a caller waiting for its parts,
+//! A prediction splits its work over [`cores`] threads: the pool's and the
+//! calling thread, which takes parts too. That count is the function's
+//! `Configuration::threads` when it has one (set for the prediction by
+//! [`with_threads`]), else `RAYON_NUM_THREADS` when that is a positive
+//! integer, else the cores available (at most 8). The pool grows to the
+//! most threads any prediction has asked for, and a job is served by only
+//! as many pool threads as its prediction allows. An idle pool thread, and a caller waiting for its parts,
 //! spin for up to [`SPIN`] before they sleep: a thread woken from sleep
 //! starts tens to hundreds of microseconds later (more on a virtual
 //! machine, whose idle core the host parks), which is the whole length of
@@ -16,6 +21,8 @@
 //! at once) runs its parts itself, which gives the same results, since
 //! each part computes its own outputs.
 
+use std::cell::Cell;
+use std::num::NonZeroUsize;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, TryLockError};
@@ -40,17 +47,56 @@ fn spin_until(ready: impl Fn() -> bool) -> bool {
     }
 }
 
-/// The cores a kernel may split its work over (at most 8: past that, the
-/// memory bandwidth most of these kernels are bound by is spent).
+/// The threads a kernel may split its work over (the calling thread
+/// included): the prediction's setting ([`with_threads`]), else
+/// [`default_threads`].
+pub(crate) fn cores() -> usize {
+    THREADS.with(Cell::get).unwrap_or_else(default_threads)
+}
+
+thread_local! {
+    /// The thread count of the prediction running on this thread, if its
+    /// function set one.
+    static THREADS: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The threads a prediction uses when its function sets none:
+/// `RAYON_NUM_THREADS` when it is a positive integer (the variable the
+/// Rust ecosystem's thread pools read), else the cores available, at most
+/// 8 (past that, the memory bandwidth most of these kernels are bound by
+/// is spent).
 ///
 /// Read once per process: `available_parallelism` reads the cgroup's CPU
 /// quota from files at every call, which costs more than a small product.
-pub(crate) fn cores() -> usize {
+fn default_threads() -> usize {
     const MOST_THREADS: usize = 8;
-    static CORES: OnceLock<usize> = OnceLock::new();
-    *CORES.get_or_init(|| {
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(MOST_THREADS))
+    static DEFAULT: OnceLock<usize> = OnceLock::new();
+    *DEFAULT.get_or_init(|| {
+        let requested = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<NonZeroUsize>().ok());
+        match requested {
+            Some(n) => n.get(),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(MOST_THREADS)),
+        }
     })
+}
+
+/// Runs `work` with this thread's kernels split over `threads` threads (the
+/// default's when `None`), restoring the previous setting after, on a panic
+/// too.
+pub(crate) fn with_threads<R>(threads: Option<NonZeroUsize>, work: impl FnOnce() -> R) -> R {
+    struct Restore(Option<usize>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            THREADS.with(|t| t.set(self.0));
+        }
+    }
+    let Some(threads) = threads else {
+        return work();
+    };
+    let _restore = Restore(THREADS.with(|t| t.replace(Some(threads.get()))));
+    work()
 }
 
 /// Below this many multiply-adds per thread, handing a part of a product
@@ -107,6 +153,13 @@ struct Job {
     /// returned before the borrow ends.
     work: *const (dyn Fn(usize) + Sync + 'static),
     parts: usize,
+    /// How many pool threads may take parts (the prediction's thread count
+    /// less the caller).
+    helpers: usize,
+    /// Pool threads that have taken a part.
+    joined: usize,
+    /// The job's number ([`Pool::published`] once it is published).
+    serial: u64,
     /// The next part to claim.
     next: usize,
     /// Parts returned.
@@ -134,37 +187,60 @@ struct Pool {
     /// Parts finished so far, over all jobs: what a spinning caller
     /// watches.
     parts_finished: AtomicU64,
+    /// Pool threads started.
+    threads: Mutex<usize>,
 }
 
-fn pool() -> &'static Pool {
+impl Job {
+    /// Whether a pool thread that last joined job `joined` may take a part
+    /// of this one.
+    fn open_to(&self, joined: u64) -> bool {
+        self.next < self.parts && (self.serial == joined || self.joined < self.helpers)
+    }
+}
+
+/// The pool, with at least `helpers` threads started (as many as start).
+fn pool(helpers: usize) -> &'static Pool {
     static POOL: OnceLock<&'static Pool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let pool: &'static Pool = Box::leak(Box::new(Pool {
+    let pool = *POOL.get_or_init(|| {
+        Box::leak(Box::new(Pool {
             job: Mutex::new(None),
             arrived: Condvar::new(),
             finished: Condvar::new(),
             running: Mutex::new(()),
             published: AtomicU64::new(0),
             parts_finished: AtomicU64::new(0),
-        }));
-        for index in 1..cores() {
-            // A pool thread that cannot start leaves more parts to the
-            // others and the caller.
-            let _ = std::thread::Builder::new()
-                .name(format!("coreml-reference-kernels-{index}"))
-                .spawn(move || pool.serve());
+            threads: Mutex::new(0),
+        }))
+    });
+    let mut started = lock(&pool.threads);
+    while *started < helpers {
+        *started += 1;
+        // A pool thread that cannot start leaves more parts to the others
+        // and the caller.
+        let spawned = std::thread::Builder::new()
+            .name(format!("coreml-reference-kernels-{}", *started))
+            .spawn(move || pool.serve());
+        if spawned.is_err() {
+            break;
         }
-        pool
-    })
+    }
+    pool
 }
 
 impl Pool {
     /// A pool thread: claims parts of whatever job is under way.
     fn serve(&self) {
+        // The last job this thread took a part of.
+        let mut joined = 0;
         let mut job = lock(&self.job);
         loop {
             match job.as_mut() {
-                Some(j) if j.next < j.parts => {
+                Some(j) if j.open_to(joined) => {
+                    if j.serial != joined {
+                        j.joined += 1;
+                        joined = j.serial;
+                    }
                     let (part, work) = (j.next, j.work);
                     j.next += 1;
                     drop(job);
@@ -175,6 +251,12 @@ impl Pool {
                     job = lock(&self.job);
                     self.finish(&mut job, outcome.err());
                 }
+                Some(j) if j.next < j.parts => {
+                    // A job with as many pool threads as its prediction
+                    // allows: sleep (not spin, which would take a core the
+                    // prediction was told to leave) until the next.
+                    job = self.arrived.wait(job).unwrap_or_else(|e| e.into_inner());
+                }
                 _ => {
                     // Watch for the next job, then sleep; the job's state
                     // is read again under the lock either way.
@@ -182,7 +264,7 @@ impl Pool {
                     drop(job);
                     let arrived = spin_until(|| self.published.load(Ordering::Acquire) != seen);
                     job = lock(&self.job);
-                    let waiting = job.as_ref().is_none_or(|j| j.next >= j.parts);
+                    let waiting = job.as_ref().is_none_or(|j| !j.open_to(joined));
                     if !arrived && waiting {
                         job = self.arrived.wait(job).unwrap_or_else(|e| e.into_inner());
                     }
@@ -209,11 +291,12 @@ impl Pool {
 /// Runs `work(0)`, ..., `work(parts - 1)`, split over the pool and the
 /// calling thread; returns when all have returned (re-raising a panic).
 fn run(parts: usize, work: &(dyn Fn(usize) + Sync)) {
-    if parts <= 1 || cores() == 1 {
+    let threads = cores();
+    if parts <= 1 || threads == 1 {
         (0..parts).for_each(work);
         return;
     }
-    let pool = pool();
+    let pool = pool(threads - 1);
     let running = match pool.running.try_lock() {
         Ok(guard) => guard,
         Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
@@ -233,9 +316,13 @@ fn run(parts: usize, work: &(dyn Fn(usize) + Sync)) {
         )
     };
     let mut job = lock(&pool.job);
+    let serial = pool.published.load(Ordering::Relaxed) + 1;
     *job = Some(Job {
         work: erased,
         parts,
+        helpers: threads - 1,
+        joined: 0,
+        serial,
         next: 0,
         finished: 0,
         panic: None,
@@ -318,5 +405,39 @@ mod tests {
         });
         assert!(caught.is_err());
         assert_eq!(map(&[1, 2, 3], |&i| i * 2), [2, 4, 6]);
+    }
+
+    /// The threads that ran `parts` parts of one job under `threads`, each
+    /// part waiting (up to 200 ms) for `wait_for` threads to have joined,
+    /// so that a slow pool thread still gets one.
+    fn threads_running(threads: usize, parts: usize, wait_for: usize) -> usize {
+        let seen = Mutex::new(std::collections::HashSet::new());
+        let items: Vec<usize> = (0..parts).collect();
+        with_threads(NonZeroUsize::new(threads), || {
+            map(&items, |_| {
+                lock(&seen).insert(std::thread::current().id());
+                let start = Instant::now();
+                while lock(&seen).len() < wait_for && start.elapsed() < Duration::from_millis(200) {
+                    std::thread::yield_now();
+                }
+            })
+        });
+        let count = lock(&seen).len();
+        count
+    }
+
+    #[test]
+    fn a_prediction_uses_as_many_threads_as_it_is_set_to() {
+        // One thread: every part on the caller.
+        assert_eq!(threads_running(1, 6, 2), 1);
+        // Two: never a third, even with more parts than threads.
+        assert!(threads_running(2, 4, 3) <= 2);
+        // Three, on a machine with fewer cores: the pool grows. Another
+        // test's job holding the pool makes this one run on its caller,
+        // so it is tried until it has the pool.
+        let most = (0..50).map(|_| threads_running(3, 3, 3)).max();
+        assert_eq!(most, Some(3));
+        // The setting ends with its closure.
+        assert_eq!(cores(), default_threads());
     }
 }
