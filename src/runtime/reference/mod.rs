@@ -125,9 +125,10 @@
 //! matrix-vector products that read the weight in place, split by rows over
 //! the machine's cores when the weight is large (a matrix-vector product is
 //! bound by memory bandwidth, which one core does not saturate), and many
-//! rows as matrix products. A weight kept as stored (fp16, or quantized by
-//! blocks) goes through `kernels`: it streams half (fp16) or an eighth
-//! (int4) of the f32 bytes, and a function's resident memory is about its
+//! rows as matrix products. A weight kept as stored (fp16, quantized by
+//! blocks, or palettized with scalar palettes) goes through `kernels`: it
+//! streams half (fp16) or an eighth (int4, 4-bit palettes) of the f32
+//! bytes, and a function's resident memory is about its
 //! stored weight bytes; many rows are multiplied a block of widened weight
 //! rows at a time, split over the cores.
 //! Convolutions are im2col onto the same matrix products, split over the
@@ -830,5 +831,16 @@ mod tests {
                 .shape(),
             vec![64, 64]
         );
+        // Both stay compressed, read by `linear` as stored.
+        for (function, name) in [
+            (&int8, "linear1_weight_to_fp16_quantized"),
+            (&palettized, "linear1_weight_to_fp16_palettized"),
+        ] {
+            let weight = function.weight(name).unwrap();
+            assert!(
+                matches!(weight.value, Value::Weight(_)),
+                "{name} was decompressed"
+            );
+        }
     }
 }

@@ -295,8 +295,10 @@ fn plan_as_stored(block: &mil_spec::Block) -> AsStored {
     };
     let kept = only(&|op, param| op.r#type == "linear" && param == "weight");
     let mut load_only = only(&|op, _| {
-        op.r#type == "constexpr_blockwise_shift_scale"
-            && matches!(op.outputs.as_slice(), [output] if kept.contains(&output.name))
+        matches!(
+            ops::spec(&op.r#type).map(|spec| spec.kind),
+            Some(Kind::Constexpr(c)) if ops::constexpr::keeps_stored(c)
+        ) && matches!(op.outputs.as_slice(), [output] if kept.contains(&output.name))
     });
     // Each read by one op, which drops it once evaluated.
     let mut readers: HashMap<&str, usize> = HashMap::new();
@@ -474,8 +476,7 @@ impl Compiler<'_> {
         );
         // So are the inline inputs of a constexpr op making a weight kept
         // as stored (coremltools binds a quantized weight's data so).
-        let inline_load_only = spec.kind
-            == Kind::Constexpr(ops::constexpr::Constexpr::BlockwiseShiftScale)
+        let inline_load_only = matches!(spec.kind, Kind::Constexpr(c) if ops::constexpr::keeps_stored(c))
             && matches!(op.outputs.as_slice(), [o] if self.as_stored.kept.contains(&o.name));
         load_only |= inline_load_only;
         let mut inputs: Vec<(String, Vec<Slot>)> = Vec::new();
@@ -563,9 +564,9 @@ impl Compiler<'_> {
                     }
                     key_inputs.push((param.clone(), keys));
                 }
-                // A blockwise-quantized weight only `linear` reads stays
-                // quantized (when its form allows).
-                let kept = constexpr == ops::constexpr::Constexpr::BlockwiseShiftScale
+                // A blockwise-quantized or palettized weight only
+                // `linear` reads stays compressed (when its form allows).
+                let kept = ops::constexpr::keeps_stored(constexpr)
                     && matches!(outputs.as_slice(), [(name, _)] if self.as_stored.kept.contains(*name));
                 // Evaluated once, on the first output's demand; each output
                 // is a constant of its own, shared under its own key.
@@ -590,7 +591,7 @@ impl Compiler<'_> {
                     self.constant(output, key, || {
                         if kept {
                             if let Some(weight) =
-                                ops::constexpr::blockwise_as_stored(&arguments, &declared)?
+                                ops::constexpr::as_stored(constexpr, &arguments, &declared)?
                             {
                                 return Ok(weight);
                             }

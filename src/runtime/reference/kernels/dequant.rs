@@ -160,15 +160,67 @@ unsafe fn dot_by_table<T: Table>(
                 value(high_codes, s, o, false),
             )
         };
-        for (xs, bytes) in xs.chunks_exact(LANES).zip(bytes.chunks_exact(LANES / 2)) {
-            // SAFETY: the CPU has the features (the caller); `bytes` holds
-            // sixteen bytes.
-            let w = unsafe { table.look_up(bytes) };
-            for (j, (a, w)) in acc.iter_mut().zip(w).enumerate() {
-                // SAFETY: `xs` holds 32 f32s, so 8j..8j + 8 is inside it.
-                let xv = unsafe { _mm256_loadu_ps(xs.as_ptr().add(8 * j)) };
-                *a = _mm256_fmadd_ps(w, xv, *a);
-            }
+        // SAFETY: the CPU has the features (the caller); `xs` and `bytes`
+        // are one block's.
+        unsafe { add_block(table, xs, bytes, &mut acc) };
+    }
+    reduce32_avx2(acc)
+}
+
+/// Adds one block's products to the 32 partial sums of a table lookup:
+/// its values looked up in `table` from `bytes` (two codes a byte), times
+/// `xs`, 32 at a time, lane `k % 32` for element `k`.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `xs` is a multiple of 32 long
+/// and `bytes` holds its codes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn add_block<T: Table>(table: T, xs: &[f32], bytes: &[u8], acc: &mut [__m256; 4]) {
+    for (xs, bytes) in xs.chunks_exact(LANES).zip(bytes.chunks_exact(LANES / 2)) {
+        // SAFETY: the CPU has the features (the caller); `bytes` holds
+        // sixteen bytes.
+        let w = unsafe { table.look_up(bytes) };
+        for (j, (a, w)) in acc.iter_mut().zip(w).enumerate() {
+            // SAFETY: `xs` holds 32 f32s, so 8j..8j + 8 is inside it.
+            let xv = unsafe { _mm256_loadu_ps(xs.as_ptr().add(8 * j)) };
+            *a = _mm256_fmadd_ps(w, xv, *a);
+        }
+    }
+}
+
+/// The dot product of a palettized row with `x`, without making the row:
+/// each block of `block` elements (a column group, a multiple of 32) looks
+/// its codes up in its table, the block's sixteen values in `tables`
+/// (those of the next block after them). The terms are summed in the lanes
+/// and order of the f32 dot product (`dot::dots`), so the result is the
+/// same bits as looking the row up and taking that dot product.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `block` is a multiple of 32 that
+/// divides `x.len()`, `codes` holds the row's four-bit codes and `tables`
+/// sixteen values per block.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_by_palette_avx2(
+    block: usize,
+    codes: &[u8],
+    tables: &[f32],
+    x: &[f32],
+) -> f32 {
+    debug_assert!(block.is_multiple_of(LANES) && x.len().is_multiple_of(block));
+    debug_assert!(codes.len() * 2 >= x.len() && tables.len() * block >= 16 * x.len());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let blocks = x.chunks_exact(block).zip(codes.chunks_exact(block / 2));
+    for ((xs, bytes), values) in blocks.zip(tables.chunks_exact(16)) {
+        prefetch_codes(bytes);
+        // SAFETY: `values` holds sixteen f32s; the CPU has the features
+        // (the caller); `xs` and `bytes` are one block's.
+        unsafe {
+            let table = F32Table::of_block(
+                _mm256_loadu_ps(values.as_ptr()),
+                _mm256_loadu_ps(values.as_ptr().add(8)),
+            );
+            add_block(table, xs, bytes, &mut acc);
         }
     }
     reduce32_avx2(acc)
@@ -229,20 +281,84 @@ pub(super) unsafe fn dot_by_table_avx512(
                 { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
             >(table));
         }
-        for (xs, bytes) in xs.chunks_exact(LANES).zip(bytes.chunks_exact(LANES / 2)) {
-            // SAFETY: `bytes` holds the sixteen bytes the load reads, `xs`
-            // the 32 f32s of the two (even, then odd elements); the CPU has
-            // the features (the caller).
-            unsafe {
-                let low = _mm512_cvtepu8_epi32(_mm_loadu_si128(bytes.as_ptr().cast()));
-                let high = _mm512_srli_epi32::<4>(low);
-                let x_even = _mm512_loadu_ps(xs.as_ptr());
-                let x_odd = _mm512_loadu_ps(xs.as_ptr().add(16));
-                even = _mm512_fmadd_ps(_mm512_permutexvar_ps(low, table), x_even, even);
-                odd = _mm512_fmadd_ps(_mm512_permutexvar_ps(high, table), x_odd, odd);
-            }
+        // SAFETY: the CPU has the features (the caller); `xs` and `bytes`
+        // are one block's.
+        unsafe { add_block_avx512(table, xs, bytes, &mut even, &mut odd) };
+    }
+    // SAFETY: the CPU has the features (the caller).
+    unsafe { sum_even_and_odd(even, odd) }
+}
+
+/// [`add_block`] with AVX-512F: one block's values looked up in `table`
+/// (its sixteen values) from `bytes`, times `xs` (split into even and odd
+/// lanes), added to the even and odd partial sums.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `xs` is a multiple of 32 long and `bytes`
+/// holds its codes.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn add_block_avx512(
+    table: __m512,
+    xs: &[f32],
+    bytes: &[u8],
+    even: &mut __m512,
+    odd: &mut __m512,
+) {
+    for (xs, bytes) in xs.chunks_exact(LANES).zip(bytes.chunks_exact(LANES / 2)) {
+        // SAFETY: `bytes` holds the sixteen bytes the load reads, `xs` the
+        // 32 f32s of the two (even, then odd elements); the CPU has the
+        // features (the caller).
+        unsafe {
+            let low = _mm512_cvtepu8_epi32(_mm_loadu_si128(bytes.as_ptr().cast()));
+            let high = _mm512_srli_epi32::<4>(low);
+            let x_even = _mm512_loadu_ps(xs.as_ptr());
+            let x_odd = _mm512_loadu_ps(xs.as_ptr().add(16));
+            *even = _mm512_fmadd_ps(_mm512_permutexvar_ps(low, table), x_even, *even);
+            *odd = _mm512_fmadd_ps(_mm512_permutexvar_ps(high, table), x_odd, *odd);
         }
     }
+}
+
+/// [`dot_by_palette_avx2`] with AVX-512F, `x` split into even and odd
+/// lanes as [`dot_by_table_avx512`] reads it: the same bits.
+///
+/// # Safety
+/// As [`dot_by_palette_avx2`], the CPU with AVX-512F too, and `x_split`
+/// as long as the row.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub(super) unsafe fn dot_by_palette_avx512(
+    block: usize,
+    codes: &[u8],
+    tables: &[f32],
+    x_split: &[f32],
+) -> f32 {
+    debug_assert!(block.is_multiple_of(LANES) && x_split.len().is_multiple_of(block));
+    debug_assert!(codes.len() * 2 >= x_split.len() && tables.len() * block >= 16 * x_split.len());
+    let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let blocks = x_split
+        .chunks_exact(block)
+        .zip(codes.chunks_exact(block / 2));
+    for ((xs, bytes), values) in blocks.zip(tables.chunks_exact(16)) {
+        prefetch_codes(bytes);
+        // SAFETY: `values` holds sixteen f32s; the CPU has the features
+        // (the caller); `xs` and `bytes` are one block's.
+        unsafe {
+            let table = _mm512_loadu_ps(values.as_ptr());
+            add_block_avx512(table, xs, bytes, &mut even, &mut odd);
+        }
+    }
+    // SAFETY: the CPU has the features (the caller).
+    unsafe { sum_even_and_odd(even, odd) }
+}
+
+/// The sum of a lookup's 32 partial sums held as even and odd lanes.
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX2 and FMA.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn sum_even_and_odd(even: __m512, odd: __m512) -> f32 {
     // Lanes 0..16 and 16..32 of the 32, interleaved back from the even and
     // the odd ones, then added as the AVX2 paths add theirs.
     let first = _mm512_permutex2var_ps(
@@ -427,12 +543,20 @@ fn prefetch_block(
 ) {
     let ahead = |p: *const u8, by: usize| p.wrapping_add(by).cast::<i8>();
     let params = |v: &[f32]| v.as_ptr().wrapping_add(b).cast::<u8>();
+    prefetch_codes(bytes);
     // Prefetches never fault, so addresses past the row are harmless.
-    _mm_prefetch::<_MM_HINT_T1>(ahead(bytes.as_ptr(), PREFETCH_BYTES));
     _mm_prefetch::<_MM_HINT_T1>(ahead(params(scale), params_ahead));
     if let Some(offset) = offset {
         _mm_prefetch::<_MM_HINT_T1>(ahead(params(offset), params_ahead));
     }
+}
+
+/// Asks for the codes [`PREFETCH_BYTES`] past `bytes`, into L2.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn prefetch_codes(bytes: &[u8]) {
+    // Prefetches never fault, so addresses past the row are harmless.
+    _mm_prefetch::<_MM_HINT_T1>(bytes.as_ptr().wrapping_add(PREFETCH_BYTES).cast::<i8>());
 }
 
 /// [`prefetch_block`]'s `params_ahead` for blocks of `block` 4-bit codes:

@@ -7,7 +7,12 @@
 //! registers as the kernel reads it: F16C on x86-64, `fcvtl` on aarch64,
 //! `half` elsewhere. That halves the bytes a matrix-vector product streams,
 //! and matrix-vector products (a token, a decode step, the guide's one-row
-//! LoRA model) are bound by memory bandwidth.
+//! LoRA model) are bound by memory bandwidth. A weight quantized by blocks
+//! (`constexpr_blockwise_shift_scale`) keeps its 4- or 8-bit codes and
+//! parameters, and a palettized one (iOS 18's `constexpr_lut_to_dense`
+//! with scalar palettes) its indices and tables; each is expanded a row
+//! segment at a time as a kernel reads it, or, for four-bit codes in a
+//! matrix-vector product, looked up in registers without being expanded.
 //!
 //! - A few rows ([`MATVEC_ROWS`]) are matrix-vector products: each output
 //!   is one dot product of a weight row ([`dot`]), the weight rows split
@@ -152,6 +157,9 @@ enum Storage {
     F16(Vec<f16>),
     /// 4- or 8-bit integers with a scale per block of a row.
     Blockwise(Blockwise),
+    /// Indices into tables of values (a palette per group of rows and
+    /// columns).
+    Palettized(Palettized),
 }
 
 /// A weight quantized by blocks along its rows, as
@@ -308,6 +316,55 @@ impl Blockwise {
     }
 }
 
+/// A weight palettized as iOS 18's `constexpr_lut_to_dense` stores it:
+/// element `k` of row `n` is entry `index` of the table of row group `n /
+/// rows_per_table` and column group `k / columns_per_table`, each table a
+/// list of scalars (a palette of vectors is widened at load instead). The
+/// values are the table's, exactly, so no rounding is needed.
+#[derive(Debug)]
+struct Palettized {
+    /// The indices, each row starting on a byte: two a byte, the first in
+    /// the low nibble, for tables of at most sixteen entries
+    /// ([`Bits::U4`]); one a byte for larger ones ([`Bits::U8`]).
+    codes: Vec<u8>,
+    bits: Bits,
+    /// Entries per table: 16 for four-bit indices (smaller tables padded
+    /// with zeros, which no index reads), else the palette's own count.
+    entries: usize,
+    /// Row groups × column groups × `entries` values, row-major.
+    tables: Vec<f32>,
+    rows_per_table: usize,
+    columns_per_table: usize,
+}
+
+impl Palettized {
+    /// Elements `k0..k0 + out.len()` of row `n` of a weight of `inputs`
+    /// columns, looked up into `out`.
+    fn segment(&self, n: usize, inputs: usize, k0: usize, out: &mut [f32]) {
+        let row_bytes = self.bits.row_bytes(inputs);
+        let codes = &self.codes[n * row_bytes..(n + 1) * row_bytes];
+        let column_tables = inputs / self.columns_per_table;
+        let first_table = n / self.rows_per_table * column_tables;
+        for (k, value) in (k0..).zip(out.iter_mut()) {
+            let table = first_table + k / self.columns_per_table;
+            let index = match self.bits {
+                Bits::U4 => (codes[k / 2] >> (4 * (k % 2))) & 0xF,
+                _ => codes[k],
+            };
+            *value = self.tables[table * self.entries + usize::from(index)];
+        }
+    }
+
+    /// Row `n`'s tables, one per column group, `entries` values each.
+    // Only the x86-64 kernels look up in registers.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn row_tables(&self, n: usize, inputs: usize) -> &[f32] {
+        let per_row = inputs / self.columns_per_table * self.entries;
+        let first = n / self.rows_per_table * per_row;
+        &self.tables[first..first + per_row]
+    }
+}
+
 /// Rounds every value to the nearest fp16 (ties to even), as the
 /// decompressed weight's `materialize` does, through `half`'s slice
 /// conversions (F16C or NEON where the CPU has them).
@@ -410,6 +467,73 @@ impl StoredWeight {
         })
     }
 
+    /// A weight of `shape` (`[outputs, inputs]`) palettized: `indices`
+    /// (row-major) into `tables`, of shape `[row groups, column groups,
+    /// entries]` (row-major; each group count dividing its axis). None
+    /// when the shapes do not fit, a table has more than 256 entries or an
+    /// index is outside its table.
+    pub(crate) fn palettized(
+        shape: &[usize],
+        indices: &[i32],
+        table_shape: &[usize],
+        tables: &[f32],
+    ) -> Option<StoredWeight> {
+        let (&[outputs, inputs], &[row_groups, column_groups, entries]) = (shape, table_shape)
+        else {
+            return None;
+        };
+        if row_groups == 0
+            || column_groups == 0
+            || outputs % row_groups != 0
+            || inputs % column_groups != 0
+            || !(1..=256).contains(&entries)
+            || indices.len() != outputs * inputs
+            || tables.len() != row_groups * column_groups * entries
+            || indices
+                .iter()
+                .any(|&i| usize::try_from(i).map_or(true, |i| i >= entries))
+        {
+            return None;
+        }
+        let (bits, padded) = if entries <= 16 {
+            (Bits::U4, 16)
+        } else {
+            (Bits::U8, entries)
+        };
+        let mut padded_tables = vec![0.0f32; row_groups * column_groups * padded];
+        for (to, from) in padded_tables
+            .chunks_exact_mut(padded)
+            .zip(tables.chunks_exact(entries))
+        {
+            to[..entries].copy_from_slice(from);
+        }
+        let row_bytes = bits.row_bytes(inputs);
+        let mut codes = vec![0u8; outputs * row_bytes];
+        for (row, codes) in indices
+            .chunks_exact(inputs.max(1))
+            .zip(codes.chunks_exact_mut(row_bytes.max(1)))
+        {
+            for (k, &index) in row.iter().enumerate() {
+                match bits {
+                    Bits::U4 => codes[k / 2] |= (index as u8) << (4 * (k % 2)),
+                    _ => codes[k] = index as u8,
+                }
+            }
+        }
+        Some(StoredWeight {
+            outputs,
+            inputs,
+            storage: Storage::Palettized(Palettized {
+                codes,
+                bits,
+                entries: padded,
+                tables: padded_tables,
+                rows_per_table: outputs / row_groups,
+                columns_per_table: inputs / column_groups,
+            }),
+        })
+    }
+
     /// The weight's shape, `[outputs, inputs]`.
     pub(crate) fn shape(&self) -> Vec<usize> {
         vec![self.outputs, self.inputs]
@@ -430,6 +554,13 @@ impl StoredWeight {
                 }
                 data
             }
+            Storage::Palettized(p) => {
+                let mut data = vec![0.0; self.outputs * self.inputs];
+                for (n, row) in data.chunks_exact_mut(self.inputs.max(1)).enumerate() {
+                    p.segment(n, self.inputs, 0, row);
+                }
+                data
+            }
         };
         ArcArray::from_shape_vec(IxDyn(&[self.outputs, self.inputs]), data)
             .unwrap_or_else(|_| unreachable!("the shape holds the elements (checked when made)"))
@@ -443,6 +574,7 @@ impl StoredWeight {
             Storage::Blockwise(q) => {
                 q.codes.len() + 4 * q.scale.len() + q.offset.as_ref().map_or(0, |o| 4 * o.len())
             }
+            Storage::Palettized(p) => p.codes.len() + 4 * p.tables.len(),
         }
     }
 }
@@ -490,6 +622,19 @@ fn linear_on(
             isa,
             &Dequantized {
                 q,
+                inputs: weight.inputs,
+                isa,
+            },
+            weight,
+            x,
+            rows,
+            bias,
+            out,
+        ),
+        Storage::Palettized(p) => product(
+            isa,
+            &LookedUp {
+                p,
                 inputs: weight.inputs,
                 isa,
             },
@@ -725,6 +870,60 @@ impl RowSource for Dequantized<'_> {
                     self.q.fp16,
                     x,
                 )
+            });
+        }
+        let _ = (n, input);
+        None
+    }
+}
+
+/// Rows of a [`Palettized`] weight, looked up one at a time.
+struct LookedUp<'a> {
+    p: &'a Palettized,
+    inputs: usize,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    isa: Isa,
+}
+
+impl RowSource for LookedUp<'_> {
+    type Element = f32;
+
+    fn row<'a>(&'a self, n: usize, scratch: &'a mut Scratch) -> &'a [f32] {
+        scratch.f32.resize(self.inputs, 0.0);
+        self.segment(n, 0, &mut scratch.f32);
+        &scratch.f32
+    }
+
+    fn segment(&self, n: usize, k0: usize, out: &mut [f32]) {
+        self.p.segment(n, self.inputs, k0, out);
+    }
+
+    fn bytes(&self) -> usize {
+        // Looking up costs about what streaming f32 would.
+        self.p.codes.len() * 4 * 8 / self.p.bits.width()
+    }
+
+    fn fused_dot(&self, n: usize, input: &FusedInput) -> Option<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa.has_avx2()
+            && self.p.bits == Bits::U4
+            && self.p.columns_per_table.is_multiple_of(dot::LANES)
+        {
+            let row_bytes = self.p.bits.row_bytes(self.inputs);
+            let codes = &self.p.codes[n * row_bytes..(n + 1) * row_bytes];
+            let tables = self.p.row_tables(n, self.inputs);
+            let block = self.p.columns_per_table;
+            // SAFETY: four-bit codes; the column groups (the blocks) are a
+            // multiple of 32 wide, each with its sixteen values in
+            // `tables`; `codes` holds row `n`'s, and `x` (and `split`) are
+            // as long as the row. `split` is made only for `Isa::Avx512`,
+            // chosen only on CPUs with AVX-512F, AVX2, FMA and F16C;
+            // `has_avx2` holds only on CPUs with AVX2, FMA and F16C.
+            return Some(unsafe {
+                match &input.split {
+                    Some(x_split) => dequant::dot_by_palette_avx512(block, codes, tables, x_split),
+                    None => dequant::dot_by_palette_avx2(block, codes, tables, input.x),
+                }
             });
         }
         let _ = (n, input);

@@ -285,3 +285,105 @@ fn blockwise_weights_decompress_and_multiply_as_their_dense_values() {
     assert!(StoredWeight::blockwise(&[1, 2], &[300, 0], &[1, 1], vec![1.0], None, false).is_none());
     assert!(StoredWeight::blockwise(&[2, 2], &[0; 4], &[1, 1], vec![1.0], None, false).is_none());
 }
+
+#[test]
+fn palettized_weights_look_up_and_multiply_as_their_dense_values() {
+    let mut random = Random(47);
+    let cases = [
+        // (rows, outputs, inputs, row groups, column groups, entries)
+        // One palette for the tensor; per grouped channel (coremltools'
+        // `per_grouped_channel`); by columns too.
+        (1, 6, 64, 1, 1, 16),
+        (1, 8, 128, 4, 1, 16),
+        (1, 6, 128, 2, 4, 16),
+        // Fewer entries (2-bit indices), and more (6- and 8-bit), whose
+        // codes are a byte each.
+        (2, 5, 96, 5, 1, 4),
+        (1, 3, 64, 1, 2, 64),
+        (1, 4, 40, 2, 5, 256),
+        // Column groups narrower than 32 and odd widths: looked up row by
+        // row, not fused.
+        (1, 3, 48, 1, 3, 16),
+        (3, 3, 7, 3, 1, 16),
+        // Matrix products (8 rows or more), over more than one depth block.
+        (9, 20, 520, 4, 2, 16),
+        (12, 33, 300, 1, 1, 16),
+    ];
+    for isa in Isa::available() {
+        for &(rows, outputs, inputs, row_groups, column_groups, entries) in &cases {
+            let indices: Vec<i32> = (0..outputs * inputs)
+                .map(|_| {
+                    (((random.next() + 1.0) / 2.0 * entries as f32) as i32).min(entries as i32 - 1)
+                })
+                .collect();
+            let tables = random.vec(row_groups * column_groups * entries);
+            let weight = StoredWeight::palettized(
+                &[outputs, inputs],
+                &indices,
+                &[row_groups, column_groups, entries],
+                &tables,
+            )
+            .unwrap();
+            let dense: Vec<f32> = (0..outputs * inputs)
+                .map(|i| {
+                    let (n, k) = (i / inputs, i % inputs);
+                    let table =
+                        n / (outputs / row_groups) * column_groups + k / (inputs / column_groups);
+                    tables[table * entries + indices[i] as usize]
+                })
+                .collect();
+            assert_eq!(weight.to_array().as_slice().unwrap(), dense.as_slice());
+            let Storage::Palettized(p) = &weight.storage else {
+                panic!("not palettized");
+            };
+            assert_eq!(p.bits, if entries <= 16 { Bits::U4 } else { Bits::U8 });
+            // Four-bit codes take half a byte each.
+            if entries <= 16 {
+                assert_eq!(p.codes.len(), outputs * inputs.div_ceil(2));
+            }
+            for n in 0..outputs {
+                for (k0, len) in [(0, inputs), (3, inputs / 2), (inputs - 1, 1)] {
+                    let mut segment = vec![f32::NAN; len];
+                    p.segment(n, inputs, k0, &mut segment);
+                    let want = &dense[n * inputs + k0..n * inputs + k0 + len];
+                    assert_eq!(segment, want, "row {n} from {k0}");
+                }
+            }
+            let x = random.vec(rows * inputs);
+            let source = LookedUp { p, inputs, isa };
+            #[cfg(target_arch = "x86_64")]
+            if isa.has_avx2() && entries <= 16 && (inputs / column_groups) % 32 == 0 {
+                assert!(source
+                    .fused_dot(0, &FusedInput::new(isa, &x[..inputs]))
+                    .is_some());
+            }
+            // A fused dot product gives the bits of looking the row up and
+            // taking the dot product of it.
+            for n in 0..outputs {
+                if let Some(fused) = source.fused_dot(n, &FusedInput::new(isa, &x[..inputs])) {
+                    let [unfused] =
+                        dot::dots(isa, &dense[n * inputs..(n + 1) * inputs], [&x[..inputs]]);
+                    assert_eq!(fused.to_bits(), unfused.to_bits(), "{isa:?}, row {n}");
+                }
+            }
+            let mut out = vec![f32::NAN; rows * outputs];
+            linear_on(isa, &weight, &x, rows, None, &mut out);
+            for (i, (&got, (want, bound))) in out
+                .iter()
+                .zip(naive(&dense, &x, rows, outputs, inputs))
+                .enumerate()
+            {
+                assert!(
+                    (f64::from(got) - want).abs() <= bound,
+                    "{isa:?}, {rows}×{inputs} by {outputs}, {entries} entries: element {i} is {got}, not {want}"
+                );
+            }
+        }
+    }
+    // Groups that do not divide the weight, an index outside its table, or
+    // more than 256 entries are not kept so.
+    assert!(StoredWeight::palettized(&[3, 2], &[0; 6], &[2, 1, 2], &[0.0; 4]).is_none());
+    assert!(StoredWeight::palettized(&[1, 2], &[0, 2], &[1, 1, 2], &[0.0; 2]).is_none());
+    assert!(StoredWeight::palettized(&[1, 2], &[0, -1], &[1, 1, 2], &[0.0; 2]).is_none());
+    assert!(StoredWeight::palettized(&[1, 1], &[0], &[1, 1, 257], &[0.0; 257]).is_none());
+}

@@ -186,12 +186,36 @@ fn affine_dequantize(args: &HashMap<&str, Value>) -> OpResult<Value> {
     Ok(Value::Float(zip_with(&shifted, &scale, |v, s| v * s)?))
 }
 
+/// Whether a weight `constexpr` makes may stay compressed for `linear`
+/// (see [`as_stored`]).
+pub(crate) fn keeps_stored(constexpr: Constexpr) -> bool {
+    matches!(
+        constexpr,
+        Constexpr::BlockwiseShiftScale | Constexpr::LutToDense
+    )
+}
+
+/// The weight `constexpr` makes from `args`, kept compressed for `linear`
+/// ([`Value::Weight`]) when [`keeps_stored`] and its form allow;
+/// None to decompress it as usual.
+pub(crate) fn as_stored(
+    constexpr: Constexpr,
+    args: &HashMap<&str, Value>,
+    declared: &Declared,
+) -> OpResult<Option<Value>> {
+    match constexpr {
+        Constexpr::BlockwiseShiftScale => blockwise_as_stored(args, declared),
+        Constexpr::LutToDense => lut_as_stored(args, declared),
+        _ => Ok(None),
+    }
+}
+
 /// `constexpr_blockwise_shift_scale` kept quantized, for `linear`: a
 /// weight of rank 2 with integers of 8 bits or fewer and one scale (and
 /// offset) per row and block of a row, as [`Value::Weight`], holding the
 /// values [`blockwise_shift_scale`] and the rounding to `declared` give.
 /// None for every other form (decompressed as usual).
-pub(crate) fn blockwise_as_stored(
+fn blockwise_as_stored(
     args: &HashMap<&str, Value>,
     declared: &Declared,
 ) -> OpResult<Option<Value>> {
@@ -230,6 +254,50 @@ pub(crate) fn blockwise_as_stored(
         StoredWeight::blockwise(&shape, data, &parameters, scale, offset, fp16)
             .map(|w| Value::Weight(Arc::new(w))),
     )
+}
+
+/// iOS 18's `constexpr_lut_to_dense` kept palettized, for `linear`: a
+/// weight of rank 2 whose palette holds scalars (`lut` of shape `[row
+/// groups, column groups, entries, 1]`, at most 256 entries), as
+/// [`Value::Weight`], holding the values [`lut_to_dense`] and the rounding
+/// to `declared` give. None for every other form (iOS 16's, with `shape`;
+/// vector palettes), which is decompressed as usual.
+fn lut_as_stored(args: &HashMap<&str, Value>, declared: &Declared) -> OpResult<Option<Value>> {
+    let fp16 = match declared.data_type {
+        DataType::Float16 => true,
+        DataType::Float32 => false,
+        _ => return Ok(None),
+    };
+    if args.contains_key("shape") {
+        return Ok(None);
+    }
+    let (Value::Int(indices), Some(lut)) = (get(args, "indices")?, args.get("lut")) else {
+        return Ok(None);
+    };
+    let shape = indices.shape().to_vec();
+    let &[row_groups, column_groups, entries, 1] = lut.shape().as_slice() else {
+        return Ok(None);
+    };
+    if !declared.admits(&shape) || matches!(lut, Value::Int(_)) {
+        return Ok(None);
+    }
+    let indices = indices.as_standard_layout();
+    let Some(indices) = indices.as_slice() else {
+        return Ok(None);
+    };
+    let mut tables: Vec<f32> = lut.to_float()?.iter().copied().collect();
+    if fp16 {
+        tables
+            .iter_mut()
+            .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+    }
+    Ok(StoredWeight::palettized(
+        &shape,
+        indices,
+        &[row_groups, column_groups, entries],
+        &tables,
+    )
+    .map(|w| Value::Weight(Arc::new(w))))
 }
 
 fn blockwise_shift_scale(args: &HashMap<&str, Value>) -> OpResult<Value> {
