@@ -214,6 +214,13 @@ fn blockwise_weights_decompress_and_multiply_as_their_dense_values() {
         (1, 3, 128, 64, (0, 15), true, true, Bits::U4),
         (1, 5, 128, 64, (-8, 7), true, false, Bits::I4),
         (1, 4, 96, 32, (0, 15), false, false, Bits::U4),
+        // Blocks of exactly 32 (their own AVX-512 loop), for each of fp16
+        // and f32 with and without offsets, over a number of blocks that
+        // is not a multiple of four.
+        (1, 3, 224, 32, (-8, 7), false, true, Bits::I4),
+        (1, 3, 224, 32, (0, 15), true, true, Bits::U4),
+        (1, 3, 224, 32, (-8, 7), false, false, Bits::I4),
+        (1, 3, 224, 32, (0, 15), true, false, Bits::U4),
         (1, 6, 96, 16, (-8, 7), true, true, Bits::I4),
         (1, 5, 64, 8, (-128, 127), true, true, Bits::I8),
         (1, 5, 64, 32, (0, 255), false, false, Bits::U8),
