@@ -144,6 +144,15 @@ unsafe fn dot_by_table<T: Table>(
 ) -> f32 {
     debug_assert!(block.is_multiple_of(LANES) && codes.len() * 2 >= x.len());
     let (low_codes, high_codes) = nibble_values(bits);
+    if block == LANES {
+        // SAFETY: the caller's guarantees, with blocks of 32.
+        return unsafe {
+            match offset {
+                None => dot_by_table32::<T, false>((low_codes, high_codes), codes, scale, &[], x),
+                Some(o) => dot_by_table32::<T, true>((low_codes, high_codes), codes, scale, o, x),
+            }
+        };
+    }
     let mut acc = [_mm256_setzero_ps(); 4];
     let blocks = x.chunks_exact(block).zip(codes.chunks_exact(block / 2));
     let ahead = params_ahead(block);
@@ -163,6 +172,61 @@ unsafe fn dot_by_table<T: Table>(
         // SAFETY: the CPU has the features (the caller); `xs` and `bytes`
         // are one block's.
         unsafe { add_block(table, xs, bytes, &mut acc) };
+    }
+    reduce32_avx2(acc)
+}
+
+/// [`dot_by_table`] for blocks of exactly 32, as
+/// [`dot_by_table32_avx512`] is for AVX-512: whether the weight has
+/// offsets fixed at compile time, a prefetch per four blocks, no chunk
+/// iterators; the same operations in the same order, so the same bits.
+///
+/// # Safety
+/// As [`dot_by_table`], with blocks of 32 and `offset` one per block when
+/// `OFFSET`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_by_table32<T: Table, const OFFSET: bool>(
+    (low_codes, high_codes): (__m256, __m256),
+    codes: &[u8],
+    scale: &[f32],
+    offset: &[f32],
+    x: &[f32],
+) -> f32 {
+    let blocks = scale.len();
+    assert!(codes.len() >= blocks * 16 && x.len() >= blocks * LANES);
+    assert!(!OFFSET || offset.len() >= blocks);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let ahead = params_ahead(LANES);
+    let mut b = 0;
+    while b < blocks {
+        let group = (blocks - b).min(4);
+        prefetch_block(&codes[16 * b..], scale, OFFSET.then_some(offset), b, ahead);
+        for b in b..b + group {
+            let s = _mm256_set1_ps(scale[b]);
+            // `value`'s operations (without an offset, subtracting zero
+            // changes no value, so it is left out).
+            let (low, high) = if OFFSET {
+                let o = _mm256_set1_ps(offset[b]);
+                (
+                    _mm256_mul_ps(_mm256_sub_ps(low_codes, o), s),
+                    _mm256_mul_ps(_mm256_sub_ps(high_codes, o), s),
+                )
+            } else {
+                (_mm256_mul_ps(low_codes, s), _mm256_mul_ps(high_codes, s))
+            };
+            // SAFETY: the CPU has the features (the caller); block `b` <
+            // `blocks` has sixteen bytes of codes and 32 values of `x`
+            // (asserted above).
+            unsafe {
+                let table = T::of_block(low, high);
+                let w = table.look_up(&codes[16 * b..16 * b + 16]);
+                let xs = x.as_ptr().add(LANES * b);
+                for (j, (a, w)) in acc.iter_mut().zip(w).enumerate() {
+                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(xs.add(8 * j)), *a);
+                }
+            }
+        }
+        b += group;
     }
     reduce32_avx2(acc)
 }
