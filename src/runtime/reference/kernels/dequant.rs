@@ -318,33 +318,27 @@ pub(super) unsafe fn dot_by_table_avx512(
     debug_assert!(
         scale.len() * block == x_split.len() && offset.is_none_or(|o| o.len() == scale.len())
     );
-    let nibbles = if bits == Bits::I4 {
-        _mm512_setr_ps(
-            0., 1., 2., 3., 4., 5., 6., 7., -8., -7., -6., -5., -4., -3., -2., -1.,
-        )
-    } else {
-        _mm512_setr_ps(
-            0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15.,
-        )
-    };
+    let nibbles = nibble_table(bits);
     if block == LANES {
+        let (codes, scale) = ([codes], [scale]);
         // SAFETY: the caller's guarantees, with blocks of 32.
-        return unsafe {
+        let [dot] = unsafe {
             match (fp16, offset) {
                 (true, None) => {
-                    dot_by_table32_avx512::<true, false>(nibbles, codes, scale, &[], x_split)
+                    dot_by_table32_avx512::<true, false, 1>(nibbles, codes, scale, [&[]], x_split)
                 }
                 (false, None) => {
-                    dot_by_table32_avx512::<false, false>(nibbles, codes, scale, &[], x_split)
+                    dot_by_table32_avx512::<false, false, 1>(nibbles, codes, scale, [&[]], x_split)
                 }
                 (true, Some(o)) => {
-                    dot_by_table32_avx512::<true, true>(nibbles, codes, scale, o, x_split)
+                    dot_by_table32_avx512::<true, true, 1>(nibbles, codes, scale, [o], x_split)
                 }
                 (false, Some(o)) => {
-                    dot_by_table32_avx512::<false, true>(nibbles, codes, scale, o, x_split)
+                    dot_by_table32_avx512::<false, true, 1>(nibbles, codes, scale, [o], x_split)
                 }
             }
         };
+        return dot;
     }
     let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     let blocks = x_split
@@ -384,53 +378,118 @@ pub(super) unsafe fn dot_by_table_avx512(
 /// As [`dot_by_table_avx512`], with blocks of 32 and `offset` one per
 /// block when `OFFSET`.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn dot_by_table32_avx512<const FP16: bool, const OFFSET: bool>(
+unsafe fn dot_by_table32_avx512<const FP16: bool, const OFFSET: bool, const ROWS: usize>(
     nibbles: __m512,
-    codes: &[u8],
-    scale: &[f32],
-    offset: &[f32],
+    codes: [&[u8]; ROWS],
+    scale: [&[f32]; ROWS],
+    offset: [&[f32]; ROWS],
     x_split: &[f32],
-) -> f32 {
-    let blocks = scale.len();
-    assert!(codes.len() >= blocks * 16 && x_split.len() >= blocks * LANES);
-    assert!(!OFFSET || offset.len() >= blocks);
-    let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+) -> [f32; ROWS] {
+    let blocks = x_split.len() / LANES;
+    for r in 0..ROWS {
+        assert!(codes[r].len() >= blocks * 16 && scale[r].len() >= blocks);
+        assert!(!OFFSET || offset[r].len() >= blocks);
+    }
+    let mut even = [_mm512_setzero_ps(); ROWS];
+    let mut odd = [_mm512_setzero_ps(); ROWS];
     let ahead = params_ahead(LANES);
     let mut b = 0;
     while b < blocks {
         let group = (blocks - b).min(4);
-        prefetch_block(&codes[16 * b..], scale, OFFSET.then_some(offset), b, ahead);
+        for r in 0..ROWS {
+            prefetch_block(
+                &codes[r][16 * b..],
+                scale[r],
+                OFFSET.then_some(offset[r]),
+                b,
+                ahead,
+            );
+        }
         for b in b..b + group {
-            let s = _mm512_set1_ps(scale[b]);
-            let mut table = if OFFSET {
-                _mm512_mul_ps(_mm512_sub_ps(nibbles, _mm512_set1_ps(offset[b])), s)
-            } else {
-                _mm512_mul_ps(nibbles, s)
-            };
-            if FP16 {
-                table = _mm512_cvtph_ps(_mm512_cvtps_ph::<
-                    { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
-                >(table));
-            }
-            // SAFETY: block `b` < `blocks` has sixteen bytes of codes and
-            // 32 values of `x_split` (asserted above); the CPU has the
-            // features (the caller).
-            unsafe {
-                let low = _mm512_cvtepu8_epi32(_mm_loadu_si128(codes.as_ptr().add(16 * b).cast()));
-                let high = _mm512_srli_epi32::<4>(low);
+            // SAFETY: block `b` < `blocks` has 32 values of `x_split`; the
+            // CPU has the features (the caller).
+            let (x_even, x_odd) = unsafe {
                 let x = x_split.as_ptr().add(LANES * b);
-                even = _mm512_fmadd_ps(_mm512_permutexvar_ps(low, table), _mm512_loadu_ps(x), even);
-                odd = _mm512_fmadd_ps(
-                    _mm512_permutexvar_ps(high, table),
-                    _mm512_loadu_ps(x.add(16)),
-                    odd,
-                );
+                (_mm512_loadu_ps(x), _mm512_loadu_ps(x.add(16)))
+            };
+            for r in 0..ROWS {
+                let s = _mm512_set1_ps(scale[r][b]);
+                let mut table = if OFFSET {
+                    _mm512_mul_ps(_mm512_sub_ps(nibbles, _mm512_set1_ps(offset[r][b])), s)
+                } else {
+                    _mm512_mul_ps(nibbles, s)
+                };
+                if FP16 {
+                    table = _mm512_cvtph_ps(_mm512_cvtps_ph::<
+                        { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+                    >(table));
+                }
+                // SAFETY: block `b` of each row has sixteen bytes of codes
+                // (asserted above); the CPU has the features (the caller).
+                let low = unsafe {
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128(codes[r].as_ptr().add(16 * b).cast()))
+                };
+                let high = _mm512_srli_epi32::<4>(low);
+                even[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(low, table), x_even, even[r]);
+                odd[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(high, table), x_odd, odd[r]);
             }
         }
         b += group;
     }
     // SAFETY: the CPU has the features (the caller).
-    unsafe { sum_even_and_odd(even, odd) }
+    std::array::from_fn(|r| unsafe { sum_even_and_odd(even[r], odd[r]) })
+}
+
+/// [`dot_by_table_avx512`] for two rows at once, in blocks of exactly 32:
+/// each block of `x` is read once for both, and twice the independent
+/// sums are in flight. Each row's result is the bits
+/// [`dot_by_table_avx512`] gives it.
+///
+/// # Safety
+/// As [`dot_by_table_avx512`] for each row, with blocks of 32.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub(super) unsafe fn dot_pair_by_table32_avx512(
+    bits: Bits,
+    codes: [&[u8]; 2],
+    scale: [&[f32]; 2],
+    offset: Option<[&[f32]; 2]>,
+    fp16: bool,
+    x_split: &[f32],
+) -> [f32; 2] {
+    let nibbles = nibble_table(bits);
+    let none: [&[f32]; 2] = [&[], &[]];
+    // SAFETY: the caller's guarantees.
+    unsafe {
+        match (fp16, offset) {
+            (true, None) => {
+                dot_by_table32_avx512::<true, false, 2>(nibbles, codes, scale, none, x_split)
+            }
+            (false, None) => {
+                dot_by_table32_avx512::<false, false, 2>(nibbles, codes, scale, none, x_split)
+            }
+            (true, Some(o)) => {
+                dot_by_table32_avx512::<true, true, 2>(nibbles, codes, scale, o, x_split)
+            }
+            (false, Some(o)) => {
+                dot_by_table32_avx512::<false, true, 2>(nibbles, codes, scale, o, x_split)
+            }
+        }
+    }
+}
+
+/// The sixteen values four-bit codes of `bits` stand for, in one register.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn nibble_table(bits: Bits) -> __m512 {
+    if bits == Bits::I4 {
+        _mm512_setr_ps(
+            0., 1., 2., 3., 4., 5., 6., 7., -8., -7., -6., -5., -4., -3., -2., -1.,
+        )
+    } else {
+        _mm512_setr_ps(
+            0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15.,
+        )
+    }
 }
 
 /// [`add_block`] with AVX-512F: one block's values looked up in `table`

@@ -704,6 +704,12 @@ trait RowSource: Sync {
     fn fused_dot(&self, _n: usize, _x: &FusedInput) -> Option<f32> {
         None
     }
+
+    /// Rows `n` and `n + 1` dotted with `x` at once, when a kernel can:
+    /// for each, the bits of [`RowSource::fused_dot`].
+    fn fused_dot_pair(&self, _n: usize, _x: &FusedInput) -> Option<[f32; 2]> {
+        None
+    }
 }
 
 /// [`RowSource::pack_panel`] a row segment at a time: each made, then
@@ -875,6 +881,42 @@ impl RowSource for Dequantized<'_> {
         let _ = (n, input);
         None
     }
+
+    fn fused_dot_pair(&self, n: usize, input: &FusedInput) -> Option<[f32; 2]> {
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(x_split), Bits::I4 | Bits::U4, true) = (
+            &input.split,
+            self.q.bits,
+            self.q.block == dot::LANES && self.inputs.is_multiple_of(dot::LANES),
+        ) {
+            let blocks = self.inputs / self.q.block;
+            let row_bytes = self.q.bits.row_bytes(self.inputs);
+            let codes = |n: usize| &self.q.codes[n * row_bytes..(n + 1) * row_bytes];
+            fn params(p: &[f32], n: usize, blocks: usize) -> &[f32] {
+                &p[n * blocks..(n + 1) * blocks]
+            }
+            let scale = &self.q.scale;
+            // SAFETY: `split` is made only for `Isa::Avx512`, chosen only on
+            // CPUs with AVX-512F, AVX2, FMA and F16C; 4-bit codes in blocks
+            // of 32; the codes and parameters are rows `n` and `n + 1`'s,
+            // `x_split` as long as a row.
+            return Some(unsafe {
+                dequant::dot_pair_by_table32_avx512(
+                    self.q.bits,
+                    [codes(n), codes(n + 1)],
+                    [params(scale, n, blocks), params(scale, n + 1, blocks)],
+                    self.q
+                        .offset
+                        .as_ref()
+                        .map(|o| [params(o, n, blocks), params(o, n + 1, blocks)]),
+                    self.q.fp16,
+                    x_split,
+                )
+            });
+        }
+        let _ = (n, input);
+        None
+    }
 }
 
 /// Rows of a [`Palettized`] weight, looked up one at a time.
@@ -956,8 +998,21 @@ fn mat_vec<S: RowSource>(
         let width = range.len();
         let mut part = vec![0.0f32; rows * width];
         let mut scratch = Scratch::default();
-        for (i, n) in range.enumerate() {
+        let mut skip = false;
+        for (i, n) in range.clone().enumerate() {
+            if std::mem::take(&mut skip) {
+                // Computed with the row before it.
+                continue;
+            }
             if let Some(input) = &fused {
+                if n + 1 < range.end {
+                    if let Some([y, next]) = source.fused_dot_pair(n, input) {
+                        part[i] = y;
+                        part[i + 1] = next;
+                        skip = true;
+                        continue;
+                    }
+                }
                 if let Some(y) = source.fused_dot(n, input) {
                     part[i] = y;
                     continue;
