@@ -536,23 +536,75 @@ pub(super) unsafe fn dot_by_palette_avx512(
     tables: &[f32],
     x_split: &[f32],
 ) -> f32 {
-    debug_assert!(block.is_multiple_of(LANES) && x_split.len().is_multiple_of(block));
-    debug_assert!(codes.len() * 2 >= x_split.len() && tables.len() * block >= 16 * x_split.len());
-    let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    let blocks = x_split
-        .chunks_exact(block)
-        .zip(codes.chunks_exact(block / 2));
-    for ((xs, bytes), values) in blocks.zip(tables.chunks_exact(16)) {
-        prefetch_codes(bytes);
-        // SAFETY: `values` holds sixteen f32s; the CPU has the features
-        // (the caller); `xs` and `bytes` are one block's.
+    // SAFETY: the caller's guarantees.
+    let [dot] = unsafe { dot_by_palettes_avx512(block, [codes], [tables], x_split) };
+    dot
+}
+
+/// [`dot_by_palette_avx512`] for two rows at once: each chunk of `x` read
+/// once for both. Each row's result is the bits it gets alone.
+///
+/// # Safety
+/// As [`dot_by_palette_avx512`] for each row.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub(super) unsafe fn dot_pair_by_palette_avx512(
+    block: usize,
+    codes: [&[u8]; 2],
+    tables: [&[f32]; 2],
+    x_split: &[f32],
+) -> [f32; 2] {
+    // SAFETY: the caller's guarantees.
+    unsafe { dot_by_palettes_avx512(block, codes, tables, x_split) }
+}
+
+/// [`dot_by_palette_avx512`] for `ROWS` rows, a chunk of 32 elements at a
+/// time in order (as [`add_block_avx512`] sums), the codes prefetched a
+/// line (four chunks) at a time.
+///
+/// # Safety
+/// As [`dot_by_palette_avx512`] for each row.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn dot_by_palettes_avx512<const ROWS: usize>(
+    block: usize,
+    codes: [&[u8]; ROWS],
+    tables: [&[f32]; ROWS],
+    x_split: &[f32],
+) -> [f32; ROWS] {
+    assert!(block.is_multiple_of(LANES) && x_split.len().is_multiple_of(block));
+    let chunks = x_split.len() / LANES;
+    let per_block = block / LANES;
+    for r in 0..ROWS {
+        assert!(codes[r].len() >= chunks * 16 && tables[r].len() * block >= 16 * x_split.len());
+    }
+    let mut even = [_mm512_setzero_ps(); ROWS];
+    let mut odd = [_mm512_setzero_ps(); ROWS];
+    for c in 0..chunks {
+        if c % 4 == 0 {
+            for codes in codes {
+                prefetch_codes(&codes[16 * c..]);
+            }
+        }
+        let b = c / per_block;
+        // SAFETY: chunk `c` < `chunks` has 32 values of `x_split`, sixteen
+        // bytes of codes in each row, and block `b` its sixteen values in
+        // each row's tables (asserted above); the CPU has the features
+        // (the caller).
         unsafe {
-            let table = _mm512_loadu_ps(values.as_ptr());
-            add_block_avx512(table, xs, bytes, &mut even, &mut odd);
+            let x = x_split.as_ptr().add(LANES * c);
+            let (x_even, x_odd) = (_mm512_loadu_ps(x), _mm512_loadu_ps(x.add(16)));
+            for r in 0..ROWS {
+                let table = _mm512_loadu_ps(tables[r].as_ptr().add(16 * b));
+                let low =
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128(codes[r].as_ptr().add(16 * c).cast()));
+                let high = _mm512_srli_epi32::<4>(low);
+                even[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(low, table), x_even, even[r]);
+                odd[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(high, table), x_odd, odd[r]);
+            }
         }
     }
     // SAFETY: the CPU has the features (the caller).
-    unsafe { sum_even_and_odd(even, odd) }
+    std::array::from_fn(|r| unsafe { sum_even_and_odd(even[r], odd[r]) })
 }
 
 /// The sum of a lookup's 32 partial sums held as even and odd lanes.

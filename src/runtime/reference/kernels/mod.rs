@@ -971,6 +971,32 @@ impl RowSource for LookedUp<'_> {
         let _ = (n, input);
         None
     }
+
+    fn fused_dot_pair(&self, n: usize, input: &FusedInput) -> Option<[f32; 2]> {
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(x_split), Bits::U4, true) = (
+            &input.split,
+            self.p.bits,
+            self.p.columns_per_table.is_multiple_of(dot::LANES),
+        ) {
+            let row_bytes = self.p.bits.row_bytes(self.inputs);
+            let codes = |n: usize| &self.p.codes[n * row_bytes..(n + 1) * row_bytes];
+            // SAFETY: as in `fused_dot`, for rows `n` and `n + 1`.
+            return Some(unsafe {
+                dequant::dot_pair_by_palette_avx512(
+                    self.p.columns_per_table,
+                    [codes(n), codes(n + 1)],
+                    [
+                        self.p.row_tables(n, self.inputs),
+                        self.p.row_tables(n + 1, self.inputs),
+                    ],
+                    x_split,
+                )
+            });
+        }
+        let _ = (n, input);
+        None
+    }
 }
 
 /// Matrix-vector products: `out[r][n] = weight[n] · x[r]`, the weight rows

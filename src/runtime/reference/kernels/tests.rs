@@ -388,12 +388,27 @@ fn palettized_weights_look_up_and_multiply_as_their_dense_values() {
             }
             // A fused dot product gives the bits of looking the row up and
             // taking the dot product of it.
+            let unfused = |n: usize| {
+                let [dot] = dot::dots(isa, &dense[n * inputs..(n + 1) * inputs], [&x[..inputs]]);
+                dot.to_bits()
+            };
             for n in 0..outputs {
-                if let Some(fused) = source.fused_dot(n, &FusedInput::new(isa, &x[..inputs])) {
-                    let [unfused] =
-                        dot::dots(isa, &dense[n * inputs..(n + 1) * inputs], [&x[..inputs]]);
-                    assert_eq!(fused.to_bits(), unfused.to_bits(), "{isa:?}, row {n}");
+                let input = FusedInput::new(isa, &x[..inputs]);
+                if let Some(fused) = source.fused_dot(n, &input) {
+                    assert_eq!(fused.to_bits(), unfused(n), "{isa:?}, row {n}");
                 }
+                if n + 1 < outputs {
+                    if let Some(pair) = source.fused_dot_pair(n, &input) {
+                        let want = [unfused(n), unfused(n + 1)];
+                        assert_eq!(pair.map(f32::to_bits), want, "{isa:?}, rows {n}, {}", n + 1);
+                    }
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512 && entries <= 16 && (inputs / column_groups) % 32 == 0 {
+                assert!(source
+                    .fused_dot_pair(0, &FusedInput::new(isa, &x[..inputs]))
+                    .is_some());
             }
             let mut out = vec![f32::NAN; rows * outputs];
             linear_on(isa, &weight, &x, rows, None, &mut out);
