@@ -24,7 +24,7 @@
 use std::cell::Cell;
 use std::num::NonZeroUsize;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -147,56 +147,56 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A job's parts, as the pool's threads see it.
+/// A job as the pool's threads see it: published under [`Pool::state`],
+/// its parts claimed and counted through [`Pool::next`] and
+/// [`Pool::done`], without the lock.
+#[derive(Clone, Copy)]
 struct Job {
     /// The work, its lifetime erased: [`run`] waits until every part has
-    /// returned before the borrow ends.
+    /// returned, and every pool thread that joined has stopped claiming,
+    /// before the borrow ends.
     work: *const (dyn Fn(usize) + Sync + 'static),
     parts: usize,
     /// How many pool threads may take parts (the prediction's thread count
     /// less the caller).
     helpers: usize,
-    /// Pool threads that have taken a part.
-    joined: usize,
     /// The job's number ([`Pool::published`] once it is published).
     serial: u64,
-    /// The next part to claim.
-    next: usize,
-    /// Parts returned.
-    finished: usize,
-    /// A part's panic, re-raised on the calling thread.
-    panic: Option<Box<dyn std::any::Any + Send>>,
+}
+
+/// What the lock guards: the job under way and who joined it.
+struct State {
+    job: Option<Job>,
+    /// Pool threads that have joined the job under way.
+    joined: usize,
 }
 
 // SAFETY: `work` points at a `Sync` closure, so calling it from several
-// threads at once is sound; the pointer is only followed while `run`
-// keeps the closure alive (see `Job::work`).
-unsafe impl Send for Job {}
+// threads at once is sound; the pointer is only followed by a thread
+// counted in `Pool::active`, which `run` waits for before the borrow ends.
+unsafe impl Send for State {}
 
 struct Pool {
-    /// The job under way, if any.
-    job: Mutex<Option<Job>>,
+    state: Mutex<State>,
     /// Signalled when a job arrives.
     arrived: Condvar,
     /// Signalled when a job's last part returns.
     finished: Condvar,
     /// Held by the caller whose job runs (one at a time).
     running: Mutex<()>,
+    /// The next part of the job under way to claim (claims past its parts
+    /// claim nothing). Reset only while no pool thread is active.
+    next: AtomicUsize,
+    /// Parts of the job under way returned.
+    done: AtomicUsize,
+    /// Pool threads that joined the job under way and may still claim.
+    active: AtomicUsize,
     /// Jobs published so far: what a spinning pool thread watches.
     published: AtomicU64,
-    /// Parts finished so far, over all jobs: what a spinning caller
-    /// watches.
-    parts_finished: AtomicU64,
+    /// A part's panic, re-raised on the calling thread.
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
     /// Pool threads started.
     threads: Mutex<usize>,
-}
-
-impl Job {
-    /// Whether a pool thread that last joined job `joined` may take a part
-    /// of this one.
-    fn open_to(&self, joined: u64) -> bool {
-        self.next < self.parts && (self.serial == joined || self.joined < self.helpers)
-    }
 }
 
 /// The pool, with at least `helpers` threads started (as many as start).
@@ -204,12 +204,18 @@ fn pool(helpers: usize) -> &'static Pool {
     static POOL: OnceLock<&'static Pool> = OnceLock::new();
     let pool = *POOL.get_or_init(|| {
         Box::leak(Box::new(Pool {
-            job: Mutex::new(None),
+            state: Mutex::new(State {
+                job: None,
+                joined: 0,
+            }),
             arrived: Condvar::new(),
             finished: Condvar::new(),
             running: Mutex::new(()),
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
             published: AtomicU64::new(0),
-            parts_finished: AtomicU64::new(0),
+            panic: Mutex::new(None),
             threads: Mutex::new(0),
         }))
     });
@@ -229,61 +235,76 @@ fn pool(helpers: usize) -> &'static Pool {
 }
 
 impl Pool {
-    /// A pool thread: claims parts of whatever job is under way.
+    /// A pool thread: joins each job it may, and claims its parts.
     fn serve(&self) {
-        // The last job this thread took a part of.
+        // The last job this thread joined.
         let mut joined = 0;
-        let mut job = lock(&self.job);
         loop {
-            match job.as_mut() {
-                Some(j) if j.open_to(joined) => {
-                    if j.serial != joined {
-                        j.joined += 1;
-                        joined = j.serial;
-                    }
-                    let (part, work) = (j.next, j.work);
-                    j.next += 1;
-                    drop(job);
-                    // SAFETY: the job is under way (it was in `self.job`
-                    // with a part left), so `run` keeps `work` alive until
-                    // this part is counted as finished.
-                    let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { (*work)(part) }));
-                    job = lock(&self.job);
-                    self.finish(&mut job, outcome.err());
+            let job = self.join(&mut joined);
+            self.claim_parts(&job);
+            self.active.fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    /// Waits for a job this thread has not joined and may, and joins it
+    /// (counted in `active`, under the lock, so `run` waits for it).
+    fn join(&self, joined: &mut u64) -> Job {
+        let mut state = lock(&self.state);
+        loop {
+            match state.job {
+                Some(job) if job.serial != *joined && state.joined < job.helpers => {
+                    state.joined += 1;
+                    *joined = job.serial;
+                    self.active.fetch_add(1, Ordering::AcqRel);
+                    return job;
                 }
-                Some(j) if j.next < j.parts => {
-                    // A job with as many pool threads as its prediction
-                    // allows: sleep (not spin, which would take a core the
-                    // prediction was told to leave) until the next.
-                    job = self.arrived.wait(job).unwrap_or_else(|e| e.into_inner());
+                Some(job) if job.serial != *joined => {
+                    // As many pool threads as its prediction allows: sleep
+                    // (not spin, which would take a core the prediction
+                    // was told to leave) until the next.
+                    state = self.arrived.wait(state).unwrap_or_else(|e| e.into_inner());
                 }
                 _ => {
-                    // Watch for the next job, then sleep; the job's state
-                    // is read again under the lock either way.
+                    // Watch for the next job, then sleep; the state is read
+                    // again under the lock either way.
                     let seen = self.published.load(Ordering::Acquire);
-                    drop(job);
+                    drop(state);
                     let arrived = spin_until(|| self.published.load(Ordering::Acquire) != seen);
-                    job = lock(&self.job);
-                    let waiting = job.as_ref().is_none_or(|j| !j.open_to(joined));
+                    state = lock(&self.state);
+                    let waiting = state.job.is_none_or(|j| j.serial == *joined);
                     if !arrived && waiting {
-                        job = self.arrived.wait(job).unwrap_or_else(|e| e.into_inner());
+                        state = self.arrived.wait(state).unwrap_or_else(|e| e.into_inner());
                     }
                 }
             }
         }
     }
 
-    /// Counts a part of the job under way as finished.
-    fn finish(&self, job: &mut Option<Job>, panic: Option<Box<dyn std::any::Any + Send>>) {
-        if let Some(j) = job.as_mut() {
-            j.finished += 1;
-            self.parts_finished.fetch_add(1, Ordering::Release);
-            if j.panic.is_none() {
-                j.panic = panic;
+    /// Claims and runs parts of `job` until none is left.
+    fn claim_parts(&self, job: &Job) {
+        loop {
+            let part = self.next.fetch_add(1, Ordering::AcqRel);
+            if part >= job.parts {
+                return;
             }
-            if j.finished == j.parts {
-                self.finished.notify_all();
-            }
+            // SAFETY: this thread is counted in `active` (it joined `job`
+            // under the lock), so `run` keeps `work` alive until it stops
+            // claiming; and `next` was reset for `job` before it joined.
+            let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { (*job.work)(part) }));
+            self.finish(job.parts, outcome.err());
+        }
+    }
+
+    /// Counts a part of a job of `parts` as returned.
+    fn finish(&self, parts: usize, panic: Option<Box<dyn std::any::Any + Send>>) {
+        if let Some(panic) = panic {
+            lock(&self.panic).get_or_insert(panic);
+        }
+        if self.done.fetch_add(1, Ordering::AcqRel) + 1 == parts {
+            // Under the lock, so that a caller about to sleep sees the
+            // count or is woken.
+            let _state = lock(&self.state);
+            self.finished.notify_all();
         }
     }
 }
@@ -307,57 +328,56 @@ fn run(parts: usize, work: &(dyn Fn(usize) + Sync)) {
         }
     };
     // SAFETY: only the lifetime changes. This function does not return
-    // before every part has returned (it waits for `finished == parts`
-    // below) and takes the job out of the pool before returning, so no
-    // thread follows the pointer after the borrow ends.
+    // before every part has returned and every pool thread that joined
+    // the job has stopped claiming (`active` is zero after the job is
+    // taken down), so no thread follows the pointer after the borrow ends.
     let erased: *const (dyn Fn(usize) + Sync + 'static) = unsafe {
         std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync)>(
             work,
         )
     };
-    let mut job = lock(&pool.job);
-    let serial = pool.published.load(Ordering::Relaxed) + 1;
-    *job = Some(Job {
-        work: erased,
-        parts,
-        helpers: threads - 1,
-        joined: 0,
-        serial,
-        next: 0,
-        finished: 0,
-        panic: None,
-    });
-    pool.published.fetch_add(1, Ordering::Release);
-    pool.arrived.notify_all();
+    {
+        let mut state = lock(&pool.state);
+        // No pool thread is active (the last job waited for them), so none
+        // claims while the counters are reset.
+        pool.next.store(0, Ordering::Relaxed);
+        pool.done.store(0, Ordering::Relaxed);
+        let serial = pool.published.load(Ordering::Relaxed) + 1;
+        state.job = Some(Job {
+            work: erased,
+            parts,
+            helpers: threads - 1,
+            serial,
+        });
+        state.joined = 0;
+        pool.published.store(serial, Ordering::Release);
+        pool.arrived.notify_all();
+    }
     // Take parts here too.
     loop {
-        let Some(j) = job.as_mut() else {
-            unreachable!("only this caller takes the job out");
-        };
-        if j.next < j.parts {
-            let part = j.next;
-            j.next += 1;
-            drop(job);
-            let outcome = catch_unwind(AssertUnwindSafe(|| work(part)));
-            job = lock(&pool.job);
-            pool.finish(&mut job, outcome.err());
-        } else if j.finished < j.parts {
-            // The other parts are under way: watch for their end, then
-            // sleep until it.
-            let target =
-                pool.parts_finished.load(Ordering::Acquire) + (j.parts - j.finished) as u64;
-            drop(job);
-            spin_until(|| pool.parts_finished.load(Ordering::Acquire) >= target);
-            job = lock(&pool.job);
-            if job.as_ref().is_some_and(|j| j.finished < j.parts) {
-                job = pool.finished.wait(job).unwrap_or_else(|e| e.into_inner());
-            }
-        } else {
+        let part = pool.next.fetch_add(1, Ordering::AcqRel);
+        if part >= parts {
             break;
         }
+        let outcome = catch_unwind(AssertUnwindSafe(|| work(part)));
+        pool.finish(parts, outcome.err());
     }
-    let panic = job.take().and_then(|j| j.panic);
-    drop(job);
+    // The other parts are under way: watch for their end, then sleep until
+    // it.
+    if !spin_until(|| pool.done.load(Ordering::Acquire) >= parts) {
+        let mut state = lock(&pool.state);
+        while pool.done.load(Ordering::Acquire) < parts {
+            state = pool.finished.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+    // Take the job down, then wait for the pool threads that joined it to
+    // stop claiming (each is at most one failed claim from stopping).
+    lock(&pool.state).job = None;
+    while pool.active.load(Ordering::Acquire) > 0 {
+        // (Yielding, in case the host has parked that thread's core.)
+        std::thread::yield_now();
+    }
+    let panic = lock(&pool.panic).take();
     drop(running);
     if let Some(panic) = panic {
         resume_unwind(panic);
