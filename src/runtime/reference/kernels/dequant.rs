@@ -4,8 +4,11 @@
 //! in the block's sixteen values computed so (with AVX-512, sixteen codes
 //! a permute). The values are those of the portable `Blockwise::piece`:
 //! `(q - offset) * scale` in f32, then F16C's round to nearest even, as
-//! `half` rounds. The dot products prefetch the codes and parameters
-//! [`PREFETCH_BYTES`] ahead.
+//! `half` rounds. A palettized weight's four-bit codes are looked up the
+//! same way in their palette ([`dot_by_palette_avx2`],
+//! [`dot_by_palette_avx512`]). Blocks of exactly 32, the commonest, have
+//! loops of their own, on AVX-512 two rows at a time. The dot products
+//! prefetch the codes and parameters [`PREFETCH_BYTES`] ahead.
 
 use std::arch::x86_64::{
     __m256, __m256i, _mm256_and_si256, _mm256_blendv_ps, _mm256_broadcastsi128_si256,

@@ -9,8 +9,13 @@
 //! [`with_threads`]), else `RAYON_NUM_THREADS` when that is a positive
 //! integer, else the cores available (at most 8). The pool grows to the
 //! most threads any prediction has asked for, and a job is served by only
-//! as many pool threads as its prediction allows. An idle pool thread, and a caller waiting for its parts,
-//! spin for up to [`SPIN`] before they sleep: a thread woken from sleep
+//! as many pool threads as its prediction allows.
+//!
+//! A pool thread joins a job once, under the pool's lock, then claims its
+//! parts one at a time with an atomic counter: a decode step hands out
+//! dozens of jobs, and a lock taken per part cost more than a small part.
+//! An idle pool thread, and a caller waiting for its parts, spin for up
+//! to [`SPIN`] before they sleep: a thread woken from sleep
 //! starts tens to hundreds of microseconds later (more on a virtual
 //! machine, whose idle core the host parks), which is the whole length of
 //! one of a decode step's products, so without spinning the caller would
