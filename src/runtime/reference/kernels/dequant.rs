@@ -7,7 +7,7 @@
 //! `half` rounds. A palettized weight's four-bit codes are looked up the
 //! same way in their palette ([`dot_by_palette_avx2`],
 //! [`dot_by_palette_avx512`]). Blocks of exactly 32, the commonest, have
-//! loops of their own, on AVX-512 two rows at a time. The dot products
+//! loops of their own, two rows at a time. The dot products
 //! prefetch the codes and parameters [`PREFETCH_BYTES`] ahead.
 
 use std::arch::x86_64::{
@@ -148,13 +148,16 @@ unsafe fn dot_by_table<T: Table>(
     debug_assert!(block.is_multiple_of(LANES) && codes.len() * 2 >= x.len());
     let (low_codes, high_codes) = nibble_values(bits);
     if block == LANES {
+        let (codes, scale) = ([codes], [scale]);
+        let nibbles = (low_codes, high_codes);
         // SAFETY: the caller's guarantees, with blocks of 32.
-        return unsafe {
+        let [dot] = unsafe {
             match offset {
-                None => dot_by_table32::<T, false>((low_codes, high_codes), codes, scale, &[], x),
-                Some(o) => dot_by_table32::<T, true>((low_codes, high_codes), codes, scale, o, x),
+                None => dot_by_table32::<T, false, 1>(nibbles, codes, scale, [&[]], x),
+                Some(o) => dot_by_table32::<T, true, 1>(nibbles, codes, scale, [o], x),
             }
         };
+        return dot;
     }
     let mut acc = [_mm256_setzero_ps(); 4];
     let blocks = x.chunks_exact(block).zip(codes.chunks_exact(block / 2));
@@ -188,50 +191,90 @@ unsafe fn dot_by_table<T: Table>(
 /// As [`dot_by_table`], with blocks of 32 and `offset` one per block when
 /// `OFFSET`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_by_table32<T: Table, const OFFSET: bool>(
+unsafe fn dot_by_table32<T: Table, const OFFSET: bool, const ROWS: usize>(
     (low_codes, high_codes): (__m256, __m256),
-    codes: &[u8],
-    scale: &[f32],
-    offset: &[f32],
+    codes: [&[u8]; ROWS],
+    scale: [&[f32]; ROWS],
+    offset: [&[f32]; ROWS],
     x: &[f32],
-) -> f32 {
-    let blocks = scale.len();
-    assert!(codes.len() >= blocks * 16 && x.len() >= blocks * LANES);
-    assert!(!OFFSET || offset.len() >= blocks);
-    let mut acc = [_mm256_setzero_ps(); 4];
+) -> [f32; ROWS] {
+    let blocks = x.len() / LANES;
+    for r in 0..ROWS {
+        assert!(codes[r].len() >= blocks * 16 && scale[r].len() >= blocks);
+        assert!(!OFFSET || offset[r].len() >= blocks);
+    }
+    let mut acc = [[_mm256_setzero_ps(); 4]; ROWS];
     let ahead = params_ahead(LANES);
     let mut b = 0;
     while b < blocks {
         let group = (blocks - b).min(4);
-        prefetch_block(&codes[16 * b..], scale, OFFSET.then_some(offset), b, ahead);
+        for r in 0..ROWS {
+            prefetch_block(
+                &codes[r][16 * b..],
+                scale[r],
+                OFFSET.then_some(offset[r]),
+                b,
+                ahead,
+            );
+        }
         for b in b..b + group {
-            let s = _mm256_set1_ps(scale[b]);
-            // `value`'s operations (without an offset, subtracting zero
-            // changes no value, so it is left out).
-            let (low, high) = if OFFSET {
-                let o = _mm256_set1_ps(offset[b]);
-                (
-                    _mm256_mul_ps(_mm256_sub_ps(low_codes, o), s),
-                    _mm256_mul_ps(_mm256_sub_ps(high_codes, o), s),
-                )
-            } else {
-                (_mm256_mul_ps(low_codes, s), _mm256_mul_ps(high_codes, s))
-            };
-            // SAFETY: the CPU has the features (the caller); block `b` <
-            // `blocks` has sixteen bytes of codes and 32 values of `x`
-            // (asserted above).
-            unsafe {
-                let table = T::of_block(low, high);
-                let w = table.look_up(&codes[16 * b..16 * b + 16]);
-                let xs = x.as_ptr().add(LANES * b);
-                for (j, (a, w)) in acc.iter_mut().zip(w).enumerate() {
-                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(xs.add(8 * j)), *a);
+            // SAFETY: block `b` < `blocks` has 32 values of `x`; the CPU has
+            // the features (the caller).
+            let xs: [__m256; 4] = std::array::from_fn(|j| unsafe {
+                _mm256_loadu_ps(x.as_ptr().add(LANES * b + 8 * j))
+            });
+            for r in 0..ROWS {
+                let s = _mm256_set1_ps(scale[r][b]);
+                // `value`'s operations (without an offset, subtracting zero
+                // changes no value, so it is left out).
+                let (low, high) = if OFFSET {
+                    let o = _mm256_set1_ps(offset[r][b]);
+                    (
+                        _mm256_mul_ps(_mm256_sub_ps(low_codes, o), s),
+                        _mm256_mul_ps(_mm256_sub_ps(high_codes, o), s),
+                    )
+                } else {
+                    (_mm256_mul_ps(low_codes, s), _mm256_mul_ps(high_codes, s))
+                };
+                // SAFETY: the CPU has the features (the caller); block `b`
+                // of each row has sixteen bytes of codes (asserted above).
+                let w = unsafe { T::of_block(low, high).look_up(&codes[r][16 * b..16 * b + 16]) };
+                for ((a, w), xv) in acc[r].iter_mut().zip(w).zip(xs) {
+                    *a = _mm256_fmadd_ps(w, xv, *a);
                 }
             }
         }
         b += group;
     }
-    reduce32_avx2(acc)
+    std::array::from_fn(|r| reduce32_avx2(acc[r]))
+}
+
+/// [`dot_avx2`] for two rows at once, four-bit codes in blocks of exactly
+/// 32: each block of `x` read once for both. Each row's result is the
+/// bits [`dot_avx2`] gives it.
+///
+/// # Safety
+/// As [`dot_avx2`] for each row, with 4-bit `bits` and blocks of 32.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_pair_by_table32_avx2(
+    bits: Bits,
+    codes: [&[u8]; 2],
+    scale: [&[f32]; 2],
+    offset: Option<[&[f32]; 2]>,
+    fp16: bool,
+    x: &[f32],
+) -> [f32; 2] {
+    let nibbles = nibble_values(bits);
+    let none: [&[f32]; 2] = [&[], &[]];
+    // SAFETY: the caller's guarantees.
+    unsafe {
+        match (fp16, offset) {
+            (true, None) => dot_by_table32::<Fp16Table, false, 2>(nibbles, codes, scale, none, x),
+            (false, None) => dot_by_table32::<F32Table, false, 2>(nibbles, codes, scale, none, x),
+            (true, Some(o)) => dot_by_table32::<Fp16Table, true, 2>(nibbles, codes, scale, o, x),
+            (false, Some(o)) => dot_by_table32::<F32Table, true, 2>(nibbles, codes, scale, o, x),
+        }
+    }
 }
 
 /// Adds one block's products to the 32 partial sums of a table lookup:

@@ -884,10 +884,10 @@ impl RowSource for Dequantized<'_> {
 
     fn fused_dot_pair(&self, n: usize, input: &FusedInput) -> Option<[f32; 2]> {
         #[cfg(target_arch = "x86_64")]
-        if let (Some(x_split), Bits::I4 | Bits::U4, true) = (
-            &input.split,
+        if let (Bits::I4 | Bits::U4, true, true) = (
             self.q.bits,
             self.q.block == dot::LANES && self.inputs.is_multiple_of(dot::LANES),
+            self.isa.has_avx2(),
         ) {
             let blocks = self.inputs / self.q.block;
             let row_bytes = self.q.bits.row_bytes(self.inputs);
@@ -896,22 +896,28 @@ impl RowSource for Dequantized<'_> {
                 &p[n * blocks..(n + 1) * blocks]
             }
             let scale = &self.q.scale;
+            let codes = [codes(n), codes(n + 1)];
+            let scale = [params(scale, n, blocks), params(scale, n + 1, blocks)];
+            let offset = self
+                .q
+                .offset
+                .as_ref()
+                .map(|o| [params(o, n, blocks), params(o, n + 1, blocks)]);
+            let (bits, fp16) = (self.q.bits, self.q.fp16);
             // SAFETY: `split` is made only for `Isa::Avx512`, chosen only on
-            // CPUs with AVX-512F, AVX2, FMA and F16C; 4-bit codes in blocks
-            // of 32; the codes and parameters are rows `n` and `n + 1`'s,
-            // `x_split` as long as a row.
+            // CPUs with AVX-512F, AVX2, FMA and F16C, and `has_avx2` holds
+            // only on CPUs with AVX2, FMA and F16C; 4-bit codes in blocks of
+            // 32; the codes and parameters are rows `n` and `n + 1`'s, `x`
+            // (and `x_split`) as long as a row.
             return Some(unsafe {
-                dequant::dot_pair_by_table32_avx512(
-                    self.q.bits,
-                    [codes(n), codes(n + 1)],
-                    [params(scale, n, blocks), params(scale, n + 1, blocks)],
-                    self.q
-                        .offset
-                        .as_ref()
-                        .map(|o| [params(o, n, blocks), params(o, n + 1, blocks)]),
-                    self.q.fp16,
-                    x_split,
-                )
+                match &input.split {
+                    Some(x_split) => dequant::dot_pair_by_table32_avx512(
+                        bits, codes, scale, offset, fp16, x_split,
+                    ),
+                    None => {
+                        dequant::dot_pair_by_table32_avx2(bits, codes, scale, offset, fp16, input.x)
+                    }
+                }
             });
         }
         let _ = (n, input);
