@@ -111,7 +111,10 @@ pub(super) fn binary(op: Binary, args: &Args<'_>) -> OpResult<Value> {
         B::Sub => zip_with(&a, &b, |p, q| p - q)?,
         B::Mul => zip_with(&a, &b, |p, q| p * q)?,
         B::RealDiv => zip_with(&a, &b, |p, q| p / q)?,
-        B::Pow => zip_with(&a, &b, f32::powf)?,
+        B::Pow => match scalar_exponent(&a, &b) {
+            Some(e) => power(&a, e),
+            None => zip_with(&a, &b, f32::powf)?,
+        },
         B::Maximum => zip_with(&a, &b, f32::max)?,
         B::Minimum => zip_with(&a, &b, f32::min)?,
         B::FloorDiv => zip_with(&a, &b, |p, q| (p / q).floor())?,
@@ -126,6 +129,33 @@ pub(super) fn binary(op: Binary, args: &Args<'_>) -> OpResult<Value> {
         _ => unreachable!("handled above"),
     };
     Ok(Value::Float(result))
+}
+
+/// The exponent of a `pow` whose exponent is one value that broadcasts to
+/// `base`'s shape (an RMSNorm's square, a scalar power).
+fn scalar_exponent(base: &ArcArray<f32, IxDyn>, exponent: &ArcArray<f32, IxDyn>) -> Option<f32> {
+    (exponent.len() == 1 && exponent.ndim() <= base.ndim())
+        .then(|| exponent.iter().next().copied())
+        .flatten()
+}
+
+/// `base` to the power `e`, a scalar, computed as PyTorch's CPU kernel
+/// computes the exponents it singles out (2 and 3 by multiplying, 0.5 by a
+/// square root, -1 and -2 by dividing: checked against torch 2.7 to the
+/// bit), so that a converted model's squares give torch's bits; `powf`
+/// for every other exponent. It is also several times faster than `powf`.
+fn power(base: &ArcArray<f32, IxDyn>, e: f32) -> ArcArray<f32, IxDyn> {
+    fn each(base: &ArcArray<f32, IxDyn>, f: impl Fn(f32) -> f32) -> ArcArray<f32, IxDyn> {
+        base.mapv(f).into_shared()
+    }
+    match e {
+        2.0 => each(base, |v| v * v),
+        3.0 => each(base, |v| v * v * v),
+        0.5 => each(base, f32::sqrt),
+        -1.0 => each(base, |v| 1.0 / v),
+        -2.0 => each(base, |v| 1.0 / (v * v)),
+        _ => each(base, |v| v.powf(e)),
+    }
 }
 
 fn compare(op: Binary, x: &Value, y: &Value) -> OpResult<Value> {
@@ -538,5 +568,41 @@ mod tests {
         assert_eq!(broadcast_shape(&[8, 1], &[3]).unwrap(), vec![8, 3]);
         assert_eq!(broadcast_shape(&[], &[2, 2]).unwrap(), vec![2, 2]);
         assert!(broadcast_shape(&[2, 3], &[4]).is_err());
+    }
+
+    #[test]
+    fn scalar_powers_compute_as_torch_does() {
+        let values: Vec<f32> = (0..257).map(|i| (i as f32 - 128.0) * 0.173).collect();
+        let base = ArrayD::from_shape_vec(IxDyn(&[257]), values.clone())
+            .unwrap()
+            .into_shared();
+        type Power = fn(f32) -> f32;
+        let cases: [(f32, Power); 6] = [
+            (2.0, |v| v * v),
+            (3.0, |v| v * v * v),
+            (0.5, f32::sqrt),
+            (-1.0, |v| 1.0 / v),
+            (-2.0, |v| 1.0 / (v * v)),
+            (1.7, |v| v.powf(1.7)),
+        ];
+        for (e, want) in cases {
+            // A scalar exponent of rank 0 or 1 takes the single-value path.
+            for exponent in [
+                ArrayD::from_elem(IxDyn(&[]), e).into_shared(),
+                ArrayD::from_elem(IxDyn(&[1]), e).into_shared(),
+            ] {
+                assert_eq!(scalar_exponent(&base, &exponent), Some(e));
+                let got = power(&base, e);
+                for (&v, &g) in values.iter().zip(got.iter()) {
+                    assert_eq!(g.to_bits(), want(v).to_bits(), "{v}^{e}");
+                }
+            }
+        }
+        // An exponent per element, or of higher rank than the base, is not
+        // a scalar exponent.
+        let per_element = ArrayD::from_elem(IxDyn(&[257]), 2.0f32).into_shared();
+        assert_eq!(scalar_exponent(&base, &per_element), None);
+        let higher = ArrayD::from_elem(IxDyn(&[1, 1]), 2.0f32).into_shared();
+        assert_eq!(scalar_exponent(&base, &higher), None);
     }
 }
