@@ -6,7 +6,7 @@
 //! `(q - offset) * scale` in f32, then F16C's round to nearest even, as
 //! `half` rounds. A palettized weight's four-bit codes are looked up the
 //! same way in their palette ([`dot_by_palette_avx2`],
-//! [`dot_by_palette_avx512`]). Blocks of exactly 32, the commonest, have
+//! [`dot_rows_by_palette_avx512`]). Blocks of exactly 32, the commonest, have
 //! loops of their own, two rows at a time. The dot products
 //! prefetch the codes and parameters [`PREFETCH_BYTES`] ahead.
 
@@ -96,6 +96,12 @@ pub(super) unsafe fn dot_avx2(
     debug_assert!(block.is_multiple_of(8) && x.len().is_multiple_of(LANES));
     debug_assert!(scale.len() * block == x.len() && offset.is_none_or(|o| o.len() == scale.len()));
     debug_assert!(codes.len() * 8 >= x.len() * bits.width());
+    if matches!(bits, Bits::I4 | Bits::U4) && block == LANES {
+        let offset = offset.map(|o| [o]);
+        // SAFETY: the caller's guarantees, with blocks of 32.
+        let [dot] = unsafe { dot_rows_by_table32_avx2(bits, [codes], [scale], offset, fp16, x) };
+        return dot;
+    }
     if matches!(bits, Bits::I4 | Bits::U4) && block.is_multiple_of(LANES) {
         // SAFETY: the caller's guarantees, and the block is a multiple of 32.
         return unsafe {
@@ -147,18 +153,6 @@ unsafe fn dot_by_table<T: Table>(
 ) -> f32 {
     debug_assert!(block.is_multiple_of(LANES) && codes.len() * 2 >= x.len());
     let (low_codes, high_codes) = nibble_values(bits);
-    if block == LANES {
-        let (codes, scale) = ([codes], [scale]);
-        let nibbles = (low_codes, high_codes);
-        // SAFETY: the caller's guarantees, with blocks of 32.
-        let [dot] = unsafe {
-            match offset {
-                None => dot_by_table32::<T, false, 1>(nibbles, codes, scale, [&[]], x),
-                Some(o) => dot_by_table32::<T, true, 1>(nibbles, codes, scale, [o], x),
-            }
-        };
-        return dot;
-    }
     let mut acc = [_mm256_setzero_ps(); 4];
     let blocks = x.chunks_exact(block).zip(codes.chunks_exact(block / 2));
     let ahead = params_ahead(block);
@@ -199,22 +193,24 @@ unsafe fn dot_by_table32<T: Table, const OFFSET: bool, const ROWS: usize>(
     x: &[f32],
 ) -> [f32; ROWS] {
     let blocks = x.len() / LANES;
+    // Checked here, in the kernel, so that the compiler drops the checks
+    // per block (a helper doing it cost a tenth of the decoder step).
     for r in 0..ROWS {
         assert!(codes[r].len() >= blocks * 16 && scale[r].len() >= blocks);
         assert!(!OFFSET || offset[r].len() >= blocks);
     }
     let mut acc = [[_mm256_setzero_ps(); 4]; ROWS];
-    let ahead = params_ahead(LANES);
     let mut b = 0;
     while b < blocks {
         let group = (blocks - b).min(4);
         for r in 0..ROWS {
+            let offset = OFFSET.then_some(offset[r]);
             prefetch_block(
                 &codes[r][16 * b..],
                 scale[r],
-                OFFSET.then_some(offset[r]),
+                offset,
                 b,
-                ahead,
+                params_ahead(LANES),
             );
         }
         for b in b..b + group {
@@ -249,30 +245,34 @@ unsafe fn dot_by_table32<T: Table, const OFFSET: bool, const ROWS: usize>(
     std::array::from_fn(|r| reduce32_avx2(acc[r]))
 }
 
-/// [`dot_avx2`] for two rows at once, four-bit codes in blocks of exactly
-/// 32: each block of `x` read once for both. Each row's result is the
-/// bits [`dot_avx2`] gives it.
+/// [`dot_avx2`] for `ROWS` rows at once (one, or two, whose blocks of `x`
+/// are then read once for both), four-bit codes in blocks of exactly 32.
+/// Each row's result is the bits [`dot_by_table`] gives it.
 ///
 /// # Safety
 /// As [`dot_avx2`] for each row, with 4-bit `bits` and blocks of 32.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_pair_by_table32_avx2(
+pub(super) unsafe fn dot_rows_by_table32_avx2<const ROWS: usize>(
     bits: Bits,
-    codes: [&[u8]; 2],
-    scale: [&[f32]; 2],
-    offset: Option<[&[f32]; 2]>,
+    codes: [&[u8]; ROWS],
+    scale: [&[f32]; ROWS],
+    offset: Option<[&[f32]; ROWS]>,
     fp16: bool,
     x: &[f32],
-) -> [f32; 2] {
+) -> [f32; ROWS] {
     let nibbles = nibble_values(bits);
-    let none: [&[f32]; 2] = [&[], &[]];
+    let none = [&[] as &[f32]; ROWS];
     // SAFETY: the caller's guarantees.
     unsafe {
         match (fp16, offset) {
-            (true, None) => dot_by_table32::<Fp16Table, false, 2>(nibbles, codes, scale, none, x),
-            (false, None) => dot_by_table32::<F32Table, false, 2>(nibbles, codes, scale, none, x),
-            (true, Some(o)) => dot_by_table32::<Fp16Table, true, 2>(nibbles, codes, scale, o, x),
-            (false, Some(o)) => dot_by_table32::<F32Table, true, 2>(nibbles, codes, scale, o, x),
+            (true, None) => {
+                dot_by_table32::<Fp16Table, false, ROWS>(nibbles, codes, scale, none, x)
+            }
+            (false, None) => {
+                dot_by_table32::<F32Table, false, ROWS>(nibbles, codes, scale, none, x)
+            }
+            (true, Some(o)) => dot_by_table32::<Fp16Table, true, ROWS>(nibbles, codes, scale, o, x),
+            (false, Some(o)) => dot_by_table32::<F32Table, true, ROWS>(nibbles, codes, scale, o, x),
         }
     }
 }
@@ -366,24 +366,10 @@ pub(super) unsafe fn dot_by_table_avx512(
     );
     let nibbles = nibble_table(bits);
     if block == LANES {
-        let (codes, scale) = ([codes], [scale]);
+        let offset = offset.map(|o| [o]);
         // SAFETY: the caller's guarantees, with blocks of 32.
-        let [dot] = unsafe {
-            match (fp16, offset) {
-                (true, None) => {
-                    dot_by_table32_avx512::<true, false, 1>(nibbles, codes, scale, [&[]], x_split)
-                }
-                (false, None) => {
-                    dot_by_table32_avx512::<false, false, 1>(nibbles, codes, scale, [&[]], x_split)
-                }
-                (true, Some(o)) => {
-                    dot_by_table32_avx512::<true, true, 1>(nibbles, codes, scale, [o], x_split)
-                }
-                (false, Some(o)) => {
-                    dot_by_table32_avx512::<false, true, 1>(nibbles, codes, scale, [o], x_split)
-                }
-            }
-        };
+        let [dot] =
+            unsafe { dot_rows_by_table32_avx512(bits, [codes], [scale], offset, fp16, x_split) };
         return dot;
     }
     let (mut even, mut odd) = (_mm512_setzero_ps(), _mm512_setzero_ps());
@@ -432,23 +418,25 @@ unsafe fn dot_by_table32_avx512<const FP16: bool, const OFFSET: bool, const ROWS
     x_split: &[f32],
 ) -> [f32; ROWS] {
     let blocks = x_split.len() / LANES;
+    // Checked here, in the kernel, so that the compiler drops the checks
+    // per block (a helper doing it cost a tenth of the decoder step).
     for r in 0..ROWS {
         assert!(codes[r].len() >= blocks * 16 && scale[r].len() >= blocks);
         assert!(!OFFSET || offset[r].len() >= blocks);
     }
     let mut even = [_mm512_setzero_ps(); ROWS];
     let mut odd = [_mm512_setzero_ps(); ROWS];
-    let ahead = params_ahead(LANES);
     let mut b = 0;
     while b < blocks {
         let group = (blocks - b).min(4);
         for r in 0..ROWS {
+            let offset = OFFSET.then_some(offset[r]);
             prefetch_block(
                 &codes[r][16 * b..],
                 scale[r],
-                OFFSET.then_some(offset[r]),
+                offset,
                 b,
-                ahead,
+                params_ahead(LANES),
             );
         }
         for b in b..b + group {
@@ -486,38 +474,39 @@ unsafe fn dot_by_table32_avx512<const FP16: bool, const OFFSET: bool, const ROWS
     std::array::from_fn(|r| unsafe { sum_even_and_odd(even[r], odd[r]) })
 }
 
-/// [`dot_by_table_avx512`] for two rows at once, in blocks of exactly 32:
-/// each block of `x` is read once for both, and twice the independent
-/// sums are in flight. Each row's result is the bits
+/// [`dot_by_table_avx512`] for `ROWS` rows at once (one, or two, whose
+/// blocks of `x` are then read once for both, with twice the independent
+/// sums in flight), in blocks of exactly 32. Each row's result is the bits
 /// [`dot_by_table_avx512`] gives it.
 ///
 /// # Safety
 /// As [`dot_by_table_avx512`] for each row, with blocks of 32.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-pub(super) unsafe fn dot_pair_by_table32_avx512(
+pub(super) unsafe fn dot_rows_by_table32_avx512<const ROWS: usize>(
     bits: Bits,
-    codes: [&[u8]; 2],
-    scale: [&[f32]; 2],
-    offset: Option<[&[f32]; 2]>,
+    codes: [&[u8]; ROWS],
+    scale: [&[f32]; ROWS],
+    offset: Option<[&[f32]; ROWS]>,
     fp16: bool,
     x_split: &[f32],
-) -> [f32; 2] {
+) -> [f32; ROWS] {
     let nibbles = nibble_table(bits);
-    let none: [&[f32]; 2] = [&[], &[]];
+    let none = [&[] as &[f32]; ROWS];
+    let x = x_split;
     // SAFETY: the caller's guarantees.
     unsafe {
         match (fp16, offset) {
             (true, None) => {
-                dot_by_table32_avx512::<true, false, 2>(nibbles, codes, scale, none, x_split)
+                dot_by_table32_avx512::<true, false, ROWS>(nibbles, codes, scale, none, x)
             }
             (false, None) => {
-                dot_by_table32_avx512::<false, false, 2>(nibbles, codes, scale, none, x_split)
+                dot_by_table32_avx512::<false, false, ROWS>(nibbles, codes, scale, none, x)
             }
             (true, Some(o)) => {
-                dot_by_table32_avx512::<true, true, 2>(nibbles, codes, scale, o, x_split)
+                dot_by_table32_avx512::<true, true, ROWS>(nibbles, codes, scale, o, x)
             }
             (false, Some(o)) => {
-                dot_by_table32_avx512::<false, true, 2>(nibbles, codes, scale, o, x_split)
+                dot_by_table32_avx512::<false, true, ROWS>(nibbles, codes, scale, o, x)
             }
         }
     }
@@ -569,49 +558,18 @@ unsafe fn add_block_avx512(
     }
 }
 
-/// [`dot_by_palette_avx2`] with AVX-512F, `x` split into even and odd
-/// lanes as [`dot_by_table_avx512`] reads it: the same bits.
+/// [`dot_by_palette_avx2`] with AVX-512F for `ROWS` rows at once (one, or
+/// two, whose chunks of `x` are then read once for both), `x` split into
+/// even and odd lanes as [`dot_by_table_avx512`] reads it: a chunk of 32
+/// elements at a time in order (as [`add_block_avx512`] sums), so each
+/// row's result is the bits of the dense dot product; the codes prefetched
+/// a line (four chunks) at a time.
 ///
 /// # Safety
-/// As [`dot_by_palette_avx2`], the CPU with AVX-512F too, and `x_split`
-/// as long as the row.
+/// As [`dot_by_palette_avx2`] for each row, the CPU with AVX-512F too, and
+/// `x_split` as long as a row.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-pub(super) unsafe fn dot_by_palette_avx512(
-    block: usize,
-    codes: &[u8],
-    tables: &[f32],
-    x_split: &[f32],
-) -> f32 {
-    // SAFETY: the caller's guarantees.
-    let [dot] = unsafe { dot_by_palettes_avx512(block, [codes], [tables], x_split) };
-    dot
-}
-
-/// [`dot_by_palette_avx512`] for two rows at once: each chunk of `x` read
-/// once for both. Each row's result is the bits it gets alone.
-///
-/// # Safety
-/// As [`dot_by_palette_avx512`] for each row.
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-pub(super) unsafe fn dot_pair_by_palette_avx512(
-    block: usize,
-    codes: [&[u8]; 2],
-    tables: [&[f32]; 2],
-    x_split: &[f32],
-) -> [f32; 2] {
-    // SAFETY: the caller's guarantees.
-    unsafe { dot_by_palettes_avx512(block, codes, tables, x_split) }
-}
-
-/// [`dot_by_palette_avx512`] for `ROWS` rows, a chunk of 32 elements at a
-/// time in order (as [`add_block_avx512`] sums), the codes prefetched a
-/// line (four chunks) at a time.
-///
-/// # Safety
-/// As [`dot_by_palette_avx512`] for each row.
-#[inline]
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn dot_by_palettes_avx512<const ROWS: usize>(
+pub(super) unsafe fn dot_rows_by_palette_avx512<const ROWS: usize>(
     block: usize,
     codes: [&[u8]; ROWS],
     tables: [&[f32]; ROWS],

@@ -222,6 +222,37 @@ impl Bits {
         }
     }
 
+    /// `values` (which fit), rows of `inputs`, packed: each row starting on
+    /// a byte, two codes a byte (the first in the low nibble) for 4 bits.
+    fn pack(self, values: &[i32], inputs: usize) -> Vec<u8> {
+        let row_bytes = self.row_bytes(inputs);
+        let mut codes = vec![0u8; values.len() / inputs.max(1) * row_bytes];
+        for (row, codes) in values
+            .chunks_exact(inputs.max(1))
+            .zip(codes.chunks_exact_mut(row_bytes.max(1)))
+        {
+            match self {
+                Bits::I8 | Bits::U8 => {
+                    for (c, &v) in codes.iter_mut().zip(row) {
+                        *c = self.encode(v);
+                    }
+                }
+                Bits::I4 | Bits::U4 => {
+                    for (k, &v) in row.iter().enumerate() {
+                        codes[k / 2] |= self.encode(v) << (4 * (k % 2));
+                    }
+                }
+            }
+        }
+        codes
+    }
+
+    /// Row `n` of `codes` packed by [`Bits::pack`] with rows of `inputs`.
+    fn row(self, codes: &[u8], n: usize, inputs: usize) -> &[u8] {
+        let row_bytes = self.row_bytes(inputs);
+        &codes[n * row_bytes..(n + 1) * row_bytes]
+    }
+
     /// Code `v` (which fits) as its stored bits.
     fn encode(self, v: i32) -> u8 {
         match self {
@@ -242,14 +273,31 @@ impl Bits {
 }
 
 impl Blockwise {
+    /// Row `n`'s codes, in a weight of `inputs` columns.
+    fn row_codes(&self, n: usize, inputs: usize) -> &[u8] {
+        self.bits.row(&self.codes, n, inputs)
+    }
+
+    /// Row `n`'s scales and offsets (if any), one per block, in a weight of
+    /// `inputs` columns.
+    // Only the x86-64 kernels read a row's parameters at once.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn row_parameters(&self, n: usize, inputs: usize) -> (&[f32], Option<&[f32]>) {
+        let blocks = inputs / self.block;
+        let row = n * blocks..(n + 1) * blocks;
+        (
+            &self.scale[row.clone()],
+            self.offset.as_ref().map(|o| &o[row]),
+        )
+    }
+
     /// Elements `k0..k0 + out.len()` of row `n` of a weight of `inputs`
     /// columns, dequantized into `out`, on instruction set `isa` (every
     /// path computes the same values). A matrix product reads a row a
     /// segment at a time; a whole row is the segment from 0.
     fn segment_on(&self, isa: Isa, n: usize, inputs: usize, k0: usize, out: &mut [f32]) {
         let blocks = inputs / self.block;
-        let row_bytes = self.bits.row_bytes(inputs);
-        let codes = &self.codes[n * row_bytes..(n + 1) * row_bytes];
+        let codes = self.row_codes(n, inputs);
         let end = k0 + out.len();
         let mut k = k0;
         // One piece per block the segment meets: one scale and offset each.
@@ -338,11 +386,15 @@ struct Palettized {
 }
 
 impl Palettized {
+    /// Row `n`'s codes, in a weight of `inputs` columns.
+    fn row_codes(&self, n: usize, inputs: usize) -> &[u8] {
+        self.bits.row(&self.codes, n, inputs)
+    }
+
     /// Elements `k0..k0 + out.len()` of row `n` of a weight of `inputs`
     /// columns, looked up into `out`.
     fn segment(&self, n: usize, inputs: usize, k0: usize, out: &mut [f32]) {
-        let row_bytes = self.bits.row_bytes(inputs);
-        let codes = &self.codes[n * row_bytes..(n + 1) * row_bytes];
+        let codes = self.row_codes(n, inputs);
         let column_tables = inputs / self.columns_per_table;
         let first_table = n / self.rows_per_table * column_tables;
         for (k, value) in (k0..).zip(out.iter_mut()) {
@@ -434,25 +486,7 @@ impl StoredWeight {
             return None;
         }
         let bits = Bits::fitting(data)?;
-        let row_bytes = bits.row_bytes(inputs);
-        let mut codes = vec![0u8; outputs * row_bytes];
-        for (row, codes) in data
-            .chunks_exact(inputs.max(1))
-            .zip(codes.chunks_exact_mut(row_bytes.max(1)))
-        {
-            match bits {
-                Bits::I8 | Bits::U8 => {
-                    for (c, &v) in codes.iter_mut().zip(row) {
-                        *c = bits.encode(v);
-                    }
-                }
-                Bits::I4 | Bits::U4 => {
-                    for (k, &v) in row.iter().enumerate() {
-                        codes[k / 2] |= bits.encode(v) << (4 * (k % 2));
-                    }
-                }
-            }
-        }
+        let codes = bits.pack(data, inputs);
         Some(StoredWeight {
             outputs,
             inputs,
@@ -507,19 +541,7 @@ impl StoredWeight {
         {
             to[..entries].copy_from_slice(from);
         }
-        let row_bytes = bits.row_bytes(inputs);
-        let mut codes = vec![0u8; outputs * row_bytes];
-        for (row, codes) in indices
-            .chunks_exact(inputs.max(1))
-            .zip(codes.chunks_exact_mut(row_bytes.max(1)))
-        {
-            for (k, &index) in row.iter().enumerate() {
-                match bits {
-                    Bits::U4 => codes[k / 2] |= (index as u8) << (4 * (k % 2)),
-                    _ => codes[k] = index as u8,
-                }
-            }
-        }
+        let codes = bits.pack(indices, inputs);
         Some(StoredWeight {
             outputs,
             inputs,
@@ -763,6 +785,15 @@ struct Scratch {
     f32: Vec<f32>,
 }
 
+impl Scratch {
+    /// Row `n` (of `inputs` elements) of `source`, made from its segments.
+    fn made_row<S: RowSource + ?Sized>(&mut self, source: &S, n: usize, inputs: usize) -> &[f32] {
+        self.f32.resize(inputs, 0.0);
+        source.segment(n, 0, &mut self.f32);
+        &self.f32
+    }
+}
+
 /// Rows held as stored.
 struct Stored<'a, W> {
     data: &'a [W],
@@ -818,9 +849,7 @@ impl RowSource for Dequantized<'_> {
     type Element = f32;
 
     fn row<'a>(&'a self, n: usize, scratch: &'a mut Scratch) -> &'a [f32] {
-        scratch.f32.resize(self.inputs, 0.0);
-        self.segment(n, 0, &mut scratch.f32);
-        &scratch.f32
+        scratch.made_row(self, n, self.inputs)
     }
 
     fn segment(&self, n: usize, k0: usize, out: &mut [f32]) {
@@ -838,44 +867,25 @@ impl RowSource for Dequantized<'_> {
             && self.q.block.is_multiple_of(8)
             && self.inputs.is_multiple_of(dot::LANES)
         {
-            let blocks = self.inputs / self.q.block;
-            let row_bytes = self.q.bits.row_bytes(self.inputs);
-            let params = n * blocks..(n + 1) * blocks;
-            let x = input.x;
-            if let (Some(x_split), Bits::I4 | Bits::U4, true) = (
-                &input.split,
-                self.q.bits,
-                self.q.block.is_multiple_of(dot::LANES),
-            ) {
+            let (bits, block, fp16) = (self.q.bits, self.q.block, self.q.fp16);
+            let codes = self.q.row_codes(n, self.inputs);
+            let (scale, offset) = self.q.row_parameters(n, self.inputs);
+            if let (Some(x_split), Bits::I4 | Bits::U4, true) =
+                (&input.split, bits, block.is_multiple_of(dot::LANES))
+            {
                 // SAFETY: `split` is made only for `Isa::Avx512`, chosen
                 // only on CPUs with AVX-512F, AVX2, FMA and F16C; 4-bit
                 // codes in blocks of a multiple of 32; the codes and
                 // parameters are row `n`'s, `x_split` as long as the row.
                 return Some(unsafe {
-                    dequant::dot_by_table_avx512(
-                        self.q.bits,
-                        self.q.block,
-                        &self.q.codes[n * row_bytes..(n + 1) * row_bytes],
-                        &self.q.scale[params.clone()],
-                        self.q.offset.as_ref().map(|o| &o[params]),
-                        self.q.fp16,
-                        x_split,
-                    )
+                    dequant::dot_by_table_avx512(bits, block, codes, scale, offset, fp16, x_split)
                 });
             }
             // SAFETY: `has_avx2` holds only on CPUs with AVX2, FMA and
             // F16C; the codes and parameters are row `n`'s, `x` a row of
             // `inputs` elements, a multiple of 32 and of the block of 8k.
             return Some(unsafe {
-                dequant::dot_avx2(
-                    self.q.bits,
-                    self.q.block,
-                    &self.q.codes[n * row_bytes..(n + 1) * row_bytes],
-                    &self.q.scale[params.clone()],
-                    self.q.offset.as_ref().map(|o| &o[params]),
-                    self.q.fp16,
-                    x,
-                )
+                dequant::dot_avx2(bits, block, codes, scale, offset, fp16, input.x)
             });
         }
         let _ = (n, input);
@@ -884,26 +894,17 @@ impl RowSource for Dequantized<'_> {
 
     fn fused_dot_pair(&self, n: usize, input: &FusedInput) -> Option<[f32; 2]> {
         #[cfg(target_arch = "x86_64")]
-        if let (Bits::I4 | Bits::U4, true, true) = (
-            self.q.bits,
-            self.q.block == dot::LANES && self.inputs.is_multiple_of(dot::LANES),
-            self.isa.has_avx2(),
-        ) {
-            let blocks = self.inputs / self.q.block;
-            let row_bytes = self.q.bits.row_bytes(self.inputs);
-            let codes = |n: usize| &self.q.codes[n * row_bytes..(n + 1) * row_bytes];
-            fn params(p: &[f32], n: usize, blocks: usize) -> &[f32] {
-                &p[n * blocks..(n + 1) * blocks]
-            }
-            let scale = &self.q.scale;
-            let codes = [codes(n), codes(n + 1)];
-            let scale = [params(scale, n, blocks), params(scale, n + 1, blocks)];
-            let offset = self
-                .q
-                .offset
-                .as_ref()
-                .map(|o| [params(o, n, blocks), params(o, n + 1, blocks)]);
+        if self.isa.has_avx2()
+            && matches!(self.q.bits, Bits::I4 | Bits::U4)
+            && self.q.block == dot::LANES
+            && self.inputs.is_multiple_of(dot::LANES)
+        {
             let (bits, fp16) = (self.q.bits, self.q.fp16);
+            let codes = [n, n + 1].map(|n| self.q.row_codes(n, self.inputs));
+            let [(scale, offset), (next_scale, next_offset)] =
+                [n, n + 1].map(|n| self.q.row_parameters(n, self.inputs));
+            let scale = [scale, next_scale];
+            let offset = offset.zip(next_offset).map(|(o, next)| [o, next]);
             // SAFETY: `split` is made only for `Isa::Avx512`, chosen only on
             // CPUs with AVX-512F, AVX2, FMA and F16C, and `has_avx2` holds
             // only on CPUs with AVX2, FMA and F16C; 4-bit codes in blocks of
@@ -911,11 +912,11 @@ impl RowSource for Dequantized<'_> {
             // (and `x_split`) as long as a row.
             return Some(unsafe {
                 match &input.split {
-                    Some(x_split) => dequant::dot_pair_by_table32_avx512(
+                    Some(x_split) => dequant::dot_rows_by_table32_avx512(
                         bits, codes, scale, offset, fp16, x_split,
                     ),
                     None => {
-                        dequant::dot_pair_by_table32_avx2(bits, codes, scale, offset, fp16, input.x)
+                        dequant::dot_rows_by_table32_avx2(bits, codes, scale, offset, fp16, input.x)
                     }
                 }
             });
@@ -937,9 +938,7 @@ impl RowSource for LookedUp<'_> {
     type Element = f32;
 
     fn row<'a>(&'a self, n: usize, scratch: &'a mut Scratch) -> &'a [f32] {
-        scratch.f32.resize(self.inputs, 0.0);
-        self.segment(n, 0, &mut scratch.f32);
-        &scratch.f32
+        scratch.made_row(self, n, self.inputs)
     }
 
     fn segment(&self, n: usize, k0: usize, out: &mut [f32]) {
@@ -957,8 +956,7 @@ impl RowSource for LookedUp<'_> {
             && self.p.bits == Bits::U4
             && self.p.columns_per_table.is_multiple_of(dot::LANES)
         {
-            let row_bytes = self.p.bits.row_bytes(self.inputs);
-            let codes = &self.p.codes[n * row_bytes..(n + 1) * row_bytes];
+            let codes = self.p.row_codes(n, self.inputs);
             let tables = self.p.row_tables(n, self.inputs);
             let block = self.p.columns_per_table;
             // SAFETY: four-bit codes; the column groups (the blocks) are a
@@ -969,7 +967,11 @@ impl RowSource for LookedUp<'_> {
             // `has_avx2` holds only on CPUs with AVX2, FMA and F16C.
             return Some(unsafe {
                 match &input.split {
-                    Some(x_split) => dequant::dot_by_palette_avx512(block, codes, tables, x_split),
+                    Some(x_split) => {
+                        let [dot] =
+                            dequant::dot_rows_by_palette_avx512(block, [codes], [tables], x_split);
+                        dot
+                    }
                     None => dequant::dot_by_palette_avx2(block, codes, tables, input.x),
                 }
             });
@@ -985,17 +987,14 @@ impl RowSource for LookedUp<'_> {
             self.p.bits,
             self.p.columns_per_table.is_multiple_of(dot::LANES),
         ) {
-            let row_bytes = self.p.bits.row_bytes(self.inputs);
-            let codes = |n: usize| &self.p.codes[n * row_bytes..(n + 1) * row_bytes];
+            let codes = [n, n + 1].map(|n| self.p.row_codes(n, self.inputs));
+            let tables = [n, n + 1].map(|n| self.p.row_tables(n, self.inputs));
             // SAFETY: as in `fused_dot`, for rows `n` and `n + 1`.
             return Some(unsafe {
-                dequant::dot_pair_by_palette_avx512(
+                dequant::dot_rows_by_palette_avx512(
                     self.p.columns_per_table,
-                    [codes(n), codes(n + 1)],
-                    [
-                        self.p.row_tables(n, self.inputs),
-                        self.p.row_tables(n + 1, self.inputs),
-                    ],
+                    codes,
+                    tables,
                     x_split,
                 )
             });

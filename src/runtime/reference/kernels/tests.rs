@@ -253,56 +253,17 @@ fn blockwise_weights_decompress_and_multiply_as_their_dense_values() {
             // A fused dot product gives the bits of dequantizing the row
             // and taking the dot product of it.
             let source = Dequantized { q, inputs, isa };
-            #[cfg(target_arch = "x86_64")]
-            if isa.has_avx2() && block % 8 == 0 && inputs % 32 == 0 {
-                assert!(
-                    source
-                        .fused_dot(0, &FusedInput::new(isa, &x[..inputs]))
-                        .is_some(),
-                    "{bits:?}, block {block}"
-                );
-            }
-            let unfused = |n: usize| {
-                let [dot] = dot::dots(isa, &dense[n * inputs..(n + 1) * inputs], [&x[..inputs]]);
-                dot.to_bits()
-            };
-            for n in 0..outputs {
-                let input = FusedInput::new(isa, &x[..inputs]);
-                if let Some(fused) = source.fused_dot(n, &input) {
-                    assert_eq!(fused.to_bits(), unfused(n), "{isa:?}, {bits:?}, row {n}");
-                }
-                // Two rows at once: each the bits of one.
-                if n + 1 < outputs {
-                    if let Some(pair) = source.fused_dot_pair(n, &input) {
-                        let want = [unfused(n), unfused(n + 1)];
-                        assert_eq!(
-                            pair.map(f32::to_bits),
-                            want,
-                            "{isa:?}, {bits:?}, rows {n}, {}",
-                            n + 1
-                        );
-                    }
-                }
-            }
-            #[cfg(target_arch = "x86_64")]
-            if isa.has_avx2() && block == 32 && inputs % 32 == 0 && bits.width() == 4 && outputs > 1
-            {
-                assert!(source
-                    .fused_dot_pair(0, &FusedInput::new(isa, &x[..inputs]))
-                    .is_some());
-            }
-            let mut out = vec![f32::NAN; rows * outputs];
-            linear_on(isa, &weight, &x, rows, None, &mut out);
-            for (i, (&got, (want, bound))) in out
-                .iter()
-                .zip(naive(&dense, &x, rows, outputs, inputs))
-                .enumerate()
-            {
-                assert!(
-                    (f64::from(got) - want).abs() <= bound,
-                    "{isa:?}, {bits:?} {rows}×{inputs} by {outputs}: element {i} is {got}, not {want}"
-                );
-            }
+            // The fused kernels' conditions (x86-64 only): dequantizing in
+            // registers for blocks of 8k, two rows at a time for four-bit
+            // blocks of 32.
+            let fused = x86_kernels(isa).0 && inputs % 32 == 0;
+            let taken = (
+                fused && block % 8 == 0,
+                fused && block == 32 && bits.width() == 4 && outputs > 1,
+            );
+            let what = format!("{isa:?}, {bits:?} {rows}×{inputs} by {outputs}, block {block}");
+            assert_fused_as_dense(isa, &source, &dense, &x[..inputs], taken, &what);
+            assert_linear_as_naive(isa, &weight, &dense, &x, rows, &what);
         }
     }
     // Integers wider than 8 bits, or parameters not one per row and block,
@@ -376,48 +337,13 @@ fn palettized_weights_look_up_and_multiply_as_their_dense_values() {
             }
             let x = random.vec(rows * inputs);
             let source = LookedUp { p, inputs, isa };
-            #[cfg(target_arch = "x86_64")]
-            if isa.has_avx2() && entries <= 16 && (inputs / column_groups) % 32 == 0 {
-                assert!(source
-                    .fused_dot(0, &FusedInput::new(isa, &x[..inputs]))
-                    .is_some());
-            }
-            // A fused dot product gives the bits of looking the row up and
-            // taking the dot product of it.
-            let unfused = |n: usize| {
-                let [dot] = dot::dots(isa, &dense[n * inputs..(n + 1) * inputs], [&x[..inputs]]);
-                dot.to_bits()
-            };
-            for n in 0..outputs {
-                let input = FusedInput::new(isa, &x[..inputs]);
-                if let Some(fused) = source.fused_dot(n, &input) {
-                    assert_eq!(fused.to_bits(), unfused(n), "{isa:?}, row {n}");
-                }
-                if n + 1 < outputs {
-                    if let Some(pair) = source.fused_dot_pair(n, &input) {
-                        let want = [unfused(n), unfused(n + 1)];
-                        assert_eq!(pair.map(f32::to_bits), want, "{isa:?}, rows {n}, {}", n + 1);
-                    }
-                }
-            }
-            #[cfg(target_arch = "x86_64")]
-            if isa == Isa::Avx512 && entries <= 16 && (inputs / column_groups) % 32 == 0 {
-                assert!(source
-                    .fused_dot_pair(0, &FusedInput::new(isa, &x[..inputs]))
-                    .is_some());
-            }
-            let mut out = vec![f32::NAN; rows * outputs];
-            linear_on(isa, &weight, &x, rows, None, &mut out);
-            for (i, (&got, (want, bound))) in out
-                .iter()
-                .zip(naive(&dense, &x, rows, outputs, inputs))
-                .enumerate()
-            {
-                assert!(
-                    (f64::from(got) - want).abs() <= bound,
-                    "{isa:?}, {rows}×{inputs} by {outputs}, {entries} entries: element {i} is {got}, not {want}"
-                );
-            }
+            // The fused kernels' conditions (x86-64 only): four-bit codes
+            // in column groups of 32k, two rows at a time on AVX-512.
+            let fused = x86_kernels(isa).0 && entries <= 16 && (inputs / column_groups) % 32 == 0;
+            let taken = (fused, fused && x86_kernels(isa).1 && outputs > 1);
+            let what = format!("{isa:?}, {rows}×{inputs} by {outputs}, {entries} entries");
+            assert_fused_as_dense(isa, &source, &dense, &x[..inputs], taken, &what);
+            assert_linear_as_naive(isa, &weight, &dense, &x, rows, &what);
         }
     }
     // Groups that do not divide the weight, an index outside its table, or
@@ -426,4 +352,88 @@ fn palettized_weights_look_up_and_multiply_as_their_dense_values() {
     assert!(StoredWeight::palettized(&[1, 2], &[0, 2], &[1, 1, 2], &[0.0; 2]).is_none());
     assert!(StoredWeight::palettized(&[1, 2], &[0, -1], &[1, 1, 2], &[0.0; 2]).is_none());
     assert!(StoredWeight::palettized(&[1, 1], &[0], &[1, 1, 257], &[0.0; 257]).is_none());
+}
+
+/// Whether `isa` runs the AVX2 kernels, and whether it is AVX-512 (both
+/// false off x86-64, where no kernel fuses).
+fn x86_kernels(isa: Isa) -> (bool, bool) {
+    #[cfg(target_arch = "x86_64")]
+    return (isa.has_avx2(), isa == Isa::Avx512);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        (false, false)
+    }
+}
+
+/// Asserts that `source`'s fused dot products with `x` (one row), a row
+/// and two rows at a time, give the bits of the dense dot product of the
+/// rows of `dense` (as the kernels would take it on `isa`), and that the
+/// fused kernels are taken, for one row and for two, as `taken` says.
+fn assert_fused_as_dense<S: RowSource>(
+    isa: Isa,
+    source: &S,
+    dense: &[f32],
+    x: &[f32],
+    taken: (bool, bool),
+    what: &str,
+) {
+    let inputs = x.len();
+    let outputs = dense.len() / inputs.max(1);
+    let input = FusedInput::new(isa, x);
+    let unfused = |n: usize| {
+        let [dot] = dot::dots(isa, &dense[n * inputs..(n + 1) * inputs], [x]);
+        dot.to_bits()
+    };
+    if taken.0 {
+        assert!(source.fused_dot(0, &input).is_some(), "{what}: not fused");
+    }
+    if taken.1 {
+        assert!(
+            source.fused_dot_pair(0, &input).is_some(),
+            "{what}: not paired"
+        );
+    }
+    for n in 0..outputs {
+        if let Some(fused) = source.fused_dot(n, &input) {
+            assert_eq!(fused.to_bits(), unfused(n), "{what}, row {n}");
+        }
+        // Two rows at once: each the bits of one.
+        if n + 1 < outputs {
+            if let Some(pair) = source.fused_dot_pair(n, &input) {
+                let want = [unfused(n), unfused(n + 1)];
+                assert_eq!(
+                    pair.map(f32::to_bits),
+                    want,
+                    "{what}, rows {n} and {}",
+                    n + 1
+                );
+            }
+        }
+    }
+}
+
+/// Asserts that `linear` of `weight` (whose values are `dense`) over the
+/// `rows` rows of `x` is within the rounding bound of the naive product.
+fn assert_linear_as_naive(
+    isa: Isa,
+    weight: &StoredWeight,
+    dense: &[f32],
+    x: &[f32],
+    rows: usize,
+    what: &str,
+) {
+    let (outputs, inputs) = (weight.outputs, weight.inputs);
+    let mut out = vec![f32::NAN; rows * outputs];
+    linear_on(isa, weight, x, rows, None, &mut out);
+    for (i, (&got, (want, bound))) in out
+        .iter()
+        .zip(naive(dense, x, rows, outputs, inputs))
+        .enumerate()
+    {
+        assert!(
+            (f64::from(got) - want).abs() <= bound,
+            "{what}: element {i} is {got}, not {want}"
+        );
+    }
 }
