@@ -163,7 +163,7 @@ pub struct Configuration {
     /// How many threads the reference backend splits a prediction's
     /// kernels over, the calling thread included; `None` (the default) for
     /// `RAYON_NUM_THREADS` when it is set to a positive integer, else the
-    /// cores available, at most 8.
+    /// cores available, at most 8. A setting over 64 counts as 64.
     ///
     /// The backend's threads are one pool per process, shared by every
     /// loaded function; each prediction uses as many of them as its

@@ -56,8 +56,16 @@ fn spin_until(ready: impl Fn() -> bool) -> bool {
 /// included): the prediction's setting ([`with_threads`]), else
 /// [`default_threads`].
 pub(crate) fn cores() -> usize {
-    THREADS.with(Cell::get).unwrap_or_else(default_threads)
+    THREADS
+        .with(Cell::get)
+        .unwrap_or_else(default_threads)
+        .min(MOST_REQUESTED)
 }
+
+/// The most threads a setting may ask for: a count past the cores only
+/// shares them out, and a mistyped one should not start thousands of
+/// threads.
+const MOST_REQUESTED: usize = 64;
 
 thread_local! {
     /// The thread count of the prediction running on this thread, if its
@@ -463,6 +471,9 @@ mod tests {
         let most = (0..50).map(|_| threads_running(3, 3, 3)).max();
         assert_eq!(most, Some(3));
         // The setting ends with its closure.
-        assert_eq!(cores(), default_threads());
+        assert_eq!(cores(), default_threads().min(MOST_REQUESTED));
+        // A huge count is held to the most a setting may ask for.
+        let huge = NonZeroUsize::new(1 << 20);
+        assert_eq!(with_threads(huge, cores), MOST_REQUESTED);
     }
 }
