@@ -126,6 +126,37 @@ fn every_thread_count_gives_the_same_bits() {
 }
 
 #[test]
+fn predicting_again_gives_the_same_bits() {
+    // From the second prediction on, results live in the buffers the first
+    // one released (the backend's recycler, for values of 32768 elements
+    // or more: EfficientNet's first activations here): whatever a buffer
+    // held before must not reach a result.
+    for fixture in ["efficientnet", "resnet", "vit", "llama", "unet"] {
+        let package = common::source_package(fixture);
+        let step = &steps(fixture)[0];
+        let model = load(&package, &step.function);
+        let given = inputs(model.description(), step);
+        let bits = |outputs: &Features| -> Vec<(String, Vec<u32>)> {
+            outputs
+                .iter()
+                .map(|(name, value)| {
+                    let (_, data) = values(value);
+                    (name.clone(), data.iter().map(|v| v.to_bits()).collect())
+                })
+                .collect()
+        };
+        let first = bits(&model.predict(&given).unwrap());
+        for again in 2..=3 {
+            let outputs = model.predict(&given).unwrap();
+            assert!(
+                bits(&outputs) == first,
+                "{fixture}: prediction {again} differs from the first"
+            );
+        }
+    }
+}
+
+#[test]
 fn compressed_weights_decompress_as_coremltools_does() {
     // The first outputs of each compressed model as coremltools' own numpy
     // decompression (`constexpr_*.decompress`, `dequantize_by_scale_and_zp`)

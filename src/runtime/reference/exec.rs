@@ -11,6 +11,7 @@
 //! runs forever, as it would on the device.
 
 use super::super::error::{Error, Result};
+use super::buffers;
 use super::ops::{self, Args, Kind};
 use super::program::{Block, Program, Slot, Step};
 use super::value::{
@@ -116,7 +117,9 @@ impl Run<'_> {
                 }
             }
             for slot in &step.release {
-                self.env[*slot] = None;
+                if let Some(value) = self.env[*slot].take() {
+                    buffers::recycle(value);
+                }
             }
         }
         Ok(())

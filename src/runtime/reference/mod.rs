@@ -155,6 +155,7 @@
 //! function reads and writes its own. Writes take effect when a prediction succeeds: a
 //! failed prediction leaves the state as it was.
 
+mod buffers;
 mod exec;
 mod kernels;
 pub(crate) mod ops;
@@ -165,7 +166,7 @@ mod weights;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use half::f16;
 use ndarray::{ArcArray, IxDyn};
@@ -201,6 +202,9 @@ pub struct Function {
     /// The threads its predictions split their kernels over
     /// (`Configuration::threads`); `None` for the default.
     threads: Option<NonZeroUsize>,
+    /// The buffers of the last prediction's released values, for the
+    /// next one's results.
+    recycler: Mutex<buffers::Recycler>,
     /// Keeps the package's shared weights alive while the function is.
     _weights: Arc<WeightStore>,
 }
@@ -346,6 +350,7 @@ impl Function {
             outputs,
             states,
             threads: None,
+            recycler: Mutex::default(),
             _weights: store,
         })
     }
@@ -425,9 +430,17 @@ impl Function {
             }
         }
 
-        let results = kernels::with_threads(self.threads, || {
-            exec::run(&self.name, &self.program, bound, &mut states)
-        })?;
+        let run = || {
+            kernels::with_threads(self.threads, || {
+                exec::run(&self.name, &self.program, bound, &mut states)
+            })
+        };
+        // A prediction running at the same time on another thread has the
+        // recycler: this one allocates as usual.
+        let results = match self.recycler.try_lock() {
+            Ok(mut recycler) => buffers::using(&mut recycler, run),
+            Err(_) => run(),
+        }?;
 
         let mut outputs = Features::new();
         for output in &self.outputs {

@@ -18,6 +18,7 @@ use ndarray::{ArrayD, IxDyn};
 use super::linalg::{cores, unravel};
 use super::window::{per_axis, Source, Window};
 use super::{Args, Prepared};
+use crate::runtime::reference::buffers;
 use crate::runtime::reference::kernels::{
     self, threads_for, Epilogue, PackB, PackedA, Strided, NR, WORK_PER_THREAD,
 };
@@ -406,7 +407,7 @@ pub(super) fn conv(args: &Args<'_>) -> OpResult<Value> {
     };
     // A relu fused into this step at load (`program`'s `fuse_relus`).
     let relu = args.step.relu_after;
-    let mut out = vec![0.0f32; batch * out_channels * out_size];
+    let mut out = buffers::zeroed(batch * out_channels * out_size);
     let group_input = group_channels * conv.plane;
     let group_output = conv.group_out * out_size;
     let work_per_group = conv.group_out * depth * out_size;

@@ -6,8 +6,8 @@ use std::cell::Cell;
 use ndarray::{ArcArray, ArrayD, IxDyn, Zip};
 
 use super::{Args, Binary, Unary};
-use crate::runtime::reference::kernels;
 use crate::runtime::reference::value::{self, dtype_from_name, FloatArray, OpResult, Value};
+use crate::runtime::reference::{buffers, kernels};
 
 pub(crate) use coreml_multifunction_format::mil::shapes::broadcast_shape;
 
@@ -35,6 +35,32 @@ pub(crate) fn zip_with<A: Copy, B: Copy, C: Clone>(
         .and(bv)
         .map_collect(|&x, &y| f(x, y))
         .into_shared())
+}
+
+/// [`zip_with`] for floats: two row-major arrays of one shape, or one
+/// and a single value, along their slices into a recycled buffer
+/// ([`buffers`]), as a loop the compiler vectorizes; any other pair
+/// through [`zip_with`].
+fn zip_floats(a: &FloatArray, b: &FloatArray, f: impl Fn(f32, f32) -> f32) -> OpResult<FloatArray> {
+    let shape = if a.shape() == b.shape() || b.len() == 1 && b.ndim() <= a.ndim() {
+        a.raw_dim()
+    } else if a.len() == 1 && a.ndim() <= b.ndim() {
+        b.raw_dim()
+    } else {
+        return zip_with(a, b, f);
+    };
+    let (Some(x), Some(y)) = (a.as_slice(), b.as_slice()) else {
+        return zip_with(a, b, f);
+    };
+    let mut out = buffers::with_capacity(x.len().max(y.len()));
+    match (x, y) {
+        (&[p], y) if y.len() != 1 => out.extend(y.iter().map(|&q| f(p, q))),
+        (x, &[q]) => out.extend(x.iter().map(|&p| f(p, q))),
+        (x, y) => out.extend(x.iter().zip(y).map(|(&p, &q)| f(p, q))),
+    }
+    ArrayD::from_shape_vec(shape, out)
+        .map(ArrayD::into_shared)
+        .map_err(|e| e.to_string())
 }
 
 fn is_integral(v: &Value) -> bool {
@@ -107,10 +133,10 @@ pub(super) fn binary(op: Binary, args: &Args<'_>) -> OpResult<Value> {
     }
     let (a, b) = (x.to_float()?, y.to_float()?);
     let result = match op {
-        B::Add => zip_with(&a, &b, |p, q| p + q)?,
-        B::Sub => zip_with(&a, &b, |p, q| p - q)?,
-        B::Mul => zip_with(&a, &b, |p, q| p * q)?,
-        B::RealDiv => zip_with(&a, &b, |p, q| p / q)?,
+        B::Add => zip_floats(&a, &b, |p, q| p + q)?,
+        B::Sub => zip_floats(&a, &b, |p, q| p - q)?,
+        B::Mul => zip_floats(&a, &b, |p, q| p * q)?,
+        B::RealDiv => zip_floats(&a, &b, |p, q| p / q)?,
         B::Pow => match scalar_exponent(&a, &b) {
             Some(e) => power(&a, e),
             None => zip_with(&a, &b, f32::powf)?,
@@ -264,7 +290,7 @@ fn map(a: &FloatArray, f: impl Fn(f32) -> f32 + Sync) -> FloatArray {
     };
     // Each element's value depends on it alone, so splitting the elements
     // over the pool changes no result.
-    let mut out = vec![0.0f32; values.len()];
+    let mut out = buffers::zeroed(values.len());
     let chunk = values.len().div_ceil(threads);
     let parts: Vec<_> = out.chunks_mut(chunk).zip(values.chunks(chunk)).collect();
     kernels::for_each_in_parallel(parts, |(out, values)| kernels::map_slice(values, out, &f));

@@ -10,6 +10,7 @@ use ndarray::{
 use super::elementwise::{broadcast_shape, zip_with};
 use super::reduce::softmax_lanes;
 use super::Args;
+use crate::runtime::reference::buffers;
 use crate::runtime::reference::kernels::{self, Epilogue, PackedA, Product, Strided, MATVEC_ROWS};
 use crate::runtime::reference::value::{OpResult, Value};
 
@@ -46,7 +47,8 @@ pub(super) fn linear(args: &Args<'_>) -> OpResult<Value> {
             Some(bias.iter().copied().collect::<Vec<f32>>())
         }
     };
-    let mut out = Array2::<f32>::zeros((rows, outputs));
+    let mut out = Array2::from_shape_vec((rows, outputs), buffers::zeroed(rows * outputs))
+        .map_err(|e| e.to_string())?;
     match weight {
         // Kept as stored (fp16): the kernels widen it as they read it.
         Value::Weight(stored) => {
@@ -163,7 +165,7 @@ pub(crate) fn batched_matmul(
         ));
     };
     let count: usize = batch.iter().product();
-    let mut out = vec![0.0f32; count * m * n];
+    let mut out = buffers::zeroed(count * m * n);
     if m * n > 0 {
         let (a, b) = (a.as_standard_layout(), b.as_standard_layout());
         let a_data = a

@@ -9,8 +9,8 @@ use ndarray::{ArrayD, IxDyn};
 
 use super::window::{Source, Window};
 use super::{Args, Pool};
-use crate::runtime::reference::kernels;
 use crate::runtime::reference::value::{OpResult, Value};
+use crate::runtime::reference::{buffers, kernels};
 
 pub(super) fn pool(op: Pool, args: &Args<'_>) -> OpResult<Value> {
     let x = args.float("x")?;
@@ -42,7 +42,7 @@ pub(super) fn pool(op: Pool, args: &Args<'_>) -> OpResult<Value> {
         .ok_or("x is not contiguous (interpreter bug)")?;
     let planes = shape[0] * shape[1];
     let out_size = window.output_size();
-    let mut out = vec![0f32; planes * out_size];
+    let mut out = buffers::zeroed(planes * out_size);
     let positions = positions(&window);
     let pool_plane = |input: &[f32], target: &mut [f32]| {
         for (slot, (reads, count)) in target.iter_mut().zip(&positions) {

@@ -6,8 +6,8 @@ use ndarray::{ArcArray, ArrayD, ArrayView1, ArrayViewMut1, Axis, IxDyn};
 
 use super::elementwise::zip_with;
 use super::{axis, Args, Reduce};
-use crate::runtime::reference::kernels;
 use crate::runtime::reference::value::{FloatArray, OpResult, Value};
+use crate::runtime::reference::{buffers, kernels};
 
 /// Normalized, sorted, distinct axes (`None`: every axis).
 fn axes(given: Option<Vec<i64>>, rank: usize) -> OpResult<Vec<usize>> {
@@ -304,7 +304,7 @@ fn layer_norm_rows(
     let (Some(gamma), Some(beta)) = (param("gamma")?, param("beta")?) else {
         return Ok(None);
     };
-    let mut out = vec![0.0f32; data.len()];
+    let mut out = buffers::zeroed(data.len());
     let row = |input: &[f32], out: &mut [f32]| {
         let mean = ArrayView1::from(input).sum() / count as f32;
         for (o, &v) in out.iter_mut().zip(input) {

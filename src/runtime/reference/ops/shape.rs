@@ -5,6 +5,7 @@
 use ndarray::{concatenate, stack as nd_stack, ArcArray, ArrayD, ArrayView, Axis, IxDyn, Slice};
 
 use super::{any_tensor, axis, created_count, Args};
+use crate::runtime::reference::buffers::Element;
 use crate::runtime::reference::value::{OpResult, Value};
 use coreml_multifunction_format::mil::shapes::{reshape_target, resolve_slices, AxisSlice};
 
@@ -16,7 +17,7 @@ fn dims(values: &[i64], what: &str) -> OpResult<Vec<usize>> {
 }
 
 /// `a` with the same elements in row-major order under `shape`.
-pub(super) fn reshaped<T: Copy>(
+pub(super) fn reshaped<T: Element>(
     a: &ArcArray<T, IxDyn>,
     shape: &[usize],
 ) -> OpResult<ArcArray<T, IxDyn>> {
@@ -42,10 +43,10 @@ pub(super) fn reshaped<T: Copy>(
 /// transposed or sliced activation: attention's heads, a split of q, k and
 /// v), a row of it at a time, each one copy; ndarray's general copy steps
 /// through every element's index, many times slower.
-fn standard_copy<T: Copy>(a: &ArcArray<T, IxDyn>) -> ArcArray<T, IxDyn> {
+fn standard_copy<T: Element>(a: &ArcArray<T, IxDyn>) -> ArcArray<T, IxDyn> {
     if let Some(last) = a.ndim().checked_sub(1) {
         if a.strides()[last] == 1 && a.shape()[last] > 1 {
-            let mut data = Vec::with_capacity(a.len());
+            let mut data = T::buffer(a.len());
             for lane in a.lanes(ndarray::Axis(last)) {
                 match lane.as_slice() {
                     Some(row) => data.extend_from_slice(row),
@@ -152,7 +153,7 @@ macro_rules! arrays_of {
     };
 }
 
-fn concat_arrays<T: Copy>(
+fn concat_arrays<T: Element>(
     arrays: &[ArcArray<T, IxDyn>],
     along: i64,
     interleave: bool,
@@ -211,7 +212,7 @@ pub(super) fn concat(args: &Args<'_>) -> OpResult<Value> {
     })
 }
 
-fn stack_arrays<T: Copy>(
+fn stack_arrays<T: Element>(
     arrays: &[ArcArray<T, IxDyn>],
     along: i64,
 ) -> OpResult<ArcArray<T, IxDyn>> {
@@ -304,7 +305,7 @@ fn slice_parameters(args: &Args<'_>, shape: &[usize]) -> OpResult<Vec<AxisSlice>
     )
 }
 
-fn take<T: Copy>(a: &ArcArray<T, IxDyn>, slices: &[AxisSlice]) -> OpResult<ArcArray<T, IxDyn>> {
+fn take<T: Element>(a: &ArcArray<T, IxDyn>, slices: &[AxisSlice]) -> OpResult<ArcArray<T, IxDyn>> {
     let view = a.slice_each_axis(|d| to_slice(slices[d.axis.index()]));
     let kept: Vec<usize> = slices
         .iter()
@@ -353,7 +354,7 @@ pub(super) fn slice_by_size(args: &Args<'_>) -> OpResult<Value> {
     Ok(any_tensor!(x, a => take(a, &slices)))
 }
 
-fn update<T: Copy>(
+fn update<T: Element>(
     a: &ArcArray<T, IxDyn>,
     slices: &[AxisSlice],
     with: &ArcArray<T, IxDyn>,
@@ -390,7 +391,7 @@ pub(super) fn slice_update(args: &Args<'_>) -> OpResult<Value> {
     })
 }
 
-fn tile_array<T: Copy>(a: &ArcArray<T, IxDyn>, reps: &[usize]) -> OpResult<ArcArray<T, IxDyn>> {
+fn tile_array<T: Element>(a: &ArcArray<T, IxDyn>, reps: &[usize]) -> OpResult<ArcArray<T, IxDyn>> {
     let mut out = a.clone();
     for (along, &r) in reps.iter().enumerate() {
         if r == 1 {
@@ -430,7 +431,7 @@ pub(super) fn tile(args: &Args<'_>) -> OpResult<Value> {
     Ok(any_tensor!(x, a => tile_array(a, &reps)))
 }
 
-fn gather_array<T: Copy>(
+fn gather_array<T: Element>(
     x: &ArcArray<T, IxDyn>,
     indices: &[i64],
     index_shape: &[usize],
@@ -495,7 +496,7 @@ pub(super) fn gather(args: &Args<'_>) -> OpResult<Value> {
     Ok(any_tensor!(x, a => gather_array(a, &flat, &index_shape, along, batch_dims)))
 }
 
-fn gather_along<T: Copy>(
+fn gather_along<T: Element>(
     x: &ArcArray<T, IxDyn>,
     indices: &[i64],
     index_shape: &[usize],
@@ -700,7 +701,7 @@ fn pad_source(at: usize, before: usize, size: usize, mode: PadMode) -> Option<us
     }
 }
 
-fn pad_array<T: Copy>(
+fn pad_array<T: Element>(
     a: &ArcArray<T, IxDyn>,
     widths: &[(usize, usize)],
     mode: PadMode,
