@@ -43,8 +43,19 @@ pub(super) fn pool(op: Pool, args: &Args<'_>) -> OpResult<Value> {
     let planes = shape[0] * shape[1];
     let out_size = window.output_size();
     let mut out = buffers::zeroed(planes * out_size);
-    let positions = positions(&window);
+    // A 2-D max pool (a CNN's stem) by rows and columns; any other from
+    // the table of each output's reads.
+    let rows_and_columns = op == Pool::Max && spatial == 2;
+    let positions = if rows_and_columns {
+        Vec::new()
+    } else {
+        positions(&window)
+    };
     let pool_plane = |input: &[f32], target: &mut [f32]| {
+        if rows_and_columns {
+            max_plane_2d(&window, input, target);
+            return;
+        }
         for (slot, (reads, count)) in target.iter_mut().zip(&positions) {
             let count = if exclude_padding { reads.len() } else { *count };
             *slot = match op {
@@ -91,6 +102,35 @@ pub(super) fn pool(op: Pool, args: &Args<'_>) -> OpResult<Value> {
     ArrayD::from_shape_vec(IxDyn(&out_shape), out)
         .map(|a| Value::Float(a.into_shared()))
         .map_err(|e| e.to_string())
+}
+
+/// One plane of a 2-D max pool: each output the maximum of its window's
+/// positions inside the input, read row by row as the general path reads
+/// them (so NaN propagates alike), the padding skipped.
+fn max_plane_2d(window: &Window, input: &[f32], target: &mut [f32]) {
+    // The input positions along axis `d` output `o`'s window covers.
+    let covered = |o: usize, d: usize| {
+        let start = (o * window.strides[d]) as isize - window.before[d] as isize;
+        let end = start + window.kernel[d] as isize;
+        let clip = |at: isize| at.clamp(0, window.input[d] as isize) as usize;
+        clip(start)..clip(end)
+    };
+    let width = window.input[1];
+    let columns: Vec<_> = (0..window.output[1]).map(|o| covered(o, 1)).collect();
+    for (o_row, out_row) in target.chunks_exact_mut(window.output[1]).enumerate() {
+        let rows = covered(o_row, 0);
+        for (slot, columns) in out_row.iter_mut().zip(&columns) {
+            let mut max = f32::NEG_INFINITY;
+            for row in rows.clone() {
+                for &v in &input[row * width + columns.start..row * width + columns.end] {
+                    if v > max || v.is_nan() {
+                        max = v;
+                    }
+                }
+            }
+            *slot = max;
+        }
+    }
 }
 
 /// For each output position: the input positions its window reads (in
