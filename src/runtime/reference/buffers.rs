@@ -111,25 +111,25 @@ pub(crate) fn with_capacity(len: usize) -> Vec<f32> {
 
 /// A tensor's element type, for the ops generic over it: only f32 tensors
 /// are large enough in practice to recycle.
-pub(crate) trait Element: Copy {
+pub(crate) trait Recyclable: Copy {
     /// An empty buffer with room for `len` elements ([`with_capacity`]
     /// for f32).
     fn buffer(len: usize) -> Vec<Self>;
 }
 
-impl Element for f32 {
+impl Recyclable for f32 {
     fn buffer(len: usize) -> Vec<f32> {
         with_capacity(len)
     }
 }
 
-impl Element for i32 {
+impl Recyclable for i32 {
     fn buffer(len: usize) -> Vec<i32> {
         Vec::with_capacity(len)
     }
 }
 
-impl Element for bool {
+impl Recyclable for bool {
     fn buffer(len: usize) -> Vec<bool> {
         Vec::with_capacity(len)
     }

@@ -42,6 +42,12 @@ pub(super) fn pool(op: Pool, args: &Args<'_>) -> OpResult<Value> {
         .ok_or("x is not contiguous (interpreter bug)")?;
     let planes = shape[0] * shape[1];
     let out_size = window.output_size();
+    let out_shape = [&shape[..2], &window.output[..]].concat();
+    if planes * out_size == 0 {
+        // No planes (`Window::of` rejects a window wider than its padded
+        // input): nothing to pool, and no chunks of zero length to split.
+        return Ok(Value::Float(ArrayD::zeros(IxDyn(&out_shape)).into_shared()));
+    }
     let mut out = buffers::zeroed(planes * out_size);
     // A 2-D max pool (a CNN's stem) by rows and columns; any other from
     // the table of each output's reads.
@@ -98,7 +104,6 @@ pub(super) fn pool(op: Pool, args: &Args<'_>) -> OpResult<Value> {
             pool_plane(input, target);
         }
     });
-    let out_shape = [&shape[..2], &window.output[..]].concat();
     ArrayD::from_shape_vec(IxDyn(&out_shape), out)
         .map(|a| Value::Float(a.into_shared()))
         .map_err(|e| e.to_string())

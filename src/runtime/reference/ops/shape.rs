@@ -5,7 +5,7 @@
 use ndarray::{concatenate, stack as nd_stack, ArcArray, ArrayD, ArrayView, Axis, IxDyn, Slice};
 
 use super::{any_tensor, axis, created_count, Args};
-use crate::runtime::reference::buffers::Element;
+use crate::runtime::reference::buffers::Recyclable;
 use crate::runtime::reference::value::{OpResult, Value};
 use coreml_multifunction_format::mil::shapes::{reshape_target, resolve_slices, AxisSlice};
 
@@ -17,7 +17,7 @@ fn dims(values: &[i64], what: &str) -> OpResult<Vec<usize>> {
 }
 
 /// `a` with the same elements in row-major order under `shape`.
-pub(super) fn reshaped<T: Element>(
+pub(super) fn reshaped<T: Recyclable>(
     a: &ArcArray<T, IxDyn>,
     shape: &[usize],
 ) -> OpResult<ArcArray<T, IxDyn>> {
@@ -43,7 +43,7 @@ pub(super) fn reshaped<T: Element>(
 /// transposed or sliced activation: attention's heads, a split of q, k and
 /// v), a row of it at a time, each one copy; ndarray's general copy steps
 /// through every element's index, many times slower.
-fn standard_copy<T: Element>(a: &ArcArray<T, IxDyn>) -> ArcArray<T, IxDyn> {
+fn standard_copy<T: Recyclable>(a: &ArcArray<T, IxDyn>) -> ArcArray<T, IxDyn> {
     if let Some(last) = a.ndim().checked_sub(1) {
         if a.strides()[last] == 1 && a.shape()[last] > 1 {
             let mut data = T::buffer(a.len());
@@ -153,7 +153,7 @@ macro_rules! arrays_of {
     };
 }
 
-fn concat_arrays<T: Element>(
+fn concat_arrays<T: Recyclable>(
     arrays: &[ArcArray<T, IxDyn>],
     along: i64,
     interleave: bool,
@@ -212,7 +212,7 @@ pub(super) fn concat(args: &Args<'_>) -> OpResult<Value> {
     })
 }
 
-fn stack_arrays<T: Element>(
+fn stack_arrays<T: Recyclable>(
     arrays: &[ArcArray<T, IxDyn>],
     along: i64,
 ) -> OpResult<ArcArray<T, IxDyn>> {
@@ -305,7 +305,10 @@ fn slice_parameters(args: &Args<'_>, shape: &[usize]) -> OpResult<Vec<AxisSlice>
     )
 }
 
-fn take<T: Element>(a: &ArcArray<T, IxDyn>, slices: &[AxisSlice]) -> OpResult<ArcArray<T, IxDyn>> {
+fn take<T: Recyclable>(
+    a: &ArcArray<T, IxDyn>,
+    slices: &[AxisSlice],
+) -> OpResult<ArcArray<T, IxDyn>> {
     let view = a.slice_each_axis(|d| to_slice(slices[d.axis.index()]));
     let kept: Vec<usize> = slices
         .iter()
@@ -354,7 +357,7 @@ pub(super) fn slice_by_size(args: &Args<'_>) -> OpResult<Value> {
     Ok(any_tensor!(x, a => take(a, &slices)))
 }
 
-fn update<T: Element>(
+fn update<T: Recyclable>(
     a: &ArcArray<T, IxDyn>,
     slices: &[AxisSlice],
     with: &ArcArray<T, IxDyn>,
@@ -391,7 +394,10 @@ pub(super) fn slice_update(args: &Args<'_>) -> OpResult<Value> {
     })
 }
 
-fn tile_array<T: Element>(a: &ArcArray<T, IxDyn>, reps: &[usize]) -> OpResult<ArcArray<T, IxDyn>> {
+fn tile_array<T: Recyclable>(
+    a: &ArcArray<T, IxDyn>,
+    reps: &[usize],
+) -> OpResult<ArcArray<T, IxDyn>> {
     let mut out = a.clone();
     for (along, &r) in reps.iter().enumerate() {
         if r == 1 {
@@ -431,7 +437,7 @@ pub(super) fn tile(args: &Args<'_>) -> OpResult<Value> {
     Ok(any_tensor!(x, a => tile_array(a, &reps)))
 }
 
-fn gather_array<T: Element>(
+fn gather_array<T: Recyclable>(
     x: &ArcArray<T, IxDyn>,
     indices: &[i64],
     index_shape: &[usize],
@@ -496,7 +502,7 @@ pub(super) fn gather(args: &Args<'_>) -> OpResult<Value> {
     Ok(any_tensor!(x, a => gather_array(a, &flat, &index_shape, along, batch_dims)))
 }
 
-fn gather_along<T: Element>(
+fn gather_along<T: Recyclable>(
     x: &ArcArray<T, IxDyn>,
     indices: &[i64],
     index_shape: &[usize],
@@ -701,7 +707,7 @@ fn pad_source(at: usize, before: usize, size: usize, mode: PadMode) -> Option<us
     }
 }
 
-fn pad_array<T: Element>(
+fn pad_array<T: Recyclable>(
     a: &ArcArray<T, IxDyn>,
     widths: &[(usize, usize)],
     mode: PadMode,

@@ -504,6 +504,74 @@ fn pools_split_over_the_cores_match_a_window_by_window_maximum() {
 }
 
 #[test]
+fn two_d_max_pools_by_rows_give_the_bits_of_the_table_of_reads() {
+    // The same pool as a 3-D one over a depth of 1 runs the general path
+    // (each output's reads from a table): padding, ceil mode's windows
+    // past the input, a NaN and signed zeros must come out alike.
+    let (channels, height, width) = (3usize, 7usize, 9usize);
+    let mut data: Vec<f32> = (0..channels * height * width)
+        .map(|k| ((k * 7919 % 1009) as f32 - 504.0) / 100.0)
+        .collect();
+    data[10] = f32::NAN;
+    data[40] = -0.0;
+    data[41] = 0.0;
+    let pooled = |rank3: bool, kernel: [i32; 2], strides: [i32; 2], pad: [i32; 4], ceil: bool| {
+        let (x, kernel_sizes, strides, pad) = if rank3 {
+            (
+                f(&[1, channels, 1, height, width], &data),
+                i(&[3], &[1, kernel[0], kernel[1]]),
+                i(&[3], &[1, strides[0], strides[1]]),
+                i(&[6], &[0, 0, pad[0], pad[1], pad[2], pad[3]]),
+            )
+        } else {
+            (
+                f(&[1, channels, height, width], &data),
+                i(&[2], &kernel),
+                i(&[2], &strides),
+                i(&[4], &pad),
+            )
+        };
+        let out = run_op(
+            "max_pool",
+            vec![
+                ("x", x),
+                ("kernel_sizes", kernel_sizes),
+                ("strides", strides),
+                ("pad_type", s("custom")),
+                ("pad", pad),
+                ("ceil_mode", b(&[], &[ceil])),
+            ],
+            1,
+        )
+        .unwrap();
+        let Value::Float(out) = &out[0] else {
+            panic!("max_pool gave no tensor");
+        };
+        let mut shape = out.shape().to_vec();
+        if rank3 {
+            shape.remove(2);
+        }
+        (shape, out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>())
+    };
+    let cases = [
+        ([3, 3], [2, 2], [1, 1, 1, 1], false),
+        ([3, 2], [2, 3], [1, 0, 0, 1], true),
+        ([2, 2], [1, 1], [0, 0, 0, 0], false),
+        ([5, 4], [3, 3], [2, 2, 1, 1], true),
+        // As wide as the padded input: one output, padding on every side.
+        ([9, 11], [1, 1], [1, 1, 1, 1], false),
+    ];
+    for (kernel, strides, pad, ceil) in cases {
+        let by_rows = pooled(false, kernel, strides, pad, ceil);
+        let by_table = pooled(true, kernel, strides, pad, ceil);
+        assert_eq!(
+            by_rows, by_table,
+            "kernel {kernel:?} strides {strides:?} pad {pad:?}"
+        );
+    }
+}
+
+#[test]
 fn reshaping_a_transposed_tensor_copies_it_in_logical_order() {
     // Permutations keeping the last axis contiguous (copied a row at a
     // time) and not (element by element).
