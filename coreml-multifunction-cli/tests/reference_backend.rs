@@ -95,21 +95,14 @@ fn every_thread_count_gives_the_same_bits() {
     ] {
         let package = common::source_package(fixture);
         let step = &steps(fixture)[0];
-        let mut first: Option<Vec<(String, Vec<u32>)>> = None;
+        let mut first: Option<BTreeMap<String, Vec<u32>>> = None;
         for threads in [1, 2, 3] {
             let configuration = Configuration {
                 threads: std::num::NonZeroUsize::new(threads),
                 ..reference()
             };
             let model = Function::load(&package, &step.function, &configuration).unwrap();
-            let outputs = model.predict(&inputs(model.description(), step)).unwrap();
-            let bits: Vec<(String, Vec<u32>)> = outputs
-                .iter()
-                .map(|(name, value)| {
-                    let (_, data) = values(value);
-                    (name.clone(), data.iter().map(|v| v.to_bits()).collect())
-                })
-                .collect();
+            let bits = bits(&model.predict(&inputs(model.description(), step)).unwrap());
             match &first {
                 None => first = Some(bits),
                 Some(want) => {
@@ -136,15 +129,6 @@ fn predicting_again_gives_the_same_bits() {
         let step = &steps(fixture)[0];
         let model = load(&package, &step.function);
         let given = inputs(model.description(), step);
-        let bits = |outputs: &Features| -> Vec<(String, Vec<u32>)> {
-            outputs
-                .iter()
-                .map(|(name, value)| {
-                    let (_, data) = values(value);
-                    (name.clone(), data.iter().map(|v| v.to_bits()).collect())
-                })
-                .collect()
-        };
         let first = bits(&model.predict(&given).unwrap());
         for again in 2..=3 {
             let outputs = model.predict(&given).unwrap();
