@@ -655,6 +655,12 @@ pub(crate) fn gemm_many(products: Vec<Product<'_>>) {
         .iter()
         .map(|p| p.a.rows * p.a.cols * p.b.cols)
         .sum();
+    if work < DIRECT_WORK {
+        for p in products {
+            direct(isa, p);
+        }
+        return;
+    }
     let threads = threads_for(work);
     let count = products.len();
     let run = |p: Product<'_>, threads: usize| {
@@ -684,6 +690,63 @@ pub(crate) fn gemm_many(products: Vec<Product<'_>>) {
     } else {
         for p in products {
             run(p, threads);
+        }
+    }
+}
+
+/// Below this many multiply-adds in all, [`gemm_many`] sums each element
+/// directly ([`direct`]): packing `A` and `B` into panels of whole tiles
+/// costs more than such products (a decode step's attention of one token
+/// multiplies 1 × 64 by 64 × 1 per head).
+const DIRECT_WORK: usize = 1 << 14;
+
+/// `p.out = p.a · p.b`, each element summed as [`gemm`] sums it: in order
+/// of `k` within each block of `KC` from zero (by fused multiply-adds where
+/// the microkernels use them, by a multiply and an add on the portable
+/// path), the first block's sum stored, the later ones added.
+fn direct(isa: Isa, p: Product<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    if isa.has_avx2() {
+        // SAFETY: `has_avx2` holds only on CPUs with FMA.
+        unsafe { direct_fma(p) };
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::Neon {
+        // aarch64's scalar `mul_add` is one fused instruction.
+        direct_with(p, f32::mul_add);
+        return;
+    }
+    let _ = isa;
+    direct_with(p, |a, b, sum| sum + a * b);
+}
+
+/// [`direct`] with the CPU's fused multiply-add.
+///
+/// # Safety
+/// The CPU must have FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn direct_fma(p: Product<'_>) {
+    direct_with(p, f32::mul_add);
+}
+
+/// [`direct`] with `step(a, b, sum)` adding one product to a sum.
+#[inline(always)]
+fn direct_with(p: Product<'_>, step: impl Fn(f32, f32, f32) -> f32) {
+    let Product { a, b, out } = p;
+    let n = b.cols;
+    for (i, row) in out.chunks_exact_mut(n.max(1)).take(a.rows).enumerate() {
+        for (j, element) in row.iter_mut().enumerate() {
+            // An empty sum (no blocks) is zero.
+            *element = 0.0;
+            for (block, k0) in (0..a.cols).step_by(KC).enumerate() {
+                let mut sum = 0.0f32;
+                for k in k0..(k0 + KC).min(a.cols) {
+                    sum = step(a.at(i, k), b.at(k, j), sum);
+                }
+                *element = if block == 0 { sum } else { *element + sum };
+            }
         }
     }
 }
@@ -848,6 +911,45 @@ mod tests {
         for out in &outs {
             for (got, (sum, bound)) in out.iter().zip(&expected) {
                 assert!((f64::from(*got) - sum).abs() <= *bound, "{got} vs {sum}");
+            }
+        }
+    }
+
+    #[test]
+    fn small_products_summed_directly_give_the_packed_products_bits() {
+        // Every instruction set, with transposed operands, depths past one
+        // block of KC, a single step, an empty sum and signed zeros.
+        let mut random = Random(17);
+        for (m, k, n) in [(1, 64, 1), (1, 1, 64), (3, 300, 5), (2, 0, 3), (4, 7, 4)] {
+            let mut a = random.vec(m * k);
+            let bt = random.vec(n * k);
+            if let Some(first) = a.first_mut() {
+                *first = -0.0;
+            }
+            let a = Strided::row_major(&a, m, k).unwrap();
+            let b = Strided::new(&bt, k, n, 1, k.max(1)).unwrap();
+            for isa in Isa::available() {
+                let mut packed = vec![f32::NAN; m * n];
+                gemm_on(
+                    isa,
+                    1,
+                    &PackedA::new(a),
+                    &b,
+                    &mut packed,
+                    n,
+                    Epilogue::default(),
+                );
+                let mut summed = vec![f32::NAN; m * n];
+                direct(
+                    isa,
+                    Product {
+                        a,
+                        b,
+                        out: &mut summed,
+                    },
+                );
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&summed), bits(&packed), "{isa:?}, {m}×{k}×{n}");
             }
         }
     }
