@@ -59,8 +59,9 @@ pub(crate) const MATVEC_ROWS: usize = 8;
 /// threads would cost more than it saves.
 const PARALLEL_BYTES: usize = 1 << 20;
 
-/// Parts per thread of a matrix-vector product split over the cores.
-const PARTS_PER_THREAD: usize = 4;
+/// The fewest rows of a part of a matrix-vector product split over the
+/// cores ([`guided_parts`]).
+const SMALLEST_PART: usize = 64;
 
 /// The instruction set a kernel runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1064,18 +1065,8 @@ fn mat_vec<S: RowSource>(
         }
         part
     };
-    // A few parts per thread, claimed as threads come free, so that a core
-    // slowed by another process (or by memory) does not hold up the rest.
-    let parts = if threads > 1 {
-        threads * PARTS_PER_THREAD
-    } else {
-        1
-    };
-    let chunk = outputs.div_ceil(parts).max(1);
-    let ranges: Vec<_> = (0..outputs)
-        .step_by(chunk)
-        .map(|start| start..(start + chunk).min(outputs))
-        .collect();
+    // One part when on one thread.
+    let ranges = guided_parts(outputs, threads);
     let parts = parallel::map(&ranges, |range| compute(range.clone()));
     for (range, part) in ranges.iter().zip(parts) {
         let width = range.len();
@@ -1084,6 +1075,26 @@ fn mat_vec<S: RowSource>(
                 .copy_from_slice(&part[r * width..(r + 1) * width]);
         }
     }
+}
+
+/// The parts a matrix-vector product of `outputs` rows splits into for
+/// `threads` threads, claimed as threads come free: each a share
+/// (`1 / threads`) of the rows the parts before it leave, down to
+/// [`SMALLEST_PART`] rows (OpenMP's guided schedule). The parts claimed last are small, so the
+/// threads finish close together, and a core slowed by another process
+/// (or by memory) takes fewer of them without holding up the rest.
+fn guided_parts(outputs: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < outputs {
+        let left = outputs - start;
+        // Even, so that the two-row kernels take every row of a part.
+        let size = (left / threads).max(SMALLEST_PART).next_multiple_of(2);
+        let end = (start + size).min(outputs);
+        parts.push(start..end);
+        start = end;
+    }
+    parts
 }
 
 /// `out = x · weightᵀ + bias` on the matrix product of `gemm.rs`: `x` is packed

@@ -437,3 +437,26 @@ fn assert_linear_as_naive(
         );
     }
 }
+
+#[test]
+fn guided_parts_cover_the_rows_in_shrinking_even_parts() {
+    for (outputs, threads) in [(1024, 2), (2816, 2), (1, 2), (63, 3), (6000, 8), (129, 2)] {
+        let parts = guided_parts(outputs, threads);
+        assert_eq!(parts.first().map(|p| p.start), Some(0), "{outputs} rows");
+        assert_eq!(parts.last().map(|p| p.end), Some(outputs), "{outputs} rows");
+        for pair in parts.windows(2) {
+            let (part, next) = (&pair[0], &pair[1]);
+            assert_eq!(part.end, next.start, "{outputs} rows: {parts:?}");
+            assert!(part.len() >= next.len(), "{outputs} rows: {parts:?}");
+            assert!(part.len() >= SMALLEST_PART, "{outputs} rows: {parts:?}");
+            assert!(part.len().is_multiple_of(2), "{outputs} rows: {parts:?}");
+        }
+    }
+    // One thread takes every row at once.
+    let one = guided_parts(1000, 1);
+    assert!(one.len() == 1 && one[0] == (0..1000), "{one:?}");
+    // A quarter of the rows, then less: the last part is the smallest.
+    let parts = guided_parts(1024, 4);
+    assert_eq!(parts[0], 0..256);
+    assert!(parts.last().is_some_and(|p| p.len() <= SMALLEST_PART));
+}
