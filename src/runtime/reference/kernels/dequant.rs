@@ -512,6 +512,85 @@ pub(super) unsafe fn dot_rows_by_table32_avx512<const ROWS: usize>(
     }
 }
 
+/// [`dot_rows_by_table32_avx512`] for `out.len()` consecutive rows, two at a
+/// time (the last alone when their count is odd), into `out`: one call per
+/// part of a matrix-vector product, so that choosing the kernel and the
+/// call itself cost once per part, not once per pair of rows (a decode
+/// step's product has a few hundred pairs, each about 150 ns of work).
+/// Each row's result is the bits [`dot_by_table_avx512`] gives it.
+///
+/// # Safety
+/// As [`dot_by_table_avx512`] for each row, with blocks of 32: `codes`
+/// holds the rows' codes one after another (`x_split.len() / 2` bytes
+/// each), `scale` (and `offset`, if any) their parameters one after
+/// another (`x_split.len() / 32` each).
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub(super) unsafe fn dots_by_table32_avx512(
+    bits: Bits,
+    codes: &[u8],
+    scale: &[f32],
+    offset: Option<&[f32]>,
+    fp16: bool,
+    x_split: &[f32],
+    out: &mut [f32],
+) {
+    let nibbles = nibble_table(bits);
+    let x = x_split;
+    // SAFETY: the caller's guarantees.
+    unsafe {
+        match (fp16, offset) {
+            (true, None) => rows_by_table32::<true, false>(nibbles, codes, scale, &[], x, out),
+            (false, None) => rows_by_table32::<false, false>(nibbles, codes, scale, &[], x, out),
+            (true, Some(o)) => rows_by_table32::<true, true>(nibbles, codes, scale, o, x, out),
+            (false, Some(o)) => rows_by_table32::<false, true>(nibbles, codes, scale, o, x, out),
+        }
+    }
+}
+
+/// [`dots_by_table32_avx512`] with whether the weight is fp16 and has
+/// offsets fixed at compile time.
+///
+/// # Safety
+/// As [`dots_by_table32_avx512`], with `offset` one per block when
+/// `OFFSET`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn rows_by_table32<const FP16: bool, const OFFSET: bool>(
+    nibbles: __m512,
+    codes: &[u8],
+    scale: &[f32],
+    offset: &[f32],
+    x_split: &[f32],
+    out: &mut [f32],
+) {
+    let blocks = x_split.len() / LANES;
+    let row = |n: usize| {
+        let parameters = n * blocks..(n + 1) * blocks;
+        (
+            &codes[16 * parameters.start..16 * parameters.end],
+            &scale[parameters.clone()],
+            if OFFSET { &offset[parameters] } else { &[][..] },
+        )
+    };
+    let mut n = 0;
+    while n + 1 < out.len() {
+        let ((c0, s0, o0), (c1, s1, o1)) = (row(n), row(n + 1));
+        // SAFETY: the caller's guarantees, for rows `n` and `n + 1`.
+        let [first, second] = unsafe {
+            dot_by_table32_avx512::<FP16, OFFSET, 2>(nibbles, [c0, c1], [s0, s1], [o0, o1], x_split)
+        };
+        out[n] = first;
+        out[n + 1] = second;
+        n += 2;
+    }
+    if n < out.len() {
+        let (c, s, o) = row(n);
+        // SAFETY: the caller's guarantees, for row `n`.
+        let [last] =
+            unsafe { dot_by_table32_avx512::<FP16, OFFSET, 1>(nibbles, [c], [s], [o], x_split) };
+        out[n] = last;
+    }
+}
+
 /// The sixteen values four-bit codes of `bits` stand for, in one register.
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -644,10 +723,21 @@ unsafe fn sum_even_and_odd(even: __m512, odd: __m512) -> f32 {
 /// `x` as [`dot_by_table_avx512`] reads it: each chunk of 32 elements as
 /// its sixteen even elements, then its sixteen odd ones.
 pub(super) fn split_lanes(x: &[f32]) -> Vec<f32> {
-    let mut split = Vec::with_capacity(x.len());
-    for chunk in x.chunks_exact(LANES) {
-        split.extend(chunk.iter().step_by(2));
-        split.extend(chunk.iter().skip(1).step_by(2));
+    let mut split = vec![0.0; x.len() / LANES * LANES];
+    for (chunk, out) in x.chunks_exact(LANES).zip(split.chunks_exact_mut(LANES)) {
+        // Fixed lengths, so that the compiler drops the bounds checks
+        // (extending element by element showed up in a decode step's
+        // profile).
+        let (Ok(chunk), Ok(out)) = (
+            <&[f32; LANES]>::try_from(chunk),
+            <&mut [f32; LANES]>::try_from(out),
+        ) else {
+            continue;
+        };
+        for i in 0..LANES / 2 {
+            out[i] = chunk[2 * i];
+            out[LANES / 2 + i] = chunk[2 * i + 1];
+        }
     }
     split
 }

@@ -733,6 +733,13 @@ trait RowSource: Sync {
     fn fused_dot_pair(&self, _n: usize, _x: &FusedInput) -> Option<[f32; 2]> {
         None
     }
+
+    /// Rows `first..first + out.len()` dotted with `x` into `out` by one
+    /// kernel call, when a kernel can: for each, the bits of
+    /// [`RowSource::fused_dot`]. Whether it could.
+    fn fused_dots(&self, _first: usize, _x: &FusedInput, _out: &mut [f32]) -> bool {
+        false
+    }
 }
 
 /// [`RowSource::pack_panel`] a row segment at a time: each made, then
@@ -925,6 +932,41 @@ impl RowSource for Dequantized<'_> {
         let _ = (n, input);
         None
     }
+
+    fn fused_dots(&self, first: usize, input: &FusedInput, out: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(x_split), Bits::I4 | Bits::U4, true) = (
+            &input.split,
+            self.q.bits,
+            self.q.block == dot::LANES && self.inputs.is_multiple_of(dot::LANES),
+        ) {
+            let rows = first..first + out.len();
+            let blocks = self.inputs / self.q.block;
+            let parameters = rows.start * blocks..rows.end * blocks;
+            let row_bytes = self.q.bits.row_bytes(self.inputs);
+            let codes = &self.q.codes[rows.start * row_bytes..rows.end * row_bytes];
+            let scale = &self.q.scale[parameters.clone()];
+            let offset = self.q.offset.as_ref().map(|o| &o[parameters]);
+            // SAFETY: `split` is made only for `Isa::Avx512`, chosen only on
+            // CPUs with AVX-512F, AVX2, FMA and F16C; 4-bit codes in blocks
+            // of 32; the codes and parameters are those of rows `rows`, one
+            // row after another, `x_split` as long as a row.
+            unsafe {
+                dequant::dots_by_table32_avx512(
+                    self.q.bits,
+                    codes,
+                    scale,
+                    offset,
+                    self.q.fp16,
+                    x_split,
+                    out,
+                )
+            };
+            return true;
+        }
+        let _ = (first, input, out);
+        false
+    }
 }
 
 /// Rows of a [`Palettized`] weight, looked up one at a time.
@@ -1029,6 +1071,12 @@ fn mat_vec<S: RowSource>(
     let compute = |range: std::ops::Range<usize>| -> Vec<f32> {
         let width = range.len();
         let mut part = vec![0.0f32; rows * width];
+        if fused
+            .as_ref()
+            .is_some_and(|input| source.fused_dots(range.start, input, &mut part))
+        {
+            return part;
+        }
         let mut scratch = Scratch::default();
         let mut skip = false;
         for (i, n) in range.clone().enumerate() {

@@ -263,6 +263,9 @@ fn blockwise_weights_decompress_and_multiply_as_their_dense_values() {
             );
             let what = format!("{isa:?}, {bits:?} {rows}×{inputs} by {outputs}, block {block}");
             assert_fused_as_dense(isa, &source, &dense, &x[..inputs], taken, &what);
+            // Runs of rows by one call (AVX-512, four-bit blocks of 32).
+            let runs = x86_kernels(isa).1 && block == 32 && bits.width() == 4;
+            assert_runs_as_dense(isa, &source, &dense, &x[..inputs], runs, &what);
             assert_linear_as_naive(isa, &weight, &dense, &x, rows, &what);
         }
     }
@@ -411,6 +414,43 @@ fn assert_fused_as_dense<S: RowSource>(
             }
         }
     }
+}
+
+/// Asserts that `source`'s runs of fused dot products with `x` (one row)
+/// from every row, of one, two, three and all the rows left, give the bits
+/// of the dense dot product of each row of `dense`, and that they are
+/// taken when `taken`.
+fn assert_runs_as_dense<S: RowSource>(
+    isa: Isa,
+    source: &S,
+    dense: &[f32],
+    x: &[f32],
+    taken: bool,
+    what: &str,
+) {
+    let inputs = x.len();
+    let outputs = dense.len() / inputs.max(1);
+    let input = FusedInput::new(isa, x);
+    let unfused = |n: usize| {
+        let [dot] = dot::dots(isa, &dense[n * inputs..(n + 1) * inputs], [x]);
+        dot.to_bits()
+    };
+    let mut ran = false;
+    for first in 0..outputs {
+        for len in [1, 2, 3, outputs - first] {
+            if first + len > outputs {
+                continue;
+            }
+            let mut out = vec![f32::NAN; len];
+            if source.fused_dots(first, &input, &mut out) {
+                ran = true;
+                let want: Vec<u32> = (first..first + len).map(unfused).collect();
+                let got: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "{what}, rows {first}..{}", first + len);
+            }
+        }
+    }
+    assert_eq!(ran, taken && outputs > 0, "{what}: runs taken");
 }
 
 /// Asserts that `linear` of `weight` (whose values are `dense`) over the
