@@ -2,6 +2,8 @@
 //! matrix products (`kernels`), and ndarray's matrix-vector product for a
 //! few rows of a weight that is not kept as stored.
 
+use std::borrow::Cow;
+
 use ndarray::linalg::general_mat_vec_mul;
 use ndarray::{
     Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewD, ArrayViewMut1, Axis, Ix2, IxDyn,
@@ -34,7 +36,7 @@ pub(super) fn linear(args: &Args<'_>) -> OpResult<Value> {
         .into_shape_with_order((rows, inputs))
         .map_err(|e| e.to_string())?;
     // The bias, added to each row's sums as the kernels store them.
-    let bias = match args.get("bias")? {
+    let bias_array = match args.get("bias")? {
         None => None,
         Some(bias) => {
             let bias = bias.to_float()?;
@@ -44,9 +46,17 @@ pub(super) fn linear(args: &Args<'_>) -> OpResult<Value> {
                     bias.shape()
                 ));
             }
-            Some(bias.iter().copied().collect::<Vec<f32>>())
+            Some(bias)
         }
     };
+    // Read in place (a constant is contiguous): collecting it element by
+    // element through a dynamic-rank iterator, at every call, cost 0.3 ms
+    // of the int4 decoder's 4.4 ms step (coremltools gives every linear
+    // a bias, zeros when the layer has none).
+    let bias: Option<Cow<'_, [f32]>> = bias_array.as_ref().map(|bias| {
+        bias.as_slice()
+            .map_or_else(|| Cow::Owned(bias.iter().copied().collect()), Cow::Borrowed)
+    });
     let mut out = Array2::from_shape_vec((rows, outputs), buffers::zeroed(rows * outputs))
         .map_err(|e| e.to_string())?;
     match weight {
@@ -70,7 +80,10 @@ pub(super) fn linear(args: &Args<'_>) -> OpResult<Value> {
                 for (row, mut result) in x2.outer_iter().zip(out.outer_iter_mut()) {
                     mat_vec(&w, &row, &mut result);
                     if let Some(bias) = &bias {
-                        result.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+                        result
+                            .iter_mut()
+                            .zip(bias.iter())
+                            .for_each(|(o, b)| *o += b);
                     }
                 }
             } else {
