@@ -735,18 +735,19 @@ unsafe fn direct_fma(p: Product<'_>) {
 #[inline(always)]
 fn direct_with(p: Product<'_>, step: impl Fn(f32, f32, f32) -> f32) {
     let Product { a, b, out } = p;
-    let n = b.cols;
+    let (depth, n) = (a.cols, b.cols);
     for (i, row) in out.chunks_exact_mut(n.max(1)).take(a.rows).enumerate() {
         for (j, element) in row.iter_mut().enumerate() {
-            // An empty sum (no blocks) is zero.
-            *element = 0.0;
-            for (block, k0) in (0..a.cols).step_by(KC).enumerate() {
-                let mut sum = 0.0f32;
-                for k in k0..(k0 + KC).min(a.cols) {
-                    sum = step(a.at(i, k), b.at(k, j), sum);
-                }
-                *element = if block == 0 { sum } else { *element + sum };
+            let block = |k0: usize| {
+                (k0..(k0 + KC).min(depth)).fold(0.0, |sum, k| step(a.at(i, k), b.at(k, j), sum))
+            };
+            // The first block's sum (zero for an empty one), then the rest
+            // added in order.
+            let mut sum = block(0);
+            for k0 in (KC..depth).step_by(KC) {
+                sum += block(k0);
             }
+            *element = sum;
         }
     }
 }

@@ -188,17 +188,22 @@ pub(crate) fn batched_matmul(
             .as_slice()
             .ok_or("y is not contiguous (interpreter bug)")?;
         // Where product `index` of the batch starts in an operand whose
-        // batch axes are `dims` (right-aligned, broadcast where 1).
+        // batch axes are `dims` (right-aligned, broadcast where 1): the
+        // index's row-major digits over `batch`, from the last axis, without
+        // making the multi-index (a decode step's attention has a product
+        // per head, each a few hundred multiply-adds).
         let offset = |index: usize, dims: &[usize], matrix: usize| {
-            let position = unravel(index, &batch);
             let skipped = batch.len() - dims.len();
-            let mut stride = matrix;
-            let mut at = 0;
-            for (d, &dim) in dims.iter().enumerate().rev() {
-                if dim > 1 {
-                    at += position[skipped + d] * stride;
+            let (mut rest, mut stride, mut at) = (index, matrix, 0);
+            for (axis, &extent) in batch.iter().enumerate().rev() {
+                let position = rest % extent.max(1);
+                rest /= extent.max(1);
+                if let Some(&dim) = axis.checked_sub(skipped).map(|d| &dims[d]) {
+                    if dim > 1 {
+                        at += position * stride;
+                    }
+                    stride *= dim;
                 }
-                stride *= dim;
             }
             at
         };
@@ -323,6 +328,30 @@ mod tests {
         assert_eq!(out.as_slice().unwrap(), &[210.0, 430.0]);
         let bad = ArrayD::<f32>::zeros(IxDyn(&[3, 1]));
         assert!(batched_matmul(a.view(), bad.view()).is_err());
+    }
+
+    #[test]
+    fn batched_matmul_broadcasts_batch_axes_of_both_operands() {
+        // a: [2, 1, 2, 3], b: [3, 3, 2]: batch [2, 3], product (b0, b1) is
+        // a[b0, 0] · b[b1].
+        let a_data: Vec<f32> = (0..12).map(|v| v as f32 - 5.0).collect();
+        let b_data: Vec<f32> = (0..18).map(|v| (v as f32) * 0.5 - 3.0).collect();
+        let a = ArrayD::from_shape_vec(IxDyn(&[2, 1, 2, 3]), a_data.clone()).unwrap();
+        let b = ArrayD::from_shape_vec(IxDyn(&[3, 3, 2]), b_data.clone()).unwrap();
+        let out = batched_matmul(a.view(), b.view()).unwrap();
+        assert_eq!(out.shape(), &[2, 3, 2, 2]);
+        for (b0, b1, i, j) in (0..2).flat_map(|b0| {
+            (0..3).flat_map(move |b1| (0..2).flat_map(move |i| (0..2).map(move |j| (b0, b1, i, j))))
+        }) {
+            let want: f32 = (0..3)
+                .map(|k| a_data[b0 * 6 + i * 3 + k] * b_data[b1 * 6 + k * 2 + j])
+                .sum();
+            assert_eq!(
+                out[[b0, b1, i, j]],
+                want,
+                "product ({b0}, {b1}), element ({i}, {j})"
+            );
+        }
     }
 
     #[test]
