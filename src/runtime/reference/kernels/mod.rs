@@ -1128,9 +1128,10 @@ fn mat_vec<S: RowSource>(
 /// The parts a matrix-vector product of `outputs` rows splits into for
 /// `threads` threads, claimed as threads come free: each a share
 /// (`1 / threads`) of the rows the parts before it leave, down to
-/// [`SMALLEST_PART`] rows (OpenMP's guided schedule). The parts claimed last are small, so the
-/// threads finish close together, and a core slowed by another process
-/// (or by memory) takes fewer of them without holding up the rest.
+/// [`SMALLEST_PART`] rows (OpenMP's guided schedule). The parts claimed
+/// last are small, so the threads finish close together, and a core
+/// slowed by another process (or by memory) takes fewer of them without
+/// holding up the rest.
 fn guided_parts(outputs: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
     let mut parts = Vec::new();
     let mut start = 0;
