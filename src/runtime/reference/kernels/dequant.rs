@@ -690,6 +690,39 @@ pub(super) unsafe fn dot_rows_by_palette_avx512<const ROWS: usize>(
     std::array::from_fn(|r| unsafe { sum_even_and_odd(even[r], odd[r]) })
 }
 
+/// [`dot_rows_by_palette_avx512`] for `out.len()` consecutive rows, two at a
+/// time (the last alone when their count is odd), into `out`, row `n`'s
+/// codes and tables being `row(n)`: one call per part of a matrix-vector
+/// product, as [`dots_by_table32_avx512`] is for blockwise weights. Each
+/// row's result is the bits of the dense dot product.
+///
+/// # Safety
+/// As [`dot_rows_by_palette_avx512`] for each row `row` gives.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub(super) unsafe fn dots_by_palette_avx512<'a>(
+    block: usize,
+    row: impl Fn(usize) -> (&'a [u8], &'a [f32]),
+    x_split: &[f32],
+    out: &mut [f32],
+) {
+    let mut n = 0;
+    while n + 1 < out.len() {
+        let ((c0, t0), (c1, t1)) = (row(n), row(n + 1));
+        // SAFETY: the caller's guarantees, for rows `n` and `n + 1`.
+        let [first, second] =
+            unsafe { dot_rows_by_palette_avx512(block, [c0, c1], [t0, t1], x_split) };
+        out[n] = first;
+        out[n + 1] = second;
+        n += 2;
+    }
+    if n < out.len() {
+        let (codes, tables) = row(n);
+        // SAFETY: the caller's guarantees, for row `n`.
+        let [last] = unsafe { dot_rows_by_palette_avx512(block, [codes], [tables], x_split) };
+        out[n] = last;
+    }
+}
+
 /// The sum of a lookup's 32 partial sums held as even and odd lanes.
 ///
 /// # Safety

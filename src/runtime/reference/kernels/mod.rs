@@ -1045,6 +1045,28 @@ impl RowSource for LookedUp<'_> {
         let _ = (n, input);
         None
     }
+
+    fn fused_dots(&self, first: usize, input: &FusedInput, out: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let (Some(x_split), Bits::U4, true) = (
+            &input.split,
+            self.p.bits,
+            self.p.columns_per_table.is_multiple_of(dot::LANES),
+        ) {
+            let row = |n: usize| {
+                (
+                    self.p.row_codes(first + n, self.inputs),
+                    self.p.row_tables(first + n, self.inputs),
+                )
+            };
+            // SAFETY: as in `fused_dot`, for each row of `first..first +
+            // out.len()`.
+            unsafe { dequant::dots_by_palette_avx512(self.p.columns_per_table, row, x_split, out) };
+            return true;
+        }
+        let _ = (first, input, out);
+        false
+    }
 }
 
 /// Matrix-vector products: `out[r][n] = weight[n] · x[r]`, the weight rows

@@ -346,6 +346,9 @@ fn palettized_weights_look_up_and_multiply_as_their_dense_values() {
             let taken = (fused, fused && x86_kernels(isa).1 && outputs > 1);
             let what = format!("{isa:?}, {rows}×{inputs} by {outputs}, {entries} entries");
             assert_fused_as_dense(isa, &source, &dense, &x[..inputs], taken, &what);
+            // Runs of rows by one call (AVX-512).
+            let runs = fused && x86_kernels(isa).1;
+            assert_runs_as_dense(isa, &source, &dense, &x[..inputs], runs, &what);
             assert_linear_as_naive(isa, &weight, &dense, &x, rows, &what);
         }
     }
