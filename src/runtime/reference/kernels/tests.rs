@@ -255,17 +255,16 @@ fn blockwise_weights_decompress_and_multiply_as_their_dense_values() {
             let source = Dequantized { q, inputs, isa };
             // The fused kernels' conditions (x86-64 only): dequantizing in
             // registers for blocks of 8k, two rows at a time for four-bit
-            // blocks of 32.
+            // blocks of 32, and runs of rows by one call for those on
+            // AVX-512.
             let fused = x86_kernels(isa).0 && inputs % 32 == 0;
             let taken = (
                 fused && block % 8 == 0,
                 fused && block == 32 && bits.width() == 4 && outputs > 1,
+                x86_kernels(isa).1 && block == 32 && bits.width() == 4,
             );
             let what = format!("{isa:?}, {bits:?} {rows}×{inputs} by {outputs}, block {block}");
             assert_fused_as_dense(isa, &source, &dense, &x[..inputs], taken, &what);
-            // Runs of rows by one call (AVX-512, four-bit blocks of 32).
-            let runs = x86_kernels(isa).1 && block == 32 && bits.width() == 4;
-            assert_runs_as_dense(isa, &source, &dense, &x[..inputs], runs, &what);
             assert_linear_as_naive(isa, &weight, &dense, &x, rows, &what);
         }
     }
@@ -341,14 +340,13 @@ fn palettized_weights_look_up_and_multiply_as_their_dense_values() {
             let x = random.vec(rows * inputs);
             let source = LookedUp { p, inputs, isa };
             // The fused kernels' conditions (x86-64 only): four-bit codes
-            // in column groups of 32k, two rows at a time on AVX-512.
+            // in column groups of 32k, two rows at a time and runs of rows
+            // by one call on AVX-512.
             let fused = x86_kernels(isa).0 && entries <= 16 && (inputs / column_groups) % 32 == 0;
-            let taken = (fused, fused && x86_kernels(isa).1 && outputs > 1);
+            let avx512 = fused && x86_kernels(isa).1;
+            let taken = (fused, avx512 && outputs > 1, avx512);
             let what = format!("{isa:?}, {rows}×{inputs} by {outputs}, {entries} entries");
             assert_fused_as_dense(isa, &source, &dense, &x[..inputs], taken, &what);
-            // Runs of rows by one call (AVX-512).
-            let runs = fused && x86_kernels(isa).1;
-            assert_runs_as_dense(isa, &source, &dense, &x[..inputs], runs, &what);
             assert_linear_as_naive(isa, &weight, &dense, &x, rows, &what);
         }
     }
@@ -373,15 +371,17 @@ fn x86_kernels(isa: Isa) -> (bool, bool) {
 }
 
 /// Asserts that `source`'s fused dot products with `x` (one row), a row
-/// and two rows at a time, give the bits of the dense dot product of the
+/// and two rows at a time, and in runs from every row (of one, two, three
+/// and all the rows left), give the bits of the dense dot product of the
 /// rows of `dense` (as the kernels would take it on `isa`), and that the
-/// fused kernels are taken, for one row and for two, as `taken` says.
+/// fused kernels are taken, for one row, for two and for runs, as `taken`
+/// says.
 fn assert_fused_as_dense<S: RowSource>(
     isa: Isa,
     source: &S,
     dense: &[f32],
     x: &[f32],
-    taken: (bool, bool),
+    taken: (bool, bool, bool),
     what: &str,
 ) {
     let inputs = x.len();
@@ -417,27 +417,7 @@ fn assert_fused_as_dense<S: RowSource>(
             }
         }
     }
-}
-
-/// Asserts that `source`'s runs of fused dot products with `x` (one row)
-/// from every row, of one, two, three and all the rows left, give the bits
-/// of the dense dot product of each row of `dense`, and that they are
-/// taken when `taken`.
-fn assert_runs_as_dense<S: RowSource>(
-    isa: Isa,
-    source: &S,
-    dense: &[f32],
-    x: &[f32],
-    taken: bool,
-    what: &str,
-) {
-    let inputs = x.len();
-    let outputs = dense.len() / inputs.max(1);
-    let input = FusedInput::new(isa, x);
-    let unfused = |n: usize| {
-        let [dot] = dot::dots(isa, &dense[n * inputs..(n + 1) * inputs], [x]);
-        dot.to_bits()
-    };
+    // Runs of rows by one call: each the bits of one.
     let mut ran = false;
     for first in 0..outputs {
         for len in [1, 2, 3, outputs - first] {
@@ -453,7 +433,7 @@ fn assert_runs_as_dense<S: RowSource>(
             }
         }
     }
-    assert_eq!(ran, taken && outputs > 0, "{what}: runs taken");
+    assert_eq!(ran, taken.2 && outputs > 0, "{what}: runs taken");
 }
 
 /// Asserts that `linear` of `weight` (whose values are `dense`) over the
